@@ -1,0 +1,6 @@
+"""The vbproto command."""
+import click
+
+@click.group()
+def main() -> None:
+    """x"""

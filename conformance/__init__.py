@@ -1,0 +1,1 @@
+"""Conformance runner, clause catalog and recorded traffic."""
