@@ -198,6 +198,8 @@ class ChainDescriptor:
     table: int | None = None
     #: driver-written bytes of a device-readable buffer; None for writable/indirect ones
     data: bytes | None = None
+    #: packed rings only: the descriptor's buffer id field (2.8.x ``le16 id``)
+    id: int | None = None
 
     @property
     def writable(self) -> bool:
@@ -226,6 +228,8 @@ class Chain:
     avail_idx: int
     descriptors: tuple[ChainDescriptor, ...]
     findings: tuple[Finding, ...] = ()
+    #: packed rings only: the driver wrap counter the chain was made available under
+    wrap_counter: int | None = None
 
     @property
     def buffers(self) -> tuple[ChainDescriptor, ...]:
