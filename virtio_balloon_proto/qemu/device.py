@@ -1,0 +1,399 @@
+"""A driver-side session with QEMU's virtio-balloon device: :class:`QemuBalloon`.
+
+Typical use::
+
+    with QemuBalloon(transport="modern", device={"deflate-on-oom": True}) as b:
+        b.negotiate()                       # offered & (balloon bits | VERSION_1)
+        b.setup_queues()                    # every queue the device has, then DRIVER_OK
+        b.fill_pages(0x8000, 16, 0xAA)
+        used = b.exchange("inflate", [pfn_array(range(0x8000, 0x8010))])
+        assert b.read_pages(0x8000, 16) == bytes(16 * 4096)   # QEMU discarded them
+
+Guest RAM below :data:`SCRATCH_END` (16 MiB) belongs to the session (rings from 1 MiB, out
+buffers from 2 MiB); tests put balloon pages above it.
+
+Under ``-accel tcg -S`` QEMU handles a notify synchronously (no ioeventfd without KVM), so the
+used ring is final when the notify write returns.  With ``stats_clock=True`` the machine runs a
+halting firmware under ``-icount`` so device timers (stats polling) fire; then :meth:`wait_used`
+polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from ..errors import PeerError, UsageError
+from ..profiles import SPEC, VERSION_1, QueueRole
+from ..virtqueue.split import SplitQueueDriver, UsedElem, compact_layout, legacy_layout
+from .firmware import write_halt_bios
+from .memory import BumpAllocator, QtestMemory, parse_size
+from .pci import PciFunction, find_balloon
+from .process import QemuOptions, QemuProcess
+from .qmp import QmpError
+from .tracelog import TraceLog
+from .transport import QueueAddrs, Transport, open_transport
+
+RING_BASE = 0x100000
+SCRATCH_BASE = 0x200000
+SCRATCH_END = 0x1000000
+PAGE = 4096
+BALLOON_PATH = "/machine/peripheral/balloon0"
+BACKEND_PATH = BALLOON_PATH + "/virtio-backend"
+#: balloon-specific feature bits of the spec profile (0-5); transport bits are added per kind
+BALLOON_BITS = (1 << 6) - 1
+
+#: a raw segment: (guest address, length, device-writable)
+RawSegment = tuple[int, int, bool]
+
+
+def pfn_array(pfns: Sequence[int] | range | np.ndarray[Any, Any]) -> bytes:
+    """PFNs as the ``__virtio32`` little-endian array of an inflate/deflate buffer."""
+    arr = np.asarray(pfns, dtype=np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= 1 << 32):
+        raise UsageError("a PFN does not fit in 32 bits", field="pfns")
+    return arr.astype("<u4").tobytes()
+
+
+def stats_buffer(stats: dict[int, int]) -> bytes:
+    """``struct virtio_balloon_stat`` entries (``le16 tag | le64 val``, packed, 10 bytes)."""
+    return b"".join(struct.pack("<HQ", tag, val) for tag, val in stats.items())
+
+
+@dataclass(frozen=True)
+class Posted:
+    queue: int
+    head: int
+    segments: tuple[RawSegment, ...]
+
+
+class QemuBalloon:
+    """One QEMU process with its balloon driven from Python."""
+
+    def __init__(
+        self,
+        *,
+        transport: str = "modern",
+        device: dict[str, bool] | None = None,
+        memory: int | str = 256 << 20,
+        stats_clock: bool = False,
+        timeout: float = 10.0,
+        workdir: Path | None = None,
+        queue_size: int = 128,
+    ) -> None:
+        if transport not in ("modern", "legacy"):
+            raise UsageError(f"unknown transport {transport!r} (modern or legacy)")
+        dev = dict(device or {})
+        if transport == "legacy" and dev.get("disable-legacy"):
+            raise UsageError("legacy transport with disable-legacy=on has no I/O BAR")
+        if transport == "modern" and dev.get("disable-modern"):
+            raise UsageError("modern transport with disable-modern=on has no modern BAR")
+        self.kind = transport
+        self.ram_size = parse_size(memory)
+        self.stats_clock = stats_clock
+        self.queue_size = queue_size
+        self._workdir = workdir
+        self._device = dev
+        self._timeout = timeout
+        self.proc: QemuProcess | None = None
+        self.fn: PciFunction
+        self.transport: Transport
+        self.mem: QtestMemory
+        self.trace_log: TraceLog
+        self.offered = 0
+        self.accepted = 0
+        self.queues: dict[int, SplitQueueDriver] = {}
+        self._scratch = BumpAllocator(SCRATCH_BASE, SCRATCH_END)
+        self.timings: dict[str, float] = {}
+
+    # --- lifetime ------------------------------------------------------------------------
+    def start(self) -> QemuBalloon:
+        t0 = time.monotonic()
+        opts = QemuOptions(memory=self.ram_size, device=self._device)
+        proc = QemuProcess(opts, workdir=self._workdir, timeout=self._timeout)
+        if self.stats_clock:
+            bios = write_halt_bios(proc.workdir / "halt.bin")
+            proc.options = QemuOptions(
+                memory=self.ram_size, device=self._device, bios=bios, icount=True
+            )
+        self.proc = proc
+        proc.start()
+        self.timings["qemu_start"] = proc.start_seconds
+        try:
+            self.fn = find_balloon(proc.qtest)
+            self.transport = open_transport(proc.qtest, self.fn, self.kind)
+        except BaseException:
+            self.stop()
+            raise
+        self.mem = QtestMemory(proc.qtest, self.ram_size)
+        self.trace_log = TraceLog(proc.trace_log)
+        self.timings["enumerate"] = time.monotonic() - t0 - proc.start_seconds
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.close()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def _p(self) -> QemuProcess:
+        if self.proc is None or not self.proc.alive():
+            diag = "" if self.proc is None else self.proc.diagnose()
+            raise PeerError(f"QEMU is not running{diag}", where="QEMU balloon")
+        return self.proc
+
+    def __enter__(self) -> QemuBalloon:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- negotiation and queues ----------------------------------------------------------
+    def negotiate(self, features: int | None = None) -> tuple[int, int]:
+        """Reset and negotiate; ``None`` accepts every offered balloon bit plus VERSION_1
+        (modern).  Returns (offered, accepted)."""
+        self._p()
+        if features is None:
+            features = BALLOON_BITS | (VERSION_1 if self.kind == "modern" else 0)
+        self.queues.clear()
+        self.offered, self.accepted = self.transport.negotiate(features)
+        return self.offered, self.accepted
+
+    def queue_roles(self) -> dict[QueueRole, int]:
+        """Role -> index as QEMU numbers them: by *offered* features (research 2b), restricted
+        to the roles the negotiated features enable."""
+        return SPEC.queue_index(self.offered, self.accepted, "offered")
+
+    def device_queue_slots(self) -> dict[QueueRole, int]:
+        """Every queue QEMU created, by role (offered features only)."""
+        return SPEC.queue_index(self.offered, self.offered, "offered")
+
+    def setup_queues(self, indices: Sequence[int] | None = None, *, driver_ok: bool = True) -> None:
+        """Lay split rings for ``indices`` (default: every queue the device has) and enable."""
+        n = self.transport.num_queues()
+        for i in range(n) if indices is None else indices:
+            if not 0 <= i < n:
+                raise UsageError(f"queue {i} does not exist (device has {n})", field="queue")
+            size = self.transport.queue_max_size(i)
+            if self.kind == "modern":
+                size = min(size, self.queue_size)
+            base = RING_BASE + i * 0x3000
+            lay = legacy_layout(base, size) if self.kind == "legacy" else compact_layout(base, size)
+            if lay.end > SCRATCH_BASE:
+                raise UsageError(f"rings of queue {i} (size {size}) do not fit below 2 MiB")
+            q = SplitQueueDriver(self.mem, size, lay.desc, lay.avail, lay.used)
+            self.transport.setup_queue(i, QueueAddrs(lay.desc, lay.avail, lay.used, size))
+            self.queues[i] = q
+        if driver_ok:
+            self.transport.driver_ok()
+        status = self.transport.get_status()
+        if status & 0x40:
+            raise PeerError(f"device needs reset after queue setup (status {status:#x})")
+
+    def queue_index(self, queue: int | str | QueueRole) -> int:
+        if isinstance(queue, int):
+            return queue
+        role = QueueRole(queue)
+        slots = self.device_queue_slots()
+        if role not in slots:
+            raise UsageError(f"QEMU has no {role.value} queue with features {self.offered:#x}")
+        return slots[role]
+
+    def _queue(self, queue: int | str | QueueRole) -> tuple[int, SplitQueueDriver]:
+        i = self.queue_index(queue)
+        if i not in self.queues:
+            raise UsageError(f"queue {i} is not set up", field="queue")
+        return i, self.queues[i]
+
+    # --- buffers -------------------------------------------------------------------------
+    def place(self, data: bytes) -> int:
+        """Copy driver bytes into session scratch RAM (wraps around when the window is full:
+        QEMU copies an out-buffer when it pops it, and pops happen at the notify)."""
+        if len(data) > SCRATCH_END - SCRATCH_BASE:
+            raise UsageError(f"out buffer of {len(data)} bytes is larger than the scratch window")
+        try:
+            addr = self._scratch.alloc(max(len(data), 1), 16)
+        except UsageError:
+            self._scratch = BumpAllocator(SCRATCH_BASE, SCRATCH_END)
+            addr = self._scratch.alloc(max(len(data), 1), 16)
+        self.mem.write(addr, data)
+        return addr
+
+    def post(
+        self,
+        queue: int | str | QueueRole,
+        segments: Sequence[bytes | RawSegment],
+        *,
+        notify: bool = True,
+    ) -> Posted:
+        """Make one chain available.  ``bytes`` segments are out-buffers placed in scratch RAM;
+        ``(addr, len, writable)`` tuples are used as given (report ranges, MMIO addresses...)."""
+        i, q = self._queue(queue)
+        raw: list[RawSegment] = []
+        for s in segments:
+            if isinstance(s, bytes | bytearray):
+                raw.append((self.place(bytes(s)), len(s), False))
+            else:
+                addr, length, writable = s
+                if not (0 <= addr < 1 << 64 and 0 <= length < 1 << 32):
+                    raise UsageError(f"segment {addr:#x}+{length:#x} does not fit a descriptor")
+                raw.append((addr, length, bool(writable)))
+        head = q.add_and_publish(raw)
+        if notify:
+            self.notify(i)
+        return Posted(i, head, tuple(raw))
+
+    def notify(self, queue: int | str | QueueRole) -> None:
+        i = self.queue_index(queue)
+        self.transport.notify(i)
+
+    def used(self, queue: int | str | QueueRole) -> list[UsedElem]:
+        """Used elements QEMU produced since the last call (their descriptors are reclaimed)."""
+        _, q = self._queue(queue)
+        return q.poll_used()
+
+    def exchange(
+        self, queue: int | str | QueueRole, segments: Sequence[bytes | RawSegment]
+    ) -> list[UsedElem]:
+        """post + notify + the used elements that appeared (synchronous under ``-S``)."""
+        self.post(queue, segments)
+        return self.used(queue)
+
+    def wait_used(
+        self, queue: int | str | QueueRole, count: int = 1, timeout: float = 5.0
+    ) -> list[UsedElem]:
+        """Poll until ``count`` used elements arrived (for timer-driven returns)."""
+        deadline = time.monotonic() + timeout
+        got: list[UsedElem] = []
+        while True:
+            got += self.used(queue)
+            if len(got) >= count:
+                return got
+            if time.monotonic() > deadline:
+                raise PeerError(
+                    f"{len(got)} of {count} used elements on queue {queue} after {timeout:g} s"
+                    f"{self._p().diagnose()}",
+                    where="QEMU balloon",
+                )
+            time.sleep(0.005)
+
+    # --- guest pages ---------------------------------------------------------------------
+    def fill_pages(self, pfn: int, count: int, value: int) -> None:
+        self.mem.fill(pfn * PAGE, count * PAGE, value)
+
+    def read_pages(self, pfn: int, count: int) -> bytes:
+        return self.mem.read(pfn * PAGE, count * PAGE)
+
+    def pages_zero(self, pfn: int, count: int) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        """Per page: True if all its bytes read back as zero."""
+        raw = np.frombuffer(self.read_pages(pfn, count), dtype=np.uint64).reshape(count, -1)
+        return np.asarray(~raw.any(axis=1))
+
+    # --- config and interrupts -----------------------------------------------------------
+    def config_read(self, offset: int, size: int) -> bytes:
+        return self.transport.config_read(offset, size)
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        self.transport.config_write(offset, data)
+
+    def num_pages(self) -> int:
+        return int.from_bytes(self.config_read(0, 4), "little")
+
+    def actual(self) -> int:
+        return int.from_bytes(self.config_read(4, 4), "little")
+
+    def set_actual(self, pages: int) -> None:
+        self.config_write(4, pages.to_bytes(4, "little"))
+
+    def isr(self) -> int:
+        return self.transport.isr()
+
+    # --- QMP -----------------------------------------------------------------------------
+    def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        return self._p().qmp.execute(command, arguments)
+
+    def query_balloon(self) -> int:
+        """QEMU's ``actual``: ram_size - config.actual * 4096 (what the *driver* reported)."""
+        return int(self.qmp("query-balloon")["actual"])
+
+    def set_target(self, size_bytes: int) -> None:
+        """QMP ``balloon value=``: the guest's target size; QEMU writes num_pages."""
+        self.qmp("balloon", {"value": size_bytes})
+
+    def set_stats_interval(self, seconds: int) -> None:
+        self.qmp(
+            "qom-set",
+            {"path": BALLOON_PATH, "property": "guest-stats-polling-interval", "value": seconds},
+        )
+
+    def guest_stats(self) -> dict[str, Any]:
+        """``qom-get guest-stats``: {"stats": {"stat-...": value}, "last-update": secs}."""
+        out = self.qmp("qom-get", {"path": BALLOON_PATH, "property": "guest-stats"})
+        if not isinstance(out, dict):
+            raise PeerError(f"guest-stats is not an object: {out!r}", where="QMP qom-get")
+        return out
+
+    def queue_status(self, index: int) -> dict[str, Any]:
+        out = self.qmp("x-query-virtio-queue-status", {"path": BACKEND_PATH, "queue": index})
+        if not isinstance(out, dict):
+            raise PeerError(f"queue status is not an object: {out!r}")
+        return out
+
+    def cont(self) -> None:
+        self.qmp("cont")
+
+    def try_qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Like :meth:`qmp` but returns the QmpError instead of raising it."""
+        try:
+            return self.qmp(command, arguments)
+        except QmpError as e:
+            return e
+
+    # --- trace ---------------------------------------------------------------------------
+    def trace(self) -> TraceLog:
+        """The ``-D`` trace log parsed up to now (incremental)."""
+        return self.trace_log.update()
+
+    def balloon_extents(self) -> list[tuple[int, int]]:
+        """Pages QEMU processed on inflate minus those on deflate, as [first, count] extents.
+
+        QEMU keeps no set of ballooned pages (it discards RAM and forgets), so this set is
+        rebuilt from its own trace lines: inflate ``handle_output`` PFNs minus deflate ones.
+        """
+        roles = self.device_queue_slots()
+        return extents_from_trace(self.trace(), roles[QueueRole.INFLATE], roles[QueueRole.DEFLATE])
+
+
+def extents_from_trace(log: TraceLog, inflate_q: int, deflate_q: int) -> list[tuple[int, int]]:
+    held: set[int] = set()
+    for b in log.buffers:
+        if b.queue == inflate_q:
+            held.update(b.processed)
+        elif b.queue == deflate_q:
+            held.difference_update(b.processed)
+    return to_extents(sorted(held))
+
+
+def to_extents(sorted_pfns: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted unique PFNs -> merged (first, count) runs, vectorised."""
+    if not len(sorted_pfns):
+        return []
+    a = np.asarray(sorted_pfns, dtype=np.int64)
+    breaks = np.nonzero(np.diff(a) != 1)[0] + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [a.size]))
+    return [(int(a[s]), int(e - s)) for s, e in zip(starts, ends, strict=True)]
