@@ -1,0 +1,184 @@
+"""Vectorised paths for the bulk parts of balloon messages.
+
+construct parses 256 PFNs in ~250 us and 1.8 M in seconds (research/conformance-anchors.md
+section C); these numpy paths do the same work on whole arrays.  Each function here has a
+construct twin in :mod:`.structs`, and ``tests/test_wire_bulk.py`` checks they agree on
+arbitrary input (both byte orders, both word sizes, partial tails).
+
+Nothing here allocates from a size the wire *claims*: every array is a view of, or derived
+from, the bytes actually present.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import DecodeError, EncodeError
+
+U32 = NDArray[np.uint32]
+U64 = NDArray[np.uint64]
+
+
+def _dt(little: bool, size: int) -> np.dtype[np.unsignedinteger]:
+    return np.dtype(("<" if little else ">") + f"u{size}")
+
+
+def _readonly(a: NDArray[np.generic]) -> NDArray[np.generic]:
+    a.flags.writeable = False
+    return a
+
+
+# --- PFN arrays -------------------------------------------------------------------------------
+def parse_pfns(data: bytes, little: bool) -> tuple[U32, bytes]:
+    """``__virtio32[]`` -> (native uint32 array, trailing 0-3 bytes)."""
+    n = len(data) // 4
+    arr = np.frombuffer(data, dtype=_dt(little, 4), count=n).astype(np.uint32)
+    return _readonly(arr), bytes(data[n * 4 :])  # type: ignore[return-value]
+
+
+def build_pfns(pfns: NDArray[np.integer], little: bool, trailing: bytes = b"") -> bytes:
+    arr = np.asarray(pfns)
+    if arr.size and (arr.min() < 0 or arr.max() > 0xFFFFFFFF):
+        bad = int(np.flatnonzero((arr < 0) | (arr > 0xFFFFFFFF))[0])
+        raise EncodeError(
+            f"PFN {int(arr[bad])} does not fit a __virtio32", field=f"pfns[{bad}]", offset=4 * bad
+        )
+    return arr.astype(_dt(little, 4)).tobytes() + trailing
+
+
+# --- unsigned-long bitmaps (v3) and le64 bitmap words (hybrid) ---------------------------------
+def _to_le_bytes(data: bytes, word_size: int, word_order: str) -> NDArray[np.uint8]:
+    """Bitmap bytes rearranged so that bit n of the result is bit n of the bitmap.
+
+    A partial last word is padded at its end with zero bytes: for a big-endian word the
+    bytes present are its most significant ones, which is where they belong.
+    """
+    wb = word_size // 8
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if word_order == "le":
+        return buf
+    pad = (-len(data)) % wb
+    if pad:
+        buf = np.concatenate([buf, np.zeros(pad, dtype=np.uint8)])
+    return buf.reshape(-1, wb)[:, ::-1].reshape(-1)
+
+
+def bitmap_positions(
+    data: bytes, word_size: int, word_order: str, nbits: int | None = None
+) -> U64:
+    """Indices of the set bits of an unsigned-long bitmap, ascending; only bits < ``nbits``."""
+    le = _to_le_bytes(data, word_size, word_order)
+    if nbits is not None and nbits < le.size * 8:
+        full, rem = divmod(max(nbits, 0), 8)
+        le = le[: full + (1 if rem else 0)].copy()
+        if rem:
+            le[-1] &= (1 << rem) - 1
+    bits = np.unpackbits(le, bitorder="little")
+    return np.flatnonzero(bits).astype(np.uint64)
+
+
+def build_bitmap(
+    positions: NDArray[np.integer], nbytes: int, word_size: int, word_order: str
+) -> bytes:
+    """The inverse of :func:`bitmap_positions` for a bitmap of ``nbytes`` bytes."""
+    pos = np.asarray(positions, dtype=np.uint64)
+    if pos.size and int(pos.max()) >= nbytes * 8:
+        raise EncodeError(
+            f"bit {int(pos.max())} does not fit a bitmap of {nbytes} bytes", field="bitmap"
+        )
+    bits = np.zeros(nbytes * 8, dtype=np.uint8)
+    bits[pos.astype(np.intp)] = 1
+    le = np.packbits(bits, bitorder="little")
+    wb = word_size // 8
+    if word_order == "le":
+        return le.tobytes()
+    if nbytes % wb:
+        # a partial big-endian word has no defined bit positions for the bytes it lacks
+        raise EncodeError(
+            f"a big-endian bitmap must be whole {word_size}-bit words, not {nbytes} bytes",
+            field="bmap_len",
+        )
+    return le.reshape(-1, wb)[:, ::-1].tobytes()
+
+
+# --- stats: packed 10-byte entries ------------------------------------------------------------
+def parse_stats(data: bytes, little: bool) -> tuple[NDArray[np.uint16], U64, bytes]:
+    e = "<" if little else ">"
+    dt = np.dtype([("tag", e + "u2"), ("val", e + "u8")])  # packed: itemsize 10
+    n = len(data) // dt.itemsize
+    rec = np.frombuffer(data, dtype=dt, count=n)
+    return (
+        rec["tag"].astype(np.uint16),
+        rec["val"].astype(np.uint64),
+        bytes(data[n * dt.itemsize :]),
+    )
+
+
+def build_stats(tags: NDArray[np.integer], vals: NDArray[np.integer], little: bool) -> bytes:
+    e = "<" if little else ">"
+    dt = np.dtype([("tag", e + "u2"), ("val", e + "u8")])
+    rec = np.zeros(len(tags), dtype=dt)
+    rec["tag"] = tags
+    rec["val"] = vals
+    return rec.tobytes()
+
+
+# --- hybrid records -----------------------------------------------------------------------------
+START_MASK = (1 << 52) - 1
+
+
+def hybrid_fields(words: U64, little: bool) -> tuple[U64, U64, U64]:
+    """(start_pfn, page_shift, bmap_len) of each word read as a record head."""
+    if little:
+        return (
+            words & np.uint64(START_MASK),
+            (words >> np.uint64(52)) & np.uint64(63),
+            words >> np.uint64(58),
+        )
+    return words >> np.uint64(12), (words >> np.uint64(6)) & np.uint64(63), words & np.uint64(63)
+
+
+def hybrid_head_word(start_pfn: int, page_shift: int, bmap_len: int, little: bool) -> int:
+    if little:
+        return start_pfn | page_shift << 52 | bmap_len << 58
+    return start_pfn << 12 | page_shift << 6 | bmap_len
+
+
+def parse_hybrid_records(payload: bytes, little: bool) -> tuple[NDArray[np.intp], U64, bytes]:
+    """Split a record stream into record heads.
+
+    Returns (indices of the head words, all words native, trailing bytes).  A record with
+    ``bmap_len != 0`` is followed by ``ceil(bmap_len / 8)`` bitmap words.  Records are
+    variable-length, so the walk is sequential -- but only over the records *with* a bitmap:
+    between two of them every word is a head, found with one vectorised search.
+    Raises DecodeError if a record's bitmap runs past the bytes present.
+    """
+    n = len(payload) // 8
+    words = np.frombuffer(payload, dtype=_dt(little, 8), count=n).astype(np.uint64)
+    trailing = bytes(payload[n * 8 :])
+    _, _, blen = hybrid_fields(words, little)
+    nwords = ((blen + np.uint64(7)) >> np.uint64(3)).astype(np.intp)
+    with_bitmap = np.flatnonzero(nwords)
+    heads: list[NDArray[np.intp]] = []
+    i = 0
+    k = 0  # cursor into with_bitmap
+    while i < n:
+        k = int(np.searchsorted(with_bitmap, i, side="left"))
+        if k == len(with_bitmap):
+            heads.append(np.arange(i, n, dtype=np.intp))
+            break
+        j = int(with_bitmap[k])
+        heads.append(np.arange(i, j + 1, dtype=np.intp))
+        nxt = j + 1 + int(nwords[j])
+        if nxt > n:
+            raise DecodeError(
+                f"record's bmap_len {int(blen[j])} needs {int(nwords[j])} bitmap words but only "
+                f"{n - j - 1} follow",
+                field=f"records[{sum(len(h) for h in heads) - 1}].bmap_len",
+                offset=8 * j,
+                clause="hybrid.driver.resp.data-len-matches",
+            )
+        i = nxt
+    idx = np.concatenate(heads) if heads else np.zeros(0, dtype=np.intp)
+    return idx, _readonly(words), trailing  # type: ignore[return-value]

@@ -1,0 +1,880 @@
+"""Typed balloon messages: decode with findings, encode back to the same bytes.
+
+Decoding is lossless: every byte of the input is somewhere in the decoded value (trailing
+partial elements included), so ``encode(decode(b).message) == b`` for every input that
+decodes at all.  What is structurally impossible raises :class:`DecodeError` naming the field
+and byte offset; what decodes but breaks a rule becomes a :class:`Finding` whose ``rule`` is a
+clause id of ``conformance/clauses.toml``.
+
+A message that is spread over several descriptors (v3: ``[bmap_hdr][bitmap]...[bitmap]``) is
+decoded from its list of segments, because the segment boundaries are part of what the seed's
+rules talk about (no bitmap buffer longer than ``8 * PAGE_SIZE``, at most 32 of them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import DecodeError, EncodeError, UsageError
+from ..findings import Finding
+from ..pageset import PageSet
+from ..profiles import get_profile
+from . import bulk
+from .layout import WireLayout
+from .structs import BMAP_HDR_SIZE, CONFIG, REQ_HDR_SIZE, RESP_HDR_SIZE, structs
+
+KINDS = ("pfns", "bmap", "req", "hybrid", "stats", "config", "hint-cmd")
+#: which profiles carry each kind (stats/config are common; the rest belong to one dialect)
+KIND_PROFILES: dict[str, tuple[str, ...]] = {
+    "pfns": ("spec", "v3", "hybrid"),
+    "bmap": ("v3",),
+    "req": ("v3", "hybrid"),
+    "hybrid": ("hybrid",),
+    "stats": ("spec", "v3", "hybrid"),
+    "config": ("spec", "v3", "hybrid"),
+    "hint-cmd": ("spec",),
+}
+ROLES = ("inflate", "deflate", "misc")
+
+# seed 6/7: enum balloon_req_id, enum balloon_flag
+BALLOON_GET_UNUSED_PAGES = 0
+BALLOON_FLAG_CONT = 0
+BALLOON_FLAG_DONE = 1
+# seed 4/7
+PFNS_PER_BUFFER_LINUX = 256  # VIRTIO_BALLOON_ARRAY_PFNS_MAX
+BMAP_BUFFERS_MAX = 32  # BALLOON_BMAP_COUNT
+# stats tags: VIRTIO 1.4 5.5.6.3 defines 0-9; Linux 6.12 adds 10-15; crosvm sends 65534/65535
+STAT_TAGS = {
+    0: "SWAP_IN", 1: "SWAP_OUT", 2: "MAJFLT", 3: "MINFLT", 4: "MEMFREE", 5: "MEMTOT",
+    6: "AVAIL", 7: "CACHES", 8: "HTLB_PGALLOC", 9: "HTLB_PGFAIL", 10: "OOM_KILL",
+    11: "ALLOC_STALL", 12: "ASYNC_SCAN", 13: "DIRECT_SCAN", 14: "ASYNC_RECLAIM",
+    15: "DIRECT_RECLAIM", 65534: "NONSTANDARD_SHMEM", 65535: "NONSTANDARD_UNEVICTABLE",
+}
+SPEC_STAT_TAGS = range(10)
+
+U64 = NDArray[np.uint64]
+
+
+# --- values -------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class PfnArray:
+    """An inflate/deflate buffer of ``__virtio32`` PFNs (4 KiB frames), in wire order."""
+
+    pfns: NDArray[np.uint32]
+    trailing: bytes = b""  # 1-3 bytes of a partial PFN: kept, never dropped
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, PfnArray)
+            and self.trailing == other.trailing
+            and np.array_equal(self.pfns, other.pfns)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class BitmapMessage:
+    """v3 ``struct balloon_bmap_hdr`` and the bitmap buffers that follow it in the chain."""
+
+    cmd: int
+    page_shift: int
+    flag: int
+    reserved: int
+    req_id: int
+    start_pfn: int
+    bmap_len: int
+    #: bitmap bytes as on the wire, one entry per descriptor (the bytes after the 32-byte
+    #: header in the header's own descriptor, if any, come first)
+    bitmap: tuple[bytes, ...] = ()
+    #: bytes of the header's descriptor after the header (kept apart to re-encode exactly)
+    header_tail: bytes = b""
+
+
+@dataclass(frozen=True)
+class RequestHeader:
+    """v3 ``struct balloon_req_hdr``, written by the device into the misc queue buffer."""
+
+    cmd: int
+    reserved: tuple[int, int, int]
+    param: int
+    trailing: bytes = b""
+
+
+@dataclass(frozen=True)
+class HybridRecord:
+    start_pfn: int
+    page_shift: int
+    bmap_len: int
+    bmap: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class HybridMessage:
+    """``virtio_balloon_resp_hdr`` + 64-bit records (+ bitmap words), kept as arrays."""
+
+    cmd: int
+    flag: int
+    id: int
+    data_len: int
+    words: U64  # every payload word, native
+    heads: NDArray[np.intp]  # indices of record heads in ``words``
+    trailing: bytes = b""
+
+    def records(self) -> list[HybridRecord]:
+        start, shift, blen = bulk.hybrid_fields(self.words[self.heads], self._little)
+        out = []
+        for k, h in enumerate(self.heads.tolist()):
+            nw = (int(blen[k]) + 7) // 8
+            out.append(
+                HybridRecord(
+                    int(start[k]), int(shift[k]), int(blen[k]),
+                    tuple(int(w) for w in self.words[h + 1 : h + 1 + nw]),
+                )
+            )
+        return out
+
+    # the byte order the words were read in decides how heads split into fields
+    _little: bool = True
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, HybridMessage)
+            and (self.cmd, self.flag, self.id, self.data_len, self.trailing, self._little)
+            == (other.cmd, other.flag, other.id, other.data_len, other.trailing, other._little)
+            and np.array_equal(self.words, other.words)
+            and np.array_equal(self.heads, other.heads)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Stat:
+    tag: int
+    val: int
+
+
+@dataclass(frozen=True)
+class StatsMessage:
+    entries: tuple[Stat, ...]
+    trailing: bytes = b""
+
+
+@dataclass(frozen=True)
+class ConfigSpace:
+    num_pages: int
+    actual: int
+    free_page_hint_cmd_id: int | None = None
+    poison_val: int | None = None
+    trailing: bytes = b""
+
+
+@dataclass(frozen=True)
+class HintCommand:
+    cmd_id: int
+    trailing: bytes = b""
+
+
+Message = (
+    PfnArray
+    | BitmapMessage
+    | RequestHeader
+    | HybridMessage
+    | StatsMessage
+    | ConfigSpace
+    | HintCommand
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Decoded:
+    """A decoded message, the pages it denotes, and what is wrong with it."""
+
+    kind: str
+    message: Message
+    layout: WireLayout
+    findings: tuple[Finding, ...] = ()
+    #: the pages as (first 4 KiB frame, frame count) in wire order, duplicates kept; None for
+    #: kinds that carry no pages
+    starts: U64 | None = None
+    counts: U64 | None = None
+    role: str = "inflate"
+
+    @property
+    def carries_pages(self) -> bool:
+        return self.starts is not None
+
+    def pages(self) -> PageSet:
+        """The set of 4 KiB frames the message denotes (duplicates merged)."""
+        if self.starts is None or self.counts is None:
+            return PageSet.empty()
+        return PageSet.from_starts_counts(self.starts, self.counts)
+
+    def extents(self) -> list[list[int]]:
+        """Sorted merged ``[[first, count], ...]`` of the pages (the JSON form)."""
+        return self.pages().extents()
+
+    def fields(self) -> dict[str, Any]:
+        return message_fields(self.message)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "fields": self.fields()}
+        if self.carries_pages:
+            out["pages"] = self.extents()
+        out["findings"] = [f.to_json() for f in self.findings]
+        return out
+
+
+def _overlaps(starts: U64, counts: U64) -> int:
+    """How many extents overlap an earlier one (0 for a proper set)."""
+    if starts.size < 2:
+        return 0
+    order = np.argsort(starts, kind="stable")
+    s, e = starts[order], starts[order] + counts[order]
+    run_end = np.maximum.accumulate(e)
+    return int(np.count_nonzero(s[1:] < run_end[:-1]))
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def _join(segments: bytes | Sequence[bytes]) -> tuple[bytes, list[bytes]]:
+    if isinstance(segments, (bytes, bytearray, memoryview)):
+        segs = [bytes(segments)]
+    else:
+        segs = [bytes(s) for s in segments]
+    return b"".join(segs), segs
+
+
+def _too_short(what: str, layout_fields: Sequence[tuple[str, int]], have: int) -> DecodeError:
+    """DecodeError naming the first field the bytes end inside."""
+    off = 0
+    for name, size in layout_fields:
+        if have < off + size:
+            return DecodeError(
+                f"{what} needs {sum(s for _, s in layout_fields)} bytes, only {have} present",
+                field=name,
+                offset=off,
+            )
+        off += size
+    raise AssertionError("not short")  # pragma: no cover
+
+
+BMAP_HDR_FIELDS = (
+    ("cmd", 2), ("page_shift", 2), ("flag", 2), ("reserved", 2),
+    ("req_id", 8), ("start_pfn", 8), ("bmap_len", 8),
+)
+REQ_HDR_FIELDS = (("cmd", 2), ("reserved", 6), ("param", 8))
+RESP_HDR_FIELDS = (("cmd", 1), ("flag", 1), ("id", 2), ("data_len", 4))
+CONFIG_FIELDS = (
+    ("num_pages", 4), ("actual", 4), ("free_page_hint_cmd_id", 4), ("poison_val", 4),
+)
+
+
+def check_kind(kind: str, profile: str) -> None:
+    get_profile(profile)
+    if kind not in KINDS:
+        raise UsageError(
+            f"unknown message kind {kind!r} (one of: {', '.join(KINDS)})", field="kind"
+        )
+    if profile not in KIND_PROFILES[kind]:
+        raise UsageError(
+            f"profile {profile!r} has no {kind!r} messages "
+            f"(they belong to: {', '.join(KIND_PROFILES[kind])})",
+            field="kind",
+        )
+
+
+# --- decoders ------------------------------------------------------------------------------------
+def decode(
+    kind: str,
+    segments: bytes | Sequence[bytes],
+    layout: WireLayout | None = None,
+    *,
+    profile: str = "spec",
+    role: str = "inflate",
+) -> Decoded:
+    """Decode one message of ``kind`` from its bytes (or its chain's out segments)."""
+    layout = layout or WireLayout()
+    check_kind(kind, profile)
+    if role not in ROLES:
+        raise UsageError(f"role must be one of {', '.join(ROLES)}, not {role!r}", field="role")
+    data, segs = _join(segments)
+    if kind == "pfns":
+        return _decode_pfns(data, layout, role)
+    if kind == "bmap":
+        return _decode_bmap(segs, layout, role)
+    if kind == "req":
+        return _decode_req(data, layout)
+    if kind == "hybrid":
+        return _decode_hybrid(data, layout, role)
+    if kind == "stats":
+        return _decode_stats(data, layout, profile)
+    if kind == "config":
+        return _decode_config(data, layout)
+    return _decode_hint(data, layout)
+
+
+def _decode_pfns(data: bytes, layout: WireLayout, role: str) -> Decoded:
+    pfns, trailing = bulk.parse_pfns(data, layout.little_endian)
+    f: list[Finding] = []
+    if trailing:
+        f.append(Finding(
+            "spec.driver.pfns.len-multiple-of-4",
+            f"buffer is {len(data)} bytes: {len(trailing)} trailing byte(s) are not a whole PFN",
+            field=f"pfns[{pfns.size}]", offset=4 * pfns.size,
+        ))
+    if pfns.size > PFNS_PER_BUFFER_LINUX:
+        f.append(Finding(
+            "spec.driver.pfns.at-most-256",
+            f"{pfns.size} PFNs in one buffer; Linux sends at most 256 and Firecracker never "
+            "returns a longer buffer",
+            field="pfns", offset=4 * PFNS_PER_BUFFER_LINUX,
+        ))
+    uniq = np.unique(pfns)
+    if uniq.size != pfns.size:
+        f.append(Finding(
+            "spec.driver.pages.no-duplicate",
+            f"{pfns.size - uniq.size} PFN(s) appear more than once in this buffer",
+            field="pfns",
+        ))
+    fpp = layout.frames_per_page
+    if fpp > 1 and pfns.size:
+        # Linux set_page_pfns(): PAGE_SIZE/4096 consecutive PFNs per guest page, first aligned
+        ok = pfns.size % fpp == 0
+        if ok:
+            g = pfns.reshape(-1, fpp).astype(np.int64)
+            ok = bool(np.all(g[:, 0] % fpp == 0) and np.all(np.diff(g, axis=1) == 1))
+        if not ok:
+            f.append(Finding(
+                "spec.driver.pfns.page-group",
+                f"PFNs are not whole aligned groups of {fpp} (one {layout.page_size}-byte page "
+                "each)",
+                field="pfns",
+            ))
+    starts = pfns.astype(np.uint64)
+    return Decoded("pfns", PfnArray(pfns, trailing), layout, tuple(f), starts,
+                   np.ones(pfns.size, dtype=np.uint64), role)
+
+
+def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
+    data = b"".join(segs)
+    if len(data) < BMAP_HDR_SIZE:
+        raise _too_short("balloon_bmap_hdr", BMAP_HDR_FIELDS, len(data))
+    st = structs(layout.little_endian)
+    h = st.balloon_bmap_hdr.parse(data[:BMAP_HDR_SIZE])
+    # the bitmap buffers: the rest of the header's descriptor (if any), then each descriptor
+    bitmap_segs: list[bytes] = []
+    consumed, i = 0, 0
+    while consumed < BMAP_HDR_SIZE:  # the header may itself span descriptors
+        take = min(len(segs[i]), BMAP_HDR_SIZE - consumed)
+        consumed += take
+        tail = segs[i][take:]
+        i += 1
+    header_tail = tail
+    if header_tail:
+        bitmap_segs.append(header_tail)
+    bitmap_segs.extend(segs[i:])
+    bitmap = b"".join(bitmap_segs)
+    f: list[Finding] = []
+    ps = int(h.page_shift)
+    if not 12 <= ps <= 30:
+        raise DecodeError(
+            f"page_shift {ps} is not a page size (2^12 .. 2^30): bits cannot be mapped to pages",
+            field="page_shift", offset=2, clause="v3.driver.bmap.page-shift-matches",
+        )
+    if ps != layout.page_shift:
+        f.append(Finding("v3.driver.bmap.page-shift-matches",
+                         f"page_shift {ps} but the guest page size is {layout.page_size}",
+                         field="page_shift", offset=2))
+    if role in ("inflate", "deflate"):
+        if ps != 12:
+            f.append(Finding(
+                "v3.driver.bmap.page-shift-ambiguous",
+                f"page_shift {ps} on {role}: the seed's driver indexes bits by 4 KiB balloon "
+                "PFN here but by real PFN on the misc queue; decoded as 4 KiB balloon PFNs",
+                field="page_shift", offset=2))
+        bad = [n for n in ("cmd", "flag", "req_id") if h[n] != 0]
+        if bad:
+            f.append(Finding("v3.driver.bmap.inflate-fields-zero",
+                             f"{', '.join(f'{n}={h[n]}' for n in bad)} on {role} (seed 4/7 leaves "
+                             "cmd, flag and req_id 0)", field=bad[0]))
+    else:
+        if h.cmd != BALLOON_GET_UNUSED_PAGES:
+            f.append(Finding("v3.driver.bmap.unknown-cmd", f"cmd {h.cmd} is not "
+                             "BALLOON_GET_UNUSED_PAGES (0)", field="cmd", offset=0))
+        if h.flag not in (BALLOON_FLAG_CONT, BALLOON_FLAG_DONE):
+            f.append(Finding("v3.driver.bmap.unknown-flag", f"flag {h.flag} is neither CONT (0) "
+                             "nor DONE (1)", field="flag", offset=4))
+    if h.reserved != 0:
+        f.append(Finding("v3.driver.bmap.reserved-zero", f"reserved is {h.reserved:#x}",
+                         field="reserved", offset=6))
+    present = len(bitmap)
+    if h.bmap_len != present:
+        f.append(Finding(
+            "v3.driver.bmap.len-matches-buffers",
+            f"bmap_len says {h.bmap_len} bytes but {present} bitmap bytes follow in "
+            f"{len(bitmap_segs)} buffer(s)", field="bmap_len", offset=24))
+    if h.bmap_len % (layout.word_size // 8):
+        f.append(Finding("v3.driver.bmap.len-word-multiple",
+                         f"bmap_len {h.bmap_len} is not whole {layout.word_size}-bit words",
+                         field="bmap_len", offset=24))
+    if h.start_pfn % layout.word_size:
+        f.append(Finding("v3.driver.bmap.start-aligned",
+                         f"start_pfn {h.start_pfn:#x} is not a multiple of BITS_PER_LONG "
+                         f"({layout.word_size})", field="start_pfn", offset=16))
+    limit = 8 * layout.page_size  # BALLOON_BMAP_SIZE
+    off = BMAP_HDR_SIZE
+    for k, seg in enumerate(bitmap_segs):
+        if len(seg) > limit:
+            f.append(Finding("v3.driver.bmap.buffer-at-most-8-pages",
+                             f"bitmap buffer {k} is {len(seg)} bytes, more than 8 * PAGE_SIZE "
+                             f"({limit})", field=f"bitmap[{k}]", offset=off))
+        off += len(seg)
+    if len(bitmap_segs) > BMAP_BUFFERS_MAX:
+        f.append(Finding("v3.driver.bmap.at-most-32-buffers",
+                         f"{len(bitmap_segs)} bitmap buffers; BALLOON_BMAP_COUNT is 32",
+                         field="bitmap"))
+    nbits = 8 * min(int(h.bmap_len), present)
+    pos = bulk.bitmap_positions(bitmap, layout.word_size, layout.word_order, nbits)
+    if present > h.bmap_len:
+        beyond = bulk.bitmap_positions(bitmap, layout.word_size, layout.word_order).size - pos.size
+        if beyond:
+            f.append(Finding("v3.driver.bmap.bits-beyond-len",
+                             f"{beyond} bit(s) set past bmap_len ({h.bmap_len} bytes); not "
+                             "counted as pages", field="bitmap", offset=BMAP_HDR_SIZE + h.bmap_len))
+    if pos.size == 0 and role in ("inflate", "deflate"):
+        f.append(Finding("v3.driver.bmap.empty", f"no page in this {role} message",
+                         field="bitmap"))
+    unit = 1 << (ps - 12)
+    last = int(pos[-1]) if pos.size else 0
+    if role == "misc":
+        # send_unused_pages_info(): start_pfn and bits are real PFNs of PAGE_SIZE
+        if (h.start_pfn + last + 1) * unit > 1 << 64:
+            raise DecodeError("start_pfn + bitmap exceed the 64-bit frame space",
+                              field="start_pfn", offset=16)
+        starts = (np.uint64(h.start_pfn) + pos) * np.uint64(unit)
+    else:
+        # set_page_bitmap(): bits are page_to_balloon_pfn() (4 KiB units), one per page
+        if h.start_pfn + last + unit > 1 << 64:
+            raise DecodeError("start_pfn + bitmap exceed the 64-bit frame space",
+                              field="start_pfn", offset=16)
+        starts = np.uint64(h.start_pfn) + pos
+    counts = np.full(pos.size, unit, dtype=np.uint64)
+    if unit > 1 and _overlaps(starts, counts):
+        f.append(Finding("v3.driver.pages.no-duplicate",
+                         f"{_overlaps(starts, counts)} page(s) overlap another page of this "
+                         f"message ({unit} frames per bit)", field="bitmap"))
+    msg = BitmapMessage(int(h.cmd), ps, int(h.flag), int(h.reserved), int(h.req_id),
+                        int(h.start_pfn), int(h.bmap_len), tuple(segs[i:]), header_tail)
+    return Decoded("bmap", msg, layout, tuple(f), starts, counts, role)
+
+
+def _decode_req(data: bytes, layout: WireLayout) -> Decoded:
+    if len(data) < REQ_HDR_SIZE:
+        raise _too_short("balloon_req_hdr", REQ_HDR_FIELDS, len(data))
+    h = structs(layout.little_endian).balloon_req_hdr.parse(data[:REQ_HDR_SIZE])
+    f: list[Finding] = []
+    if h.cmd != BALLOON_GET_UNUSED_PAGES:
+        f.append(Finding("v3.device.req.unknown-cmd", f"cmd {h.cmd} is not "
+                         "BALLOON_GET_UNUSED_PAGES (0); the seed's driver ignores it",
+                         field="cmd", offset=0))
+    if any(h.reserved):
+        f.append(Finding("v3.device.req.reserved-zero", f"reserved is {list(h.reserved)}",
+                         field="reserved", offset=2))
+    if len(data) != REQ_HDR_SIZE:
+        f.append(Finding("v3.device.req.len-16", f"request is {len(data)} bytes; the seed's "
+                         "misc_handle_rq() ignores any length but 16", offset=REQ_HDR_SIZE))
+    msg = RequestHeader(int(h.cmd), tuple(int(x) for x in h.reserved),  # type: ignore[arg-type]
+                        int(h.param), data[REQ_HDR_SIZE:])
+    return Decoded("req", msg, layout, tuple(f))
+
+
+def _decode_hybrid(data: bytes, layout: WireLayout, role: str) -> Decoded:
+    if len(data) < RESP_HDR_SIZE:
+        raise _too_short("virtio_balloon_resp_hdr", RESP_HDR_FIELDS, len(data))
+    little = layout.little_endian
+    h = structs(little).virtio_balloon_resp_hdr.parse(data[:RESP_HDR_SIZE])
+    payload = data[RESP_HDR_SIZE:]
+    heads, words, trailing = bulk.parse_hybrid_records(payload, little)
+    f: list[Finding] = []
+    if h.cmd != 0:
+        f.append(Finding("hybrid.driver.resp.unknown-cmd", f"cmd {h.cmd} is not known",
+                         field="cmd", offset=0))
+    if h.data_len != len(payload):
+        f.append(Finding("hybrid.driver.resp.data-len-matches",
+                         f"data_len says {h.data_len} bytes but {len(payload)} follow",
+                         field="data_len", offset=4))
+    if trailing:
+        f.append(Finding("hybrid.driver.resp.data-len-matches",
+                         f"{len(trailing)} trailing byte(s) are not a whole 64-bit record",
+                         offset=RESP_HDR_SIZE + len(payload) - len(trailing)))
+    start, shift, blen = bulk.hybrid_fields(words[heads], little)
+    low = np.flatnonzero(shift < np.uint64(12))
+    if low.size:
+        k = int(low[0])
+        raise DecodeError(f"record page_shift {int(shift[k])} is below 12: a block smaller than "
+                          "a 4 KiB frame", field=f"records[{k}].page_shift",
+                          offset=RESP_HDR_SIZE + 8 * int(heads[k]),
+                          clause="hybrid.driver.record.page-shift-range")
+    order = shift - np.uint64(12)
+    unit = np.left_shift(np.uint64(1), order)
+    odd = np.flatnonzero(blen % np.uint64(8))
+    if odd.size:
+        k = int(odd[0])
+        f.append(Finding("hybrid.driver.record.bmap-len-multiple-of-8",
+                         f"{odd.size} record(s) have a bmap_len that is not whole le64 words "
+                         f"(first: record {k}, bmap_len {int(blen[k])})",
+                         field=f"records[{k}].bmap_len", offset=RESP_HDR_SIZE + 8 * int(heads[k])))
+    mis = np.flatnonzero(start & (unit - np.uint64(1)))
+    if mis.size:
+        k = int(mis[0])
+        f.append(Finding("hybrid.driver.record.aligned",
+                         f"{mis.size} record(s) start off their block's natural alignment "
+                         f"(first: record {k}, start_pfn {int(start[k]):#x}, order "
+                         f"{int(order[k])})", field=f"records[{k}].start_pfn",
+                         offset=RESP_HDR_SIZE + 8 * int(heads[k])))
+    # plain pfn+order records
+    plain = blen == 0
+    starts_l = [start[plain]]
+    counts_l = [unit[plain]]
+    # bitmap records: bit i marks the block at start_pfn + i * 2^order
+    bm = np.flatnonzero(~plain)
+    if bm.size:
+        nw = ((blen[bm] + np.uint64(7)) >> np.uint64(3)).astype(np.intp)
+        rec_of_word = np.repeat(np.arange(bm.size), nw)
+        first_word = np.repeat(heads[bm] + 1, nw)
+        within = np.arange(rec_of_word.size) - np.repeat(np.cumsum(nw) - nw, nw)
+        wv = words[first_word + within]
+        bits = np.unpackbits(wv.astype("<u8").view(np.uint8).reshape(-1, 8), axis=1,
+                             bitorder="little")
+        wi, bi = np.nonzero(bits)
+        r = rec_of_word[wi]
+        blk = (within[wi] * 64 + bi).astype(np.uint64)
+        ok = blk < blen[bm][r] * np.uint64(8)
+        r, blk = r[ok], blk[ok]
+        u = unit[bm][r]
+        top = start[bm][r].astype(object) + (blk.astype(object) + 1) * u.astype(object)
+        if top.size and max(top) > 1 << 64:
+            raise DecodeError("a bitmap record reaches past the 64-bit frame space",
+                              field="records", offset=RESP_HDR_SIZE)
+        starts_l.append(start[bm][r] + blk * u)
+        counts_l.append(u)
+    starts = np.concatenate(starts_l).astype(np.uint64)
+    counts = np.concatenate(counts_l).astype(np.uint64)
+    ov = _overlaps(starts, counts)
+    if ov:
+        f.append(Finding("hybrid.driver.pages.no-duplicate",
+                         f"{ov} block(s) overlap another block of this message", field="records"))
+    msg = HybridMessage(int(h.cmd), int(h.flag), int(h.id), int(h.data_len), words, heads,
+                        trailing, little)
+    return Decoded("hybrid", msg, layout, tuple(f), starts, counts, role)
+
+
+def _decode_stats(data: bytes, layout: WireLayout, profile: str) -> Decoded:
+    tags, vals, trailing = bulk.parse_stats(data, layout.little_endian)
+    f: list[Finding] = []
+    if trailing:
+        # the normative clause says "multiple of 6 bytes": an erratum (errata.toml, virtio-spec#45)
+        f.append(Finding("spec.driver.stats.len-multiple-of-10",
+                         f"buffer is {len(data)} bytes, not a multiple of the 10-byte entry",
+                         offset=len(data) - len(trailing)))
+    u, cnt = np.unique(tags, return_counts=True)
+    if np.any(cnt > 1):
+        dup = [int(t) for t in u[cnt > 1]]
+        f.append(Finding("spec.driver.stats.duplicate-tag", f"tag(s) {dup} appear more than once",
+                         field="tag"))
+    unknown = sorted({int(t) for t in u if int(t) not in SPEC_STAT_TAGS})
+    if unknown:
+        named = [f"{t} ({STAT_TAGS[t]})" if t in STAT_TAGS else str(t) for t in unknown]
+        f.append(Finding("spec.device.stats.ignores-unknown-tag",
+                         f"tag(s) {', '.join(named)} are not defined by the spec (0-9); a device "
+                         "must ignore them", field="tag"))
+    entries = tuple(Stat(int(t), int(v)) for t, v in zip(tags.tolist(), vals.tolist(), strict=True))
+    return Decoded("stats", StatsMessage(entries, trailing), layout, tuple(f))
+
+
+def _decode_config(data: bytes, layout: WireLayout) -> Decoded:
+    if len(data) < 8:
+        raise _too_short("virtio_balloon_config", CONFIG_FIELDS[:2], len(data))
+    size = max(s for s in (8, 12, 16) if s <= len(data))
+    c = CONFIG[size].parse(data[:size])
+    f: list[Finding] = []
+    if len(data) not in (8, 12, 16):
+        f.append(Finding("spec.device.config.size", f"config space is {len(data)} bytes; a "
+                         "balloon's is 8, 12 or 16", offset=size))
+    msg = ConfigSpace(int(c.num_pages), int(c.actual), c.get("free_page_hint_cmd_id"),
+                      c.get("poison_val"), data[size:])
+    return Decoded("config", msg, layout, tuple(f))
+
+
+def _decode_hint(data: bytes, layout: WireLayout) -> Decoded:
+    if len(data) < 4:
+        raise DecodeError(f"free page hint command id needs 4 bytes, only {len(data)} present",
+                          field="cmd_id", offset=0, clause="spec.driver.hint.len-4")
+    c = structs(layout.little_endian).hint_cmd.parse(data)
+    f: list[Finding] = []
+    if len(data) != 4:
+        f.append(Finding("spec.driver.hint.len-4", f"command id buffer is {len(data)} bytes, "
+                         "not 4 (QEMU reports 'received an incorrect cmd id')", offset=4))
+    return Decoded("hint-cmd", HintCommand(int(c.cmd_id), bytes(c.trailing)), layout, tuple(f))
+
+
+# --- encoders ------------------------------------------------------------------------------------
+def _check_range(name: str, value: int, bits: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << bits:
+        raise EncodeError(f"{value!r} does not fit {bits} unsigned bits", field=name)
+    return value
+
+
+def encode_segments(message: Message, layout: WireLayout | None = None) -> list[bytes]:
+    """The message as the descriptors a driver would post (one entry per descriptor)."""
+    layout = layout or WireLayout()
+    st = structs(layout.little_endian)
+    if isinstance(message, PfnArray):
+        return [bulk.build_pfns(message.pfns, layout.little_endian, message.trailing)]
+    if isinstance(message, BitmapMessage):
+        m = message
+        for n, b in (("cmd", 16), ("page_shift", 16), ("flag", 16), ("reserved", 16),
+                     ("req_id", 64), ("start_pfn", 64), ("bmap_len", 64)):
+            _check_range(n, getattr(m, n), b)
+        hdr = st.balloon_bmap_hdr.build(dict(
+            cmd=m.cmd, page_shift=m.page_shift, flag=m.flag, reserved=m.reserved,
+            req_id=m.req_id, start_pfn=m.start_pfn, bmap_len=m.bmap_len))
+        return [hdr + m.header_tail, *m.bitmap]
+    if isinstance(message, RequestHeader):
+        _check_range("cmd", message.cmd, 16)
+        if len(message.reserved) != 3:
+            raise EncodeError("reserved must be three u16", field="reserved")
+        for k, r in enumerate(message.reserved):
+            _check_range(f"reserved[{k}]", r, 16)
+        _check_range("param", message.param, 64)
+        return [st.balloon_req_hdr.build(dict(cmd=message.cmd, reserved=list(message.reserved),
+                                              param=message.param)) + message.trailing]
+    if isinstance(message, HybridMessage):
+        _check_range("cmd", message.cmd, 8)
+        _check_range("flag", message.flag, 8)
+        _check_range("id", message.id, 16)
+        _check_range("data_len", message.data_len, 32)
+        hdr = st.virtio_balloon_resp_hdr.build(dict(cmd=message.cmd, flag=message.flag,
+                                                    id=message.id, data_len=message.data_len))
+        e = "<" if layout.little_endian else ">"
+        return [hdr + np.asarray(message.words, dtype=np.uint64).astype(e + "u8").tobytes()
+                + message.trailing]
+    if isinstance(message, StatsMessage):
+        for k, s in enumerate(message.entries):
+            _check_range(f"entries[{k}].tag", s.tag, 16)
+            _check_range(f"entries[{k}].val", s.val, 64)
+        tags = np.array([s.tag for s in message.entries], dtype=np.uint64)
+        vals = np.array([s.val for s in message.entries], dtype=np.uint64)
+        return [bulk.build_stats(tags, vals, layout.little_endian) + message.trailing]
+    if isinstance(message, ConfigSpace):
+        m2 = message
+        vals_c = {"num_pages": m2.num_pages, "actual": m2.actual}
+        size = 8
+        if m2.free_page_hint_cmd_id is not None:
+            vals_c["free_page_hint_cmd_id"] = m2.free_page_hint_cmd_id
+            size = 12
+            if m2.poison_val is not None:
+                vals_c["poison_val"] = m2.poison_val
+                size = 16
+        elif m2.poison_val is not None:
+            raise EncodeError("poison_val needs free_page_hint_cmd_id before it (16-byte config)",
+                              field="free_page_hint_cmd_id")
+        for n, v in vals_c.items():
+            _check_range(n, v, 32)
+        return [CONFIG[size].build(vals_c) + m2.trailing]
+    if isinstance(message, HintCommand):
+        _check_range("cmd_id", message.cmd_id, 32)
+        return [st.hint_cmd.build(dict(cmd_id=message.cmd_id, trailing=message.trailing))]
+    raise EncodeError(f"cannot encode {type(message).__name__}")
+
+
+def encode(message: Message, layout: WireLayout | None = None) -> bytes:
+    return b"".join(encode_segments(message, layout))
+
+
+# --- JSON form ------------------------------------------------------------------------------------
+def message_fields(m: Message) -> dict[str, Any]:
+    """The message's fields by their C names (the JSON ``fields`` object)."""
+    if isinstance(m, PfnArray):
+        out: dict[str, Any] = {"pfns": m.pfns.tolist()}
+        if m.trailing:
+            out["trailing"] = m.trailing.hex()
+        return out
+    if isinstance(m, BitmapMessage):
+        out = {k: getattr(m, k) for k in
+               ("cmd", "page_shift", "flag", "reserved", "req_id", "start_pfn", "bmap_len")}
+        out["bitmap"] = [b.hex() for b in m.bitmap]
+        if m.header_tail:
+            out["header_tail"] = m.header_tail.hex()
+        return out
+    if isinstance(m, RequestHeader):
+        out = {"cmd": m.cmd, "reserved": list(m.reserved), "param": m.param}
+        if m.trailing:
+            out["trailing"] = m.trailing.hex()
+        return out
+    if isinstance(m, HybridMessage):
+        out = {"cmd": m.cmd, "flag": m.flag, "id": m.id, "data_len": m.data_len,
+               "records": [{"start_pfn": r.start_pfn, "page_shift": r.page_shift,
+                            "bmap_len": r.bmap_len, "bmap": list(r.bmap)} for r in m.records()]}
+        if m.trailing:
+            out["trailing"] = m.trailing.hex()
+        return out
+    if isinstance(m, StatsMessage):
+        out = {"entries": [{"tag": s.tag, "name": STAT_TAGS.get(s.tag), "val": s.val}
+                           for s in m.entries]}
+        if m.trailing:
+            out["trailing"] = m.trailing.hex()
+        return out
+    if isinstance(m, ConfigSpace):
+        out = {"num_pages": m.num_pages, "actual": m.actual}
+        if m.free_page_hint_cmd_id is not None:
+            out["free_page_hint_cmd_id"] = m.free_page_hint_cmd_id
+        if m.poison_val is not None:
+            out["poison_val"] = m.poison_val
+        if m.trailing:
+            out["trailing"] = m.trailing.hex()
+        return out
+    out = {"cmd_id": m.cmd_id}
+    if m.trailing:
+        out["trailing"] = m.trailing.hex()
+    return out
+
+
+def _hex(obj: dict[str, Any], key: str) -> bytes:
+    v = obj.get(key, "")
+    try:
+        return bytes.fromhex(v)
+    except (TypeError, ValueError):
+        raise UsageError(f"{key} must be a hex string", field=key) from None
+
+
+def _int(obj: dict[str, Any], key: str, default: int | None = None) -> int:
+    if key not in obj:
+        if default is None:
+            raise UsageError(f"missing field {key!r}", field=key)
+        return default
+    v = obj[key]
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise UsageError(f"{key} must be an integer, not {v!r}", field=key)
+    return v
+
+
+def message_from_json(kind: str, obj: Any, layout: WireLayout | None = None,
+                      *, role: str = "inflate") -> Message:
+    """Build a message from the JSON ``decode --json`` prints (its ``fields``) or from
+    ``pages`` (extents) for the kinds that carry pages."""
+    layout = layout or WireLayout()
+    if not isinstance(obj, dict):
+        raise UsageError("message JSON must be an object with 'fields' or 'pages'")
+    if "fields" not in obj and "pages" in obj:
+        return _from_pages(kind, obj["pages"], layout, role)
+    fields = obj.get("fields", obj)
+    if not isinstance(fields, dict):
+        raise UsageError("'fields' must be an object", field="fields")
+    try:
+        if kind == "pfns":
+            pfns = fields.get("pfns")
+            if not isinstance(pfns, list):
+                raise UsageError("pfns must be a list of integers", field="pfns")
+            arr = np.array(pfns, dtype=object)
+            if arr.size and not all(isinstance(x, int) and 0 <= x <= 0xFFFFFFFF for x in pfns):
+                raise UsageError("every PFN must be an integer 0..2^32-1", field="pfns")
+            return PfnArray(arr.astype(np.uint32), _hex(fields, "trailing"))
+        if kind == "bmap":
+            bm = fields.get("bitmap", [])
+            if isinstance(bm, str):
+                bm = [bm]
+            return BitmapMessage(
+                _int(fields, "cmd", 0), _int(fields, "page_shift", layout.page_shift),
+                _int(fields, "flag", 0), _int(fields, "reserved", 0), _int(fields, "req_id", 0),
+                _int(fields, "start_pfn"), _int(fields, "bmap_len"),
+                tuple(_hex({"b": b}, "b") for b in bm), _hex(fields, "header_tail"))
+        if kind == "req":
+            res = fields.get("reserved", [0, 0, 0])
+            if not (isinstance(res, list) and len(res) == 3):
+                raise UsageError("reserved must be a list of 3 integers", field="reserved")
+            return RequestHeader(_int(fields, "cmd", 0), (res[0], res[1], res[2]),
+                                 _int(fields, "param"), _hex(fields, "trailing"))
+        if kind == "hybrid":
+            recs = fields.get("records", [])
+            if not isinstance(recs, list):
+                raise UsageError("records must be a list", field="records")
+            words: list[int] = []
+            heads: list[int] = []
+            for k, r in enumerate(recs):
+                if not isinstance(r, dict):
+                    raise UsageError(f"records[{k}] must be an object", field=f"records[{k}]")
+                sp, ps, bl = _int(r, "start_pfn"), _int(r, "page_shift"), _int(r, "bmap_len", 0)
+                _check_range(f"records[{k}].start_pfn", sp, 52)
+                _check_range(f"records[{k}].page_shift", ps, 6)
+                _check_range(f"records[{k}].bmap_len", bl, 6)
+                heads.append(len(words))
+                words.append(bulk.hybrid_head_word(sp, ps, bl, layout.little_endian))
+                bmw = r.get("bmap", [])
+                if len(bmw) != (bl + 7) // 8:
+                    raise UsageError(f"records[{k}] has bmap_len {bl} but {len(bmw)} bitmap "
+                                     "words", field=f"records[{k}].bmap")
+                for w in bmw:
+                    words.append(_check_range(f"records[{k}].bmap", w, 64))
+            trailing = _hex(fields, "trailing")
+            data_len = _int(fields, "data_len", 8 * len(words) + len(trailing))
+            return HybridMessage(_int(fields, "cmd", 0), _int(fields, "flag", 0),
+                                 _int(fields, "id", 0), data_len,
+                                 np.array(words, dtype=np.uint64), np.array(heads, dtype=np.intp),
+                                 trailing, layout.little_endian)
+        if kind == "stats":
+            ents = fields.get("entries", [])
+            if not isinstance(ents, list):
+                raise UsageError("entries must be a list", field="entries")
+            return StatsMessage(tuple(Stat(_int(e, "tag"), _int(e, "val")) for e in ents),
+                                _hex(fields, "trailing"))
+        if kind == "config":
+            return ConfigSpace(_int(fields, "num_pages"), _int(fields, "actual"),
+                               fields.get("free_page_hint_cmd_id"), fields.get("poison_val"),
+                               _hex(fields, "trailing"))
+        if kind == "hint-cmd":
+            return HintCommand(_int(fields, "cmd_id"), _hex(fields, "trailing"))
+    except (TypeError, AttributeError) as exc:
+        raise UsageError(f"malformed {kind} fields: {exc}") from None
+    raise UsageError(f"unknown message kind {kind!r}", field="kind")
+
+
+def _from_pages(kind: str, pages: Any, layout: WireLayout, role: str) -> Message:
+    ps = PageSet.from_extents(pages)
+    frames = ps.to_frames()
+    if kind == "pfns":
+        if frames.size and int(frames.max()) > 0xFFFFFFFF:
+            raise EncodeError("a PFN above 2^32-1 cannot go in a __virtio32 array", field="pages")
+        return PfnArray(frames.astype(np.uint32))
+    if kind == "bmap":
+        fpp = layout.frames_per_page
+        if role == "misc":
+            if frames.size and np.any(frames % np.uint64(fpp)):
+                raise EncodeError("misc-queue bitmaps index whole guest pages", field="pages")
+            units = frames // np.uint64(fpp)
+            units = units[::1] if fpp == 1 else np.unique(units)
+        else:
+            units = frames[frames % np.uint64(fpp) == 0] if fpp > 1 else frames
+        if units.size == 0:
+            return BitmapMessage(0, layout.page_shift, 0, 0, 0, 0, 0, ())
+        w = layout.word_size
+        base = int(units.min()) // w * w
+        nbits = (int(units.max()) - base) // w * w + w
+        bitmap = bulk.build_bitmap(units - np.uint64(base), nbits // 8, w, layout.word_order)
+        return BitmapMessage(0, layout.page_shift, 0, 0, 0, base, nbits // 8, (bitmap,))
+    if kind == "hybrid":
+        # the plain pfn+order form (every bmap_len 0); codecs.hybrid chooses bitmap words too
+        starts, orders = ps.aligned_blocks(max_order=51)
+        heads = [bulk.hybrid_head_word(int(s), int(o) + 12, 0, layout.little_endian)
+                 for s, o in zip(starts.tolist(), orders.tolist(), strict=True)]
+        words = np.array(heads, dtype=np.uint64)
+        return HybridMessage(0, 0, 0, 8 * words.size, words,
+                             np.arange(words.size, dtype=np.intp), b"", layout.little_endian)
+    raise UsageError(f"{kind!r} messages carry no pages; give 'fields'", field="pages")
+
