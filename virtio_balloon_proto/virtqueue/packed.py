@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 
-from construct import (  # type: ignore[import-untyped]
+from construct import (
     Int16ub,
     Int16ul,
     Int32ub,

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 
-from construct import (  # type: ignore[import-untyped]
+from construct import (
     Array,
     Int16ub,
     Int16ul,

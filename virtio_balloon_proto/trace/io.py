@@ -1,0 +1,348 @@
+"""Reading, writing and validating ``vbproto-trace/1`` files (docs/trace-format.md).
+
+* Reading streams: one line at a time, each line bounded (``MAX_LINE``, 64 MiB), every record
+  checked against the shipped JSON Schema (validator compiled once) and the rules the schema
+  cannot express (``model.semantic_problems``).  Memory use is one record, whatever the file
+  size.
+* Writing is atomic: records go to a temporary file in the target's directory, which is
+  flushed, fsync'ed and renamed over the target only when the writer closes without error.
+* Validation reports every problem with its line number instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+
+from ..errors import TraceError, VBProtoError
+from .model import Event, TraceHeader, event_from_json, header_from_json, semantic_problems
+
+MAX_LINE = 64 << 20
+SCHEMA_RESOURCE = "trace-v1.schema.json"
+_MSG_MAX = 300
+
+
+@cache
+def trace_schema() -> dict[str, Any]:
+    """The shipped schema, loaded through importlib.resources (works from a wheel)."""
+    text = resources.files("virtio_balloon_proto.schemas").joinpath(SCHEMA_RESOURCE).read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@cache
+def _validator() -> Draft202012Validator:
+    schema = trace_schema()
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MSG_MAX else text[: _MSG_MAX - 3] + "..."
+
+
+def schema_problems(record: Any) -> list[str]:
+    """Schema violations of one record, as short messages with the JSON path."""
+    v = _validator()
+    out = []
+    for err in sorted(v.iter_errors(record), key=lambda e: list(map(str, e.absolute_path))):
+        path = "/".join(str(p) for p in err.absolute_path)
+        out.append(_short(f"{path or '(record)'}: {err.message}"))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class TraceProblem:
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+def _open(path: str | os.PathLike[str]) -> IO[bytes]:
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise TraceError(f"cannot open: {exc.strerror or exc}", where=str(path)) from None
+
+
+def _lines(f: IO[bytes], max_line: int) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes without newline) -- or None for a line longer than ``max_line``,
+    whose rest is skipped in bounded chunks."""
+    n = 0
+    while True:
+        raw = f.readline(max_line + 1)
+        if not raw:
+            return
+        n += 1
+        if len(raw) > max_line and not raw.endswith(b"\n"):
+            while True:  # skip the rest of the over-long line without keeping it
+                chunk = f.readline(1 << 20)
+                if not chunk or chunk.endswith(b"\n"):
+                    break
+            yield n, None
+            continue
+        yield n, raw.rstrip(b"\r\n")
+
+
+def _parse_line(raw: bytes) -> Any:
+    text = raw.decode("utf-8")
+    return json.loads(text)
+
+
+class TraceReader:
+    """Stream a trace: ``header`` is read on open, ``events()`` yields the rest.
+
+    Raises :class:`TraceError` naming the line at the first record that is not valid.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, max_line: int = MAX_LINE) -> None:
+        self.path = str(path)
+        self.max_line = max_line
+        self._f = _open(path)
+        self._lines = _lines(self._f, max_line)
+        self.line = 0
+        try:
+            first = next(self._lines, None)
+            if first is None:
+                raise TraceError("empty file: no header record", where=self._where(1))
+            self.line, raw = first
+            obj = self._record(raw)
+            if not isinstance(obj, dict) or obj.get("type") != "header":
+                raise TraceError(
+                    'line 1 must be the header record ({"type": "header", ...})',
+                    where=self._where(1),
+                )
+            self._check(obj, None)
+            self.header: TraceHeader = header_from_json(obj, where=self._where(1))
+        except BaseException:
+            self._f.close()
+            raise
+
+    def _where(self, line: int) -> str:
+        return f"{self.path} line {line}"
+
+    def _record(self, raw: bytes | None) -> Any:
+        if raw is None:
+            raise TraceError(
+                f"line is longer than {self.max_line} bytes", where=self._where(self.line)
+            )
+        try:
+            return _parse_line(raw)
+        except UnicodeDecodeError as exc:
+            raise TraceError(
+                f"not UTF-8 text (byte {exc.start})", where=self._where(self.line)
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise TraceError(
+                f"not JSON: {exc.msg} at column {exc.colno}", where=self._where(self.line)
+            ) from None
+        except RecursionError:
+            raise TraceError("JSON nested too deeply", where=self._where(self.line)) from None
+
+    def _check(self, obj: Any, header: TraceHeader | None) -> None:
+        probs = schema_problems(obj)
+        if not probs:
+            probs = list(semantic_problems(header, obj))
+        if probs:
+            raise TraceError("; ".join(probs), where=self._where(self.line))
+
+    def events(self) -> Iterator[Event]:
+        for line, raw in self._lines:
+            self.line = line
+            if raw is not None and not raw.strip():
+                continue  # blank lines are allowed (docs/trace-format.md)
+            obj = self._record(raw)
+            self._check(obj, self.header)
+            if obj["type"] == "header":
+                raise TraceError("a second header record", where=self._where(self.line))
+            yield event_from_json(obj, where=self._where(self.line))
+
+    def numbered_events(self) -> Iterator[tuple[int, Event]]:
+        """Events with the line each came from (for decoders that report positions)."""
+        for ev in self.events():
+            yield self.line, ev
+
+    __iter__ = events
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> TraceReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_trace(path: str | os.PathLike[str]) -> tuple[TraceHeader, list[Event]]:
+    """Read a whole (small) trace into memory.  Use :class:`TraceReader` for large ones."""
+    with TraceReader(path) as r:
+        return r.header, list(r.events())
+
+
+def iter_problems(
+    path: str | os.PathLike[str], *, max_line: int = MAX_LINE
+) -> Iterator[TraceProblem]:
+    """Every problem of a trace, in line order.
+
+    Raises :class:`TraceError` (not a problem) when the file cannot be read as a trace at all:
+    it cannot be opened, or its first line is not a JSON object.
+    """
+    with _open(path) as f:
+        header: TraceHeader | None = None
+        for n, raw in _lines(f, max_line):
+            if raw is None:
+                if n == 1:
+                    raise TraceError(f"first line is longer than {max_line} bytes", where=str(path))
+                yield TraceProblem(n, f"line is longer than {max_line} bytes")
+                continue
+            if n > 1 and not raw.strip():
+                continue
+            try:
+                obj = _parse_line(raw)
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+                msg = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "not JSON"
+                if n == 1:
+                    raise TraceError(f"not a trace: line 1 is {msg}", where=str(path)) from None
+                yield TraceProblem(
+                    n,
+                    msg
+                    if not isinstance(exc, json.JSONDecodeError)
+                    else (f"not JSON: {exc.msg} at column {exc.colno}"),
+                )
+                continue
+            if n == 1 and not isinstance(obj, dict):
+                raise TraceError("not a trace: line 1 is not a JSON object", where=str(path))
+            probs = schema_problems(obj)
+            if n == 1 and isinstance(obj, dict) and obj.get("type") != "header":
+                probs.insert(0, "line 1 must be the header record")
+            if n > 1 and isinstance(obj, dict) and obj.get("type") == "header":
+                probs.insert(0, "a second header record (only line 1 may be a header)")
+            if not probs:
+                probs = list(semantic_problems(header, obj))
+            for p in probs:
+                yield TraceProblem(n, p)
+            if n == 1 and not probs:
+                try:
+                    header = header_from_json(obj)
+                except VBProtoError as exc:
+                    yield TraceProblem(1, exc.message)
+
+
+def validate_trace(path: str | os.PathLike[str], *, limit: int | None = None) -> list[TraceProblem]:
+    out = []
+    for p in iter_problems(path):
+        out.append(p)
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def _dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True)
+
+
+class TraceWriter:
+    """Write a trace atomically: ``with TraceWriter(path, header) as w: w.write(event)``.
+
+    Nothing appears at ``path`` until the block ends without an exception; then the data is
+    fsync'ed and renamed into place, so readers never see half a trace.  Every record is
+    checked against the schema as it is written (``validate=False`` skips that).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], header: TraceHeader, *, validate: bool = True
+    ) -> None:
+        self.path = Path(path)
+        self.validate = validate
+        self.count = 0
+        directory = self.path.parent if str(self.path.parent) else Path(".")
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+        self._tmp = Path(tmp)
+        self._f: IO[str] = os.fdopen(fd, "w", encoding="ascii", newline="\n")
+        self._closed = False
+        try:
+            self._put(header.to_json())
+        except BaseException:
+            self.abort()
+            raise
+
+    def _put(self, obj: dict[str, Any]) -> None:
+        if self.validate:
+            probs = schema_problems(obj)
+            if probs:
+                raise TraceError(
+                    "refusing to write an invalid record: " + "; ".join(probs),
+                    where=f"{self.path} record {self.count + 1}",
+                )
+        self._f.write(_dumps(obj))
+        self._f.write("\n")
+        self.count += 1
+
+    def write(self, event: Event) -> None:
+        self._put(event.to_json())
+
+    def commit(self) -> None:
+        if self._closed:
+            return
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self._tmp, self.path)
+        self._closed = True
+        try:  # make the rename itself durable
+            dfd = os.open(self.path.parent if str(self.path.parent) else ".", os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(dfd)
+        except OSError:
+            pass
+        finally:
+            os.close(dfd)
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._f.close()
+        try:
+            self._tmp.unlink()
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def write_trace(
+    path: str | os.PathLike[str], header: TraceHeader, events: Iterator[Event] | list[Event]
+) -> int:
+    """Write ``header`` and ``events`` atomically; returns the number of events."""
+    with TraceWriter(path, header) as w:
+        for ev in events:
+            w.write(ev)
+        return w.count - 1
