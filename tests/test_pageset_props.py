@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -152,7 +154,8 @@ def oracle_bitmap_frames(data: bytes, base: int, word_size: int, order: str, uni
     out: set[int] = set()
     nwords = len(data) // wb
     for w in range(nwords):
-        word = int.from_bytes(data[w * wb : (w + 1) * wb], order)  # type: ignore[arg-type]
+        byteorder: Literal["big", "little"] = "big" if order in ("big", "be") else "little"
+        word = int.from_bytes(data[w * wb : (w + 1) * wb], byteorder)
         for b in range(word_size):
             if word >> b & 1:
                 n = w * word_size + b
@@ -160,7 +163,9 @@ def oracle_bitmap_frames(data: bytes, base: int, word_size: int, order: str, uni
     return out
 
 
-word_params = st.sampled_from([(32, "little"), (32, "big"), (64, "little"), (64, "big")])
+word_params = st.sampled_from(
+    [(32, "little"), (32, "big"), (64, "little"), (64, "big"), (32, "be"), (64, "le")]
+)
 
 
 @settings(max_examples=150)

@@ -43,7 +43,7 @@ MAX_FRAME = (1 << 64) - 1
 DEFAULT_LIMIT = 1 << 28
 
 U64 = npt.NDArray[np.uint64]
-WordOrder = Literal["little", "big"]
+WordOrder = Literal["little", "big", "le", "be"]
 
 _EMPTY = np.zeros(0, dtype=np.uint64)
 _EMPTY.flags.writeable = False
@@ -133,10 +133,15 @@ def _listify(arr: Any, field: str) -> list[Any]:
         ) from None
 
 
+_ORDER_ALIASES = {"little": "little", "big": "big", "le": "little", "be": "big"}
+
+
 def _check_word(word_size: int, word_order: str) -> int:
+    """Validate a bitmap word layout; word_order is 'little'/'big' (or the wire layer's
+    'le'/'be')."""
     if word_size not in (32, 64):
         raise UsageError(f"word size must be 32 or 64 bits, not {word_size!r}", field="word_size")
-    if word_order not in ("little", "big"):
+    if word_order not in _ORDER_ALIASES:
         raise UsageError(
             f"word order must be 'little' or 'big', not {word_order!r}", field="word_order"
         )
@@ -417,7 +422,7 @@ class PageSet:
                 raise DecodeError(
                     f"nbits {nbits} exceeds the {raw.size * 8} bits present", field="bitmap"
                 )
-        if word_order == "big" and raw.size:
+        if _ORDER_ALIASES[word_order] == "big" and raw.size:
             rem = raw.size % wbytes
             if rem:
                 raw = np.concatenate((raw, np.zeros(wbytes - rem, dtype=np.uint8)))
@@ -682,7 +687,7 @@ class PageSet:
         marks[e.astype(np.intp)] = -1
         flags = np.cumsum(marks[:-1], dtype=np.int8).view(np.uint8)
         packed = np.packbits(flags, bitorder="little")
-        if word_order == "big" and packed.size:
+        if _ORDER_ALIASES[word_order] == "big" and packed.size:
             packed = packed.reshape(-1, wbytes)[:, ::-1].reshape(-1)
         return packed.tobytes()
 
