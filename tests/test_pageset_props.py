@@ -255,3 +255,31 @@ def test_aligned_blocks_high_frames(ps: PageSet, max_order: int) -> None:
     starts, orders = ps.aligned_blocks(max_order)
     got = list(zip(starts.tolist(), orders.tolist(), strict=True))
     assert got == greedy_blocks(ps, max_order)
+
+
+@settings(max_examples=150)
+@given(
+    st.lists(st.integers(0, 300), max_size=200),
+    st.sampled_from([0, 5, 1 << 20, (1 << 32) - 400, (1 << 64) - 400]),
+)
+def test_dense_counting_path_equals_sort_path(frames: list[int], shift: int) -> None:
+    """The counting path (long arrays over a bounded span) against the sorting path."""
+    import virtio_balloon_proto.pageset as mod
+
+    arr = np.array([f + shift for f in frames], dtype=np.uint64)
+    if shift < 1 << 32:
+        arr32 = arr.astype(np.uint32)
+    saved = mod.DENSE_MIN
+    try:
+        mod.DENSE_MIN = 0
+        dense = PageSet.from_frames_counted(arr)
+        dense32 = PageSet.from_frames_counted(arr32) if shift < 1 << 32 else dense
+    finally:
+        mod.DENSE_MIN = saved
+    sorted_ = PageSet.from_frames_counted(arr)
+    want = {f + shift for f in frames}
+    assert frames_of(dense.pages) == want == frames_of(sorted_.pages)
+    assert dense.duplicates == sorted_.duplicates == len(frames) - len(set(frames))
+    assert dense.duplicated == sorted_.duplicated
+    assert dense32 == dense
+    check_invariants(dense.pages)

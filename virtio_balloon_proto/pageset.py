@@ -188,18 +188,50 @@ def _runs_from_sorted(s: npt.NDArray[Any]) -> tuple[U64, U64, npt.NDArray[np.boo
     )
 
 
-def _sorted_frames(arr: Any, field: str) -> npt.NDArray[Any]:
-    """Validated, sorted copy of a frame array, kept in its own (narrow) dtype: sorting the
+def _frames_1d(arr: Any, field: str) -> npt.NDArray[Any]:
+    """Validated 1-D frame array, kept in its own unsigned dtype when it has one: sorting the
     le32 PFNs of an inflate as uint32 is about twice as fast as sorting them as uint64."""
     if isinstance(arr, np.ndarray) and arr.dtype.kind == "u" and arr.ndim == 1:
-        a: npt.NDArray[Any] = arr
-    else:
-        a = _as_uint64(arr, field)
-        if a.ndim != 1:
-            raise UsageError(f"expected a 1-D array of frames, got shape {a.shape}", field=field)
-    if a.size > 1 and not bool(np.all(a[1:] >= a[:-1])):
-        return np.sort(a)
+        return arr
+    a = _as_uint64(arr, field)
+    if a.ndim != 1:
+        raise UsageError(f"expected a 1-D array of frames, got shape {a.shape}", field=field)
     return a
+
+
+#: Frame arrays at least this long whose span is at most DENSE_SPAN_FACTOR times their
+#: length take the counting path (a byte per frame of the span instead of a sort).
+DENSE_MIN = 4096
+DENSE_SPAN_FACTOR = 16
+DENSE_MAX_SPAN = 1 << 28
+
+
+def _dense_path(a: npt.NDArray[Any]) -> FramesWithDuplicates | None:
+    """Counting sort for frame arrays that cover a bounded span (an inflate: millions of
+    PFNs inside a guest's few million frames).  Marking each frame in a byte array is O(n)
+    scattered writes, several times faster than an O(n log n) sort, and the run edges then
+    come from one compare over the span - the same pass as :meth:`PageSet.from_bitmap`."""
+    n = a.size
+    if n < DENSE_MIN:
+        return None
+    lo = int(a.min())
+    hi = int(a.max())
+    span = hi - lo + 1
+    if span > DENSE_SPAN_FACTOR * n or span > DENSE_MAX_SPAN:
+        return None
+    # index without subtracting when the span starts near 0 (saves a pass over the frames)
+    off = 0 if lo <= span else lo
+    idx = a if off == 0 else a - a.dtype.type(off)
+    flags = np.zeros(span + (lo - off), dtype=np.uint8)
+    flags[idx] = 1
+    ndup = n - int(np.count_nonzero(flags))
+    pages = PageSet._from_bit_flags(flags, off, 1)
+    if ndup:
+        counts = np.bincount(idx.astype(np.intp), minlength=flags.size)
+        dupped = PageSet._from_bit_flags((counts > 1).view(np.uint8), off, 1)
+    else:
+        dupped = PageSet()
+    return FramesWithDuplicates(pages, ndup, dupped)
 
 
 # --------------------------------------------------------------------------- text form
@@ -281,9 +313,13 @@ class PageSet:
     @classmethod
     def from_frames_counted(cls, arr: Any) -> FramesWithDuplicates:
         """Like :meth:`from_frames`, also counting repeated frames (one sort serves both)."""
-        s = _sorted_frames(arr, "frames")
-        if s.size == 0:
+        a = _frames_1d(arr, "frames")
+        if a.size == 0:
             return FramesWithDuplicates(cls(), 0, cls())
+        dense = _dense_path(a)
+        if dense is not None:
+            return dense
+        s = np.sort(a) if a.size > 1 and not bool(np.all(a[1:] >= a[:-1])) else a
         starts, lasts, dup = _runs_from_sorted(s)
         ndup = int(np.count_nonzero(dup))
         if ndup:
