@@ -17,7 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from virtio_balloon_proto.codecs.buffers import Segment
 from virtio_balloon_proto.errors import VBProtoError
+
+__all__ = ["DeviceUnderTest", "Negotiated", "Segment", "Setup", "Unsupported", "Used"]
 
 
 class Unsupported(VBProtoError):
@@ -51,16 +54,6 @@ class Negotiated:
     #: role -> queue index the device actually uses
     queues: dict[str, int]
     config_size: int
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One descriptor of a chain the driver makes available."""
-
-    addr: int  # guest-physical address as recorded (meaningful for hint/report ranges)
-    length: int
-    writable: bool  # VIRTQ_DESC_F_WRITE
-    data: bytes = b""  # driver-written bytes (out segments only; len(data) == length)
 
 
 @dataclass(frozen=True)
