@@ -1,0 +1,467 @@
+"""Adapters: how the runner reaches a device under test, chosen by a spec string.
+
+* ``reference``            -- the built-in reference device (``models/device.py``)
+* ``python:module:Class``  -- a class implementing :class:`~.dut.DeviceUnderTest`, instantiated
+  with no arguments; ``module`` may also be a path to a ``.py`` file
+* ``stdio:'CMD ...'``      -- an external process of any language speaking the framed JSON
+  protocol of ``docs/stdio-protocol.md`` on its stdin/stdout
+* ``qemu[:OPTIONS]``       -- QEMU over qtest (``qemu_adapter.py``); OPTIONS is ``k=v,k=v``
+
+The reference and QEMU adapters are imported lazily: they live in modules other people write,
+and the runner must stay importable (and the stdio/python adapters usable) without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import json
+import os
+import select
+import shlex
+import signal
+import struct
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from virtio_balloon_proto.errors import PeerError, UsageError, VBProtoError
+
+from .dut import DeviceUnderTest, Negotiated, Segment, Setup, Unsupported, Used
+
+#: protocol version spoken by this runner (docs/stdio-protocol.md)
+STDIO_PROTOCOL = 1
+#: frames longer than this are refused before anything is allocated
+MAX_FRAME = 16 << 20
+#: exit status of a testee that does not support what it was asked (quic-interop-runner)
+EXIT_UNSUPPORTED = 127
+DEFAULT_TIMEOUT = 5.0
+
+
+# --------------------------------------------------------------------------- JSON mapping
+def setup_to_json(setup: Setup) -> dict[str, Any]:
+    return {
+        "profile": setup.profile,
+        "driver_features": setup.driver_features,
+        "endian": setup.endian,
+        "word_size": setup.word_size,
+        "word_order": setup.word_order,
+        "page_size": setup.page_size,
+        "device_options": dict(setup.device_options),
+        "memory_size": setup.memory_size,
+    }
+
+
+def segment_to_json(seg: Segment) -> dict[str, Any]:
+    return {"addr": seg.addr, "len": seg.length, "writable": seg.writable, "data": seg.data.hex()}
+
+
+def _int(obj: dict[str, Any], key: str, step: str, lo: int = 0, hi: int = (1 << 64) - 1) -> int:
+    v = obj.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise PeerError(f"'{key}' must be an integer in [{lo}, {hi}], got {v!r}", where=step)
+    return v
+
+
+def _hex(obj: dict[str, Any], key: str, step: str, default: str | None = None) -> bytes:
+    v = obj.get(key, default)
+    if not isinstance(v, str):
+        raise PeerError(f"'{key}' must be a hex string, got {type(v).__name__}", where=step)
+    try:
+        return bytes.fromhex(v)
+    except ValueError:
+        raise PeerError(f"'{key}' is not valid hex: {v[:40]!r}", where=step) from None
+
+
+def used_from_json(raw: Any, step: str) -> list[Used]:
+    if not isinstance(raw, list):
+        raise PeerError("'used' must be a list", where=step)
+    out = []
+    for i, u in enumerate(raw):
+        if not isinstance(u, dict):
+            raise PeerError(f"used[{i}] is not an object", where=step)
+        written = _hex(u, "written", step, "")
+        out.append(Used(id=_int(u, "id", step, hi=0xFFFF), length=_int(u, "len", step, hi=0xFFFFFFFF), written=written))
+    return out
+
+
+def negotiated_from_json(raw: Any, step: str) -> Negotiated:
+    if not isinstance(raw, dict):
+        raise PeerError("start result must be an object", where=step)
+    queues = raw.get("queues")
+    if not isinstance(queues, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 65536
+        for k, v in queues.items()
+    ):
+        raise PeerError("'queues' must map role names to queue indices", where=step)
+    return Negotiated(
+        offered=_int(raw, "offered", step),
+        accepted=_int(raw, "accepted", step),
+        queues=dict(queues),
+        config_size=_int(raw, "config_size", step, hi=4096),
+    )
+
+
+# --------------------------------------------------------------------------- python adapter
+class PythonDevice:
+    """Wraps an in-process DeviceUnderTest so that its exceptions become our errors.
+
+    A device's own bug (any exception that is not Unsupported or one of ours) is reported as a
+    PeerError naming the step, never as a traceback from the runner.
+    """
+
+    def __init__(self, inner: DeviceUnderTest, label: str) -> None:
+        self.inner = inner
+        self.name = getattr(inner, "name", label) or label
+
+    def _call(self, step: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except (Unsupported, PeerError):
+            raise
+        except VBProtoError as exc:
+            raise PeerError(f"device raised {type(exc).__name__}: {exc}", where=step) from None
+        except Exception as exc:  # the device's own bug: report, do not crash the run
+            raise PeerError(f"device raised {type(exc).__name__}: {exc}", where=step) from None
+
+    def start(self, setup: Setup) -> Negotiated:
+        return self._call("start", self.inner.start, setup)  # type: ignore[no-any-return]
+
+    def avail(self, role: str, head: int, segments: list[Segment]) -> list[Used]:
+        return self._call(f"avail {role} head {head}", self.inner.avail, role, head, segments)  # type: ignore[no-any-return]
+
+    def config_read(self, offset: int, size: int) -> bytes:
+        return self._call(f"config_read {offset}+{size}", self.inner.config_read, offset, size)  # type: ignore[no-any-return]
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        self._call(f"config_write {offset}", self.inner.config_write, offset, data)
+
+    def host_request(self, kind: str, params: dict[str, Any]) -> list[Used]:
+        return self._call(f"host_request {kind}", self.inner.host_request, kind, params)  # type: ignore[no-any-return]
+
+    def observe(self) -> dict[str, Any]:
+        return self._call("observe", self.inner.observe)  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        self._call("stop", self.inner.stop)
+
+
+def load_python_device(target: str) -> PythonDevice:
+    module_name, sep, class_name = target.rpartition(":")
+    if not sep or not module_name or not class_name:
+        raise UsageError(f"python adapter wants python:module:Class, got python:{target}", field="device")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            spec = importlib.util.spec_from_file_location(f"_vbproto_dut_{path.stem}", path)
+            if spec is None or spec.loader is None:
+                raise UsageError(f"cannot load {path}", field="device")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(
+            f"cannot import {module_name}: {type(exc).__name__}: {exc}", field="device"
+        ) from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise UsageError(f"{module_name} has no attribute {class_name!r}", field="device")
+    try:
+        inst = cls()
+    except Exception as exc:
+        raise UsageError(f"cannot instantiate {class_name}(): {type(exc).__name__}: {exc}", field="device") from None
+    if not isinstance(inst, DeviceUnderTest):
+        missing = [
+            m for m in ("start", "avail", "config_read", "config_write", "host_request", "observe", "stop")
+            if not callable(getattr(inst, m, None))
+        ]
+        raise UsageError(
+            f"{class_name} does not implement DeviceUnderTest (missing: {', '.join(missing) or 'name'})",
+            field="device",
+        )
+    return PythonDevice(inst, f"python:{target}")
+
+
+# --------------------------------------------------------------------------- stdio adapter
+class StdioDevice:
+    """An external testee speaking docs/stdio-protocol.md.
+
+    One process serves many cases (start ... stop, start ... stop).  Any transport problem --
+    exit, hang past the step timeout, a frame that is not JSON, a frame length over
+    :data:`MAX_FRAME` -- raises PeerError naming the step; the process is then killed and the
+    next call to :meth:`start` spawns a fresh one.  Exit status 127 (before or during a case)
+    or an ``{"unsupported": "..."}`` answer raises Unsupported.
+    """
+
+    def __init__(self, argv: list[str], timeout: float = DEFAULT_TIMEOUT, max_frame: int = MAX_FRAME) -> None:
+        if not argv:
+            raise UsageError("stdio adapter needs a command", field="device")
+        self.argv = argv
+        self.timeout = timeout
+        self.max_frame = max_frame
+        self.name = f"stdio:{shlex.join(argv)}"
+        self.peer_name: str | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+        self._seq = 0
+
+    # --- process management ----------------------------------------------------------------
+    def _spawn(self) -> None:
+        self._stderr = tempfile.TemporaryFile()
+        try:
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                bufsize=0,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._stderr.close()
+            self._stderr = None
+            raise UsageError(
+                f"cannot start testee {self.argv[0]!r}: {exc.strerror or exc}", field="device"
+            ) from None
+        result = self._request("hello", {"protocol": STDIO_PROTOCOL}, step="hello")
+        if not isinstance(result, dict) or result.get("protocol") != STDIO_PROTOCOL:
+            self._kill()
+            raise PeerError(
+                f"testee speaks protocol {result.get('protocol') if isinstance(result, dict) else result!r}, "
+                f"runner speaks {STDIO_PROTOCOL}",
+                where="hello",
+            )
+        name = result.get("name")
+        self.peer_name = name if isinstance(name, str) else None
+
+    def _stderr_tail(self, limit: int = 400) -> str:
+        if self._stderr is None:
+            return ""
+        try:
+            self._stderr.seek(0, os.SEEK_END)
+            size = self._stderr.tell()
+            self._stderr.seek(max(0, size - limit))
+            tail = self._stderr.read().decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+        return f"; testee stderr: {tail!r}" if tail else ""
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                if proc.stdin:
+                    proc.stdin.close()
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # the testee's own session, started by us
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=2)
+            if proc.stdout:
+                proc.stdout.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def close(self) -> None:
+        """End the testee: close its stdin (it exits at EOF), then kill it if it lingers."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                if proc.stdin:
+                    proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=1)
+        self._kill()
+
+    # --- framing -----------------------------------------------------------------------------
+    def _fail(self, message: str, step: str) -> VBProtoError:
+        proc = self._proc
+        code = proc.poll() if proc is not None else None
+        tail = self._stderr_tail()
+        self._kill()
+        if code == EXIT_UNSUPPORTED:
+            return Unsupported(f"testee exited with status 127 during {step}", where=step)
+        if code is not None and "exited" not in message:
+            message += f" (testee exited with status {code})"
+        return PeerError(message + tail, where=step)
+
+    def _read_exact(self, n: int, deadline: float, step: str) -> bytes:
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        chunks: list[bytes] = []
+        got = 0
+        while got < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._fail(f"no answer within {self.timeout:g} s (hang)", step)
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(fd, min(n - got, 1 << 20))
+            if not chunk:
+                if self._proc.poll() is None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        self._proc.wait(timeout=0.5)
+                code = self._proc.poll()
+                raise self._fail(
+                    f"testee closed its stdout after {got} of {n} bytes"
+                    + (f" (testee exited with status {code})" if code is not None else ""),
+                    step,
+                )
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def _request(self, method: str, params: dict[str, Any], step: str) -> Any:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            raise PeerError("testee is not running", where=step)
+        self._seq += 1
+        body = json.dumps({"id": self._seq, "method": method, "params": params}, separators=(",", ":")).encode()
+        try:
+            proc.stdin.write(struct.pack("<I", len(body)) + body)
+            proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise self._fail("testee is gone (broken pipe while sending)", step) from None
+        deadline = time.monotonic() + self.timeout
+        (length,) = struct.unpack("<I", self._read_exact(4, deadline, step))
+        if length > self.max_frame:
+            raise self._fail(
+                f"testee announced a frame of {length} bytes (limit {self.max_frame})", step
+            )
+        raw = self._read_exact(length, deadline, step)
+        try:
+            msg = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self._fail(f"answer is not UTF-8 JSON ({exc}): {raw[:60]!r}", step) from None
+        if not isinstance(msg, dict):
+            raise self._fail(f"answer is not a JSON object: {raw[:60]!r}", step)
+        if msg.get("id") != self._seq:
+            raise self._fail(f"answer id {msg.get('id')!r} does not match request id {self._seq}", step)
+        if "unsupported" in msg:
+            raise Unsupported(str(msg["unsupported"]) or "unsupported", where=step)
+        if "error" in msg:
+            raise PeerError(f"testee reported an error: {str(msg['error'])[:300]}", where=step)
+        if "result" not in msg:
+            raise self._fail("answer has neither 'result', 'error' nor 'unsupported'", step)
+        return msg["result"]
+
+    def _call(self, method: str, params: dict[str, Any], step: str) -> Any:
+        if self._proc is None:
+            raise PeerError("testee is not running (start failed or it died)", where=step)
+        return self._request(method, params, step)
+
+    # --- DeviceUnderTest ---------------------------------------------------------------------
+    def start(self, setup: Setup) -> Negotiated:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._kill()
+        if self._proc is None:
+            self._spawn()
+        result = self._call("start", setup_to_json(setup), "start")
+        return negotiated_from_json(result, "start")
+
+    def avail(self, role: str, head: int, segments: list[Segment]) -> list[Used]:
+        step = f"avail {role} head {head}"
+        params = {"role": role, "head": head, "segments": [segment_to_json(s) for s in segments]}
+        result = self._call("avail", params, step)
+        if not isinstance(result, dict):
+            raise self._fail("avail result must be an object", step)
+        return used_from_json(result.get("used", []), step)
+
+    def config_read(self, offset: int, size: int) -> bytes:
+        step = f"config_read {offset}+{size}"
+        result = self._call("config_read", {"offset": offset, "size": size}, step)
+        if not isinstance(result, dict):
+            raise self._fail("config_read result must be an object", step)
+        return _hex(result, "data", step)
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        self._call("config_write", {"offset": offset, "data": data.hex()}, f"config_write {offset}")
+
+    def host_request(self, kind: str, params: dict[str, Any]) -> list[Used]:
+        step = f"host_request {kind}"
+        result = self._call("host_request", {"kind": kind, "params": params}, step)
+        if not isinstance(result, dict):
+            raise self._fail("host_request result must be an object", step)
+        return used_from_json(result.get("used", []), step)
+
+    def observe(self) -> dict[str, Any]:
+        result = self._call("observe", {}, "observe")
+        if not isinstance(result, dict):
+            raise self._fail("observe result must be an object", "observe")
+        return result
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._call("stop", {}, "stop")
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._kill()
+
+
+# --------------------------------------------------------------------------- factory
+def open_device(spec: str, *, timeout: float = DEFAULT_TIMEOUT) -> DeviceUnderTest:
+    """Build the device under test named by ``spec`` (see module docstring)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "reference":
+        if rest:
+            raise UsageError("'reference' takes no options", field="device")
+        try:
+            mod = importlib.import_module("virtio_balloon_proto.models.device")
+        except ImportError as exc:
+            raise UsageError(f"the reference device is not available: {exc}", field="device") from None
+        return PythonDevice(mod.ReferenceDevice(), "reference")
+    if kind == "python":
+        return load_python_device(rest)
+    if kind == "stdio":
+        try:
+            argv = shlex.split(rest)
+        except ValueError as exc:
+            raise UsageError(f"cannot split stdio command: {exc}", field="device") from None
+        return StdioDevice(argv, timeout=timeout)
+    if kind == "qemu":
+        opts: dict[str, str] = {}
+        for item in filter(None, rest.split(",")):
+            k, eq, v = item.partition("=")
+            if not eq:
+                raise UsageError(f"qemu option {item!r} is not key=value", field="device")
+            opts[k.strip()] = v.strip()
+        try:
+            mod = importlib.import_module("virtio_balloon_proto.conformance.qemu_adapter")
+        except ImportError as exc:
+            raise UsageError(f"the QEMU adapter is not available: {exc}", field="device") from None
+        try:
+            return mod.QemuDevice(timeout=timeout, **opts)  # type: ignore[no-any-return]
+        except TypeError as exc:
+            raise UsageError(f"bad qemu options {rest!r}: {exc}", field="device") from None
+    raise UsageError(
+        f"unknown device spec {spec!r} (reference | python:module:Class | stdio:'CMD' | qemu[:OPTS])",
+        field="device",
+    )
+
+
+def close_device(dev: Any) -> None:
+    close = getattr(dev, "close", None)
+    if callable(close):
+        with contextlib.suppress(Exception):
+            close()
+
+
+__all__ = [
+    "EXIT_UNSUPPORTED",
+    "MAX_FRAME",
+    "STDIO_PROTOCOL",
+    "PythonDevice",
+    "StdioDevice",
+    "close_device",
+    "open_device",
+    "setup_to_json",
+]

@@ -1,0 +1,233 @@
+"""Verdicts: what one clause did in one case, what a case did, what a run did.
+
+Verdicts follow the anchors (conformance-anchors.md "Seven things", 2): more than pass/fail,
+mapped onto the clause level.
+
+* ``pass``        -- the clause was checked in the case and held.
+* ``fail``        -- a MUST clause was broken (or a SHOULD clause under ``--strict``).
+* ``non-strict``  -- a SHOULD clause was broken (Autobahn NON-STRICT, h2spec without --strict).
+* ``unsupported`` -- the device does not implement the profile/feature the case needs
+  (adapter raised Unsupported, stdio exit 127, or the device did not offer a needed feature).
+* ``skipped``     -- the case was not run (the reference cannot run it, or it was filtered).
+* ``error``       -- a runner-side problem (unreadable trace, bug in a check): never the
+  device's fault, never counted as a device failure.
+
+A broken MAY clause is not a failure: it is recorded as ``pass`` with a note (informational).
+
+Outcomes of a case combine the verdicts with the known-failures list (protobuf's failure list):
+``pass``, ``non-strict``, ``fail``, ``expected-failure``, ``unexpected-pass``, ``unsupported``,
+``skipped``, ``error``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Verdict(str, Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    NON_STRICT = "non-strict"
+    UNSUPPORTED = "unsupported"
+    SKIPPED = "skipped"
+    ERROR = "error"
+
+
+#: outcomes that make a run fail (exit status 1)
+FAILING_OUTCOMES = frozenset({"fail", "unexpected-pass"})
+OUTCOMES = (
+    "pass",
+    "non-strict",
+    "fail",
+    "expected-failure",
+    "unexpected-pass",
+    "unsupported",
+    "skipped",
+    "error",
+)
+
+
+def verdict_for_level(level: str, strict: bool = False) -> Verdict:
+    """The verdict of a *broken* clause of this level."""
+    if level == "MUST":
+        return Verdict.FAIL
+    if level == "SHOULD":
+        return Verdict.FAIL if strict else Verdict.NON_STRICT
+    return Verdict.PASS  # MAY: informational only
+
+
+@dataclass
+class ClauseResult:
+    """One clause in one case."""
+
+    clause: str
+    verdict: Verdict
+    message: str = ""
+    #: index of the trace event (step) where the difference appeared; None for end-of-case
+    step: int | None = None
+    expected: Any = None  # what the reference did (JSON-able; bytes as hex dumps)
+    received: Any = None  # what the device under test did
+    #: set when a known-failures entry covers this result (its reason)
+    known: str | None = None
+
+    @property
+    def broken(self) -> bool:
+        return self.verdict in (Verdict.FAIL, Verdict.NON_STRICT)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"clause": self.clause, "verdict": self.verdict.value}
+        if self.message:
+            out["message"] = self.message
+        if self.step is not None:
+            out["step"] = self.step
+        if self.expected is not None:
+            out["expected"] = self.expected
+        if self.received is not None:
+            out["received"] = self.received
+        if self.known is not None:
+            out["known_failure"] = self.known
+        return out
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    profile: str
+    source: str  # trace path (or "<memory>")
+    results: list[ClauseResult] = field(default_factory=list)
+    #: case-level status when no clause was evaluated (unsupported, skipped, error)
+    status: Verdict | None = None
+    reason: str = ""
+    duration: float = 0.0
+    #: the replayed traffic, for reports: one dict per step (JSON-able, bytes as hex)
+    traffic: list[dict[str, Any]] = field(default_factory=list)
+    #: known-failures entries that matched this case but whose clause passed
+    unexpected_passes: list[str] = field(default_factory=list)
+
+    # --- verdicts --------------------------------------------------------------------------
+    def verdict(self) -> Verdict:
+        """Worst verdict, ignoring known failures: error > unsupported > skipped > fail >
+        non-strict > pass."""
+        if self.status is not None:
+            return self.status
+        vs = {r.verdict for r in self.results}
+        for v in (Verdict.ERROR, Verdict.FAIL, Verdict.NON_STRICT):
+            if v in vs:
+                return v
+        return Verdict.PASS
+
+    def outcome(self, strict: bool = False) -> str:
+        """The case's outcome once known failures are taken into account."""
+        if self.status is not None:
+            return self.status.value
+        unknown_broken = [r for r in self.results if r.broken and r.known is None]
+        if any(r.verdict == Verdict.ERROR for r in self.results):
+            return "error"
+        if any(r.verdict == Verdict.FAIL for r in unknown_broken):
+            return "fail"
+        if self.unexpected_passes:
+            return "unexpected-pass"
+        if any(r.known is not None for r in self.results):
+            return "expected-failure"
+        if unknown_broken:  # only non-strict ones remain
+            return "non-strict"
+        return "pass"
+
+    def failures(self) -> list[ClauseResult]:
+        return [r for r in self.results if r.broken or r.verdict == Verdict.ERROR]
+
+    def summary_line(self) -> str:
+        broken = self.failures()
+        if not broken:
+            return f"{self.case_id}: {self.outcome()}" + (f" ({self.reason})" if self.reason else "")
+        clauses = ", ".join(sorted({r.clause for r in broken}))
+        return f"{self.case_id}: {self.outcome()} [{clauses}]"
+
+    def details_text(self) -> str:
+        lines = [self.summary_line()]
+        if self.reason:
+            lines.append(f"  reason: {self.reason}")
+        for r in self.failures():
+            at = f" (step {r.step})" if r.step is not None else ""
+            known = f" [known failure: {r.known}]" if r.known else ""
+            lines.append(f"  {r.verdict.value:10} {r.clause}{at}: {r.message}{known}")
+            if r.expected is not None:
+                lines.append(f"      expected: {_short(r.expected)}")
+            if r.received is not None:
+                lines.append(f"      received: {_short(r.received)}")
+        for entry in self.unexpected_passes:
+            lines.append(f"  unexpected pass of known failure {entry}")
+        return "\n".join(lines)
+
+    def to_json(self, strict: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.case_id,
+            "profile": self.profile,
+            "source": self.source,
+            "verdict": self.verdict().value,
+            "outcome": self.outcome(strict),
+            "duration": round(self.duration, 6),
+            "clauses": [r.to_json() for r in self.results],
+            "traffic": self.traffic,
+        }
+        if self.reason:
+            out["reason"] = self.reason
+        if self.unexpected_passes:
+            out["unexpected_passes"] = list(self.unexpected_passes)
+        return out
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def hexdump(data: bytes, limit: int = 4096) -> str:
+    """Classic 16-bytes-a-line hex dump (offset, hex, ASCII); long buffers are cut at
+    ``limit`` bytes with a note, so a report never balloons."""
+    lines = []
+    shown = data[:limit]
+    for off in range(0, len(shown), 16):
+        chunk = shown[off : off + 16]
+        hexpart = " ".join(f"{b:02x}" for b in chunk)
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+        lines.append(f"{off:08x}  {hexpart:<47}  |{text}|")
+    if len(data) > limit:
+        lines.append(f"... {len(data) - limit} more bytes")
+    return "\n".join(lines)
+
+
+@dataclass
+class RunResult:
+    """All cases of one run, plus what the reports need to say about the run."""
+
+    device: str
+    corpus: str
+    strict: bool = False
+    cases: list[CaseResult] = field(default_factory=list)
+    partial: bool = True
+    started: float = 0.0
+    finished: float | None = None
+    known_failures: str | None = None
+    #: known-failures entries that matched no case of the run (protobuf's unmatched.txt)
+    unmatched_known: list[str] = field(default_factory=list)
+    #: total number of cases the run intends to execute
+    planned: int = 0
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(OUTCOMES, 0)
+        for c in self.cases:
+            out[c.outcome(self.strict)] += 1
+        return out
+
+    def exit_code(self) -> int:
+        """0: all passed (known failures allowed); 1: failures or unexpected passes;
+        2: a case could not be run because its input is bad (runner-side error)."""
+        counts = self.counts()
+        if counts["error"]:
+            return 2
+        if any(counts[o] for o in FAILING_OUTCOMES):
+            return 1
+        return 0
