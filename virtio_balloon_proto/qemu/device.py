@@ -9,8 +9,9 @@ Typical use::
         used = b.exchange("inflate", [pfn_array(range(0x8000, 0x8010))])
         assert b.read_pages(0x8000, 16) == bytes(16 * 4096)   # QEMU discarded them
 
-Guest RAM below :data:`SCRATCH_END` (16 MiB) belongs to the session (rings from 1 MiB, out
-buffers from 2 MiB); tests put balloon pages above it.
+A 15 MiB window of guest RAM belongs to the session: rings in its first MiB, out-buffers in
+the rest.  By default it is 1 MiB-16 MiB and tests put balloon pages above it; the conformance
+adapter moves it above the RAM a recorded trace can name (``window_base``).
 
 Under ``-accel tcg -S`` QEMU handles a notify synchronously (no ioeventfd without KVM), so the
 used ring is final when the notify write returns.  With ``stats_clock=True`` the machine runs a
@@ -42,8 +43,9 @@ from .tracelog import TraceLog
 from .transport import QueueAddrs, Transport, open_transport
 
 RING_BASE = 0x100000
-SCRATCH_BASE = 0x200000
-SCRATCH_END = 0x1000000
+#: session window: rings in the first MiB, out-buffers in the remaining 14 MiB
+WINDOW_SIZE = 15 << 20
+RING_AREA = 1 << 20
 PAGE = 4096
 BALLOON_PATH = "/machine/peripheral/balloon0"
 BACKEND_PATH = BALLOON_PATH + "/virtio-backend"
@@ -87,6 +89,7 @@ class QemuBalloon:
         timeout: float = 10.0,
         workdir: Path | None = None,
         queue_size: int = 128,
+        window_base: int = RING_BASE,
     ) -> None:
         if transport not in ("modern", "legacy"):
             raise UsageError(f"unknown transport {transport!r} (modern or legacy)")
@@ -110,7 +113,12 @@ class QemuBalloon:
         self.offered = 0
         self.accepted = 0
         self.queues: dict[int, SplitQueueDriver] = {}
-        self._scratch = BumpAllocator(SCRATCH_BASE, SCRATCH_END)
+        if window_base % 4096:
+            raise UsageError(f"session window {window_base:#x} is not page aligned")
+        self.window_base = window_base
+        self.scratch_base = window_base + RING_AREA
+        self.scratch_end = window_base + WINDOW_SIZE
+        self._scratch = BumpAllocator(self.scratch_base, self.scratch_end)
         self.timings: dict[str, float] = {}
 
     # --- lifetime ------------------------------------------------------------------------
@@ -133,6 +141,12 @@ class QemuBalloon:
             self.stop()
             raise
         self.mem = QtestMemory(proc.qtest, self.ram_size)
+        if not self.mem.contains(self.window_base, WINDOW_SIZE):
+            self.stop()
+            raise UsageError(
+                f"session window {self.window_base:#x}+15 MiB is not inside guest RAM "
+                f"({self.ram_size >> 20} MiB)"
+            )
         self.trace_log = TraceLog(proc.trace_log)
         self.timings["enumerate"] = time.monotonic() - t0 - proc.start_seconds
         return self
@@ -191,10 +205,10 @@ class QemuBalloon:
             size = self.transport.queue_max_size(i)
             if self.kind == "modern":
                 size = min(size, self.queue_size)
-            base = RING_BASE + i * 0x3000
+            base = self.window_base + i * 0x3000
             lay = legacy_layout(base, size) if self.kind == "legacy" else compact_layout(base, size)
-            if lay.end > SCRATCH_BASE:
-                raise UsageError(f"rings of queue {i} (size {size}) do not fit below 2 MiB")
+            if lay.end > self.scratch_base:
+                raise UsageError(f"rings of queue {i} (size {size}) do not fit the ring area")
             q = SplitQueueDriver(self.mem, size, lay.desc, lay.avail, lay.used)
             self.transport.setup_queue(i, QueueAddrs(lay.desc, lay.avail, lay.used, size))
             self.queues[i] = q
@@ -223,12 +237,12 @@ class QemuBalloon:
     def place(self, data: bytes) -> int:
         """Copy driver bytes into session scratch RAM (wraps around when the window is full:
         QEMU copies an out-buffer when it pops it, and pops happen at the notify)."""
-        if len(data) > SCRATCH_END - SCRATCH_BASE:
+        if len(data) > self.scratch_end - self.scratch_base:
             raise UsageError(f"out buffer of {len(data)} bytes is larger than the scratch window")
         try:
             addr = self._scratch.alloc(max(len(data), 1), 16)
         except UsageError:
-            self._scratch = BumpAllocator(SCRATCH_BASE, SCRATCH_END)
+            self._scratch = BumpAllocator(self.scratch_base, self.scratch_end)
             addr = self._scratch.alloc(max(len(data), 1), 16)
         self.mem.write(addr, data)
         return addr

@@ -1,0 +1,367 @@
+"""QEMU 7.2's virtio-balloon as a :class:`~.dut.DeviceUnderTest` (``--device qemu[:OPTIONS]``).
+
+OPTIONS (``k=v,k=v``): ``transport=modern|legacy`` and the virtio-balloon-pci properties
+``deflate-on-oom``, ``free-page-reporting``, ``free-page-hint``, ``page-poison``,
+``disable-legacy``, ``disable-modern`` (``on``/``off``).  One QEMU per case (``start`` ...
+``stop``); start-up costs about 70 ms.
+
+What the adapter does with a recorded case, and why:
+
+* Out-buffers are copied into a RAM window of the adapter's own placed *above* the RAM the
+  trace talks about (QEMU gets ``memory_size + 16 MiB``), so the recorded driver addresses of
+  out-buffers are not used: what matters to the device is the bytes.  Device-writable
+  segments (free-page reporting/hint ranges) keep their recorded address and length: there the
+  address *is* the payload.  Reported ranges inside RAM are first filled with a pattern so the
+  discard can be observed (they read back as zero afterwards).
+* Device properties follow the driver's wanted features unless the case says otherwise:
+  DEFLATE_ON_OOM -> ``deflate-on-oom=on``, FREE_PAGE_HINT -> ``free-page-hint=on``,
+  PAGE_REPORTING -> ``free-page-reporting=on`` (QEMU offers those bits only with them).
+* Queue indices are QEMU's: compacted over *offered* features (research/qemu-peer.md 2b).
+* The legacy transport carries feature bits 0-31 only, so VERSION_1 cannot be negotiated
+  there; on x86 the legacy wire bytes are little-endian like VERSION_1's.  ``accepted`` in
+  :class:`Negotiated` says what was really negotiated.
+* ``stats-poll`` needs device timers: when STATS_VQ is negotiated the machine runs a halting
+  firmware under ``-icount`` (virtual time flows, the vCPU never does anything).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from virtio_balloon_proto.errors import PeerError, RingError, UsageError, VBProtoError
+from virtio_balloon_proto.profiles import SPEC, QueueRole
+from virtio_balloon_proto.qemu.device import WINDOW_SIZE, QemuBalloon, to_extents
+from virtio_balloon_proto.qemu.process import DEVICE_PROPERTIES, find_qemu
+
+from .dut import Negotiated, Segment, Setup, Unsupported, Used
+
+#: guest-stats property names by stats tag (VIRTIO 1.x 5.5.6.3, QEMU balloon_stat_names)
+STAT_NAMES = (
+    "stat-swap-in",
+    "stat-swap-out",
+    "stat-major-faults",
+    "stat-minor-faults",
+    "stat-free-memory",
+    "stat-total-memory",
+    "stat-available-memory",
+    "stat-disk-caches",
+    "stat-htlb-pgalloc",
+    "stat-htlb-pgfail",
+)
+#: QEMU resets every stat to -1 when a stats buffer arrives; -1 means "not reported"
+UNREPORTED = (1 << 64) - 1
+#: feature bit -> device property that makes QEMU offer it
+FEATURE_PROPERTY = {2: "deflate-on-oom", 3: "free-page-hint", 5: "free-page-reporting"}
+#: pre-fill reported ranges (to observe the discard) only up to this many bytes per chain
+MAX_PATTERN_FILL = 64 << 20
+PATTERN = 0xA5
+MiB = 1 << 20
+
+
+def _onoff(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in ("on", "true", "yes", "1"):
+        return True
+    if v in ("off", "false", "no", "0"):
+        return False
+    raise UsageError(f"qemu option {key}={value!r}: expected on or off", field="device")
+
+
+def parse_options(spec: str) -> dict[str, str]:
+    """``qemu:transport=modern,deflate-on-oom=on`` (prefix optional) -> {key: value}."""
+    body = spec.removeprefix("qemu").removeprefix(":")
+    out: dict[str, str] = {}
+    for item in filter(None, (x.strip() for x in body.split(","))):
+        k, eq, v = item.partition("=")
+        if not eq:
+            raise UsageError(f"qemu option {item!r} is not key=value", field="device")
+        out[k.strip()] = v.strip()
+    return out
+
+
+class QemuDevice:
+    """DeviceUnderTest backed by a real QEMU process per case."""
+
+    def __init__(self, spec: str = "", *, timeout: float = 10.0, **options: Any) -> None:
+        opts: dict[str, Any] = {**parse_options(spec), **options}
+        self.transport = str(opts.pop("transport", "modern"))
+        if self.transport not in ("modern", "legacy"):
+            raise UsageError(
+                f"qemu transport={self.transport!r}: expected modern or legacy", field="device"
+            )
+        self.properties: dict[str, bool] = {}
+        for k, v in opts.items():
+            if k not in DEVICE_PROPERTIES:
+                raise UsageError(
+                    f"unknown qemu option {k!r} (transport, {', '.join(DEVICE_PROPERTIES)})",
+                    field="device",
+                )
+            self.properties[k] = _onoff(k, v)
+        self.timeout = timeout
+        shown = ",".join([f"transport={self.transport}"] + [
+            f"{k}={'on' if v else 'off'}" for k, v in self.properties.items()
+        ])  # fmt: skip
+        self.name = f"qemu:{shown}"
+        self.session: QemuBalloon | None = None
+        self.negotiated: Negotiated | None = None
+        #: queue index -> {our head: the case's head}
+        self._heads: dict[int, dict[int, int]] = {}
+        #: queue index -> {our head: writable segments posted with it}
+        self._writable: dict[int, dict[int, list[tuple[int, int]]]] = {}
+        self._reported: list[tuple[int, int]] = []  # (gpa, len) of returned report ranges
+        self._stats_interval = False
+
+    # --- lifetime ------------------------------------------------------------------------
+    def start(self, setup: Setup) -> Negotiated:
+        self.stop()
+        if setup.profile != "spec":
+            raise Unsupported(
+                f"QEMU implements only the spec profile, not {setup.profile!r} "
+                "(no PAGE_BITMAP / MISC_VQ in any QEMU release)"
+            )
+        if setup.endian != "le":
+            raise Unsupported("QEMU on x86 runs little-endian guests only (endian=be asked)")
+        props = self._properties_for(setup)
+        if self.transport == "modern" and props.get("disable-modern"):
+            raise UsageError("transport=modern with disable-modern=on", field="device")
+        if self.transport == "legacy" and props.get("disable-legacy"):
+            raise UsageError("transport=legacy with disable-legacy=on", field="device")
+        find_qemu()  # PeerError with the apt-get line when QEMU is missing
+        wants = setup.driver_features
+        if self.transport == "legacy":
+            wants &= 0xFFFFFFFF  # the legacy feature register is 32 bits wide
+        stats = SPEC.has(wants, "STATS_VQ")
+        base = (max(setup.memory_size, MiB) + MiB - 1) // MiB * MiB
+        try:
+            s = QemuBalloon(
+                transport=self.transport,
+                device=props,
+                memory=base + WINDOW_SIZE + MiB,
+                stats_clock=stats,
+                timeout=self.timeout,
+                window_base=base,
+            )
+            s.start()
+            self.session = s
+            offered, accepted = s.negotiate(wants)
+            s.setup_queues()
+            if stats:
+                s.cont()
+        except (UsageError, RingError) as e:
+            self.stop()
+            raise PeerError(f"cannot bring QEMU's balloon up: {e}", where="start") from None
+        roles = s.queue_roles()
+        self._heads = {i: {} for i in roles.values()}
+        self._writable = {i: {} for i in roles.values()}
+        self._reported = []
+        self._stats_interval = False
+        self.negotiated = Negotiated(
+            offered=offered,
+            accepted=accepted,
+            queues={r.value: i for r, i in roles.items()},
+            # QEMU sizes config space by its *host* features (virtio_balloon_config_size)
+            config_size=SPEC.config_size(offered),
+        )
+        return self.negotiated
+
+    def _properties_for(self, setup: Setup) -> dict[str, bool]:
+        props = dict(self.properties)
+        for bit, prop in FEATURE_PROPERTY.items():
+            if setup.driver_features >> bit & 1:
+                props.setdefault(prop, True)
+        for key, value in setup.device_options.items():
+            if key not in DEVICE_PROPERTIES:
+                raise Unsupported(f"QEMU 7.2's virtio-balloon has no option {key!r}")
+            props[key] = _onoff(key, value)
+        return props
+
+    def stop(self) -> None:
+        if self.session is not None:
+            self.session.stop()
+            self.session = None
+
+    close = stop
+
+    def _s(self) -> QemuBalloon:
+        if self.session is None:
+            raise PeerError("QEMU device used before start()", where="qemu adapter")
+        return self.session
+
+    # --- traffic -------------------------------------------------------------------------
+    def avail(self, role: str, head: int, segments: list[Segment]) -> list[Used]:
+        s = self._s()
+        try:
+            r = QueueRole(role)
+        except ValueError:
+            raise Unsupported(f"QEMU has no {role!r} queue") from None
+        slots = s.queue_roles()
+        if r not in slots:
+            raise Unsupported(
+                f"QEMU has no usable {role} queue with offered {s.offered:#x} / "
+                f"negotiated {s.accepted:#x}"
+            )
+        q = slots[r]
+        raw: list[bytes | tuple[int, int, bool]] = []
+        writable: list[tuple[int, int]] = []
+        for seg in segments:
+            if seg.writable:
+                raw.append((seg.addr, seg.length, True))
+                writable.append((seg.addr, seg.length))
+            else:
+                if len(seg.data) != seg.length:
+                    raise UsageError(
+                        f"out segment carries {len(seg.data)} bytes for length {seg.length}",
+                        field="data",
+                    )
+                raw.append(seg.data)
+        try:
+            if r is QueueRole.REPORTING:
+                self._prefill(s, writable)
+            posted = s.post(q, raw)
+        except (UsageError, RingError) as e:
+            raise PeerError(f"cannot post the chain: {e}", where=f"avail {role}") from None
+        self._heads[q][posted.head] = head
+        self._writable[q][posted.head] = writable
+        return self._collect(q)
+
+    def _prefill(self, s: QemuBalloon, ranges: list[tuple[int, int]]) -> None:
+        total = sum(n for _, n in ranges)
+        if total > MAX_PATTERN_FILL:
+            return
+        for gpa, n in ranges:
+            if n and s.mem.contains(gpa, n) and not _overlaps(gpa, n, s.window_base, WINDOW_SIZE):
+                s.mem.fill(gpa, n, PATTERN)
+
+    def _collect(self, q: int) -> list[Used]:
+        s = self._s()
+        out: list[Used] = []
+        for e in s.used(q):
+            theirs = self._heads[q].pop(e.id, None)
+            segs = self._writable[q].pop(e.id, [])
+            if theirs is None:
+                raise PeerError(
+                    f"QEMU returned head {e.id} on queue {q}, which is not outstanding",
+                    where="used ring",
+                )
+            written = self._written(s, segs, e.len)
+            if self.negotiated is not None and q == self.negotiated.queues.get("reporting"):
+                self._reported += segs
+            out.append(Used(id=theirs, length=e.len, written=written))
+        return out
+
+    @staticmethod
+    def _written(s: QemuBalloon, segs: list[tuple[int, int]], used_len: int) -> bytes:
+        """The first ``used_len`` bytes of the writable segments (what the device claims)."""
+        out = bytearray()
+        for gpa, n in segs:
+            take = min(n, used_len - len(out))
+            if take <= 0:
+                break
+            if not s.mem.contains(gpa, take):
+                raise PeerError(
+                    f"used len {used_len} covers {gpa:#x}+{take:#x}, outside guest RAM",
+                    where="used ring",
+                )
+            out += s.mem.read(gpa, take)
+        return bytes(out)
+
+    # --- config and host side ------------------------------------------------------------
+    def config_read(self, offset: int, size: int) -> bytes:
+        try:
+            return self._s().config_read(offset, size)
+        except UsageError as e:
+            raise PeerError(str(e), where="config_read") from None
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        try:
+            self._s().config_write(offset, data)
+        except UsageError as e:
+            raise PeerError(str(e), where="config_write") from None
+
+    def host_request(self, kind: str, params: dict[str, Any]) -> list[Used]:
+        s = self._s()
+        if kind == "set-target":
+            pages = params.get("num_pages")
+            if not isinstance(pages, int) or isinstance(pages, bool) or pages < 0:
+                raise UsageError(f"set-target needs num_pages >= 0, got {pages!r}")
+            # QMP 'balloon' takes the guest's target size; QEMU derives
+            # num_pages = (ram_size - target) >> 12 (virtio_balloon_to_target)
+            target = s.ram_size - pages * 4096
+            if target <= 0:
+                raise Unsupported(
+                    f"QEMU cannot ask for {pages} pages: QMP balloon needs a target > 0 "
+                    f"(RAM {s.ram_size >> 20} MiB)"
+                )
+            try:
+                s.set_target(target)
+            except VBProtoError as e:
+                raise PeerError(f"QMP balloon failed: {e}", where="host_request") from None
+            return []
+        if kind == "stats-poll":
+            stats_q = s.queue_roles().get(QueueRole.STATS)
+            if stats_q is None:
+                raise Unsupported("stats-poll without a negotiated stats queue")
+            if not self._stats_interval:
+                # QEMU returns the held stats buffer from a timer on the virtual clock; with
+                # -icount sleep=off and a halted vCPU that clock jumps to the deadline at once
+                s.set_stats_interval(1)
+                self._stats_interval = True
+            if not self._heads[stats_q]:
+                return []  # no stats buffer outstanding: nothing to give back
+            deadline = time.monotonic() + self.timeout
+            while time.monotonic() < deadline:
+                got = self._collect(stats_q)
+                if got:
+                    return got
+                time.sleep(0.002)
+            return []
+        if kind in ("hint-start", "hint-stop"):
+            raise Unsupported(
+                "QEMU starts free page hinting only from migration's precopy notifier; "
+                "there is no QMP command for it"
+            )
+        if kind == "get-unused-pages":
+            raise Unsupported("get-unused-pages is the v3 misc queue; QEMU has none")
+        raise Unsupported(f"QEMU adapter has no host request {kind!r}")
+
+    # --- observation ---------------------------------------------------------------------
+    def observe(self) -> dict[str, Any]:
+        s = self._s()
+        out: dict[str, Any] = {}
+        # QEMU keeps no set of ballooned pages (it discards the RAM and forgets), so the balloon
+        # is rebuilt from its own trace lines: pages it processed on inflate minus on deflate
+        out["balloon"] = [list(e) for e in s.balloon_extents()]
+        cfg = s.config_read(0, 8)
+        out["num_pages"] = int.from_bytes(cfg[0:4], "little")
+        out["actual"] = int.from_bytes(cfg[4:8], "little")
+        if SPEC.has(s.offered, "FREE_PAGE_HINT"):
+            out["hint_cmd_id"] = int.from_bytes(s.config_read(8, 4), "little")
+        stats = s.guest_stats().get("stats", {})
+        if isinstance(stats, dict):
+            out["stats"] = {
+                tag: int(stats[name])
+                for tag, name in enumerate(STAT_NAMES)
+                if isinstance(stats.get(name), int) and stats[name] != UNREPORTED
+            }
+        if self.negotiated is not None and "reporting" in self.negotiated.queues:
+            # only ranges that QEMU returned and that now read as zero were really discarded
+            pfns: set[int] = set()
+            for gpa, n in self._reported:
+                if gpa % 4096 or n % 4096 or n > MAX_PATTERN_FILL or not s.mem.contains(gpa, n):
+                    continue
+                zero = s.pages_zero(gpa // 4096, n // 4096)
+                pfns.update((np.nonzero(zero)[0] + gpa // 4096).tolist())
+            out["reported"] = [list(e) for e in to_extents(sorted(pfns))]
+        return out
+
+
+def _overlaps(a: int, n: int, b: int, m: int) -> bool:
+    return a < b + m and b < a + n
+
+
+__all__ = ["QemuDevice", "parse_options"]

@@ -1,0 +1,143 @@
+"""The conformance adapter ``--device qemu[:OPTIONS]`` against real QEMU 7.2."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+import pytest
+
+from virtio_balloon_proto.conformance.adapters import open_device
+from virtio_balloon_proto.conformance.dut import DeviceUnderTest, Segment, Setup, Unsupported
+from virtio_balloon_proto.conformance.qemu_adapter import QemuDevice, parse_options
+from virtio_balloon_proto.errors import PeerError, UsageError
+from virtio_balloon_proto.profiles import VERSION_1
+from virtio_balloon_proto.qemu.device import pfn_array
+from virtio_balloon_proto.qemu.process import find_qemu
+
+pytestmark = pytest.mark.qemu
+
+STATS_VQ, DEFLATE_ON_OOM, PAGE_POISON, PAGE_REPORTING = 1 << 1, 1 << 2, 1 << 4, 1 << 5
+
+
+def _require_qemu() -> None:
+    try:
+        find_qemu()
+    except PeerError as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture(params=["modern", "legacy"])
+def dev(request: pytest.FixtureRequest) -> Iterator[QemuDevice]:
+    _require_qemu()
+    d = QemuDevice(f"qemu:transport={request.param}")
+    yield d
+    d.stop()
+
+
+def _out(data: bytes, addr: int = 0x1234000) -> Segment:
+    return Segment(addr=addr, length=len(data), writable=False, data=data)
+
+
+def test_options_and_protocol() -> None:
+    assert parse_options("qemu:transport=legacy,deflate-on-oom=on") == {
+        "transport": "legacy",
+        "deflate-on-oom": "on",
+    }
+    d = QemuDevice("qemu:transport=legacy,deflate-on-oom=on")
+    assert isinstance(d, DeviceUnderTest)
+    assert d.name == "qemu:transport=legacy,deflate-on-oom=on"
+    with pytest.raises(UsageError, match="unknown qemu option"):
+        QemuDevice("qemu:bogus=1")
+    with pytest.raises(UsageError, match="modern or legacy"):
+        QemuDevice("qemu:transport=mmio")
+    with pytest.raises(UsageError, match="on or off"):
+        QemuDevice("qemu:page-poison=maybe")
+    # the runner's factory passes hyphenated keys as keyword arguments
+    assert isinstance(open_device("qemu:free-page-reporting=on"), QemuDevice)
+
+
+def test_unsupported_profiles_and_options() -> None:
+    d = QemuDevice()
+    for profile in ("v3", "hybrid"):
+        with pytest.raises(Unsupported, match="spec profile"):
+            d.start(Setup(profile=profile, driver_features=STATS_VQ))
+    with pytest.raises(Unsupported, match="little-endian"):
+        d.start(Setup(profile="spec", driver_features=STATS_VQ, endian="be"))
+    with pytest.raises(Unsupported, match="no option 'must-tell-host'"):
+        d.start(Setup(profile="spec", driver_features=1, device_options={"must-tell-host": True}))
+
+
+def test_inflate_deflate_observe(dev: QemuDevice) -> None:
+    want = VERSION_1 | STATS_VQ | DEFLATE_ON_OOM
+    neg = dev.start(Setup(profile="spec", driver_features=want))
+    assert neg.queues == {"inflate": 0, "deflate": 1, "stats": 2}
+    expected = want if dev.transport == "modern" else want & 0xFFFFFFFF
+    assert neg.accepted == expected  # deflate-on-oom=on was switched on for DEFLATE_ON_OOM
+    assert neg.config_size == 16  # QEMU offers PAGE_POISON by default
+    used = dev.avail("inflate", 41, [_out(pfn_array(range(0x4000, 0x4020)))])
+    assert [(u.id, u.length, u.written) for u in used] == [(41, 0, b"")]
+    used = dev.avail("deflate", 7, [_out(pfn_array(range(0x4008, 0x4010)))])
+    assert [(u.id, u.length) for u in used] == [(7, 0)]
+    obs = dev.observe()
+    assert obs["balloon"] == [[0x4000, 8], [0x4010, 0x10]]
+    assert obs["num_pages"] == 0 and obs["actual"] == 0 and obs["stats"] == {}
+    dev.config_write(4, struct.pack("<I", 24))
+    assert dev.config_read(4, 4) == struct.pack("<I", 24)
+    assert dev.host_request("set-target", {"num_pages": 1000}) == []
+    assert dev.observe()["num_pages"] == 1000 and dev.observe()["actual"] == 24
+
+
+def test_trailing_bytes_and_bad_pfns(dev: QemuDevice) -> None:
+    dev.start(Setup(profile="spec", driver_features=VERSION_1))
+    data = pfn_array([0x4000, 0xFEE00, 0x4001])[:10]  # 2.5 PFNs
+    used = dev.avail("inflate", 3, [_out(data)])
+    assert [(u.id, u.length) for u in used] == [(3, 0)]
+    assert dev.observe()["balloon"] == [[0x4000, 1]]  # LAPIC page skipped, tail ignored
+
+
+def test_stats_poll(dev: QemuDevice) -> None:
+    dev.start(Setup(profile="spec", driver_features=VERSION_1 | STATS_VQ))
+    buf = struct.pack("<HQ", 4, 123456) + struct.pack("<HQ", 5, 999999)
+    assert dev.avail("stats", 0, [_out(buf)]) == []  # QEMU keeps the stats buffer
+    assert dev.observe()["stats"] == {4: 123456, 5: 999999}
+    used = dev.host_request("stats-poll", {})
+    assert [(u.id, u.length) for u in used] == [(0, 0)]
+    assert dev.host_request("stats-poll", {}) == []  # nothing outstanding any more
+
+
+def test_reporting_observed_as_discard() -> None:
+    _require_qemu()
+    dev = QemuDevice("qemu:transport=modern")
+    try:
+        neg = dev.start(
+            Setup(profile="spec", driver_features=VERSION_1 | STATS_VQ | PAGE_REPORTING)
+        )
+        assert neg.queues["reporting"] == 3
+        seg = Segment(addr=0x6000000, length=4 << 20, writable=True)
+        used = dev.avail("reporting", 5, [seg])
+        assert [(u.id, u.length) for u in used] == [(5, 0)]
+        assert dev.observe()["reported"] == [[0x6000, 1024]]
+        with pytest.raises(Unsupported, match="precopy"):
+            dev.host_request("hint-start", {"cmd_id": 0x80000000})
+    finally:
+        dev.stop()
+
+
+def test_missing_role_is_unsupported(dev: QemuDevice) -> None:
+    dev.start(Setup(profile="spec", driver_features=VERSION_1))
+    with pytest.raises(Unsupported, match="free_page"):
+        dev.avail("free_page", 0, [_out(b"\0\0\0\x80")])
+    with pytest.raises(Unsupported):
+        dev.avail("misc", 0, [_out(b"\0" * 16)])
+
+
+def test_stop_kills_qemu(dev: QemuDevice) -> None:
+    dev.start(Setup(profile="spec", driver_features=VERSION_1))
+    assert dev.session is not None
+    proc = dev.session.proc
+    assert proc is not None and proc.alive()
+    dev.stop()
+    assert not proc.alive()
+    with pytest.raises(PeerError, match="before start"):
+        dev.observe()
