@@ -178,3 +178,268 @@ def message_encode(profile: str, kind: str, endian: str, word_size: str, word_or
     else:
         click.echo(data.hex())
 # ---- end message ----
+
+
+# ---- trace (virtqueue/trace layer) ----
+def _trace_source(ctx: click.Context, provenance: str | None) -> Any:
+    from virtio_balloon_proto.trace.model import TraceSource
+
+    return TraceSource(command="vbproto " + " ".join(sys.argv[1:]), provenance=provenance)
+
+
+def _hex_int(text: str | None, what: str) -> int | None:
+    from virtio_balloon_proto.trace.importers import parse_int
+
+    return None if text is None else parse_int(text, what)
+
+
+_PROFILES = click.Choice(["spec", "v3", "hybrid"])
+_MODELS = click.Choice(["negotiated", "offered", "fixed", "cloud-hypervisor"])
+
+
+def _feature_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--negotiated", help="negotiated feature word (hex); default per importer")(f)
+    f = click.option("--offered", help="offered feature word (hex); default: = negotiated")(f)
+    f = click.option("--index-model", type=_MODELS, default=None, help="queue index model")(f)
+    f = click.option("--profile", type=_PROFILES, required=True, help="protocol profile")(f)
+    f = click.option(
+        "-o",
+        "--out",
+        required=True,
+        type=click.Path(dir_okay=False),
+        help="trace file to write (atomically)",
+    )(f)
+    return f
+
+
+@_group("trace", "Recorded virtqueue traffic: validate traces, import captures.")
+def trace() -> None:
+    pass
+
+
+@trace.command("validate")
+@click.argument("trace_file", metavar="TRACE", type=click.Path(dir_okay=False))
+def trace_validate(trace_file: str) -> None:
+    """Check TRACE against the vbproto-trace/1 schema; print every problem with its line.
+
+    Exit 0 valid, 1 invalid, 2 not readable as a trace."""
+    from virtio_balloon_proto.trace.io import iter_problems
+
+    count = 0
+    for p in iter_problems(trace_file):
+        click.echo(f"{trace_file}:{p.line}: {p.message}")
+        count += 1
+    if count:
+        click.echo(f"{trace_file}: {count} problem(s)", err=True)
+        sys.exit(1)
+    click.echo(f"{trace_file}: valid vbproto-trace/1")
+
+
+@trace.group("import", cls=_Group)
+def trace_import() -> None:
+    """Write a trace from a ring dump, a QEMU core or a QEMU trace log."""
+
+
+def _done(out: str, n: int) -> None:
+    click.echo(f"wrote {out}: {n} event(s)")
+
+
+@trace_import.command("split-ring")
+@click.option(
+    "--memory",
+    "memory",
+    multiple=True,
+    required=True,
+    metavar="FILE[@GPA]",
+    help="raw guest memory dump mapped at GPA (repeatable)",
+)
+@click.option("--desc", required=True, help="descriptor table address")
+@click.option("--avail", required=True, help="avail ring address")
+@click.option("--used", required=True, help="used ring address")
+@click.option("--size", required=True, type=int, help="queue size")
+@click.option("--role", required=True, help="queue role (inflate, deflate, stats, ...)")
+@click.option("--queue", type=int, default=None, help="queue index (default: from the model)")
+@click.option(
+    "--endian",
+    type=click.Choice(["le", "be"]),
+    default="le",
+    help="ring byte order (legacy rings: the guest's)",
+)
+@click.option("--last-avail", default=None, help="device's next avail index (default used.idx)")
+@_feature_options
+def trace_import_split(
+    memory: tuple[str, ...],
+    desc: str,
+    avail: str,
+    used: str,
+    size: int,
+    role: str,
+    queue: int | None,
+    endian: str,
+    last_avail: str | None,
+    out: str,
+    profile: str,
+    index_model: str | None,
+    offered: str | None,
+    negotiated: str | None,
+) -> None:
+    """Import a split ring from raw guest memory dumps."""
+    from virtio_balloon_proto.trace.importers import (
+        import_split_ring,
+        load_memory,
+        parse_int,
+        write_import,
+    )
+
+    with load_memory(memory) as mem:
+        header, events = import_split_ring(
+            mem,
+            desc=parse_int(desc, "desc"),
+            avail=parse_int(avail, "avail"),
+            used=parse_int(used, "used"),
+            size=size,
+            role=role,
+            profile=profile,
+            endian=endian,
+            last_avail=_hex_int(last_avail, "last-avail"),
+            queue=queue,
+            offered=_hex_int(offered, "offered"),
+            negotiated=_hex_int(negotiated, "negotiated"),
+            index_model=index_model or "negotiated",
+            source=_trace_source(click.get_current_context(), "split ring in a memory dump"),
+        )
+        _done(out, write_import(out, header, events))
+
+
+@trace_import.command("packed-ring")
+@click.option(
+    "--memory",
+    "memory",
+    multiple=True,
+    required=True,
+    metavar="FILE[@GPA]",
+    help="raw guest memory dump mapped at GPA (repeatable)",
+)
+@click.option("--desc", required=True, help="descriptor ring address")
+@click.option("--size", required=True, type=int, help="queue size")
+@click.option("--role", required=True, help="queue role")
+@click.option("--queue", type=int, default=None, help="queue index (default: from the model)")
+@click.option("--position", default="0", help="device's next avail position")
+@click.option("--wrap", type=click.IntRange(0, 1), default=1, help="driver wrap counter there")
+@click.option("--used-position", default=None, help="read used descriptors from here")
+@click.option("--used-wrap", type=click.IntRange(0, 1), default=1, help="device wrap counter")
+@_feature_options
+def trace_import_packed(
+    memory: tuple[str, ...],
+    desc: str,
+    size: int,
+    role: str,
+    queue: int | None,
+    position: str,
+    wrap: int,
+    used_position: str | None,
+    used_wrap: int,
+    out: str,
+    profile: str,
+    index_model: str | None,
+    offered: str | None,
+    negotiated: str | None,
+) -> None:
+    """Import a packed ring from raw guest memory dumps."""
+    from virtio_balloon_proto.trace.importers import (
+        import_packed_ring,
+        load_memory,
+        parse_int,
+        write_import,
+    )
+
+    with load_memory(memory) as mem:
+        header, events = import_packed_ring(
+            mem,
+            desc=parse_int(desc, "desc"),
+            size=size,
+            role=role,
+            profile=profile,
+            position=parse_int(position, "position"),
+            wrap=wrap,
+            used_position=_hex_int(used_position, "used-position"),
+            used_wrap=used_wrap,
+            queue=queue,
+            offered=_hex_int(offered, "offered"),
+            negotiated=_hex_int(negotiated, "negotiated"),
+            index_model=index_model or "negotiated",
+            source=_trace_source(click.get_current_context(), "packed ring in a memory dump"),
+        )
+        _done(out, write_import(out, header, events))
+
+
+@trace_import.command("qemu-core")
+@click.argument("core", type=click.Path(dir_okay=False))
+@click.option(
+    "--queue-status",
+    "status",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="JSON from x-query-virtio-queue-status (repeatable; a list is fine)",
+)
+@click.option("--endian", type=click.Choice(["le", "be"]), default="le")
+@_feature_options
+def trace_import_qemu_core(
+    core: str,
+    status: tuple[str, ...],
+    endian: str,
+    out: str,
+    profile: str,
+    index_model: str | None,
+    offered: str | None,
+    negotiated: str | None,
+) -> None:
+    """Import the balloon queues of a QEMU dump-guest-memory ELF CORE."""
+    from virtio_balloon_proto.trace.importers import (
+        import_qemu_core,
+        load_queue_status,
+        write_import,
+    )
+
+    header, events, mem = import_qemu_core(
+        core,
+        load_queue_status(status),
+        profile=profile,
+        offered=_hex_int(offered, "offered"),
+        negotiated=_hex_int(negotiated, "negotiated"),
+        index_model=index_model or "offered",
+        endian=endian,
+        source=_trace_source(click.get_current_context(), f"QEMU core {core}"),
+    )
+    with mem:
+        _done(out, write_import(out, header, events))
+
+
+@trace_import.command("qemu-log")
+@click.argument("log", type=click.Path(dir_okay=False))
+@click.option("--endian", type=click.Choice(["le", "be"]), default="le")
+@_feature_options
+def trace_import_qemu_log(
+    log: str,
+    endian: str,
+    out: str,
+    profile: str,
+    index_model: str | None,
+    offered: str | None,
+    negotiated: str | None,
+) -> None:
+    """Import a QEMU -trace 'virtio_balloon_*' -trace 'virtqueue_*' LOG."""
+    from virtio_balloon_proto.trace.importers import import_qemu_log, write_import
+
+    header, events = import_qemu_log(
+        log,
+        profile=profile,
+        offered=_hex_int(offered, "offered"),
+        negotiated=_hex_int(negotiated, "negotiated"),
+        index_model=index_model or "offered",
+        endian=endian,
+        source=_trace_source(click.get_current_context(), f"QEMU trace log {log}"),
+    )
+    _done(out, write_import(out, header, events))
+# ---- end trace ----

@@ -1,0 +1,617 @@
+"""Importers: turn what people actually have into a ``vbproto-trace/1`` trace.
+
+* :func:`import_split_ring` / :func:`import_packed_ring` -- a raw guest-memory dump holding a
+  ring (``--memory FILE[@GPA]``) plus the ring's addresses.
+* :func:`import_qemu_core` -- an ELF core from QEMU's ``dump-guest-memory`` (PT_LOAD segments
+  by ``p_paddr``) plus the JSON ``x-query-virtio-queue-status`` returns for each queue.
+* :func:`import_qemu_log` -- a QEMU ``-trace virtio_balloon_* -trace virtqueue_*`` log.
+
+Each returns a header and an iterator of events; :func:`write_import` writes them atomically.
+The walkers' errors (RingError) propagate unchanged: an importer never papers over a broken
+ring.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from ..errors import TraceError, UsageError, VBProtoError
+from ..profiles import VERSION_1, QueueRole, get_profile
+from ..virtqueue.filemem import MappedMemory
+from ..virtqueue.memory import GuestMemory
+from ..virtqueue.packed import PackedQueueDevice
+from ..virtqueue.split import SplitQueueDevice
+from .io import TraceWriter
+from .model import (
+    AvailEvent,
+    ConfigEvent,
+    Event,
+    HostEvent,
+    StatusEvent,
+    TraceHeader,
+    TraceSource,
+    UsedEvent,
+)
+
+ImportResult = tuple[TraceHeader, Iterator[Event]]
+
+
+def parse_int(text: str, what: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise UsageError(f"{text!r} is not a number (decimal or 0x-hex)", field=what) from None
+
+
+def parse_memory_spec(spec: str) -> tuple[str, int]:
+    """``FILE[@GPA]`` -> (file, gpa); GPA defaults to 0."""
+    path, sep, gpa = spec.rpartition("@")
+    if not sep:
+        return spec, 0
+    return path, parse_int(gpa, "memory")
+
+
+def load_memory(specs: Sequence[str]) -> MappedMemory:
+    """Map raw dump files at their guest-physical addresses."""
+    if not specs:
+        raise UsageError("at least one --memory FILE[@GPA] is needed", field="memory")
+    mem = MappedMemory()
+    for spec in specs:
+        path, gpa = parse_memory_spec(spec)
+        h = mem.map_file(path)
+        mem.add(gpa, h)
+    return mem
+
+
+def load_elf_core(path: str | os.PathLike[str]) -> MappedMemory:
+    """Guest memory of a QEMU ``dump-guest-memory`` ELF core: its PT_LOAD segments at
+    ``p_paddr`` (QEMU writes the guest-physical address there; ``p_vaddr`` is 0 or virtual)."""
+    mem = MappedMemory()
+    h = mem.map_file(path)
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            loads = [
+                (int(s["p_paddr"]), int(s["p_offset"]), int(s["p_filesz"]))
+                for s in elf.iter_segments()
+                if s["p_type"] == "PT_LOAD" and s["p_filesz"] > 0
+            ]
+    except (ELFError, struct.error, ValueError) as exc:
+        mem.close()
+        raise TraceError(f"not a readable ELF core: {exc}", where=str(path)) from None
+    except OSError as exc:
+        mem.close()
+        raise TraceError(f"cannot read: {exc.strerror or exc}", where=str(path)) from None
+    if not loads:
+        mem.close()
+        raise TraceError("ELF core has no PT_LOAD segment with data", where=str(path))
+    for paddr, offset, size in loads:
+        mem.add(paddr, h, offset, size)
+    return mem
+
+
+def _header(
+    profile: str,
+    offered: int | None,
+    negotiated: int | None,
+    endian: str,
+    index_model: str,
+    ring: str,
+    source: TraceSource,
+    pin: Mapping[QueueRole, int],
+    **kw: Any,
+) -> TraceHeader:
+    """Header whose queue map follows the index model, with ``pin`` (role -> index the input
+    states outright) overriding it; a disagreement makes the model ``custom``."""
+    if endian not in ("le", "be"):
+        raise UsageError(f"endian must be le or be, not {endian!r}", field="endian")
+    prof = get_profile(profile)
+    if negotiated is None:
+        negotiated = VERSION_1 if endian == "le" else 0
+    if offered is None:
+        offered = negotiated
+    queues = dict(prof.queue_index(offered, negotiated, index_model))
+    model = index_model
+    for role, idx in pin.items():
+        if queues.get(role) != idx:
+            queues = {r: i for r, i in queues.items() if i != idx}
+            queues[role] = idx
+            model = "custom"
+    return TraceHeader(
+        profile,
+        offered,
+        negotiated,
+        virtio_endian=endian,  # type: ignore[arg-type]
+        queues=queues,
+        index_model=model,
+        ring=ring,  # type: ignore[arg-type]
+        source=source,
+        **kw,
+    )
+
+
+def _role(text: str | QueueRole) -> QueueRole:
+    try:
+        return QueueRole(text)
+    except ValueError:
+        roles = ", ".join(r.value for r in QueueRole)
+        raise UsageError(f"unknown queue role {text!r} ({roles})", field="role") from None
+
+
+# --- split / packed ring dumps ---------------------------------------------------------------
+
+
+def split_ring_events(
+    memory: GuestMemory,
+    *,
+    desc: int,
+    avail: int,
+    used: int,
+    size: int,
+    role: QueueRole,
+    queue: int,
+    little_endian: bool = True,
+    last_avail: int | None = None,
+    used_from: int | None = None,
+) -> Iterator[Event]:
+    """Used elements still in the used ring, then the chains the device has not consumed.
+
+    ``last_avail`` (the device's next avail index) defaults to used.idx: every chain between
+    used.idx and avail.idx.  ``used_from`` defaults to ``used.idx - min(size, used.idx)``: the
+    entries the used ring still holds.
+    """
+    dev = SplitQueueDevice(memory, size, desc, avail, used, little_endian)
+    used_idx = dev.used_idx()
+    start = used_from if used_from is not None else (used_idx - min(size, used_idx)) & 0xFFFF
+    for e in dev.used_entries(start, upto=used_idx):
+        yield UsedEvent(role, queue, e.len, id=e.id, used_idx=e.used_idx)
+    first = used_idx if last_avail is None else last_avail & 0xFFFF
+    for chain in dev.available(first):
+        yield AvailEvent.from_chain(chain, role, queue)
+
+
+def import_split_ring(
+    memory: GuestMemory,
+    *,
+    desc: int,
+    avail: int,
+    used: int,
+    size: int,
+    role: str | QueueRole,
+    profile: str,
+    endian: str = "le",
+    last_avail: int | None = None,
+    queue: int | None = None,
+    offered: int | None = None,
+    negotiated: int | None = None,
+    index_model: str = "negotiated",
+    source: TraceSource | None = None,
+) -> ImportResult:
+    r = _role(role)
+    header = _header(
+        profile,
+        offered,
+        negotiated,
+        endian,
+        index_model,
+        "split",
+        source or TraceSource(provenance="split ring in a guest memory dump"),
+        {r: queue} if queue is not None else {},
+    )
+    if r not in header.queues:
+        raise UsageError(
+            f"role {r.value} has no queue index with these features; give --queue", field="queue"
+        )
+    events = split_ring_events(
+        memory,
+        desc=desc,
+        avail=avail,
+        used=used,
+        size=size,
+        role=r,
+        queue=header.queues[r],
+        little_endian=endian == "le",
+        last_avail=last_avail,
+    )
+    return header, events
+
+
+def import_packed_ring(
+    memory: GuestMemory,
+    *,
+    desc: int,
+    size: int,
+    role: str | QueueRole,
+    profile: str,
+    position: int = 0,
+    wrap: int = 1,
+    used_position: int | None = None,
+    used_wrap: int | None = None,
+    driver_event: int | None = None,
+    device_event: int | None = None,
+    queue: int | None = None,
+    offered: int | None = None,
+    negotiated: int | None = None,
+    index_model: str = "negotiated",
+    source: TraceSource | None = None,
+) -> ImportResult:
+    """Packed ring: used descriptors from (used_position, used_wrap) when given, then the
+    available chains from (position, wrap).  Packed rings imply VERSION_1: little-endian."""
+    r = _role(role)
+    header = _header(
+        profile,
+        offered,
+        negotiated,
+        "le",
+        index_model,
+        "packed",
+        source or TraceSource(provenance="packed ring in a guest memory dump"),
+        {r: queue} if queue is not None else {},
+    )
+    if r not in header.queues:
+        raise UsageError(
+            f"role {r.value} has no queue index with these features; give --queue", field="queue"
+        )
+    q = header.queues[r]
+    dev = PackedQueueDevice(memory, size, desc, driver_event, device_event)
+
+    def events() -> Iterator[Event]:
+        if used_position is not None:
+            for u in dev.used_entries(used_position, 1 if used_wrap is None else used_wrap):
+                yield UsedEvent(r, q, u.len, id=u.id, used_idx=u.position)
+        for chain in dev.available(position, wrap):
+            yield AvailEvent.from_chain(chain, r, q)
+
+    return header, events()
+
+
+# --- QEMU ELF core + x-query-virtio-queue-status -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """The fields of ``x-query-virtio-queue-status`` (QEMU qapi/virtio.json
+    VirtQueueStatus) an import needs."""
+
+    queue_index: int
+    vring_num: int
+    vring_desc: int
+    vring_avail: int
+    vring_used: int
+    last_avail_idx: int
+    used_idx: int
+    name: str | None = None
+
+    @classmethod
+    def from_json(cls, o: Mapping[str, Any], where: str) -> QueueStatus:
+        if "return" in o and isinstance(o["return"], dict):
+            o = o["return"]  # a raw QMP reply
+        try:
+            return cls(
+                int(o["queue-index"]),
+                int(o["vring-num"]),
+                int(o["vring-desc"]),
+                int(o["vring-avail"]),
+                int(o["vring-used"]),
+                int(o["last-avail-idx"]),
+                int(o["used-idx"]),
+                o.get("name"),
+            )
+        except KeyError as exc:
+            raise TraceError(f"queue status lacks {exc.args[0]!r}", where=where) from None
+        except (TypeError, ValueError) as exc:
+            raise TraceError(f"queue status field is not a number: {exc}", where=where) from None
+
+
+def load_queue_status(paths: Iterable[str | os.PathLike[str]]) -> list[QueueStatus]:
+    """Queue status objects from JSON files (one object, a QMP reply, or a list of them)."""
+    out = []
+    for p in paths:
+        try:
+            text = Path(p).read_text()
+            data = json.loads(text)
+        except OSError as exc:
+            raise TraceError(f"cannot read: {exc.strerror or exc}", where=str(p)) from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise TraceError(f"not JSON: {exc}", where=str(p)) from None
+        items = data if isinstance(data, list) else [data]
+        for k, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise TraceError("queue status is not a JSON object", where=f"{p} item {k}")
+            out.append(QueueStatus.from_json(item, f"{p} item {k}"))
+    return out
+
+
+def import_qemu_core(
+    core: str | os.PathLike[str],
+    statuses: Sequence[QueueStatus],
+    *,
+    profile: str,
+    offered: int | None = None,
+    negotiated: int | None = None,
+    index_model: str = "offered",
+    endian: str = "le",
+    source: TraceSource | None = None,
+) -> tuple[TraceHeader, Iterator[Event], MappedMemory]:
+    """Events of every queue in ``statuses``: used entries still in each used ring, then the
+    chains between QEMU's last-avail-idx and avail.idx.  Queue index -> role follows the
+    profile and the index model (QEMU: ``offered``).  Returns the memory too (close it after
+    the events are consumed)."""
+    if not statuses:
+        raise UsageError("at least one --queue-status file is needed", field="queue-status")
+    mem = load_elf_core(core)
+    try:
+        header = _header(
+            profile,
+            offered,
+            negotiated,
+            endian,
+            index_model,
+            "split",
+            source or TraceSource(provenance=f"QEMU dump-guest-memory core {Path(core).name}"),
+            {},
+        )
+        roles = {}
+        for st in statuses:
+            role = header.role_of(st.queue_index)
+            if role is None:
+                qmap = {r.value: i for r, i in header.queues.items()}
+                raise UsageError(
+                    f"queue {st.queue_index} has no role under profile {profile} with these "
+                    f"features and index model {index_model!r} ({qmap})",
+                    field="queue-status",
+                )
+            roles[st.queue_index] = role
+    except BaseException:
+        mem.close()
+        raise
+
+    def events() -> Iterator[Event]:
+        for st in sorted(statuses, key=lambda s: s.queue_index):
+            if st.vring_desc == 0:
+                continue  # QEMU reports 0 for a queue the driver never set up
+            yield from split_ring_events(
+                mem,
+                desc=st.vring_desc,
+                avail=st.vring_avail,
+                used=st.vring_used,
+                size=st.vring_num,
+                role=roles[st.queue_index],
+                queue=st.queue_index,
+                little_endian=endian == "le",
+                last_avail=st.last_avail_idx,
+                used_from=(st.used_idx - min(st.vring_num, st.used_idx)) & 0xFFFF,
+            )
+
+    return header, events(), mem
+
+
+# --- QEMU trace log ----------------------------------------------------------------------------
+
+_HEX = r"(0x[0-9a-fA-F]+|\(nil\))"
+_RE = {
+    "pop": re.compile(rf"virtqueue_pop vq {_HEX} elem {_HEX} in_num (\d+) out_num (\d+)"),
+    "page": re.compile(r"virtio_balloon_handle_output section name: (\S*) gpa: (0x[0-9a-fA-F]+)"),
+    "bad": re.compile(r"virtio_balloon_bad_addr (0x[0-9a-fA-F]+)"),
+    "fill": re.compile(rf"virtqueue_fill vq {_HEX} elem {_HEX} len (\d+) idx (\d+)"),
+    "notify": re.compile(rf"virtio_queue_notify vdev {_HEX} n (\d+) vq {_HEX}"),
+    "status": re.compile(rf"virtio_set_status vdev {_HEX} val (\d+)"),
+    "set_config": re.compile(r"virtio_balloon_set_config actual: (\d+) oldactual: (\d+)"),
+    "get_config": re.compile(r"virtio_balloon_get_config num_pages: (\d+) actual: (\d+)"),
+    "to_target": re.compile(
+        r"virtio_balloon_to_target balloon target: (0x[0-9a-fA-F]+) num_pages: (\d+)"
+    ),
+}
+_MAX_LOG_LINE = 1 << 20
+_PFN_QUEUES = (QueueRole.INFLATE, QueueRole.DEFLATE)
+
+
+def _log_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise TraceError(f"cannot open: {exc.strerror or exc}", where=str(path)) from None
+    with f:
+        n = 0
+        while True:
+            raw = f.readline(_MAX_LOG_LINE + 1)
+            if not raw:
+                return
+            n += 1
+            if len(raw) > _MAX_LOG_LINE:
+                raise TraceError(
+                    f"line is longer than {_MAX_LOG_LINE} bytes: not a QEMU trace log",
+                    where=f"{path} line {n}",
+                )
+            yield n, raw.decode("utf-8", "replace")
+
+
+def _queue_map(path: str | os.PathLike[str]) -> tuple[dict[str, int], bool]:
+    """vq pointer -> queue index: from ``virtio_queue_notify`` lines when present (exact),
+    else by pointer order (QEMU allocates the VirtQueue array in one block, q0 lowest)."""
+    exact: dict[str, int] = {}
+    seen: set[int] = set()
+    for _, line in _log_lines(path):
+        m = _RE["notify"].search(line)
+        if m:
+            exact[m.group(3).lower()] = int(m.group(2))
+            continue
+        m = _RE["pop"].search(line) or _RE["fill"].search(line)
+        if m:
+            seen.add(int(m.group(1), 16))
+    known = {int(p, 16): i for p, i in exact.items()}
+    inferred = False
+    # a stride from two exactly known queues places the rest exactly
+    stride = None
+    if len(known) >= 2:
+        (p0, i0), (p1, i1) = sorted(known.items())[:2]
+        if i1 != i0 and (p1 - p0) % (i1 - i0) == 0:
+            stride = (p1 - p0) // (i1 - i0)
+    out = {f"{p:#x}": i for p, i in known.items()}
+    rest = sorted(seen - set(known))
+    for k, p in enumerate(rest):
+        if stride and known:
+            p0, i0 = next(iter(sorted(known.items())))
+            if (p - p0) % stride == 0:
+                out[f"{p:#x}"] = i0 + (p - p0) // stride
+                continue
+        out[f"{p:#x}"] = k  # pointer order
+        inferred = True
+    return out, inferred
+
+
+def import_qemu_log(
+    path: str | os.PathLike[str],
+    *,
+    profile: str,
+    offered: int | None = None,
+    negotiated: int | None = None,
+    index_model: str = "offered",
+    endian: str = "le",
+    source: TraceSource | None = None,
+) -> ImportResult:
+    """The device's view from a QEMU trace log (PROTOCOL.md, research/qemu-peer.md section 3).
+
+    Each ``virtqueue_pop`` starts a buffer; the ``handle_output``/``bad_addr`` lines after it
+    (one per PFN, in array order) rebuild its PFN array as ``__virtio32`` bytes.  The log has no
+    descriptor addresses and no bytes of other queues: those buffers get ``null`` out/in
+    entries.  Defaults: QEMU's own feature set (STATS_VQ|VERSION_1) and its index model.
+    """
+    if negotiated is None:
+        negotiated = (1 << 1) | (VERSION_1 if endian == "le" else 0)
+    vq_map, inferred = _queue_map(path)
+    prov = "QEMU -trace log"
+    if inferred:
+        prov += "; queue indices inferred from vq pointer order (no virtio_queue_notify lines)"
+    header = _header(
+        profile,
+        offered,
+        negotiated,
+        endian,
+        index_model,
+        "unknown",
+        source or TraceSource(provenance=prov),
+        {},
+    )
+    pfn_fmt = "<I" if endian == "le" else ">I"
+
+    def role_of(vq: str, where: str) -> tuple[QueueRole, int]:
+        idx = vq_map.get(vq.lower())
+        role = None if idx is None else header.role_of(idx)
+        if idx is None or role is None:
+            raise TraceError(
+                f"vq {vq} (queue {idx}) has no role under profile {profile} with features "
+                f"{header.features_negotiated:#x} (give --negotiated/--offered)",
+                where=where,
+            )
+        return role, idx
+
+    def events() -> Iterator[Event]:
+        pending: dict[str, Any] | None = None
+
+        def flush() -> Iterator[Event]:
+            nonlocal pending
+            if pending is None:
+                return
+            p, pending = pending, None
+            role, idx = p["role"], p["queue"]
+            if role in _PFN_QUEUES and p["out_num"] >= 1:
+                data = b"".join(struct.pack(pfn_fmt, x) for x in p["pfns"])
+                out: tuple[bytes | None, ...] = (data,)
+                note = (
+                    None
+                    if p["out_num"] == 1
+                    else f"{p['out_num']} readable buffers, PFN bytes concatenated"
+                )
+            else:
+                out, note = (None,) * p["out_num"], None
+            yield AvailEvent(
+                role,
+                idx,
+                out,
+                (None,) * p["in_num"],
+                ref=p["elem"],
+                note=note,
+            )
+
+        for n, line in _log_lines(path):
+            where = f"{path} line {n}"
+            if "virtio_balloon_handle_output" in line or "virtio_balloon_bad_addr" in line:
+                m = _RE["page"].search(line)
+                gpa = int(m.group(2), 16) if m else None
+                if m is None:
+                    mb = _RE["bad"].search(line)
+                    gpa = int(mb.group(1), 16) if mb else None
+                if gpa is None:
+                    raise TraceError(f"unrecognised balloon line: {line.strip()}", where=where)
+                if pending is None or pending["role"] not in _PFN_QUEUES:
+                    raise TraceError("a PFN line outside an inflate/deflate buffer", where=where)
+                if gpa & 0xFFF or gpa >> 12 >= 1 << 32:
+                    raise TraceError(f"gpa {gpa:#x} is not a 32-bit PFN << 12", where=where)
+                pending["pfns"].append(gpa >> 12)
+                continue
+            m = _RE["pop"].search(line)
+            if m:
+                yield from flush()
+                role, idx = role_of(m.group(1), where)
+                pending = {
+                    "role": role,
+                    "queue": idx,
+                    "elem": m.group(2).lower(),
+                    "in_num": int(m.group(3)),
+                    "out_num": int(m.group(4)),
+                    "pfns": [],
+                }
+                continue
+            m = _RE["fill"].search(line)
+            if m:
+                yield from flush()
+                role, idx = role_of(m.group(1), where)
+                yield UsedEvent(role, idx, int(m.group(3)), ref=m.group(2).lower())
+                continue
+            other = _other_event(line)
+            if other is not None:
+                yield from flush()
+                yield other
+        yield from flush()
+
+    return header, events()
+
+
+def _other_event(line: str) -> Event | None:
+    m = _RE["status"].search(line)
+    if m:
+        return StatusEvent(int(m.group(2)))
+    m = _RE["set_config"].search(line)
+    if m:
+        return ConfigEvent(True, 4, struct.pack("<I", int(m.group(1)) & 0xFFFFFFFF))
+    m = _RE["get_config"].search(line)
+    if m:
+        data = struct.pack("<II", int(m.group(1)) & 0xFFFFFFFF, int(m.group(2)) & 0xFFFFFFFF)
+        return ConfigEvent(False, 0, data)
+    m = _RE["to_target"].search(line)
+    if m:
+        return HostEvent("set-target", num_pages=int(m.group(2)), detail=f"target {m.group(1)}")
+    return None
+
+
+def write_import(out: str | os.PathLike[str], header: TraceHeader, events: Iterable[Event]) -> int:
+    """Write an import atomically; returns the number of events.  On any error nothing is
+    left at ``out``."""
+    try:
+        with TraceWriter(out, header) as w:
+            for ev in events:
+                w.write(ev)
+            return w.count - 1
+    except VBProtoError:
+        raise
