@@ -443,3 +443,160 @@ def trace_import_qemu_log(
     )
     _done(out, write_import(out, header, events))
 # ---- end trace ----
+
+
+# ---- conform (conformance runner) ----
+# Drives virtio_balloon_proto.conformance: the clause catalog, the offline trace check and the
+# replay runner with its reports.  Exit status: 0 all pass (known failures allowed), 1 failures
+# or unexpected passes, 2 bad usage or input.
+@_group("conform", "Conformance: clause catalog, offline trace check, replay against a device.")
+def conform() -> None:
+    pass
+
+
+@conform.command("clauses")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable catalog with check counts")
+@click.option("--profile", default=None, help="only clauses of this profile")
+def conform_clauses(as_json: bool, profile: str | None) -> None:
+    """List the clause catalog with how many checks each clause has."""
+    import json as _json
+
+    from virtio_balloon_proto.conformance import runner as _runner  # registers the checks
+    from virtio_balloon_proto.conformance.catalog import catalog
+
+    del _runner
+    cat = catalog()
+    counts = cat.check_counts()
+    if as_json:
+        data = cat.to_json()
+        if profile:
+            data["clauses"] = [c for c in data["clauses"] if profile in c["profiles"]]
+        click.echo(_json.dumps(data, indent=1))
+        return
+    shown = [c for c in cat if profile is None or profile in c.profiles]
+    for c in shown:
+        obs = "" if c.observable else " (not observable)"
+        err = f" [erratum {c.errata}]" if c.errata else ""
+        click.echo(f"{c.id:55} {c.level:6} {c.side:6} checks={counts[c.id]}{obs}{err}")
+    checked = sum(1 for c in shown if counts[c.id])
+    observable = sum(1 for c in shown if c.observable)
+    click.echo(
+        f"{len(shown)} clauses, {observable} wire-observable, {checked} with at least one check; "
+        f"{len(cat.errata)} erratum/errata"
+    )
+
+
+@conform.command("check")
+@click.argument("trace_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--strict", is_flag=True, help="a broken SHOULD fails")
+def conform_check(trace_file: str, as_json: bool, strict: bool) -> None:
+    """Validate both sides of a recorded trace against the clauses (offline)."""
+    import json as _json
+
+    from virtio_balloon_proto.conformance.runner import check_trace
+
+    res = check_trace(trace_file, strict=strict)
+    if as_json:
+        click.echo(_json.dumps(res.to_json(strict), indent=1, default=str))
+    else:
+        click.echo(res.details_text())
+        checked = len(res.results)
+        click.echo(f"{checked} clause(s) checked, {len(res.failures())} broken")
+    sys.exit(1 if res.outcome(strict) in ("fail",) else 0)
+
+
+def _progress(enabled: bool) -> Callable[[Any, Any], None]:
+    def show(run: Any, case: Any) -> None:
+        if not enabled:
+            return
+        n, total = len(run.cases), max(run.planned, 1)
+        width = 30
+        fill = width * n // total
+        line = f"\r[{'#' * fill}{'.' * (width - fill)}] {n}/{total} {case.case_id[:40]:40}"
+        click.echo(line, err=True, nl=n == total)
+
+    return show
+
+
+@conform.command("run")
+@click.option("--device", "device", default="reference", show_default=True,
+              help="reference | python:module:Class | stdio:'CMD ...' | qemu[:OPTS]")
+@click.option("--corpus", default=None, type=click.Path(), help="trace directory (default: shipped)")
+@click.option("--profile", "profiles", multiple=True, help="only cases of this profile")
+@click.option("--case", "case_globs", multiple=True, help="only case ids matching this glob")
+@click.option("--known-failures", "known_path", default=None, type=click.Path(dir_okay=False))
+@click.option("--update-known-failures", is_flag=True,
+              help="rewrite the --known-failures file to list exactly the current failures")
+@click.option("--strict", is_flag=True, help="a broken SHOULD fails the case")
+@click.option("--report-json", default=None, type=click.Path(dir_okay=False))
+@click.option("--junit", default=None, type=click.Path(dir_okay=False))
+@click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False))
+@click.option("--timeout", default=5.0, show_default=True, type=float, help="per-step timeout (s)")
+@click.option("-v", "--verbose", is_flag=True, help="list passing cases too")
+def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
+                case_globs: tuple[str, ...], known_path: str | None, update_known_failures: bool,
+                strict: bool, report_json: str | None, junit: str | None, html_path: str | None,
+                timeout: float, verbose: bool) -> None:
+    """Replay the corpus into a device and compare it with the reference, clause by clause."""
+    import shlex
+    import signal
+
+    from virtio_balloon_proto.conformance.catalog import catalog
+    from virtio_balloon_proto.conformance.known_failures import KnownFailures
+    from virtio_balloon_proto.conformance.report import ReportWriter, text_summary
+    from virtio_balloon_proto.conformance.runner import Runner, default_corpus, discover_cases
+    from virtio_balloon_proto.errors import UsageError
+    from virtio_balloon_proto.conformance.verdicts import RunResult
+
+    if timeout <= 0:
+        raise UsageError("--timeout must be positive", field="timeout")
+    if update_known_failures and not known_path:
+        raise UsageError("--update-known-failures needs --known-failures FILE")
+    corpus_path = corpus or str(default_corpus())
+    cases = discover_cases(corpus_path, profiles=profiles or None, case_globs=case_globs or None)
+    known = KnownFailures.load(known_path) if known_path else KnownFailures([])
+    cat = catalog()
+    reports = ReportWriter(cat, report_json, junit, html_path)
+    progress = _progress(sys.stderr.isatty())
+    runner = Runner(device, timeout=timeout, strict=strict, known_failures=known)
+    partial = RunResult(device=runner.device_spec, corpus=corpus_path, strict=strict,
+                        planned=len(cases), known_failures=known_path)
+
+    def on_case(run: Any, case: Any) -> None:
+        partial.cases = run.cases
+        partial.started = run.started
+        reports(run, case)
+        progress(run, case)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        run = runner.run(cases, corpus=corpus_path, on_case=on_case)
+    except KeyboardInterrupt:
+        partial.partial = True
+        partial.unmatched_known = []
+        reports.write(partial)  # the reports say partial=true
+        click.echo(text_summary(partial), err=True)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        runner.close()
+    reports.write(run)
+    argv = ["vbproto", "conform", "run", "--device", device, "--corpus", corpus_path]
+    for p in profiles:
+        argv += ["--profile", p]
+    for g in case_globs:
+        argv += ["--case", g]
+    if strict:
+        argv.append("--strict")
+    argv += ["--known-failures", known_path or "known-failures.toml", "--update-known-failures"]
+    click.echo(text_summary(run, verbose=verbose, command_hint=shlex.join(argv)))
+    if update_known_failures and known_path:
+        n = known.write_updated(run.cases, known_path)
+        click.echo(f"wrote {n} known failure(s) to {known_path}")
+        sys.exit(0)
+    sys.exit(run.exit_code())
+# ---- end conform ----

@@ -298,6 +298,7 @@ class CaseContext:
         self.ref = _Side()
         self.dut = _Side()
         self.negotiated_names: list[str] = []
+        self.findings: dict[int, list[Any]] = {}
 
     def evaluated(self, clause: str) -> None:
         if clause not in self.results:
@@ -510,7 +511,12 @@ END_CHECKS.append(check_acks)
 
 
 def _is_malformed(ctx: CaseContext, step: Step) -> bool:
-    return bool(_wire_findings(ctx.case, step))
+    """Does the driver's buffer break a driver-side MUST clause (wire findings)?"""
+    for f in _wire_findings(ctx, step):
+        c = ctx.catalog.find(getattr(f, "rule", ""))
+        if c is not None and c.side == "driver" and c.level == "MUST":
+            return True
+    return False
 
 
 def _extents(v: Any) -> list[tuple[int, int]]:
@@ -670,20 +676,16 @@ def _kind_for(profile: str, role: str, negotiated: list[str], out: bytes) -> str
     return None
 
 
-_FINDING_CACHE: dict[tuple[str, int], list[Any]] = {}
-
-
-def _wire_findings(case: Case, step: Step) -> list[Any]:
+def _wire_findings(ctx: CaseContext, step: Step) -> list[Any]:
     """Findings of the wire decoders (and of the ring walker, recorded in the trace) for the
-    driver-written bytes of one avail step."""
-    key = (case.path, step.index)
-    if key in _FINDING_CACHE:
-        return _FINDING_CACHE[key]
+    driver-written bytes of one avail step (cached per case)."""
+    if step.index in ctx.findings:
+        return ctx.findings[step.index]
     found: list[Any] = list(step.findings)
-    decoded = _decode_step(case, step)
+    decoded = _decode_step(ctx.case, step)
     if decoded is not None:
         found += list(decoded.findings)
-    _FINDING_CACHE[key] = found
+    ctx.findings[step.index] = found
     return found
 
 
@@ -882,7 +884,7 @@ class Runner:
     def _peer_failure(self, ctx: CaseContext, step: Step, exc: PeerError) -> None:
         clause = "suite.device.transport"
         if step.kind == "avail" and step.role == "stats":
-            decoded = _wire_findings(ctx.case, step)
+            decoded = _wire_findings(ctx, step)
             if any(getattr(f, "rule", "") == "spec.device.stats.ignores-unknown-tag" for f in decoded):
                 ctx.broken(
                     "spec.device.stats.ignores-unknown-tag",
@@ -931,7 +933,10 @@ class _suppress:
 
 
 # --------------------------------------------------------------------------- offline check
-def _finding_result(ctx: CaseContext, finding: Any, step: Step) -> None:
+def _finding_result(ctx: CaseContext, finding: Any, step: Step, from_driver: bool = True) -> None:
+    """A wire finding -> a clause result.  A finding about a *device* clause in bytes the
+    driver wrote (e.g. a stats tag the spec does not define) is a note for the device, not a
+    driver failure: recorded as pass with the message."""
     rule = getattr(finding, "rule", "")
     msg = getattr(finding, "message", str(finding))
     where = ""
@@ -939,8 +944,13 @@ def _finding_result(ctx: CaseContext, finding: Any, step: Step) -> None:
         where += f" field {finding.field}"
     if getattr(finding, "offset", None) is not None:
         where += f" at byte {finding.offset}"
-    if rule not in ctx.catalog:
+    clause = ctx.catalog.find(rule)
+    if clause is None:
         ctx.broken(rule or "suite.unknown", f"(rule not in the catalog) {msg}", step.index)
+        return
+    if from_driver and clause.side == "device":
+        if rule not in ctx.results:
+            ctx.results[rule] = ClauseResult(rule, Verdict.PASS, f"(note) {msg}", step.index)
         return
     ctx.broken(rule, f"{step.describe()}{where}: {msg}", step.index)
 
@@ -995,7 +1005,7 @@ def check_trace(path: str | Path, *, cat: Catalog | None = None, strict: bool = 
     for i, ev in enumerate(case.events, start=1):
         step = by_index.get(i)
         if isinstance(ev, tr.AvailEvent) and step is not None:
-            for f in _wire_findings(case, step):
+            for f in _wire_findings(ctx, step):
                 _finding_result(ctx, f, step)
             key = (step.role, step.head)
             if step.role == "stats":
@@ -1060,7 +1070,7 @@ def check_trace(path: str | Path, *, cat: Catalog | None = None, strict: bool = 
                         s = case.setup
                         req = decode("req", ev.data[: ev.len], WireLayout(s.endian, s.word_size, s.word_order, s.page_size), profile=case.profile)
                         for f in req.findings:
-                            _finding_result(ctx, f, av)
+                            _finding_result(ctx, f, av, from_driver=False)
                         if len(ev.data) >= 16:
                             pending_req.append(struct.unpack(f"{order}Q", ev.data[8:16])[0])
                     except VBProtoError as exc:

@@ -1,0 +1,306 @@
+"""Reports of a conformance run: text summary, JSON (Autobahn index.json-like), JUnit XML, HTML.
+
+Every file is written atomically (temporary file in the same directory, then os.replace), and
+the runner rewrites them after each case with ``partial: true`` until the run ends, so an
+interrupted run (Ctrl-C, SIGTERM) leaves valid, readable partial reports.
+
+The HTML report is one self-contained file built with the standard library (no template
+engine, no external assets): a matrix of clauses x cases, and per case a ``<details>`` block
+with the replayed traffic and the per-clause differences (hex dumps).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from virtio_balloon_proto import __version__
+
+from .catalog import Catalog
+from .known_failures import atomic_write_text
+from .verdicts import CaseResult, RunResult, Verdict
+
+REPORT_FORMAT = "vbproto-conformance-report/1"
+
+
+# --------------------------------------------------------------------------- text
+def text_summary(run: RunResult, *, verbose: bool = False, command_hint: str | None = None) -> str:
+    lines: list[str] = []
+    for case in run.cases:
+        outcome = case.outcome(run.strict)
+        if verbose or outcome not in ("pass",):
+            lines.append(case.details_text() if outcome != "pass" else case.summary_line())
+    counts = run.counts()
+    total = len(run.cases)
+    state = "INTERRUPTED" if run.partial else ("PASSED" if run.exit_code() == 0 else "FAILED")
+    lines.append("")
+    lines.append(
+        f"CONFORMANCE {state}: {total} case(s) against {run.device}: "
+        + ", ".join(f"{counts[k]} {k}" for k in counts if counts[k])
+    )
+    if run.partial and run.planned:
+        lines.append(f"  ({total} of {run.planned} planned cases ran)")
+    if run.unmatched_known:
+        lines.append("  known-failures entries that matched no case: " + "; ".join(run.unmatched_known))
+    if command_hint and (counts["fail"] or counts["unexpected-pass"] or counts["expected-failure"]):
+        if counts["fail"] or counts["unexpected-pass"]:
+            lines.append("  to accept the current failures, run:")
+            lines.append(f"    {command_hint}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- JSON
+def to_json(run: RunResult, cat: Catalog | None = None) -> dict[str, Any]:
+    """Autobahn-like: an index {case id -> outcome, verdict, duration} plus full case records."""
+    index = {
+        c.case_id: {
+            "outcome": c.outcome(run.strict),
+            "verdict": c.verdict().value,
+            "profile": c.profile,
+            "duration": round(c.duration, 6),
+            "failed_clauses": sorted({r.clause for r in c.failures()}),
+        }
+        for c in run.cases
+    }
+    out: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "tool": {"name": "vbproto", "version": __version__},
+        "device": run.device,
+        "corpus": run.corpus,
+        "strict": run.strict,
+        "partial": run.partial,
+        "started": run.started,
+        "finished": run.finished,
+        "planned": run.planned,
+        "counts": run.counts(),
+        "exit_code": run.exit_code(),
+        "known_failures": run.known_failures,
+        "unmatched_known_failures": run.unmatched_known,
+        "index": index,
+        "cases": [c.to_json(run.strict) for c in run.cases],
+    }
+    if cat is not None:
+        used = {r.clause for c in run.cases for r in c.results}
+        out["clauses"] = {
+            cid: {"level": cat.get(cid).level, "side": cat.get(cid).side, "text": cat.get(cid).text}
+            for cid in sorted(used)
+            if cid in cat
+        }
+    return out
+
+
+def write_json(path: str | Path, run: RunResult, cat: Catalog | None = None) -> None:
+    atomic_write_text(path, json.dumps(to_json(run, cat), indent=1, sort_keys=False, default=str) + "\n")
+
+
+# --------------------------------------------------------------------------- JUnit
+def to_junit(run: RunResult) -> str:
+    """JUnit XML: one <testsuite> per profile, one <testcase> per case x clause."""
+    root = ET.Element("testsuites", name="vbproto conformance", partial=str(run.partial).lower())
+    by_profile: dict[str, list[CaseResult]] = defaultdict(list)
+    for c in run.cases:
+        by_profile[c.profile].append(c)
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for profile in sorted(by_profile):
+        suite = ET.SubElement(root, "testsuite", name=f"vbproto.{profile}")
+        counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+        for c in by_profile[profile]:
+            if c.status is not None or not c.results:
+                tc = ET.SubElement(suite, "testcase", classname=f"{profile}.{c.case_id}", name="(case)",
+                                   time=f"{c.duration:.6f}")
+                counts["tests"] += 1
+                st = c.status or Verdict.PASS
+                if st in (Verdict.UNSUPPORTED, Verdict.SKIPPED):
+                    ET.SubElement(tc, "skipped", message=f"{st.value}: {c.reason}")
+                    counts["skipped"] += 1
+                elif st == Verdict.ERROR:
+                    ET.SubElement(tc, "error", message=c.reason, type="runner-error")
+                    counts["errors"] += 1
+                continue
+            per = c.duration / max(1, len(c.results))
+            for r in c.results:
+                tc = ET.SubElement(suite, "testcase", classname=f"{profile}.{c.case_id}", name=r.clause,
+                                   time=f"{per:.6f}")
+                counts["tests"] += 1
+                if r.known is not None:
+                    ET.SubElement(tc, "skipped", message=f"known failure: {r.known}: {r.message}")
+                    counts["skipped"] += 1
+                elif r.verdict == Verdict.FAIL:
+                    f = ET.SubElement(tc, "failure", message=r.message, type="fail")
+                    f.text = _junit_detail(r.expected, r.received)
+                    counts["failures"] += 1
+                elif r.verdict == Verdict.NON_STRICT:
+                    # a broken SHOULD: visible, but not a CI failure unless --strict
+                    ET.SubElement(tc, "system-out").text = f"non-strict: {r.message}"
+                elif r.verdict == Verdict.ERROR:
+                    ET.SubElement(tc, "error", message=r.message, type="error")
+                    counts["errors"] += 1
+            for entry in c.unexpected_passes:
+                tc = ET.SubElement(suite, "testcase", classname=f"{profile}.{c.case_id}",
+                                   name="(known-failures)")
+                ET.SubElement(tc, "failure", message=f"unexpected pass of known failure {entry}",
+                              type="unexpected-pass")
+                counts["tests"] += 1
+                counts["failures"] += 1
+        for k, v in counts.items():
+            suite.set(k, str(v))
+            totals[k] += v
+    for k, v in totals.items():
+        root.set(k, str(v))
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _junit_detail(expected: Any, received: Any) -> str:
+    return f"expected:\n{_fmt(expected)}\nreceived:\n{_fmt(received)}\n"
+
+
+def _fmt(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v, default=str)
+
+
+def write_junit(path: str | Path, run: RunResult) -> None:
+    atomic_write_text(path, to_junit(run))
+
+
+# --------------------------------------------------------------------------- HTML
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.4em}table{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:2px 5px;text-align:center}
+th.clause{text-align:left;font-weight:normal;font-family:monospace;white-space:nowrap}
+th.case{writing-mode:vertical-rl;transform:rotate(180deg);font-family:monospace;font-weight:normal}
+.pass{background:#c8f0c8}.fail{background:#f6b3b3}.non-strict{background:#fbe3a6}
+.unsupported{background:#d8d8f0}.skipped{background:#eee}.error{background:#e0a0e0}
+.expected-failure{background:#f4d0b0}.unexpected-pass{background:#ff7070}
+details{margin:.4em 0;border:1px solid #ddd;padding:.3em .6em}
+summary{cursor:pointer;font-family:monospace}pre{background:#f7f7f7;padding:.4em;overflow:auto;
+max-height:30em;font-size:12px}.banner{padding:.5em;background:#fbe3a6;border:1px solid #e0c070}
+.legend span{padding:1px 6px;margin-right:4px}
+"""
+
+_CELL = {
+    Verdict.PASS: ("pass", "\u2713"),
+    Verdict.FAIL: ("fail", "\u2717"),
+    Verdict.NON_STRICT: ("non-strict", "!"),
+    Verdict.ERROR: ("error", "E"),
+}
+
+
+def _e(s: Any) -> str:
+    return html.escape(s if isinstance(s, str) else json.dumps(s, default=str, indent=1))
+
+
+def to_html(run: RunResult, cat: Catalog | None = None) -> str:
+    counts = run.counts()
+    clauses = sorted({r.clause for c in run.cases for r in c.results})
+    cases: Sequence[CaseResult] = run.cases
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>vbproto conformance: {_e(run.device)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>virtio-balloon conformance report</h1><p>Device <code>{_e(run.device)}</code>, corpus "
+        f"<code>{_e(run.corpus)}</code>, vbproto {__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(run.started or time.time()))}"
+        f"{', strict' if run.strict else ''}.</p>",
+    ]
+    if run.partial:
+        parts.append(
+            f"<p class='banner'>Partial report: the run was interrupted or is still going "
+            f"({len(cases)} of {run.planned} cases).</p>"
+        )
+    parts.append("<p class='legend'>" + " ".join(
+        f"<span class='{k}'>{k}: {v}</span>" for k, v in counts.items()) + "</p>")
+    # matrix
+    parts.append("<h2>Clauses &times; cases</h2><table><tr><th></th>")
+    for c in cases:
+        parts.append(
+            f"<th class='case {c.outcome(run.strict)}'><a href='#case-{_e(c.case_id)}'>{_e(c.case_id)}</a></th>"
+        )
+    parts.append("</tr>")
+    for cid in clauses:
+        title = ""
+        if cat is not None and cid in cat:
+            cl = cat.get(cid)
+            title = f"{cl.level} ({cl.side}) {cl.text} [{cl.ref}]"
+        parts.append(f"<tr><th class='clause' title='{_e(title)}'>{_e(cid)}</th>")
+        for c in cases:
+            r = next((x for x in c.results if x.clause == cid), None)
+            if r is None:
+                parts.append("<td></td>")
+                continue
+            cls, sym = _CELL.get(r.verdict, ("skipped", "-"))
+            if r.known is not None:
+                cls = "expected-failure"
+            tip = r.message or r.verdict.value
+            parts.append(f"<td class='{cls}' title='{_e(tip)}'>{sym}</td>")
+        parts.append("</tr>")
+    parts.append("</table>")
+    # per case
+    parts.append("<h2>Cases</h2>")
+    for c in cases:
+        outcome = c.outcome(run.strict)
+        parts.append(
+            f"<details id='case-{_e(c.case_id)}'><summary><span class='{outcome}'>{outcome}</span> "
+            f"{_e(c.case_id)} ({_e(c.profile)}, {c.duration * 1000:.1f} ms)</summary>"
+        )
+        parts.append(f"<p>Trace <code>{_e(c.source)}</code>{': ' + _e(c.reason) if c.reason else ''}</p>")
+        broken = c.failures()
+        if broken:
+            parts.append("<table><tr><th>clause</th><th>verdict</th><th>step</th><th>message</th>"
+                         "<th>expected</th><th>received</th></tr>")
+            for r in broken:
+                parts.append(
+                    f"<tr><td>{_e(r.clause)}</td><td class='{r.verdict.value}'>{r.verdict.value}"
+                    f"{' (known)' if r.known else ''}</td><td>{'' if r.step is None else r.step}</td>"
+                    f"<td style='text-align:left'>{_e(r.message)}</td>"
+                    f"<td><pre>{_e(_fmt(r.expected)) if r.expected is not None else ''}</pre></td>"
+                    f"<td><pre>{_e(_fmt(r.received)) if r.received is not None else ''}</pre></td></tr>"
+                )
+            parts.append("</table>")
+        for u in c.unexpected_passes:
+            parts.append(f"<p class='unexpected-pass'>unexpected pass of known failure {_e(u)}</p>")
+        if c.traffic:
+            parts.append("<details><summary>traffic</summary>")
+            for step in c.traffic:
+                parts.append(f"<pre>{_e(json.dumps(step, indent=1, default=str))}</pre>")
+            parts.append("</details>")
+        parts.append("</details>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def write_html(path: str | Path, run: RunResult, cat: Catalog | None = None) -> None:
+    atomic_write_text(path, to_html(run, cat))
+
+
+class ReportWriter:
+    """Writes every requested report; called after each case and once at the end."""
+
+    def __init__(
+        self,
+        cat: Catalog | None,
+        json_path: str | None = None,
+        junit_path: str | None = None,
+        html_path: str | None = None,
+    ) -> None:
+        self.cat = cat
+        self.json_path = json_path
+        self.junit_path = junit_path
+        self.html_path = html_path
+
+    def write(self, run: RunResult) -> None:
+        if self.json_path:
+            write_json(self.json_path, run, self.cat)
+        if self.junit_path:
+            write_junit(self.junit_path, run)
+        if self.html_path:
+            write_html(self.html_path, run, self.cat)
+
+    def __call__(self, run: RunResult, _case: CaseResult) -> None:
+        self.write(run)
