@@ -1,0 +1,1 @@
+"""Reference models: the balloon device and driver of each profile, sans-IO."""

@@ -1,0 +1,349 @@
+"""The reference balloon device, sans-IO: driver events in, used entries and state out.
+
+What it does is what the spec's device-normative clauses (VIRTIO 1.4 5.5.x) and the seed's
+rules ask for; where they are silent it does what QEMU does (research/protocol-evolution.md
+section 4), and says so.  It implements the conformance layer's ``DeviceUnderTest`` interface
+directly, so it is both the oracle the runner compares against and a device you can test.
+
+State machines are tables (h11 style): :data:`HINT_TRANSITIONS` for free page hinting and
+:data:`MISC_TRANSITIONS` for the v3 misc queue.  A (state, event) pair missing from a table is
+a protocol violation of the driver; the device records it (``violations``) and stays put.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from ..codecs import DecodedBuffer, Segment, decode_buffer
+from ..errors import UsageError, VBProtoError
+from ..pageset import PageSet
+from ..profiles import TRANSPORT_FEATURES, get_profile
+from ..wire import WireLayout, encode
+from ..wire.messages import BALLOON_FLAG_DONE, BALLOON_GET_UNUSED_PAGES, RequestHeader
+from ..wire.structs import CONFIG
+from .interface import Negotiated, Setup, Used
+
+REQ_HDR_LEN = 16  # sizeof(struct balloon_req_hdr)
+CMD_ID_STOP = 0
+CMD_ID_DONE = 1
+HINT_CMD_ID_MIN = 0x80000000  # QEMU's VIRTIO_BALLOON_FREE_PAGE_HINT_CMD_ID_MIN
+
+
+class HintState(StrEnum):
+    """QEMU's FREE_PAGE_HINT_S_* states (hw/virtio/virtio-balloon.c)."""
+
+    STOP = "stop"
+    REQUESTED = "requested"  # device published a new cmd id, driver has not echoed it yet
+    START = "start"  # driver echoed the cmd id: hints are accepted
+    DONE = "done"
+
+
+#: (state, event) -> state.  Events: host "start"/"stop"/"done", driver "echo" (its out buffer
+#: carries the current id), "driver-stop" (out buffer with STOP), "stale-id" (another id).
+HINT_TRANSITIONS: dict[tuple[HintState, str], HintState] = {
+    (HintState.STOP, "start"): HintState.REQUESTED,
+    (HintState.DONE, "start"): HintState.REQUESTED,
+    (HintState.REQUESTED, "echo"): HintState.START,
+    (HintState.REQUESTED, "stop"): HintState.STOP,
+    (HintState.START, "driver-stop"): HintState.STOP,
+    (HintState.START, "stop"): HintState.STOP,
+    (HintState.START, "done"): HintState.DONE,
+    (HintState.STOP, "done"): HintState.DONE,
+    (HintState.STOP, "driver-stop"): HintState.STOP,
+    (HintState.REQUESTED, "stale-id"): HintState.REQUESTED,
+    (HintState.START, "stale-id"): HintState.START,
+    (HintState.STOP, "stale-id"): HintState.STOP,
+    (HintState.DONE, "stale-id"): HintState.DONE,
+    (HintState.DONE, "done"): HintState.DONE,
+    (HintState.STOP, "stop"): HintState.STOP,
+}
+
+
+class MiscState(StrEnum):
+    NO_BUFFER = "no-buffer"  # the driver has no request buffer posted
+    IDLE = "idle"  # a request buffer is posted
+    ANSWERING = "answering"  # a request was written; CONT ... DONE answers expected
+
+
+#: seed 7/7: the driver keeps one 16-byte request buffer posted; the device writes a request
+#: into it; the driver answers CONT... DONE then posts the buffer again.
+MISC_TRANSITIONS: dict[tuple[MiscState, str], MiscState] = {
+    (MiscState.NO_BUFFER, "post-buffer"): MiscState.IDLE,
+    (MiscState.IDLE, "request"): MiscState.ANSWERING,
+    (MiscState.ANSWERING, "cont"): MiscState.ANSWERING,
+    (MiscState.ANSWERING, "done"): MiscState.NO_BUFFER,
+    (MiscState.ANSWERING, "post-buffer"): MiscState.ANSWERING,  # re-posted early: buffer kept
+}
+
+
+@dataclass
+class DeviceState:
+    """Everything observable about the device."""
+
+    balloon: PageSet = field(default_factory=PageSet.empty)
+    num_pages: int = 0
+    actual: int = 0
+    hint_cmd_id: int = 0
+    poison_val: int = 0
+    stats: dict[int, int] = field(default_factory=dict)
+    reported: PageSet = field(default_factory=PageSet.empty)
+    hinted: PageSet = field(default_factory=PageSet.empty)
+    unused: dict[int, PageSet] = field(default_factory=dict)
+    unused_done: dict[int, int] = field(default_factory=dict)  # req_id -> DONE count
+    bad_pages: PageSet = field(default_factory=PageSet.empty)  # named but outside RAM
+    violations: list[str] = field(default_factory=list)
+
+
+class ReferenceDevice:
+    """A complete balloon device for one profile at a time (``start`` picks it)."""
+
+    name = "reference"
+
+    def __init__(self) -> None:
+        self._setup: Setup | None = None
+        self.profile = "spec"
+        self.layout = WireLayout()
+        self.offered = 0
+        self.accepted = 0
+        self.queues: dict[str, int] = {}
+        self.state = DeviceState()
+        self.hint = HintState.STOP
+        self.misc = MiscState.NO_BUFFER
+        self._stats_held: int | None = None
+        self._stats_seen = 0
+        self._misc_buffer: tuple[int, int] | None = None  # (head, writable length)
+        self._misc_req: int | None = None
+        self._ram_frames = 0
+        self._config_size = 8
+
+    # --- DeviceUnderTest ----------------------------------------------------------------------
+    def start(self, setup: Setup) -> Negotiated:
+        prof = get_profile(setup.profile)
+        self._setup = setup
+        self.profile = prof.name
+        self.layout = WireLayout(setup.endian, setup.word_size, setup.word_order, setup.page_size)
+        # offer every feature the case's device options ask for (all the profile's features
+        # when none are given), plus the transport features a modern device offers
+        opts = dict(setup.device_options)
+        by_option = {
+            "deflate-on-oom": "DEFLATE_ON_OOM", "free-page-hint": "FREE_PAGE_HINT",
+            "page-poison": "PAGE_POISON", "free-page-reporting": "PAGE_REPORTING",
+            "page-bitmap": "PAGE_BITMAP", "misc-vq": "MISC_VQ",
+            "must-tell-host": "MUST_TELL_HOST", "stats-vq": "STATS_VQ",
+        }
+        feats = set(prof.features)
+        for opt, name in by_option.items():
+            if name in prof.features and opts.get(opt) is False:
+                feats.discard(name)
+        offered = prof.mask(feats)
+        for t in ("VERSION_1", "RING_INDIRECT_DESC", "RING_EVENT_IDX"):
+            offered |= 1 << TRANSPORT_FEATURES[t]
+        self.offered = offered
+        self.accepted = setup.driver_features & offered
+        self.queues = {r.value: i for r, i in prof.queue_index(offered, self.accepted).items()}
+        self._config_size = prof.config_size(offered)
+        self.state = DeviceState()
+        self.hint = HintState.STOP
+        self.misc = MiscState.NO_BUFFER
+        self._stats_held = None
+        self._stats_seen = 0
+        self._misc_buffer = None
+        self._misc_req = None
+        self._ram_frames = setup.memory_size >> 12
+        return Negotiated(offered, self.accepted, dict(self.queues), self._config_size)
+
+    def stop(self) -> None:
+        pass
+
+    def avail(self, role: str, head: int, segments: list[Segment]) -> list[Used]:
+        if role not in self.queues:
+            raise UsageError(f"queue {role!r} does not exist with the negotiated features",
+                             field="role")
+        handler = getattr(self, "_on_" + role)
+        out: list[Used] = handler(head, list(segments))
+        return out
+
+    def config_read(self, offset: int, size: int) -> bytes:
+        raw = self._config_bytes()
+        return (raw + bytes(max(0, offset + size - len(raw))))[offset : offset + size]
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        raw = bytearray(self._config_bytes())
+        if offset + len(data) > len(raw):
+            self.state.violations.append(f"config write past {len(raw)} bytes ignored")
+            return
+        raw[offset : offset + len(data)] = data
+        # the driver owns actual (5.5.6 D-OP11) and poison_val (5.5.6.5 D-PP2); num_pages and
+        # the hint command id are the device's: a driver write there is ignored
+        self.state.actual = int.from_bytes(raw[4:8], "little")
+        if self._config_size >= 16:
+            self.state.poison_val = int.from_bytes(raw[12:16], "little")
+        if offset < 4 or (8 <= offset < 12 and self._config_size >= 12):
+            self.state.violations.append(f"driver wrote device-owned config at offset {offset}")
+
+    def host_request(self, kind: str, params: dict[str, Any]) -> list[Used]:
+        if kind == "set-target":
+            self.state.num_pages = int(params["num_pages"]) & 0xFFFFFFFF
+            return []
+        if kind == "stats-poll":
+            if self._stats_held is None:
+                return []
+            head, self._stats_held = self._stats_held, None
+            return [Used(head, 0)]
+        if kind == "get-unused-pages":
+            return self._request_unused(int(params["req_id"]))
+        if kind == "hint-start":
+            self.state.hint_cmd_id = int(params["cmd_id"])
+            self._hint("start")
+            return []
+        if kind == "hint-stop":
+            cmd = int(params.get("cmd_id", CMD_ID_STOP))
+            self.state.hint_cmd_id = cmd
+            self._hint("done" if cmd == CMD_ID_DONE else "stop")
+            return []
+        raise UsageError(f"unknown host request {kind!r}", field="kind")
+
+    def observe(self) -> dict[str, Any]:
+        s = self.state
+        out: dict[str, Any] = {
+            "balloon": s.balloon.extents(),
+            "num_pages": s.num_pages,
+            "actual": s.actual,
+            "stats": {str(k): v for k, v in sorted(s.stats.items())},
+        }
+        if "free_page" in self.queues:
+            out["hint_cmd_id"] = s.hint_cmd_id
+            out["hinted"] = s.hinted.extents()
+        if "reporting" in self.queues:
+            out["reported"] = s.reported.extents()
+        if "misc" in self.queues:
+            out["unused"] = {f"{k:#x}": v.extents() for k, v in sorted(s.unused.items())}
+            out["unused_done"] = {f"{k:#x}": v for k, v in sorted(s.unused_done.items())}
+        return out
+
+    # --- queues ---------------------------------------------------------------------------------
+    def _decode(self, role: str, segs: list[Segment], written: bytes | None = None
+                ) -> DecodedBuffer | None:
+        try:
+            return decode_buffer(self.profile, role, segs, self.layout, features=self.accepted,
+                                 written=written)
+        except VBProtoError as exc:
+            # structurally impossible: process nothing, still return the buffer (QEMU does)
+            self.state.violations.append(f"{role}: {exc}")
+            return None
+
+    def _in_ram(self, pages: PageSet) -> PageSet:
+        ram = PageSet.from_range(0, self._ram_frames) if self._ram_frames else PageSet.empty()
+        bad = pages - ram
+        if bad:
+            # QEMU: trace_virtio_balloon_bad_addr() and skip the page
+            self.state.bad_pages = self.state.bad_pages | bad
+        return pages & ram
+
+    def _on_inflate(self, head: int, segs: list[Segment]) -> list[Used]:
+        d = self._decode("inflate", segs)
+        if d is not None:
+            self.state.balloon = self.state.balloon | self._in_ram(d.pages)
+        return [Used(head, 0)]  # QEMU, Firecracker, crosvm: used len 0 (5.5.6 "uses the buffer")
+
+    def _on_deflate(self, head: int, segs: list[Segment]) -> list[Used]:
+        d = self._decode("deflate", segs)
+        if d is not None:
+            self.state.balloon = self.state.balloon - d.pages
+        return [Used(head, 0)]
+
+    def _on_stats(self, head: int, segs: list[Segment]) -> list[Used]:
+        d = self._decode("stats", segs)
+        out: list[Used] = []
+        if self._stats_held is not None:
+            # D-ST1: at most one buffer; QEMU returns the old one ("should never happen")
+            self.state.violations.append("second stats buffer while one is held")
+            out.append(Used(self._stats_held, 0))
+        self._stats_held = head
+        self._stats_seen += 1
+        if d is not None and d.decoded is not None:
+            for e in d.decoded.message.entries:  # type: ignore[union-attr]
+                # V-ST1: ignore unknown tags (spec 0-9; Linux 6.12 10-15 are known here too)
+                if e.tag < 16:
+                    self.state.stats[e.tag] = e.val
+        return out
+
+    def _hint(self, event: str) -> None:
+        nxt = HINT_TRANSITIONS.get((self.hint, event))
+        if nxt is None:
+            self.state.violations.append(f"hint: {event} in state {self.hint.value}")
+            return
+        self.hint = nxt
+
+    def _on_free_page(self, head: int, segs: list[Segment]) -> list[Used]:
+        d = self._decode("free_page", segs)
+        if d is not None and d.kind == "hint-cmd" and d.decoded is not None:
+            cmd = d.decoded.message.cmd_id  # type: ignore[union-attr]
+            if cmd == CMD_ID_STOP:
+                self._hint("driver-stop")
+            elif cmd == self.state.hint_cmd_id and cmd >= 2:
+                self._hint("echo")
+            else:
+                self._hint("stale-id")
+        if d is not None and d.pages and self.hint == HintState.START:
+            # V-FH3: pages offered under another command id are ignored
+            self.state.hinted = self.state.hinted | d.pages
+        return [Used(head, 0)]
+
+    def _on_reporting(self, head: int, segs: list[Segment]) -> list[Used]:
+        d = self._decode("reporting", segs)
+        if d is not None:
+            self.state.reported = self.state.reported | d.pages
+        return [Used(head, 0)]
+
+    def _on_misc(self, head: int, segs: list[Segment]) -> list[Used]:
+        if all(s.writable for s in segs):
+            size = sum(s.length for s in segs)
+            if size < REQ_HDR_LEN:
+                self.state.violations.append(f"misc request buffer of {size} bytes (< 16)")
+            self._misc_buffer = (head, size)
+            self._misc_step("post-buffer")
+            return []
+        d = self._decode("misc", segs)
+        if d is not None and d.decoded is not None:
+            m = d.decoded.message
+            req = getattr(m, "req_id", getattr(m, "id", None))
+            flag = m.flag  # type: ignore[union-attr]
+            if req is not None:
+                self.state.unused[req] = self.state.unused.get(req, PageSet.empty()) | d.pages
+                if flag == BALLOON_FLAG_DONE:
+                    self.state.unused_done[req] = self.state.unused_done.get(req, 0) + 1
+            self._misc_step("done" if flag == BALLOON_FLAG_DONE else "cont")
+        return [Used(head, 0)]
+
+    def _misc_step(self, event: str) -> None:
+        nxt = MISC_TRANSITIONS.get((self.misc, event))
+        if nxt is None:
+            self.state.violations.append(f"misc: {event} in state {self.misc.value}")
+            return
+        self.misc = nxt
+
+    def _request_unused(self, req_id: int) -> list[Used]:
+        if self._misc_buffer is None or self.misc != MiscState.IDLE:
+            self.state.violations.append("get-unused-pages with no request buffer posted")
+            return []
+        head, _ = self._misc_buffer
+        self._misc_buffer = None
+        self._misc_req = req_id
+        self._misc_step("request")
+        hdr = encode(RequestHeader(BALLOON_GET_UNUSED_PAGES, (0, 0, 0), req_id), self.layout)
+        # seed 7/7 misc_handle_rq(): the driver ignores a used len other than 16
+        return [Used(head, REQ_HDR_LEN, hdr)]
+
+    # --- config ----------------------------------------------------------------------------------
+    def _config_bytes(self) -> bytes:
+        s = self.state
+        vals = {"num_pages": s.num_pages, "actual": s.actual}
+        if self._config_size >= 12:
+            vals["free_page_hint_cmd_id"] = s.hint_cmd_id
+        if self._config_size >= 16:
+            vals["poison_val"] = s.poison_val
+        return bytes(CONFIG[self._config_size].build(vals))
+
