@@ -428,20 +428,12 @@ def open_device(spec: str, *, timeout: float = DEFAULT_TIMEOUT) -> DeviceUnderTe
             raise UsageError(f"cannot split stdio command: {exc}", field="device") from None
         return StdioDevice(argv, timeout=timeout)
     if kind == "qemu":
-        opts: dict[str, str] = {}
-        for item in filter(None, rest.split(",")):
-            k, eq, v = item.partition("=")
-            if not eq:
-                raise UsageError(f"qemu option {item!r} is not key=value", field="device")
-            opts[k.strip()] = v.strip()
         try:
             mod = importlib.import_module("virtio_balloon_proto.conformance.qemu_adapter")
         except ImportError as exc:
             raise UsageError(f"the QEMU adapter is not available: {exc}", field="device") from None
-        try:
-            return mod.QemuDevice(timeout=timeout, **opts)  # type: ignore[no-any-return]
-        except TypeError as exc:
-            raise UsageError(f"bad qemu options {rest!r}: {exc}", field="device") from None
+        # OPTIONS (k=v,k=v) are parsed by the adapter itself (qemu_adapter.parse_options)
+        return mod.QemuDevice(rest, timeout=timeout)  # type: ignore[no-any-return]
     raise UsageError(
         f"unknown device spec {spec!r} (reference | python:module:Class | stdio:'CMD' | qemu[:OPTS])",
         field="device",
