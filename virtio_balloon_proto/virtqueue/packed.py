@@ -249,9 +249,10 @@ class PackedQueueDevice:
         while True:
             where = _where(pos, None, head)
             if nring >= budget:
+                last = (pos - 1) % self.size  # the descriptor whose NEXT ran past the budget
                 raise RingError(
                     f"chain does not end within {budget} descriptors (queue size {self.size})",
-                    where=where,
+                    where=_where(last, None, head),
                     field="flags",
                     clause="spec.driver.packed.chain-len",
                 )
