@@ -694,6 +694,8 @@ class PageSet:
         span = nbits * unit
         if span == 0:
             inside = PageSet()
+        elif not self or (self.min() >= base and self.max() < base + span):
+            inside = self  # the common case: no intersection pass over every extent
         else:
             hi = min(base + span, MAX_FRAME + 1)
             inside = self & PageSet.from_range(base, hi - base)
