@@ -210,6 +210,8 @@ class StdioDevice:
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
         self._seq = 0
+        #: when a list, every request and response object is appended (debugging, tests)
+        self.frame_log: list[dict[str, Any]] | None = None
 
     # --- process management ----------------------------------------------------------------
     def _spawn(self) -> None:
@@ -324,7 +326,10 @@ class StdioDevice:
         if proc is None or proc.stdin is None:
             raise PeerError("testee is not running", where=step)
         self._seq += 1
-        body = json.dumps({"id": self._seq, "method": method, "params": params}, separators=(",", ":")).encode()
+        request = {"id": self._seq, "method": method, "params": params}
+        if self.frame_log is not None:
+            self.frame_log.append(request)
+        body = json.dumps(request, separators=(",", ":")).encode()
         try:
             proc.stdin.write(struct.pack("<I", len(body)) + body)
             proc.stdin.flush()
@@ -343,6 +348,8 @@ class StdioDevice:
             raise self._fail(f"answer is not UTF-8 JSON ({exc}): {raw[:60]!r}", step) from None
         if not isinstance(msg, dict):
             raise self._fail(f"answer is not a JSON object: {raw[:60]!r}", step)
+        if self.frame_log is not None:
+            self.frame_log.append(msg)
         if msg.get("id") != self._seq:
             raise self._fail(f"answer id {msg.get('id')!r} does not match request id {self._seq}", step)
         if "unsupported" in msg:

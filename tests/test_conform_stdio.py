@@ -129,3 +129,26 @@ def test_peer_error_names_step() -> None:
         assert ei.value.where == "avail deflate head 5"
     finally:
         dev.close()
+
+
+def test_traffic_matches_published_schema(cases) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import jsonschema
+
+    schema = json.loads((ROOT / "conformance" / "stdio-protocol.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    dev = StdioDevice(EXAMPLE)
+    dev.frame_log = []
+    try:
+        assert Runner(dev, reference=d.DictDevice).run_case(cases[0]).outcome() == "pass"
+    finally:
+        dev.close()
+    methods = {f.get("method") for f in dev.frame_log}
+    assert {"hello", "start", "avail", "config_write", "config_read", "host_request", "observe"} <= methods
+    for frame in dev.frame_log:
+        errors = list(validator.iter_errors(frame))
+        assert not errors, (frame, errors[0].message)
+    defs = schema["$defs"]
+    observe = next(r for q, r in zip(dev.frame_log, dev.frame_log[1:]) if q.get("method") == "observe")
+    jsonschema.validate(observe["result"], {"$defs": defs, **defs["observe_result"]})
