@@ -60,6 +60,7 @@ class TraceBuffer:
     sections: set[str] = field(default_factory=set)
     used_len: int | None = None  # from virtqueue_fill
     used_slot: int | None = None
+    used_line: int | None = None  # line of the virtqueue_fill
     queue: int | None = None  # resolved from the notify map
 
     @property
@@ -81,6 +82,7 @@ class TraceLog:
     #: vq pointer -> queue index
     queues: dict[int, int] = field(default_factory=dict)
     statuses: list[int] = field(default_factory=list)
+    status_lines: list[tuple[int, int]] = field(default_factory=list)  # (line, value)
     set_config: list[tuple[int, int]] = field(default_factory=list)  # (actual, oldactual)
     to_target: list[tuple[int, int]] = field(default_factory=list)  # (target bytes, num_pages)
     notifies: list[int] = field(default_factory=list)  # queue index per notify
@@ -146,6 +148,7 @@ class TraceLog:
             if elem in self._open:
                 done = self._open.pop(elem)
                 done.used_len, done.used_slot = int(m.group(3)), int(m.group(4))
+                done.used_line = self._lineno
             self._current = None
             return
         m = _RE["notify"].match(text)
@@ -157,6 +160,7 @@ class TraceLog:
         m = _RE["status"].match(text)
         if m:
             self.statuses.append(int(m.group(2)))
+            self.status_lines.append((self._lineno, int(m.group(2))))
             return
         m = _RE["set_config"].match(text)
         if m:
@@ -178,6 +182,11 @@ class TraceLog:
         buf.ok.append(good)
         if section is not None:
             buf.sections.add(section)
+
+    @property
+    def lines_read(self) -> int:
+        """Complete lines parsed so far (a position to order host actions against)."""
+        return self._lineno
 
     # --- views ---------------------------------------------------------------------------
     def on_queue(self, index: int) -> list[TraceBuffer]:
