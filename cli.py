@@ -546,8 +546,8 @@ def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
     from virtio_balloon_proto.conformance.known_failures import KnownFailures
     from virtio_balloon_proto.conformance.report import ReportWriter, text_summary
     from virtio_balloon_proto.conformance.runner import Runner, default_corpus, discover_cases
-    from virtio_balloon_proto.errors import UsageError
     from virtio_balloon_proto.conformance.verdicts import RunResult
+    from virtio_balloon_proto.errors import UsageError
 
     if timeout <= 0:
         raise UsageError("--timeout must be positive", field="timeout")
@@ -600,3 +600,46 @@ def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
         sys.exit(0)
     sys.exit(run.exit_code())
 # ---- end conform ----
+
+
+# ---- synth (reference models) ----
+@trace.command("synth")
+@click.option("--profile", default="spec", show_default=True, help="spec | v3 | hybrid")
+@click.option("--scenario", default="inflate", show_default=True,
+              help="inflate | deflate | deflate-on-oom | stats | unused-pages | hint | report | "
+                   "malformed")
+@click.option("--endian", type=click.Choice(["le", "be"]), default="le", show_default=True,
+              help="le: VERSION_1; be: a legacy big-endian guest")
+@click.option("--word-size", type=click.Choice(["32", "64"]), default="64", show_default=True,
+              help="v3 BITS_PER_LONG")
+@click.option("--page-size", type=int, default=4096, show_default=True)
+@click.option("--pages", type=click.IntRange(1, 1 << 26), default=1024, show_default=True,
+              help="4 KiB frames the scenario moves")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--exact", is_flag=True,
+              help="v3: reproduce the seed driver message for message, bugs included")
+@click.option("--memory", type=int, default=256, show_default=True, help="guest RAM in MiB")
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="trace file to write")
+@click.option("--corpus", type=click.Path(file_okay=False), default=None,
+              help="instead: (re)generate the whole conformance corpus into DIR")
+def trace_synth(profile: str, scenario: str, endian: str, word_size: str, page_size: int,
+                pages: int, seed: int, exact: bool, memory: int, out: str | None,
+                corpus: str | None) -> None:
+    """Synthesise traffic: the reference driver against the reference device, as a trace."""
+    from virtio_balloon_proto.errors import UsageError
+    from virtio_balloon_proto.models.synth import SynthOptions, synthesize, write_corpus
+    from virtio_balloon_proto.trace import write_trace
+
+    if corpus is not None:
+        n = write_corpus(corpus)
+        click.echo(f"wrote {n} traces to {corpus}")
+        return
+    if out is None:
+        raise UsageError("give -o TRACE (or --corpus DIR)", field="out")
+    opts = SynthOptions(profile, scenario, endian, int(word_size), page_size, pages, seed, exact,
+                        memory << 20)
+    header, events = synthesize(opts)
+    n = write_trace(out, header, events)
+    click.echo(f"wrote {out}: {n} events")
+# ---- end synth ----
