@@ -1,0 +1,47 @@
+"""Every rule id the wire layer can emit (``Finding("...")`` and ``clause="..."`` in
+virtio_balloon_proto/wire/) is a clause of conformance/clauses.toml, marked ``wire = true``.
+
+The ids are read from the source text, so a new rule without a catalog entry fails here.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "virtio_balloon_proto"
+WIRE_SRC = "".join(p.read_text() for p in sorted((PKG / "wire").glob("*.py")))
+# the id as the first argument of Finding(, possibly on the next line, or a clause= keyword
+EMITTED = sorted(
+    set(re.findall(r'Finding\(\s*"([^"]+)"', WIRE_SRC))
+    | set(re.findall(r'clause\s*=\s*"([^"]+)"', WIRE_SRC))
+)
+
+
+def _catalog() -> dict[str, dict[str, Any]]:
+    with open(PKG / "conformance" / "clauses.toml", "rb") as fh:
+        raw = tomllib.load(fh)
+    return {c["id"]: c for c in raw["clause"]}
+
+
+def test_the_scan_finds_the_rules() -> None:
+    # guards the regexes: the wire layer emits dozens of rules across every kind
+    assert len(EMITTED) >= 25
+    prefixes = {r.split(".")[0] for r in EMITTED}
+    assert prefixes == {"spec", "v3", "hybrid"}
+    # every dotted-id-looking string literal in wire/ is caught by one of the two patterns
+    literals = set(re.findall(r'"((?:spec|v3|hybrid)\.(?:driver|device)\.[\w-]+\.[\w-]+)"',
+                              WIRE_SRC))
+    assert literals <= set(EMITTED)
+
+
+@pytest.mark.parametrize("rule", EMITTED)
+def test_rule_is_a_wire_clause_of_the_catalog(rule: str) -> None:
+    cat = _catalog()
+    assert rule in cat, f"{rule} is emitted by the wire layer but missing in clauses.toml"
+    assert cat[rule].get("wire") is True, f"{rule} is emitted by wire/ but not marked wire = true"
+    assert rule.split(".")[0] in cat[rule]["profiles"]
