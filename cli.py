@@ -30,6 +30,12 @@ class _Group(click.Group):
         except VBProtoError as exc:
             click.echo(f"vbproto: error: {exc}", err=True)
             sys.exit(2)
+        except BrokenPipeError:
+            # the reader went away (| head): not an error of ours; silence the final flush
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except OSError as exc:
             # a path the user gave could not be read or written
             where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
@@ -643,3 +649,99 @@ def trace_synth(profile: str, scenario: str, endian: str, word_size: str, page_s
     n = write_trace(out, header, events)
     click.echo(f"wrote {out}: {n} events")
 # ---- end synth ----
+
+
+# ---- decode (capture decoder) ----
+def _pages_text(pages: Any, most: int = 8) -> str:
+    """Compact ranges, the first ``most`` of them, then how many more."""
+    ext = pages.extents()
+    parts = [f"{a}" if n == 1 else f"{a}-{a + n - 1}" for a, n in ext[:most]]
+    more = f",... (+{len(ext) - most} ranges)" if len(ext) > most else ""
+    return ",".join(parts) + more
+
+
+def _describe(d: Any) -> str:
+    """One line for a decoded message: what it is and which pages it names."""
+    b = d.buffer
+    head = f"line {d.line} {d.role} q{d.queue}" + (f" head {d.head}" if d.head is not None else "")
+    if d.direction == "used":
+        head += f" used len {d.used_len}"
+    if b is None:
+        return head + (f": ERROR {d.error}" if d.error else "")
+    fields = b.decoded.fields() if b.decoded is not None else {}
+    if b.kind == "pfns":
+        what = f"pfns[{len(fields.get('pfns', []))}]"
+    elif b.kind == "bmap":
+        what = ("bmap " + " ".join(f"{k}={fields[k]}" for k in
+                ("cmd", "page_shift", "flag", "req_id", "start_pfn", "bmap_len") if k in fields)
+                + f" buffers={len(fields.get('bitmap', []))}")
+    elif b.kind == "hybrid":
+        what = (f"hybrid cmd={fields.get('cmd')} flag={fields.get('flag')} id={fields.get('id')} "
+                f"data_len={fields.get('data_len')} records={len(fields.get('records', []))}")
+    elif b.kind == "stats":
+        what = "stats " + " ".join(f"{e['name'] or e['tag']}={e['val']}"
+                                   for e in fields.get("entries", []))
+    elif b.kind == "req":
+        what = f"req cmd={fields.get('cmd')} param={fields.get('param'):#x}"
+    elif b.kind == "hint-cmd":
+        what = f"hint cmd_id={fields.get('cmd_id'):#x}"
+    else:
+        what = b.kind
+    text = f"{head}: {what}"
+    if len(b.pages):
+        text += f" pages {_pages_text(b.pages)} ({len(b.pages)} frames)"
+    for f in b.findings:
+        text += f"\n    ! {f}"
+    return text
+
+
+@main.command("decode")
+@click.argument("trace_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per message (JSON Lines)")
+@click.option("--queue", "queues", multiple=True,
+              type=click.Choice(["inflate", "deflate", "stats", "free_page", "misc", "reporting"]),
+              help="only messages of this queue role (repeatable)")
+@click.option("--summary", is_flag=True, help="print only the summary")
+def decode_cmd(trace_file: str, as_json: bool, queues: tuple[str, ...], summary: bool) -> None:
+    """Decode every message of a recorded trace (docs/trace-format.md)."""
+    import json
+    import os
+
+    from virtio_balloon_proto.trace import TraceReader
+    from virtio_balloon_proto.tracedecode import Summary, decode_trace
+
+    total = os.path.getsize(trace_file)
+    show_bar = sys.stderr.isatty() and total > 8 << 20
+    summ = Summary()
+    with TraceReader(trace_file) as reader:
+        stream = decode_trace(reader, set(queues) or None, summ)
+        with click.progressbar(length=total, label="decoding", file=sys.stderr,
+                               hidden=not show_bar) as bar:
+            for d in stream:
+                if show_bar:
+                    bar.update(reader._f.tell() - bar.pos)
+                if summary:
+                    continue
+                click.echo(json.dumps(d.to_json()) if as_json else _describe(d))
+    if as_json:
+        if summary:
+            click.echo(json.dumps({"summary": summ.to_json()}))
+        return
+    s = summ.to_json()
+    click.echo("summary:" if not summary else f"summary of {trace_file}:")
+    click.echo(f"  messages       {s['messages']}")
+    click.echo(f"  pages/queue    {s['pages_per_queue']}")
+    click.echo(f"  net balloon    {s['net_balloon']['frames']} frames "
+               f"({_pages_text(summ.balloon) or 'none'})")
+    for req, u in s["unused_reports"].items():
+        click.echo(f"  unused {req:>8} {u['frames']} frames")
+    if summ.reported:
+        click.echo(f"  reported       {s['reported']['frames']} frames")
+    if summ.hinted:
+        click.echo(f"  hinted         {s['hinted']['frames']} frames")
+    if s["stats"]["buffers"]:
+        click.echo(f"  stats          {s['stats']['buffers']} buffers, last {s['stats']['last']}")
+    click.echo(f"  findings       {s['findings'] or 'none'}")
+    if s["errors"]:
+        click.echo(f"  undecodable    {s['errors']} buffer(s)")
+# ---- end decode ----
