@@ -31,7 +31,11 @@ TABLES = 0x1C0000
 
 def ring(size: int = 4, le: bool = True):  # type: ignore[no-untyped-def]
     mem = MemoryImage([(DESC, bytes(0x100000))])
-    return mem, PackedQueueDriver(mem, size, DESC, le), PackedQueueDevice(mem, size, DESC, None, None, le)
+    return (
+        mem,
+        PackedQueueDriver(mem, size, DESC, le),
+        PackedQueueDevice(mem, size, DESC, None, None, le),
+    )
 
 
 def test_pvirtq_desc_bytes_match_c_layout() -> None:
@@ -98,7 +102,7 @@ def test_round_trip_across_wraps(rounds: list[list[tuple[int, bool]]], le: bool)
 
 
 def test_chain_that_never_ends_is_refused() -> None:
-    mem, drv, dev = ring(4)
+    _mem, drv, dev = ring(4)
     for p in range(4):
         drv.write_desc(p, BUF, 4, 0, VIRTQ_DESC_F_NEXT | avail_flags(1))
     with pytest.raises(RingError) as ei:
@@ -108,7 +112,7 @@ def test_chain_that_never_ends_is_refused() -> None:
 
 
 def test_nested_indirect_is_refused() -> None:
-    mem, drv, dev = ring()
+    _mem, drv, dev = ring()
     drv.write_desc(0, TABLES, 16, 0, VIRTQ_DESC_F_INDIRECT | avail_flags(1))
     drv.write_desc(0, TABLES, 16, 0, VIRTQ_DESC_F_INDIRECT, table=TABLES)
     with pytest.raises(RingError) as ei:
@@ -117,14 +121,14 @@ def test_nested_indirect_is_refused() -> None:
 
 
 def test_indirect_with_next_is_refused() -> None:
-    mem, drv, dev = ring()
+    _mem, drv, dev = ring()
     drv.write_desc(0, TABLES, 16, 0, VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT | avail_flags(1))
     with pytest.raises(RingError, match="INDIRECT and NEXT"):
         list(dev.available(0, 1))
 
 
 def test_outside_memory_is_refused() -> None:
-    mem, drv, dev = ring()
+    _mem, drv, dev = ring()
     drv.add_chain([(0x5000_0000, 4, False)])
     with pytest.raises(RingError) as ei:
         list(dev.available(0, 1))
@@ -133,7 +137,7 @@ def test_outside_memory_is_refused() -> None:
 
 
 def test_stops_at_unavailable_descriptor() -> None:
-    mem, drv, dev = ring()
+    _mem, drv, dev = ring()
     drv.add_chain([(BUF, 4, False)])
     assert len(list(dev.available(0, 1))) == 1
     assert list(dev.available(0, 0)) == []  # wrong wrap counter: nothing is available

@@ -38,22 +38,28 @@ def ring(size: int = 8, le: bool = True, start_idx: int = 0):  # type: ignore[no
 def test_desc_bytes_match_c_layout_both_orders() -> None:
     # struct virtq_desc { le64 addr; le32 len; le16 flags; le16 next; } written by hand
     v = {"addr": 0x1122334455667788, "len": 0x400, "flags": 3, "next": 5}
-    le = bytes.fromhex("8877665544332211" "00040000" "0300" "0500")
-    be = bytes.fromhex("1122334455667788" "00000400" "0003" "0005")
+    le = bytes.fromhex("88776655443322110004000003000500")
+    be = bytes.fromhex("11223344556677880000040000030005")
     assert split_structs(True).virtq_desc.build(v) == le
     assert split_structs(False).virtq_desc.build(v) == be
-    assert split_structs(True).virtq_used_elem.build({"id": 1, "len": 2}) == struct.pack("<II", 1, 2)
-    avail = split_structs(True).virtq_avail(2).build(
-        {"flags": 1, "idx": 2, "ring": [3, 4], "used_event": 5}
+    assert split_structs(True).virtq_used_elem.build({"id": 1, "len": 2}) == struct.pack(
+        "<II", 1, 2
     )
-    assert avail == bytes.fromhex("0100" "0200" "0300" "0400" "0500")
+    avail = (
+        split_structs(True)
+        .virtq_avail(2)
+        .build({"flags": 1, "idx": 2, "ring": [3, 4], "used_event": 5})
+    )
+    assert avail == bytes.fromhex("01000200030004000500")
 
 
 def test_legacy_layout_aligns_used_to_4096() -> None:
     lay = legacy_layout(0x100000, 128)
     assert (lay.desc, lay.avail, lay.used) == (0x100000, 0x100800, 0x101000)
     lay = compact_layout(0x100001, 4)
-    assert lay.desc == 0x100010 and lay.avail == 0x100050 and lay.used == 0x100060  # 0x10005e rounded up to 4
+    assert (
+        lay.desc == 0x100010 and lay.avail == 0x100050 and lay.used == 0x100060
+    )  # 0x10005e rounded up to 4
 
 
 def test_queue_size_must_be_power_of_two() -> None:
@@ -76,9 +82,9 @@ def test_hand_laid_ring_decodes_pfns() -> None:
 
 def seg_lists() -> st.SearchStrategy[list[tuple[int, bool]]]:
     # (length, writable), readable ones first as 2.7.4.2 requires
-    return st.lists(
-        st.tuples(st.integers(1, 64), st.booleans()), min_size=1, max_size=6
-    ).map(lambda s: sorted(s, key=lambda x: x[1]))
+    return st.lists(st.tuples(st.integers(1, 64), st.booleans()), min_size=1, max_size=6).map(
+        lambda s: sorted(s, key=lambda x: x[1])
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -118,14 +124,18 @@ def test_builder_walker_round_trip(
 
 
 def test_used_ring_wraps_16_bits() -> None:
-    mem, drv, dev = ring(4, True, 0xFFFE)
+    _mem, drv, dev = ring(4, True, 0xFFFE)
     heads = [drv.add_and_publish([(BUF, 4, False)]) for _ in range(3)]
     u = 0xFFFE
     for h in heads:
         u = dev.push_used(u, h, 7)
     assert u == 1
     got = drv.poll_used()
-    assert [(e.used_idx, e.id, e.len) for e in got] == [(0xFFFE, heads[0], 7), (0xFFFF, heads[1], 7), (0, heads[2], 7)]
+    assert [(e.used_idx, e.id, e.len) for e in got] == [
+        (0xFFFE, heads[0], 7),
+        (0xFFFF, heads[1], 7),
+        (0, heads[2], 7),
+    ]
     assert drv.num_free == 4
 
 
@@ -224,7 +234,7 @@ def test_writable_before_readable_is_a_finding_not_an_error() -> None:
 
 
 def test_indirect_table_longer_than_queue_is_a_finding() -> None:
-    mem, drv, dev = ring(2)
+    _mem, drv, dev = ring(2)
     head = drv.add_and_publish([(BUF, 1, False)] * 3, indirect_addr=TABLES)
     (c,) = list(dev.available(0))
     assert c.head == head and len(c.buffers) == 3
@@ -232,7 +242,7 @@ def test_indirect_table_longer_than_queue_is_a_finding() -> None:
 
 
 def test_chain_byte_budget() -> None:
-    mem, drv, dev = ring()
+    _mem, drv, dev = ring()
     dev.max_chain_bytes = 100
     drv.add_and_publish([(BUF, 64, False), (BUF, 64, False)])
     with pytest.raises(RingError, match="exceed 100 bytes"):

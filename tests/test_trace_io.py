@@ -44,28 +44,48 @@ def avail_events(draw: st.DrawFn) -> AvailEvent:
     role = draw(roles)
     outs = draw(st.lists(st.binary(min_size=1, max_size=40), max_size=3))
     ins = draw(st.lists(st.integers(1, 4096), max_size=2))
-    descs = tuple(TraceDescriptor(draw(st.integers(0, 2**64 - 1)), len(b), 0) for b in outs) + tuple(
-        TraceDescriptor(draw(st.integers(0, 2**64 - 1)), n, 2) for n in ins
-    )
+    descs = tuple(
+        TraceDescriptor(draw(st.integers(0, 2**64 - 1)), len(b), 0) for b in outs
+    ) + tuple(TraceDescriptor(draw(st.integers(0, 2**64 - 1)), n, 2) for n in ins)
     return AvailEvent(
-        role, qidx[role], tuple(outs), tuple(ins), id=draw(u16), descriptors=descs,
-        avail_idx=draw(u16), ts=draw(st.none() | st.floats(0, 1e9)),
+        role,
+        qidx[role],
+        tuple(outs),
+        tuple(ins),
+        id=draw(u16),
+        descriptors=descs,
+        avail_idx=draw(u16),
+        ts=draw(st.none() | st.floats(0, 1e9)),
     )
 
 
 events = st.one_of(
     avail_events(),
     st.builds(
-        lambda r, n, i, d: UsedEvent(r, qidx[r], n, id=i, data=d), roles, u32, u16,
+        lambda r, n, i, d: UsedEvent(r, qidx[r], n, id=i, data=d),
+        roles,
+        u32,
+        u16,
         st.none() | st.binary(max_size=16),
     ),
-    st.builds(lambda w, o, d: ConfigEvent(w, o, d), st.booleans(), st.integers(0, 12),
-              st.binary(min_size=1, max_size=8)),
-    st.builds(lambda o, d, a: FeaturesEvent(o, d, a), st.integers(0, 2**64 - 1),
-              st.integers(0, 2**64 - 1), st.booleans()),
+    st.builds(
+        lambda w, o, d: ConfigEvent(w, o, d),
+        st.booleans(),
+        st.integers(0, 12),
+        st.binary(min_size=1, max_size=8),
+    ),
+    st.builds(
+        lambda o, d, a: FeaturesEvent(o, d, a),
+        st.integers(0, 2**64 - 1),
+        st.integers(0, 2**64 - 1),
+        st.booleans(),
+    ),
     st.builds(StatusEvent, st.integers(0, 255)),
-    st.builds(lambda n, r: HostEvent("set-target", num_pages=n, req_id=r), u32,
-              st.none() | st.integers(0, 2**64 - 1)),
+    st.builds(
+        lambda n, r: HostEvent("set-target", num_pages=n, req_id=r),
+        u32,
+        st.none() | st.integers(0, 2**64 - 1),
+    ),
 )
 
 
@@ -102,8 +122,14 @@ def test_per_type_validator_agrees_with_whole_schema() -> None:
     recs = [HEADER.to_json()] + [
         e.to_json()
         for e in (
-            AvailEvent(QueueRole.INFLATE, 0, (b"\x01\x02",), (8,), id=1,
-                       descriptors=(TraceDescriptor(1, 2, 0), TraceDescriptor(9, 8, 2))),
+            AvailEvent(
+                QueueRole.INFLATE,
+                0,
+                (b"\x01\x02",),
+                (8,),
+                id=1,
+                descriptors=(TraceDescriptor(1, 2, 0), TraceDescriptor(9, 8, 2)),
+            ),
             UsedEvent(QueueRole.DEFLATE, 1, 0, id=3, data=b"\x00"),
             ConfigEvent(True, 4, b"\x10\x00\x00\x00"),
             FeaturesEvent(1, 2, True),
@@ -142,8 +168,15 @@ def test_semantic_problem_role_queue_mismatch(tmp_path: Path) -> None:
 
 def test_out_len_must_match_descriptor(tmp_path: Path) -> None:
     p = tmp_path / "t.jsonl"
-    write_trace(p, HEADER, [AvailEvent(QueueRole.INFLATE, 0, (b"ab",), (),
-                                       descriptors=(TraceDescriptor(0x1000, 4, 0),))])
+    write_trace(
+        p,
+        HEADER,
+        [
+            AvailEvent(
+                QueueRole.INFLATE, 0, (b"ab",), (), descriptors=(TraceDescriptor(0x1000, 4, 0),)
+            )
+        ],
+    )
     (prob,) = validate_trace(p)
     assert prob.line == 2 and "descriptor len is 4" in prob.message
 
@@ -154,7 +187,7 @@ def test_over_long_line_is_refused_without_reading_it_whole(tmp_path: Path) -> N
     with p.open("a") as f:
         f.write('{"type":"status","value":1,"note":"' + "x" * 5000 + '"}\n')
         f.write('{"type":"status","value":2}\n')
-    with TraceReader(p, max_line=1024) as r, pytest.raises(TraceError, match="line 2.*longer"):
+    with TraceReader(p, max_line=1024) as r, pytest.raises(TraceError, match=r"line 2.*longer"):
         list(r.events())
     from virtio_balloon_proto.trace.io import iter_problems
 
