@@ -754,9 +754,12 @@ class Runner:
         except VBProtoError as exc:  # our side: a trace that cannot be replayed, ...
             result.status = Verdict.ERROR
             result.reason = str(exc)
-        finally:
-            with _suppress():
-                self.device.stop()
+        except BaseException:
+            # interrupted (Ctrl-C, SIGTERM): do not wait for a device that may be hung
+            close_device(self.device)
+            raise
+        with _suppress():
+            self.device.stop()
         result.duration = time.monotonic() - t0
         self.known.apply(result)
         return result

@@ -1,0 +1,134 @@
+"""vbproto conform CLI (exit codes, reports, SIGTERM) and the pytest plugin."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import conform_doubles as d  # noqa: E402
+
+pytest_plugins = ["pytester"]
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = f"stdio:{sys.executable} {ROOT / 'examples' / 'stdio_testee.py'}"
+FAULTY = f"stdio:{sys.executable} {Path(__file__).parent / 'conform_testees' / 'faulty_testee.py'}"
+
+
+def vbproto(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["vbproto", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    c = tmp_path / "corpus"
+    (c / "spec").mkdir(parents=True)
+    d.spec_trace(c / "spec" / "basic.jsonl")
+    d.spec_trace(c / "spec" / "be.jsonl", endian="be")
+    return c
+
+
+def test_clauses_json() -> None:
+    r = vbproto("conform", "clauses", "--json")
+    assert r.returncode == 0
+    data = json.loads(r.stdout)
+    by_id = {c["id"]: c for c in data["clauses"]}
+    assert by_id["spec.device.inflate.acks-buffer"]["checks"] >= 1
+    assert data["errata"][0]["id"] == "E1"
+
+
+def test_run_pass_and_reports(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    r = vbproto("conform", "run", "--device", EXAMPLE, "--corpus", str(corpus),
+                "--junit", f"{out}.xml", "--html", f"{out}.html", "--report-json", f"{out}.json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "CONFORMANCE PASSED: 2 case(s)" in r.stdout
+    data = json.loads(Path(f"{out}.json").read_text())
+    assert data["partial"] is False and set(data["index"]) == {"spec/basic", "spec/be"}
+
+
+def test_run_failure_prints_update_command(corpus: Path, tmp_path: Path) -> None:
+    kf = tmp_path / "kf.toml"
+    r = vbproto("conform", "run", "--device", f"{FAULTY} wrong-id", "--corpus", str(corpus),
+                "--known-failures", str(kf))
+    assert r.returncode == 1
+    assert "spec.device.used.id-is-head" in r.stdout
+    cmd = r.stdout.strip().splitlines()[-1].strip()
+    assert cmd.startswith("vbproto conform run") and cmd.endswith("--update-known-failures")
+    upd = subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert upd.returncode == 0 and kf.exists()
+    again = vbproto("conform", "run", "--device", f"{FAULTY} wrong-id", "--corpus", str(corpus),
+                    "--known-failures", str(kf))
+    assert again.returncode == 0, again.stdout
+    assert "2 expected-failure" in again.stdout
+    # the example device passes what is listed: unexpected pass fails the run
+    fixed = vbproto("conform", "run", "--device", EXAMPLE, "--corpus", str(corpus),
+                    "--known-failures", str(kf))
+    assert fixed.returncode == 1 and "unexpected-pass" in fixed.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--device", "bogus"], ["--corpus", "/nonexistent"], ["--timeout", "0"], ["--profile", "v9"],
+     ["--update-known-failures"]],
+)
+def test_bad_usage_exit_2(args: list[str], corpus: Path) -> None:
+    r = vbproto("conform", "run", "--corpus", str(corpus), *args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_trace_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "x.jsonl").write_text("not json\n")
+    r = vbproto("conform", "check", str(tmp_path / "x.jsonl"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_sigterm_leaves_partial_reports(tmp_path: Path) -> None:
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    for i in range(3):
+        d.spec_trace(corpus / f"c{i}.jsonl")
+    report = tmp_path / "r.json"
+    # the hang testee blocks on the first deflate of each case (timeout 30 s), so the run is
+    # mid-case when SIGTERM arrives
+    proc = subprocess.Popen(
+        ["vbproto", "conform", "run", "--device", f"{FAULTY} hang", "--corpus", str(corpus),
+         "--timeout", "30", "--report-json", str(report)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    data = json.loads(report.read_text())
+    assert data["partial"] is True and data["planned"] == 3
+    assert len(data["cases"]) < 3
+
+
+def test_pytest_plugin_inactive_without_option(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x():\n    assert True\n")
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    res.assert_outcomes(passed=1)
+
+
+def test_pytest_plugin_one_test_per_case(pytester: pytest.Pytester, corpus: Path) -> None:
+    res = pytester.runpytest_subprocess(
+        "--vbproto-device", EXAMPLE, "--vbproto-corpus", str(corpus), "-v", "-p", "no:cacheprovider"
+    )
+    res.assert_outcomes(passed=2)
+    res.stdout.fnmatch_lines(["*vbproto?spec/basic?*PASSED*"])
+    bad = pytester.runpytest_subprocess(
+        "--vbproto-device", f"{FAULTY} wrong-id", "--vbproto-corpus", str(corpus), "-p", "no:cacheprovider"
+    )
+    bad.assert_outcomes(failed=2)
+    bad.stdout.fnmatch_lines(["*spec.device.used.id-is-head*"])
