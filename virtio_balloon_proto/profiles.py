@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from .errors import UsageError
 
 
-class QueueRole(str, Enum):
+class QueueRole(StrEnum):
     INFLATE = "inflate"
     DEFLATE = "deflate"
     STATS = "stats"
