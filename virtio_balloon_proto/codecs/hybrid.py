@@ -59,6 +59,9 @@ def encode_words(pages: PageSet, layout: WireLayout, *, bitmaps: bool = True) ->
     chosen_w = uw[cnt >= 2]  # windows where a word beats their records
     use_bm = np.zeros(starts.size, dtype=bool)
     use_bm[np.flatnonzero(small)] = np.isin(win[small], chosen_w)
+    if not use_bm.any():  # no window is cheaper as a word: the plain form is the answer
+        w = heads(starts, orders, np.zeros_like(starts))
+        return w, np.ones(w.size, dtype=np.uint64)
 
     # bitmap word of each chosen window: OR of the bits of its small blocks' frames
     bs, bo = starts[use_bm], orders[use_bm]
