@@ -84,7 +84,13 @@ def used_from_json(raw: Any, step: str) -> list[Used]:
         if not isinstance(u, dict):
             raise PeerError(f"used[{i}] is not an object", where=step)
         written = _hex(u, "written", step, "")
-        out.append(Used(id=_int(u, "id", step, hi=0xFFFF), length=_int(u, "len", step, hi=0xFFFFFFFF), written=written))
+        out.append(
+            Used(
+                id=_int(u, "id", step, hi=0xFFFF),
+                length=_int(u, "len", step, hi=0xFFFFFFFF),
+                written=written,
+            )
+        )
     return out
 
 
@@ -152,7 +158,9 @@ class PythonDevice:
 def load_python_device(target: str) -> PythonDevice:
     module_name, sep, class_name = target.rpartition(":")
     if not sep or not module_name or not class_name:
-        raise UsageError(f"python adapter wants python:module:Class, got python:{target}", field="device")
+        raise UsageError(
+            f"python adapter wants python:module:Class, got python:{target}", field="device"
+        )
     try:
         if module_name.endswith(".py"):
             path = Path(module_name)
@@ -175,14 +183,26 @@ def load_python_device(target: str) -> PythonDevice:
     try:
         inst = cls()
     except Exception as exc:
-        raise UsageError(f"cannot instantiate {class_name}(): {type(exc).__name__}: {exc}", field="device") from None
+        raise UsageError(
+            f"cannot instantiate {class_name}(): {type(exc).__name__}: {exc}", field="device"
+        ) from None
     if not isinstance(inst, DeviceUnderTest):
         missing = [
-            m for m in ("start", "avail", "config_read", "config_write", "host_request", "observe", "stop")
+            m
+            for m in (
+                "start",
+                "avail",
+                "config_read",
+                "config_write",
+                "host_request",
+                "observe",
+                "stop",
+            )
             if not callable(getattr(inst, m, None))
         ]
         raise UsageError(
-            f"{class_name} does not implement DeviceUnderTest (missing: {', '.join(missing) or 'name'})",
+            f"{class_name} does not implement DeviceUnderTest "
+            f"(missing: {', '.join(missing) or 'name'})",
             field="device",
         )
     return PythonDevice(inst, f"python:{target}")
@@ -199,7 +219,9 @@ class StdioDevice:
     or an ``{"unsupported": "..."}`` answer raises Unsupported.
     """
 
-    def __init__(self, argv: list[str], timeout: float = DEFAULT_TIMEOUT, max_frame: int = MAX_FRAME) -> None:
+    def __init__(
+        self, argv: list[str], timeout: float = DEFAULT_TIMEOUT, max_frame: int = MAX_FRAME
+    ) -> None:
         if not argv:
             raise UsageError("stdio adapter needs a command", field="device")
         self.argv = argv
@@ -235,7 +257,8 @@ class StdioDevice:
         if not isinstance(result, dict) or result.get("protocol") != STDIO_PROTOCOL:
             self._kill()
             raise PeerError(
-                f"testee speaks protocol {result.get('protocol') if isinstance(result, dict) else result!r}, "
+                "testee speaks protocol "
+                f"{result.get('protocol') if isinstance(result, dict) else result!r}, "
                 f"runner speaks {STDIO_PROTOCOL}",
                 where="hello",
             )
@@ -351,7 +374,9 @@ class StdioDevice:
         if self.frame_log is not None:
             self.frame_log.append(msg)
         if msg.get("id") != self._seq:
-            raise self._fail(f"answer id {msg.get('id')!r} does not match request id {self._seq}", step)
+            raise self._fail(
+                f"answer id {msg.get('id')!r} does not match request id {self._seq}", step
+            )
         if "unsupported" in msg:
             raise Unsupported(str(msg["unsupported"]) or "unsupported", where=step)
         if "error" in msg:
@@ -424,7 +449,9 @@ def open_device(spec: str, *, timeout: float = DEFAULT_TIMEOUT) -> DeviceUnderTe
         try:
             mod = importlib.import_module("virtio_balloon_proto.models.device")
         except ImportError as exc:
-            raise UsageError(f"the reference device is not available: {exc}", field="device") from None
+            raise UsageError(
+                f"the reference device is not available: {exc}", field="device"
+            ) from None
         return PythonDevice(mod.ReferenceDevice(), "reference")
     if kind == "python":
         return load_python_device(rest)
@@ -442,7 +469,8 @@ def open_device(spec: str, *, timeout: float = DEFAULT_TIMEOUT) -> DeviceUnderTe
         # OPTIONS (k=v,k=v) are parsed by the adapter itself (qemu_adapter.parse_options)
         return mod.QemuDevice(rest, timeout=timeout)  # type: ignore[no-any-return]
     raise UsageError(
-        f"unknown device spec {spec!r} (reference | python:module:Class | stdio:'CMD' | qemu[:OPTS])",
+        f"unknown device spec {spec!r} "
+        "(reference | python:module:Class | stdio:'CMD' | qemu[:OPTS])",
         field="device",
     )
 

@@ -262,7 +262,9 @@ def _read_toml(name: str) -> dict[str, Any]:
     try:
         text = importlib.resources.files(_PACKAGE).joinpath(name).read_text(encoding="utf-8")
     except (OSError, ModuleNotFoundError) as exc:
-        raise UsageError(f"cannot read package data {name}: {exc}", where="clause catalog") from None
+        raise UsageError(
+            f"cannot read package data {name}: {exc}", where="clause catalog"
+        ) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

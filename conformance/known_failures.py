@@ -67,7 +67,9 @@ class KnownFailures:
             # a missing file is an empty list: --update-known-failures creates it
             return cls([], str(p))
         except OSError as exc:
-            raise UsageError(f"cannot read known-failures file: {exc.strerror}", where=str(p)) from None
+            raise UsageError(
+                f"cannot read known-failures file: {exc.strerror}", where=str(p)
+            ) from None
         try:
             data = tomllib.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -88,7 +90,9 @@ class KnownFailures:
                 raise UsageError(f"unknown keys {sorted(extra)}", where=where)
             case, clause = item.get("case"), item.get("clause", "*")
             if not isinstance(case, str) or not case or not isinstance(clause, str) or not clause:
-                raise UsageError("'case' (and 'clause' if given) must be non-empty strings", where=where)
+                raise UsageError(
+                    "'case' (and 'clause' if given) must be non-empty strings", where=where
+                )
             reason = item.get("reason", "")
             if not isinstance(reason, str):
                 raise UsageError("'reason' must be a string", where=where)
@@ -142,7 +146,11 @@ class KnownFailures:
                 if not r.broken or (res.case_id, r.clause) in seen:
                     continue
                 reason = next(
-                    (e.reason for e in self.entries if e.matches(res.case_id, r.clause) and e.reason),
+                    (
+                        e.reason
+                        for e in self.entries
+                        if e.matches(res.case_id, r.clause) and e.reason
+                    ),
                     f"added by --update-known-failures: {r.message}"[:200],
                 )
                 out.append(KnownFailure(res.case_id, r.clause, reason))

@@ -128,7 +128,7 @@ class _CaseItem(pytest.Item):
         if outcome in ("fail", "unexpected-pass", "error"):
             raise _CaseFailed(result.details_text())
 
-    def repr_failure(self, excinfo: Any, style: Any = None) -> str:  # type: ignore[override]
+    def repr_failure(self, excinfo: Any, style: Any = None) -> str:
         if isinstance(excinfo.value, _CaseFailed):
             return str(excinfo.value)
         return str(super().repr_failure(excinfo))

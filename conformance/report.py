@@ -47,7 +47,9 @@ def text_summary(run: RunResult, *, verbose: bool = False, command_hint: str | N
     if run.partial and run.planned:
         lines.append(f"  ({total} of {run.planned} planned cases ran)")
     if run.unmatched_known:
-        lines.append("  known-failures entries that matched no case: " + "; ".join(run.unmatched_known))
+        lines.append(
+            "  known-failures entries that matched no case: " + "; ".join(run.unmatched_known)
+        )
     if command_hint and (counts["fail"] or counts["unexpected-pass"] or counts["expected-failure"]):
         if counts["fail"] or counts["unexpected-pass"]:
             lines.append("  to accept the current failures, run:")
@@ -96,7 +98,9 @@ def to_json(run: RunResult, cat: Catalog | None = None) -> dict[str, Any]:
 
 
 def write_json(path: str | Path, run: RunResult, cat: Catalog | None = None) -> None:
-    atomic_write_text(path, json.dumps(to_json(run, cat), indent=1, sort_keys=False, default=str) + "\n")
+    atomic_write_text(
+        path, json.dumps(to_json(run, cat), indent=1, sort_keys=False, default=str) + "\n"
+    )
 
 
 # --------------------------------------------------------------------------- JUnit
@@ -112,8 +116,13 @@ def to_junit(run: RunResult) -> str:
         counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
         for c in by_profile[profile]:
             if c.status is not None or not c.results:
-                tc = ET.SubElement(suite, "testcase", classname=f"{profile}.{c.case_id}", name="(case)",
-                                   time=f"{c.duration:.6f}")
+                tc = ET.SubElement(
+                    suite,
+                    "testcase",
+                    classname=f"{profile}.{c.case_id}",
+                    name="(case)",
+                    time=f"{c.duration:.6f}",
+                )
                 counts["tests"] += 1
                 st = c.status or Verdict.PASS
                 if st in (Verdict.UNSUPPORTED, Verdict.SKIPPED):
@@ -125,8 +134,13 @@ def to_junit(run: RunResult) -> str:
                 continue
             per = c.duration / max(1, len(c.results))
             for r in c.results:
-                tc = ET.SubElement(suite, "testcase", classname=f"{profile}.{c.case_id}", name=r.clause,
-                                   time=f"{per:.6f}")
+                tc = ET.SubElement(
+                    suite,
+                    "testcase",
+                    classname=f"{profile}.{c.case_id}",
+                    name=r.clause,
+                    time=f"{per:.6f}",
+                )
                 counts["tests"] += 1
                 if r.known is not None:
                     ET.SubElement(tc, "skipped", message=f"known failure: {r.known}: {r.message}")
@@ -142,10 +156,15 @@ def to_junit(run: RunResult) -> str:
                     ET.SubElement(tc, "error", message=r.message, type="error")
                     counts["errors"] += 1
             for entry in c.unexpected_passes:
-                tc = ET.SubElement(suite, "testcase", classname=f"{profile}.{c.case_id}",
-                                   name="(known-failures)")
-                ET.SubElement(tc, "failure", message=f"unexpected pass of known failure {entry}",
-                              type="unexpected-pass")
+                tc = ET.SubElement(
+                    suite, "testcase", classname=f"{profile}.{c.case_id}", name="(known-failures)"
+                )
+                ET.SubElement(
+                    tc,
+                    "failure",
+                    message=f"unexpected pass of known failure {entry}",
+                    type="unexpected-pass",
+                )
                 counts["tests"] += 1
                 counts["failures"] += 1
         for k, v in counts.items():
@@ -204,7 +223,8 @@ def to_html(run: RunResult, cat: Catalog | None = None) -> str:
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>vbproto conformance: {_e(run.device)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>virtio-balloon conformance report</h1><p>Device <code>{_e(run.device)}</code>, corpus "
+        "<h1>virtio-balloon conformance report</h1>"
+        f"<p>Device <code>{_e(run.device)}</code>, corpus "
         f"<code>{_e(run.corpus)}</code>, vbproto {__version__}, "
         f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(run.started or time.time()))}"
         f"{', strict' if run.strict else ''}.</p>",
@@ -214,13 +234,17 @@ def to_html(run: RunResult, cat: Catalog | None = None) -> str:
             f"<p class='banner'>Partial report: the run was interrupted or is still going "
             f"({len(cases)} of {run.planned} cases).</p>"
         )
-    parts.append("<p class='legend'>" + " ".join(
-        f"<span class='{k}'>{k}: {v}</span>" for k, v in counts.items()) + "</p>")
+    parts.append(
+        "<p class='legend'>"
+        + " ".join(f"<span class='{k}'>{k}: {v}</span>" for k, v in counts.items())
+        + "</p>"
+    )
     # matrix
     parts.append("<h2>Clauses &times; cases</h2><table><tr><th></th>")
     for c in cases:
         parts.append(
-            f"<th class='case {c.outcome(run.strict)}'><a href='#case-{_e(c.case_id)}'>{_e(c.case_id)}</a></th>"
+            f"<th class='case {c.outcome(run.strict)}'>"
+            f"<a href='#case-{_e(c.case_id)}'>{_e(c.case_id)}</a></th>"
         )
     parts.append("</tr>")
     for cid in clauses:
@@ -249,18 +273,24 @@ def to_html(run: RunResult, cat: Catalog | None = None) -> str:
             f"<details id='case-{_e(c.case_id)}'><summary><span class='{outcome}'>{outcome}</span> "
             f"{_e(c.case_id)} ({_e(c.profile)}, {c.duration * 1000:.1f} ms)</summary>"
         )
-        parts.append(f"<p>Trace <code>{_e(c.source)}</code>{': ' + _e(c.reason) if c.reason else ''}</p>")
+        parts.append(
+            f"<p>Trace <code>{_e(c.source)}</code>{': ' + _e(c.reason) if c.reason else ''}</p>"
+        )
         broken = c.failures()
         if broken:
-            parts.append("<table><tr><th>clause</th><th>verdict</th><th>step</th><th>message</th>"
-                         "<th>expected</th><th>received</th></tr>")
+            parts.append(
+                "<table><tr><th>clause</th><th>verdict</th><th>step</th><th>message</th>"
+                "<th>expected</th><th>received</th></tr>"
+            )
             for r in broken:
                 parts.append(
                     f"<tr><td>{_e(r.clause)}</td><td class='{r.verdict.value}'>{r.verdict.value}"
-                    f"{' (known)' if r.known else ''}</td><td>{'' if r.step is None else r.step}</td>"
+                    f"{' (known)' if r.known else ''}</td>"
+                    f"<td>{'' if r.step is None else r.step}</td>"
                     f"<td style='text-align:left'>{_e(r.message)}</td>"
                     f"<td><pre>{_e(_fmt(r.expected)) if r.expected is not None else ''}</pre></td>"
-                    f"<td><pre>{_e(_fmt(r.received)) if r.received is not None else ''}</pre></td></tr>"
+                    "<td><pre>"
+                    f"{_e(_fmt(r.received)) if r.received is not None else ''}</pre></td></tr>"
                 )
             parts.append("</table>")
         for u in c.unexpected_passes:

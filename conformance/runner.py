@@ -202,7 +202,9 @@ def load_case(path: str | Path, case_id: str | None = None) -> Case:
             )
         elif isinstance(ev, tr.ConfigEvent):
             steps.append(
-                Step(i, "config_write" if ev.write else "config_read", offset=ev.offset, data=ev.data)
+                Step(
+                    i, "config_write" if ev.write else "config_read", offset=ev.offset, data=ev.data
+                )
             )
         elif isinstance(ev, tr.HostEvent):
             st = _host_step(ev, i)
@@ -369,7 +371,9 @@ def _account(ctx: CaseContext, side: _Side, step: Step, used: list[Used], is_dut
 
 
 @check("spec.device.used.id-is-head")
-def check_used_ids(ctx: CaseContext, step: Step, ref_used: list[Used], dut_used: list[Used]) -> None:
+def check_used_ids(
+    ctx: CaseContext, step: Step, ref_used: list[Used], dut_used: list[Used]
+) -> None:
     _account(ctx, ctx.ref, step, ref_used, is_dut=False)
     _account(ctx, ctx.dut, step, dut_used, is_dut=True)
 
@@ -404,7 +408,8 @@ def check_used_lengths(ctx: CaseContext) -> None:
         elif key in ctx.ref.returned and ctx.ref.returned[key][0].length != u.length and cap:
             ctx.broken(
                 "spec.device.used.len-written",
-                f"{role} head {head}: used len {u.length}, reference wrote {ctx.ref.returned[key][0].length}",
+                f"{role} head {head}: used len {u.length}, "
+                f"reference wrote {ctx.ref.returned[key][0].length}",
                 at,
                 expected=ctx.ref.returned[key][0].length,
                 received=u.length,
@@ -456,7 +461,13 @@ def check_misc_request(ctx: CaseContext) -> None:
         ):
             ctx.evaluated(clause)
             if not ok:
-                ctx.broken(clause, f"misc request {what}", at, hexdump(ref[0].written) if ref else None, hexdump(u.written))
+                ctx.broken(
+                    clause,
+                    f"misc request {what}",
+                    at,
+                    hexdump(ref[0].written) if ref else None,
+                    hexdump(u.written),
+                )
         if ref is not None and len(ref[0].written) >= 16:
             ctx.evaluated("v3.device.req.param-is-req-id")
             rparam = struct.unpack(f"{order}Q", ref[0].written[8:16])[0]
@@ -464,7 +475,11 @@ def check_misc_request(ctx: CaseContext) -> None:
                 ctx.broken(
                     "v3.device.req.param-is-req-id",
                     f"misc request param {param:#x}, the host asked for {rparam:#x}"
-                    + (" (byte-swapped: wrong byte order?)" if param == int.from_bytes(rparam.to_bytes(8, "little"), "big") else ""),
+                    + (
+                        " (byte-swapped: wrong byte order?)"
+                        if param == int.from_bytes(rparam.to_bytes(8, "little"), "big")
+                        else ""
+                    ),
                     at,
                     hexdump(ref[0].written[:16]),
                     hexdump(u.written[:16]),
@@ -488,8 +503,13 @@ def check_acks(ctx: CaseContext) -> None:
         if key not in ctx.dut.returned:
             ctx.broken(
                 clause,
-                f"{role} head {head} was never used by the device (the reference used it at step {at})"
-                + (" -- the buffer is malformed, but the driver still waits for it" if malformed else ""),
+                f"{role} head {head} was never used by the device "
+                f"(the reference used it at step {at})"
+                + (
+                    " -- the buffer is malformed, but the driver still waits for it"
+                    if malformed
+                    else ""
+                ),
                 step.index if step else at,
                 expected=f"used id {head}",
                 received="not used",
@@ -559,7 +579,9 @@ def _page_clauses(ctx: CaseContext) -> tuple[str, str]:
     "spec.device.reporting.records-ranges",
     "v3.device.unused.records-pages",
 )
-def compare_state(ctx: CaseContext, step_index: int | None, ref: dict[str, Any], dut: dict[str, Any]) -> None:
+def compare_state(
+    ctx: CaseContext, step_index: int | None, ref: dict[str, Any], dut: dict[str, Any]
+) -> None:
     """observe() of both devices; keys the DUT does not report are not compared."""
     if "balloon" in ref and "balloon" in dut:
         inflate_c, deflate_c = _page_clauses(ctx)
@@ -587,7 +609,12 @@ def compare_state(ctx: CaseContext, step_index: int | None, ref: dict[str, Any],
                     expected=ref["balloon"],
                     received=dut["balloon"],
                 )
-    if "stats" in ref and "stats" in dut and isinstance(ref["stats"], dict) and isinstance(dut["stats"], dict):
+    if (
+        "stats" in ref
+        and "stats" in dut
+        and isinstance(ref["stats"], dict)
+        and isinstance(dut["stats"], dict)
+    ):
         rs = {str(k): v for k, v in ref["stats"].items()}
         ds = {str(k): v for k, v in dut["stats"].items()}
         ctx.evaluated("spec.device.stats.records-values")
@@ -851,7 +878,9 @@ class Runner:
                 result.reason = f"the reference device cannot replay step {step.index}: {exc}"
                 return
             except PeerError as exc:
-                raise VBProtoError(f"reference device failed: {exc}", where=f"step {step.index}") from None
+                raise VBProtoError(
+                    f"reference device failed: {exc}", where=f"step {step.index}"
+                ) from None
             entry = step.to_json()
             entry["reference"] = _used_json(ref_used)
             try:
@@ -875,7 +904,10 @@ class Runner:
             try:
                 if step.kind in ("config_write", "host") and cfg_size:
                     compare_config(
-                        ctx, step.index, ref.config_read(0, cfg_size), self.device.config_read(0, cfg_size)
+                        ctx,
+                        step.index,
+                        ref.config_read(0, cfg_size),
+                        self.device.config_read(0, cfg_size),
                     )
                 compare_state(ctx, step.index, ref.observe(), self.device.observe())
             except PeerError as exc:
@@ -888,7 +920,9 @@ class Runner:
         clause = "suite.device.transport"
         if step.kind == "avail" and step.role == "stats":
             decoded = _wire_findings(ctx, step)
-            if any(getattr(f, "rule", "") == "spec.device.stats.ignores-unknown-tag" for f in decoded):
+            if any(
+                getattr(f, "rule", "") == "spec.device.stats.ignores-unknown-tag" for f in decoded
+            ):
                 ctx.broken(
                     "spec.device.stats.ignores-unknown-tag",
                     f"device failed on a stats buffer with unknown tags: {exc}",
@@ -974,7 +1008,9 @@ def _finding_result(ctx: CaseContext, finding: Any, step: Step, from_driver: boo
     "hybrid.driver.unused.id-echo",
     "hybrid.driver.unused.one-done",
 )
-def check_trace(path: str | Path, *, cat: Catalog | None = None, strict: bool = False) -> CaseResult:
+def check_trace(
+    path: str | Path, *, cat: Catalog | None = None, strict: bool = False
+) -> CaseResult:
     """Validate both sides of a recorded trace against the clauses (no device involved)."""
     from virtio_balloon_proto import trace as tr
 
@@ -989,7 +1025,9 @@ def check_trace(path: str | Path, *, cat: Catalog | None = None, strict: bool = 
     if case.profile in ("v3", "hybrid"):
         ctx.evaluated("v3.driver.features.bitmap-needs-stats")
         if ("PAGE_BITMAP" in neg or "MISC_VQ" in neg) and "STATS_VQ" not in neg:
-            ctx.broken("v3.driver.features.bitmap-needs-stats", f"negotiated {neg} without STATS_VQ")
+            ctx.broken(
+                "v3.driver.features.bitmap-needs-stats", f"negotiated {neg} without STATS_VQ"
+            )
     if "MUST_TELL_HOST" in offered:
         ctx.evaluated("spec.driver.features.accept-must-tell-host")
         if "MUST_TELL_HOST" not in neg:
@@ -1014,11 +1052,19 @@ def check_trace(path: str | Path, *, cat: Catalog | None = None, strict: bool = 
             if step.role == "stats":
                 ctx.evaluated("spec.driver.stats.one-buffer")
                 if any(r == "stats" for r, _ in outstanding):
-                    ctx.broken("spec.driver.stats.one-buffer", "a second stats buffer while one is still available", i)
+                    ctx.broken(
+                        "spec.driver.stats.one-buffer",
+                        "a second stats buffer while one is still available",
+                        i,
+                    )
             if step.role == "misc" and _writable(step):
                 ctx.evaluated("v3.driver.misc.req-buffer-16")
                 if _writable(step) != 16:
-                    ctx.broken("v3.driver.misc.req-buffer-16", f"request buffer is {_writable(step)} bytes", i)
+                    ctx.broken(
+                        "v3.driver.misc.req-buffer-16",
+                        f"request buffer is {_writable(step)} bytes",
+                        i,
+                    )
             decoded = _decode_step(case, step)
             if step.role == "free_page" and decoded is not None and decoded.kind == "hint-cmd":
                 cid = decoded.message.cmd_id
@@ -1026,11 +1072,19 @@ def check_trace(path: str | Path, *, cat: Catalog | None = None, strict: bool = 
                 if cid >= 2:
                     hint_ids[cid] = hint_ids.get(cid, 0) + 1
                     if hint_ids[cid] > 1:
-                        ctx.broken("spec.driver.hint.one-cmd-id-buffer", f"command id {cid:#x} sent {hint_ids[cid]} times", i)
+                        ctx.broken(
+                            "spec.driver.hint.one-cmd-id-buffer",
+                            f"command id {cid:#x} sent {hint_ids[cid]} times",
+                            i,
+                        )
                 else:
                     hint_ids.clear()
-            if decoded is not None and decoded.carries_pages and step.role in ("inflate", "deflate"):
-                pages = set(_frames([tuple(e) for e in decoded.extents()]))  # type: ignore[misc]
+            if (
+                decoded is not None
+                and decoded.carries_pages
+                and step.role in ("inflate", "deflate")
+            ):
+                pages = set(_frames([tuple(e) for e in decoded.extents()]))
                 if step.role == "inflate":
                     inflight_inflate[key] = pages
                 else:
@@ -1039,7 +1093,8 @@ def check_trace(path: str | Path, *, cat: Catalog | None = None, strict: bool = 
                         if pages & ip:
                             ctx.broken(
                                 "spec.driver.op.no-deflate-before-inflate-ack",
-                                f"deflate names {len(pages & ip)} frame(s) of inflate head {h}, not yet acknowledged",
+                                f"deflate names {len(pages & ip)} frame(s) of inflate head "
+                                f"{h}, not yet acknowledged",
                                 i,
                             )
             if step.role == "misc" and decoded is not None and not _writable(step):
@@ -1051,14 +1106,22 @@ def check_trace(path: str | Path, *, cat: Catalog | None = None, strict: bool = 
             ctx.evaluated("spec.device.used.id-is-head")
             head = ev.id
             if head is None or (role, head) not in outstanding:
-                ctx.broken("spec.device.used.id-is-head", f"used id {head} on {role} names no available chain", i)
+                ctx.broken(
+                    "spec.device.used.id-is-head",
+                    f"used id {head} on {role} names no available chain",
+                    i,
+                )
                 continue
             av = outstanding.pop((role, head))
             inflight_inflate.pop((role, head), None)
             cap = _writable(av)
             ctx.evaluated("spec.device.used.len-written")
             if ev.len > cap:
-                ctx.broken("spec.device.used.len-written", f"{role} head {head}: used len {ev.len} > {cap} writable bytes", i)
+                ctx.broken(
+                    "spec.device.used.len-written",
+                    f"{role} head {head}: used len {ev.len} > {cap} writable bytes",
+                    i,
+                )
             if role in ("inflate", "deflate"):
                 last_page_ack = i
             if role == "misc" and cap:
@@ -1071,7 +1134,12 @@ def check_trace(path: str | Path, *, cat: Catalog | None = None, strict: bool = 
                         from virtio_balloon_proto.wire.messages import decode
 
                         s = case.setup
-                        req = decode("req", ev.data[: ev.len], WireLayout(s.endian, s.word_size, s.word_order, s.page_size), profile=case.profile)
+                        req = decode(
+                            "req",
+                            ev.data[: ev.len],
+                            WireLayout(s.endian, s.word_size, s.word_order, s.page_size),
+                            profile=case.profile,
+                        )
                         for f in req.findings:
                             _finding_result(ctx, f, av, from_driver=False)
                         if len(ev.data) >= 16:
@@ -1089,7 +1157,11 @@ def check_trace(path: str | Path, *, cat: Catalog | None = None, strict: bool = 
                 )
             if ev.offset <= 4 < end:
                 last_actual_write = i
-        elif isinstance(ev, tr.HostEvent) and ev.action == "get-unused-pages" and ev.req_id is not None:
+        elif (
+            isinstance(ev, tr.HostEvent)
+            and ev.action == "get-unused-pages"
+            and ev.req_id is not None
+        ):
             if ev.req_id not in pending_req:
                 pending_req.append(ev.req_id)
     if saw_used:
@@ -1104,20 +1176,28 @@ def check_trace(path: str | Path, *, cat: Catalog | None = None, strict: bool = 
         if last_actual_write is None or last_actual_write < last_page_ack:
             ctx.broken(
                 "spec.driver.op.update-actual",
-                f"no write of 'actual' after the last inflate/deflate acknowledgement (event {last_page_ack})",
+                "no write of 'actual' after the last inflate/deflate acknowledgement "
+                f"(event {last_page_ack})",
                 last_page_ack,
             )
     prefix = "v3" if case.profile == "v3" else "hybrid"
     for rid, done in open_answer.items():
         if not done:
-            ctx.broken(f"{prefix}.driver.unused.one-done", f"answer to request {rid:#x} has no DONE header")
+            ctx.broken(
+                f"{prefix}.driver.unused.one-done", f"answer to request {rid:#x} has no DONE header"
+            )
     result.results = list(ctx.results.values())
     result.traffic = [s.to_json() for s in case.steps]
     return result
 
 
 def _check_answer(
-    ctx: CaseContext, case: Case, decoded: Any, pending: list[int], open_answer: dict[int, bool], i: int
+    ctx: CaseContext,
+    case: Case,
+    decoded: Any,
+    pending: list[int],
+    open_answer: dict[int, bool],
+    i: int,
 ) -> None:
     fields = decoded.fields()
     prefix = "v3" if case.profile == "v3" else "hybrid"
@@ -1125,14 +1205,19 @@ def _check_answer(
     flag = fields.get("flag")
     if rid is None or flag is None:
         return
-    echo = f"{prefix}.driver.unused.req-id-echo" if prefix == "v3" else "hybrid.driver.unused.id-echo"
+    echo = (
+        f"{prefix}.driver.unused.req-id-echo" if prefix == "v3" else "hybrid.driver.unused.id-echo"
+    )
     ctx.evaluated(echo)
     ctx.evaluated(f"{prefix}.driver.unused.one-done")
     # hybrid's id is 16 bits wide: compare modulo its width
     known = pending if prefix == "v3" else [p & 0xFFFF for p in pending]
     if known and rid not in known:
-        ctx.broken(echo, f"answer carries request id {rid:#x}, the device asked for {[hex(p) for p in known]}", i)
+        ctx.broken(
+            echo,
+            f"answer carries request id {rid:#x}, the device asked for {[hex(p) for p in known]}",
+            i,
+        )
     if open_answer.get(rid):
         ctx.broken(f"{prefix}.driver.unused.one-done", f"header after DONE for request {rid:#x}", i)
     open_answer[rid] = open_answer.get(rid, False) or flag == 1
-

@@ -22,11 +22,11 @@ Outcomes of a case combine the verdicts with the known-failures list (protobuf's
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     PASS = "pass"
     FAIL = "fail"
     NON_STRICT = "non-strict"
@@ -141,7 +141,9 @@ class CaseResult:
     def summary_line(self) -> str:
         broken = self.failures()
         if not broken:
-            return f"{self.case_id}: {self.outcome()}" + (f" ({self.reason})" if self.reason else "")
+            return f"{self.case_id}: {self.outcome()}" + (
+                f" ({self.reason})" if self.reason else ""
+            )
         clauses = ", ".join(sorted({r.clause for r in broken}))
         return f"{self.case_id}: {self.outcome()} [{clauses}]"
 

@@ -170,7 +170,11 @@ def main() -> int:
         method, params = req.get("method"), req.get("params", {})
         try:
             if method == "hello":
-                result = {"protocol": PROTOCOL, "name": "example-stdio-testee", "profiles": ["spec"]}
+                result = {
+                    "protocol": PROTOCOL,
+                    "name": "example-stdio-testee",
+                    "profiles": ["spec"],
+                }
             elif method in handlers:
                 result = handlers[method](params)
             else:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from virtio_balloon_proto.conformance.dut import Negotiated, Segment, Setup, Unsupported, Used
-from virtio_balloon_proto.profiles import VERSION_1, get_profile
+from virtio_balloon_proto.profiles import VERSION_1, QueueRole, get_profile
 from virtio_balloon_proto.trace import (
     AvailEvent,
     ConfigEvent,
@@ -22,7 +22,6 @@ from virtio_balloon_proto.trace import (
     UsedEvent,
     write_trace,
 )
-from virtio_balloon_proto.profiles import QueueRole
 
 SPEC = get_profile("spec")
 OFFERED = SPEC.mask(["MUST_TELL_HOST", "STATS_VQ", "DEFLATE_ON_OOM"]) | VERSION_1
@@ -97,7 +96,12 @@ class DictDevice:
                 ext[-1][1] += 1
             else:
                 ext.append([p, 1])
-        return {"balloon": ext, "num_pages": self.num_pages, "actual": self.actual, "stats": dict(self.stats)}
+        return {
+            "balloon": ext,
+            "num_pages": self.num_pages,
+            "actual": self.actual,
+            "stats": dict(self.stats),
+        }
 
     def stop(self) -> None:
         pass
@@ -173,16 +177,16 @@ def spec_trace(
     negotiated = SPEC.mask(["STATS_VQ"]) | (VERSION_1 if endian == "le" else 0)
     header = TraceHeader.for_features("spec", OFFERED, negotiated, virtio_endian=endian)  # type: ignore[arg-type]
     o = "<" if endian == "le" else ">"
-    I, D, S = QueueRole.INFLATE, QueueRole.DEFLATE, QueueRole.STATS
+    INF, DEF, S = QueueRole.INFLATE, QueueRole.DEFLATE, QueueRole.STATS
     stats_bytes = b"".join(struct.pack(f"{o}HQ", t, v) for t, v in stats)
     events = [
         AvailEvent(S, 2, (stats_bytes,), id=0),
         HostEvent("set-target", num_pages=len(inflate)),
-        AvailEvent(I, 0, (struct.pack(f"{o}{len(inflate)}I", *inflate),), id=0),
-        UsedEvent(I, 0, 0, id=0),
+        AvailEvent(INF, 0, (struct.pack(f"{o}{len(inflate)}I", *inflate),), id=0),
+        UsedEvent(INF, 0, 0, id=0),
         ConfigEvent(True, 4, struct.pack("<I", len(inflate))),
-        AvailEvent(D, 1, (struct.pack(f"{o}{len(deflate)}I", *deflate),), id=0),
-        UsedEvent(D, 1, 0, id=0),
+        AvailEvent(DEF, 1, (struct.pack(f"{o}{len(deflate)}I", *deflate),), id=0),
+        UsedEvent(DEF, 1, 0, id=0),
         ConfigEvent(True, 4, struct.pack("<I", len(inflate) - len(deflate))),
         HostEvent("stats-request"),
         UsedEvent(S, 2, 0, id=0),

@@ -38,7 +38,9 @@ def test_rules_in_wire_source_are_in_catalog() -> None:
     src = Path(__file__).resolve().parents[1] / "virtio_balloon_proto" / "wire"
     ids = set()
     for f in src.glob("*.py"):
-        ids |= set(re.findall(r'"((?:spec|v3|hybrid)\.(?:driver|device)\.[a-z0-9.-]+)"', f.read_text()))
+        ids |= set(
+            re.findall(r'"((?:spec|v3|hybrid)\.(?:driver|device)\.[a-z0-9.-]+)"', f.read_text())
+        )
     assert ids, "the wire layer emits no rule ids?"
     missing = sorted(i for i in ids if i not in catalog())
     assert not missing
@@ -82,8 +84,9 @@ def test_checks_register_against_known_clauses() -> None:
 
 
 def _clause(**kw: object) -> Clause:
-    base: dict[str, object] = dict(id="spec.device.x.y", level="MUST", side="device",
-                                   profiles=("spec",), text="t", ref="r")
+    base: dict[str, object] = dict(
+        id="spec.device.x.y", level="MUST", side="device", profiles=("spec",), text="t", ref="r"
+    )
     base.update(kw)
     return Clause(**base)  # type: ignore[arg-type]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import conform_doubles as d  # noqa: E402
+import conform_doubles as d
 
 pytest_plugins = ["pytester"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +23,10 @@ FAULTY = f"stdio:{sys.executable} {Path(__file__).parent / 'conform_testees' / '
 def vbproto(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["vbproto", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
     )
 
 
@@ -48,8 +50,20 @@ def test_clauses_json() -> None:
 
 def test_run_pass_and_reports(corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
-    r = vbproto("conform", "run", "--device", EXAMPLE, "--corpus", str(corpus),
-                "--junit", f"{out}.xml", "--html", f"{out}.html", "--report-json", f"{out}.json")
+    r = vbproto(
+        "conform",
+        "run",
+        "--device",
+        EXAMPLE,
+        "--corpus",
+        str(corpus),
+        "--junit",
+        f"{out}.xml",
+        "--html",
+        f"{out}.html",
+        "--report-json",
+        f"{out}.json",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "CONFORMANCE PASSED: 2 case(s)" in r.stdout
     data = json.loads(Path(f"{out}.json").read_text())
@@ -58,28 +72,50 @@ def test_run_pass_and_reports(corpus: Path, tmp_path: Path) -> None:
 
 def test_run_failure_prints_update_command(corpus: Path, tmp_path: Path) -> None:
     kf = tmp_path / "kf.toml"
-    r = vbproto("conform", "run", "--device", f"{FAULTY} wrong-id", "--corpus", str(corpus),
-                "--known-failures", str(kf))
+    r = vbproto(
+        "conform",
+        "run",
+        "--device",
+        f"{FAULTY} wrong-id",
+        "--corpus",
+        str(corpus),
+        "--known-failures",
+        str(kf),
+    )
     assert r.returncode == 1
     assert "spec.device.used.id-is-head" in r.stdout
     cmd = r.stdout.strip().splitlines()[-1].strip()
     assert cmd.startswith("vbproto conform run") and cmd.endswith("--update-known-failures")
     upd = subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert upd.returncode == 0 and kf.exists()
-    again = vbproto("conform", "run", "--device", f"{FAULTY} wrong-id", "--corpus", str(corpus),
-                    "--known-failures", str(kf))
+    again = vbproto(
+        "conform",
+        "run",
+        "--device",
+        f"{FAULTY} wrong-id",
+        "--corpus",
+        str(corpus),
+        "--known-failures",
+        str(kf),
+    )
     assert again.returncode == 0, again.stdout
     assert "2 expected-failure" in again.stdout
     # the example device passes what is listed: unexpected pass fails the run
-    fixed = vbproto("conform", "run", "--device", EXAMPLE, "--corpus", str(corpus),
-                    "--known-failures", str(kf))
+    fixed = vbproto(
+        "conform", "run", "--device", EXAMPLE, "--corpus", str(corpus), "--known-failures", str(kf)
+    )
     assert fixed.returncode == 1 and "unexpected-pass" in fixed.stdout
 
 
 @pytest.mark.parametrize(
     "args",
-    [["--device", "bogus"], ["--corpus", "/nonexistent"], ["--timeout", "0"], ["--profile", "v9"],
-     ["--update-known-failures"]],
+    [
+        ["--device", "bogus"],
+        ["--corpus", "/nonexistent"],
+        ["--timeout", "0"],
+        ["--profile", "v9"],
+        ["--update-known-failures"],
+    ],
 )
 def test_bad_usage_exit_2(args: list[str], corpus: Path) -> None:
     r = vbproto("conform", "run", "--corpus", str(corpus), *args)
@@ -102,9 +138,23 @@ def test_sigterm_leaves_partial_reports(tmp_path: Path) -> None:
     # the hang testee blocks on the first deflate of each case (timeout 30 s), so the run is
     # mid-case when SIGTERM arrives
     proc = subprocess.Popen(
-        ["vbproto", "conform", "run", "--device", f"{FAULTY} hang", "--corpus", str(corpus),
-         "--timeout", "30", "--report-json", str(report)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            "vbproto",
+            "conform",
+            "run",
+            "--device",
+            f"{FAULTY} hang",
+            "--corpus",
+            str(corpus),
+            "--timeout",
+            "30",
+            "--report-json",
+            str(report),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(3)
     proc.send_signal(signal.SIGTERM)
@@ -128,7 +178,12 @@ def test_pytest_plugin_one_test_per_case(pytester: pytest.Pytester, corpus: Path
     res.assert_outcomes(passed=2)
     res.stdout.fnmatch_lines(["*vbproto?spec/basic?*PASSED*"])
     bad = pytester.runpytest_subprocess(
-        "--vbproto-device", f"{FAULTY} wrong-id", "--vbproto-corpus", str(corpus), "-p", "no:cacheprovider"
+        "--vbproto-device",
+        f"{FAULTY} wrong-id",
+        "--vbproto-corpus",
+        str(corpus),
+        "-p",
+        "no:cacheprovider",
     )
     bad.assert_outcomes(failed=2)
     bad.stdout.fnmatch_lines(["*spec.device.used.id-is-head*"])

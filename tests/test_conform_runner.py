@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import conform_doubles as d  # noqa: E402
+import conform_doubles as d
 
-from virtio_balloon_proto.conformance.adapters import PythonDevice  # noqa: E402
-from virtio_balloon_proto.conformance.known_failures import KnownFailures  # noqa: E402
-from virtio_balloon_proto.conformance.report import ReportWriter, to_html  # noqa: E402
-from virtio_balloon_proto.conformance.runner import Runner, check_trace, load_case  # noqa: E402
-from virtio_balloon_proto.conformance.verdicts import (  # noqa: E402
+from virtio_balloon_proto.conformance.adapters import PythonDevice
+from virtio_balloon_proto.conformance.known_failures import KnownFailures
+from virtio_balloon_proto.conformance.report import ReportWriter, to_html
+from virtio_balloon_proto.conformance.runner import Runner, check_trace, load_case
+from virtio_balloon_proto.conformance.verdicts import (
     CaseResult,
     ClauseResult,
     Verdict,
@@ -37,8 +37,12 @@ def test_reference_double_passes(case) -> None:  # type: ignore[no-untyped-def]
     res = run(d.DictDevice(), case)
     assert res.outcome() == "pass"
     checked = {r.clause for r in res.results}
-    assert {"spec.device.inflate.acks-buffer", "spec.device.used.len-written",
-            "spec.device.stats.records-values", "spec.device.config.actual-readback"} <= checked
+    assert {
+        "spec.device.inflate.acks-buffer",
+        "spec.device.used.len-written",
+        "spec.device.stats.records-values",
+        "spec.device.config.actual-readback",
+    } <= checked
 
 
 @pytest.mark.parametrize(
@@ -114,7 +118,15 @@ def test_update_known_failures_round_trip(tmp_path: Path, case) -> None:  # type
     assert res2.outcome() == "expected-failure"
 
 
-@pytest.mark.parametrize("text", ["[[failure]]\nclause='x'\n", "failure = 3\n", "[[failure]]\ncase='a'\nextra=1\n", "nonsense ["])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[[failure]]\nclause='x'\n",
+        "failure = 3\n",
+        "[[failure]]\ncase='a'\nextra=1\n",
+        "nonsense [",
+    ],
+)
 def test_bad_known_failures_file(tmp_path: Path, text: str) -> None:
     from virtio_balloon_proto.errors import UsageError
 

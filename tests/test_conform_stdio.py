@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import conform_doubles as d  # noqa: E402
+import conform_doubles as d
 
-from virtio_balloon_proto.conformance.adapters import StdioDevice, open_device  # noqa: E402
-from virtio_balloon_proto.conformance.dut import Setup, Unsupported  # noqa: E402
-from virtio_balloon_proto.conformance.runner import Runner, load_case  # noqa: E402
-from virtio_balloon_proto.errors import PeerError, UsageError  # noqa: E402
+from virtio_balloon_proto.conformance.adapters import StdioDevice, open_device
+from virtio_balloon_proto.conformance.dut import Setup, Unsupported
+from virtio_balloon_proto.conformance.runner import Runner, load_case
+from virtio_balloon_proto.errors import PeerError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = [sys.executable, str(ROOT / "examples" / "stdio_testee.py")]
@@ -108,7 +108,9 @@ def test_missing_command_is_usage_error() -> None:
         dev.start(Setup(profile="spec", driver_features=0))
 
 
-@pytest.mark.parametrize("spec", ["bogus", "python:nomodule", "python:json:Nope", "reference:x", "stdio:'unclosed"])
+@pytest.mark.parametrize(
+    "spec", ["bogus", "python:nomodule", "python:json:Nope", "reference:x", "stdio:'unclosed"]
+)
 def test_bad_device_specs(spec: str) -> None:
     with pytest.raises(UsageError):
         open_device(spec)
@@ -145,10 +147,22 @@ def test_traffic_matches_published_schema(cases) -> None:  # type: ignore[no-unt
     finally:
         dev.close()
     methods = {f.get("method") for f in dev.frame_log}
-    assert {"hello", "start", "avail", "config_write", "config_read", "host_request", "observe"} <= methods
+    assert {
+        "hello",
+        "start",
+        "avail",
+        "config_write",
+        "config_read",
+        "host_request",
+        "observe",
+    } <= methods
     for frame in dev.frame_log:
         errors = list(validator.iter_errors(frame))
         assert not errors, (frame, errors[0].message)
     defs = schema["$defs"]
-    observe = next(r for q, r in zip(dev.frame_log, dev.frame_log[1:]) if q.get("method") == "observe")
+    observe = next(
+        r
+        for q, r in zip(dev.frame_log, dev.frame_log[1:], strict=False)
+        if q.get("method") == "observe"
+    )
     jsonschema.validate(observe["result"], {"$defs": defs, **defs["observe_result"]})

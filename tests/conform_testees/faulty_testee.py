@@ -13,7 +13,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
-import stdio_testee as base  # noqa: E402
+import stdio_testee as base
 
 MODE = sys.argv[1]
 
