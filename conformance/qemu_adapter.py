@@ -7,12 +7,14 @@ OPTIONS (``k=v,k=v``): ``transport=modern|legacy`` and the virtio-balloon-pci pr
 
 What the adapter does with a recorded case, and why:
 
-* Out-buffers are copied into a RAM window of the adapter's own placed *above* the RAM the
-  trace talks about (QEMU gets ``memory_size + 16 MiB``), so the recorded driver addresses of
-  out-buffers are not used: what matters to the device is the bytes.  Device-writable
-  segments (free-page reporting/hint ranges) keep their recorded address and length: there the
-  address *is* the payload.  Reported ranges inside RAM are first filled with a pattern so the
-  discard can be observed (they read back as zero afterwards).
+* Guest RAM is the case's ``memory_size`` exactly, so a PFN past it is outside RAM for QEMU
+  too.  The adapter's rings and out-buffers live in a 16 MiB pc-dimm at 256 GiB, out of the
+  way of any page a case names; a case that does name a page there is reported unsupported
+  rather than letting QEMU discard the adapter's own rings.  Recorded driver addresses of
+  out-buffers are therefore not reused: what matters to the device is the bytes.
+  Device-writable segments (free-page reporting/hint ranges) keep their recorded address and
+  length: there the address *is* the payload.  Reported ranges inside RAM are first filled
+  with a pattern so the discard can be observed (they read back as zero afterwards).
 * Device properties follow the driver's wanted features unless the case says otherwise:
   DEFLATE_ON_OOM -> ``deflate-on-oom=on``, FREE_PAGE_HINT -> ``free-page-hint=on``,
   PAGE_REPORTING -> ``free-page-reporting=on`` (QEMU offers those bits only with them).
@@ -33,7 +35,7 @@ import numpy as np
 
 from virtio_balloon_proto.errors import PeerError, RingError, UsageError, VBProtoError
 from virtio_balloon_proto.profiles import SPEC, QueueRole
-from virtio_balloon_proto.qemu.device import WINDOW_SIZE, QemuBalloon, to_extents
+from virtio_balloon_proto.qemu.device import WINDOW_SIZE, QemuBalloon
 from virtio_balloon_proto.qemu.process import DEVICE_PROPERTIES, find_qemu
 
 from .dut import Negotiated, Segment, Setup, Unsupported, Used
@@ -55,8 +57,6 @@ STAT_NAMES = (
 UNREPORTED = (1 << 64) - 1
 #: feature bit -> device property that makes QEMU offer it
 FEATURE_PROPERTY = {2: "deflate-on-oom", 3: "free-page-hint", 5: "free-page-reporting"}
-#: pre-fill reported ranges (to observe the discard) only up to this many bytes per chain
-MAX_PATTERN_FILL = 64 << 20
 PATTERN = 0xA5
 MiB = 1 << 20
 
@@ -136,15 +136,16 @@ class QemuDevice:
         if self.transport == "legacy":
             wants &= 0xFFFFFFFF  # the legacy feature register is 32 bits wide
         stats = SPEC.has(wants, "STATS_VQ")
-        base = (max(setup.memory_size, MiB) + MiB - 1) // MiB * MiB
+        # QEMU's -m has MiB granularity
+        ram = (max(setup.memory_size, MiB) + MiB - 1) // MiB * MiB
         try:
             s = QemuBalloon(
                 transport=self.transport,
                 device=props,
-                memory=base + WINDOW_SIZE + MiB,
+                memory=ram,
                 stats_clock=stats,
                 timeout=self.timeout,
-                window_base=base,
+                window_dimm=True,
             )
             s.start()
             self.session = s
@@ -175,9 +176,13 @@ class QemuDevice:
             if setup.driver_features >> bit & 1:
                 props.setdefault(prop, True)
         for key, value in setup.device_options.items():
-            if key not in DEVICE_PROPERTIES:
+            if key in DEVICE_PROPERTIES:
+                props[key] = _onoff(key, value)
+            elif key == "stats-vq":
+                continue  # QEMU always offers STATS_VQ; whether it is used is the driver's choice
+            elif _onoff(key, value):
                 raise Unsupported(f"QEMU 7.2's virtio-balloon has no option {key!r}")
-            props[key] = _onoff(key, value)
+            # an option the case wants *off* that QEMU does not have at all is satisfied
         return props
 
     def stop(self) -> None:
@@ -206,6 +211,7 @@ class QemuDevice:
                 f"negotiated {s.accepted:#x}"
             )
         q = slots[r]
+        self._check_window(s, r, segments)
         raw: list[bytes | tuple[int, int, bool]] = []
         writable: list[tuple[int, int]] = []
         for seg in segments:
@@ -229,10 +235,27 @@ class QemuDevice:
         self._writable[q][posted.head] = writable
         return self._collect(q)
 
+    @staticmethod
+    def _check_window(s: QemuBalloon, role: QueueRole, segments: list[Segment]) -> None:
+        """Refuse a case that names the adapter's own pages (QEMU would discard its rings)."""
+        lo, n = s.window_base, WINDOW_SIZE
+        for seg in segments:
+            if seg.writable and _overlaps(seg.addr, seg.length, lo, n):
+                raise Unsupported(
+                    f"the case names {seg.addr:#x}+{seg.length:#x}, inside the "
+                    f"QEMU adapter's ring window {lo:#x}+{n:#x}"
+                )
+        if role in (QueueRole.INFLATE, QueueRole.DEFLATE):
+            data = b"".join(seg.data for seg in segments if not seg.writable)
+            pfns = np.frombuffer(data[: len(data) // 4 * 4], dtype="<u4").astype(np.int64)
+            hit = (pfns >= lo >> 12) & (pfns < (lo + n) >> 12)
+            if hit.any():
+                raise Unsupported(
+                    f"the case names PFN {int(pfns[hit][0]):#x}, inside the "
+                    f"QEMU adapter's ring window"
+                )
+
     def _prefill(self, s: QemuBalloon, ranges: list[tuple[int, int]]) -> None:
-        total = sum(n for _, n in ranges)
-        if total > MAX_PATTERN_FILL:
-            return
         for gpa, n in ranges:
             if n and s.mem.contains(gpa, n) and not _overlaps(gpa, n, s.window_base, WINDOW_SIZE):
                 s.mem.fill(gpa, n, PATTERN)
@@ -291,11 +314,11 @@ class QemuDevice:
                 raise UsageError(f"set-target needs num_pages >= 0, got {pages!r}")
             # QMP 'balloon' takes the guest's target size; QEMU derives
             # num_pages = (ram_size - target) >> 12 (virtio_balloon_to_target)
-            target = s.ram_size - pages * 4096
+            target = s.vm_ram_size - pages * 4096
             if target <= 0:
                 raise Unsupported(
                     f"QEMU cannot ask for {pages} pages: QMP balloon needs a target > 0 "
-                    f"(RAM {s.ram_size >> 20} MiB)"
+                    f"(RAM {s.vm_ram_size >> 20} MiB with the adapter's window)"
                 )
             try:
                 s.set_target(target)
@@ -349,15 +372,39 @@ class QemuDevice:
                 if isinstance(stats.get(name), int) and stats[name] != UNREPORTED
             }
         if self.negotiated is not None and "reporting" in self.negotiated.queues:
-            # only ranges that QEMU returned and that now read as zero were really discarded
-            pfns: set[int] = set()
-            for gpa, n in self._reported:
-                if gpa % 4096 or n % 4096 or n > MAX_PATTERN_FILL or not s.mem.contains(gpa, n):
-                    continue
-                zero = s.pages_zero(gpa // 4096, n // 4096)
-                pfns.update((np.nonzero(zero)[0] + gpa // 4096).tolist())
-            out["reported"] = [list(e) for e in to_extents(sorted(pfns))]
+            out["reported"] = [list(e) for e in self._observe_reported(s)]
         return out
+
+    def _observe_reported(self, s: QemuBalloon) -> list[tuple[int, int]]:
+        """Ranges QEMU returned on the reporting queue *and* visibly discarded.
+
+        Each range was filled with PATTERN before it was posted (one qtest memset); QEMU
+        discards a reported range with ram_block_discard_range, after which every page reads
+        zero.  Reading whole ranges back costs seconds per 64 MiB over qtest, so each range is
+        checked at sample pages (first, middle, last: 8 bytes each): a range counts as reported
+        when all its samples read zero.
+        """
+        pfns: list[tuple[int, int]] = []
+        for gpa, n in self._reported:
+            if gpa % 4096 or n % 4096 or n == 0 or not s.mem.contains(gpa, n):
+                continue
+            pages = n // 4096
+            samples = sorted({0, pages // 2, pages - 1})
+            if all(s.mem.read(gpa + 4096 * p, 8) == bytes(8) for p in samples):
+                pfns.append((gpa // 4096, pages))
+        return _merge(pfns)
+
+
+def _merge(extents: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, merged (first, count) extents (overlapping or touching ones joined)."""
+    out: list[tuple[int, int]] = []
+    for first, count in sorted(extents):
+        if out and first <= out[-1][0] + out[-1][1]:
+            last_first, last_count = out[-1]
+            out[-1] = (last_first, max(last_count, first + count - last_first))
+        else:
+            out.append((first, count))
+    return out
 
 
 def _overlaps(a: int, n: int, b: int, m: int) -> bool:

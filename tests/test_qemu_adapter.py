@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +145,38 @@ def test_stop_kills_qemu(dev: QemuDevice) -> None:
     assert not proc.alive()
     with pytest.raises(PeerError, match="before start"):
         dev.observe()
+
+
+def test_case_naming_the_adapter_window_is_unsupported(dev: QemuDevice) -> None:
+    dev.start(Setup(profile="spec", driver_features=VERSION_1))
+    assert dev.session is not None
+    window_pfn = dev.session.window_base >> 12
+    with pytest.raises(Unsupported, match="ring window"):
+        dev.avail("inflate", 0, [_out(pfn_array([0x4000, window_pfn + 5]))])
+    # the rings are intact: the next buffer still goes through
+    assert [u.id for u in dev.avail("inflate", 1, [_out(pfn_array([0x4000]))])] == [1]
+
+
+def test_pfn_past_case_ram_is_outside_qemu_ram(dev: QemuDevice) -> None:
+    dev.start(Setup(profile="spec", driver_features=VERSION_1, memory_size=64 << 20))
+    used = dev.avail("inflate", 0, [_out(pfn_array([0x3FFF, 0x4000]))])  # last page, first past
+    assert [u.length for u in used] == [0]
+    assert dev.observe()["balloon"] == [[0x3FFF, 1]]
+
+
+@pytest.mark.parametrize("transport", ["modern", "legacy"])
+def test_spec_corpus_passes_with_known_failures(transport: str) -> None:
+    _require_qemu()
+    repo = Path(__file__).resolve().parent.parent
+    res = subprocess.run(
+        [
+            sys.executable, "-c", "from virtio_balloon_proto.cli import main; main()",
+            "conform", "run",
+            "--device", f"qemu:transport={transport}", "--profile", "spec",
+            "--known-failures", str(repo / "conformance" / "known-failures" / "qemu-7.2.toml"),
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "HYPOTHESIS_NO_PLUGINS": "1"},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "CONFORMANCE PASSED" in res.stdout and " pass" in res.stdout

@@ -21,6 +21,7 @@ polls with a deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import time
 from collections.abc import Sequence
@@ -46,6 +47,10 @@ RING_BASE = 0x100000
 #: session window: rings in the first MiB, out-buffers in the remaining 14 MiB
 WINDOW_SIZE = 15 << 20
 RING_AREA = 1 << 20
+#: where the session window goes when it must be out of a recorded trace's way: a 16 MiB
+#: pc-dimm at 256 GiB (PFN 0x4000000), far above any RAM a replayed case talks about
+DIMM_BASE = 0x40_0000_0000
+DIMM_SIZE = 16 << 20
 PAGE = 4096
 BALLOON_PATH = "/machine/peripheral/balloon0"
 BACKEND_PATH = BALLOON_PATH + "/virtio-backend"
@@ -90,6 +95,7 @@ class QemuBalloon:
         workdir: Path | None = None,
         queue_size: int = 128,
         window_base: int = RING_BASE,
+        window_dimm: bool = False,
     ) -> None:
         if transport not in ("modern", "legacy"):
             raise UsageError(f"unknown transport {transport!r} (modern or legacy)")
@@ -113,6 +119,9 @@ class QemuBalloon:
         self.offered = 0
         self.accepted = 0
         self.queues: dict[int, SplitQueueDriver] = {}
+        self.window_dimm = window_dimm
+        if window_dimm:
+            window_base = DIMM_BASE
         if window_base % 4096:
             raise UsageError(f"session window {window_base:#x} is not page aligned")
         self.window_base = window_base
@@ -124,13 +133,21 @@ class QemuBalloon:
     # --- lifetime ------------------------------------------------------------------------
     def start(self) -> QemuBalloon:
         t0 = time.monotonic()
-        opts = QemuOptions(memory=self.ram_size, device=self._device)
+        memory: int | str = self.ram_size
+        extra: tuple[str, ...] = ()
+        if self.window_dimm:
+            # -m SIZE,slots=1,maxmem=... reserves the hotplug range above 4 GiB; the DIMM's
+            # addr puts the window where no PFN of a case goes (guest RAM stays SIZE)
+            memory = f"{self.ram_size >> 20}M,slots=1,maxmem={(DIMM_BASE >> 30) + 64}G"
+            extra = (
+                "-object", f"memory-backend-ram,id=vbwin,size={DIMM_SIZE}",
+                "-device", f"pc-dimm,id=vbdimm,memdev=vbwin,addr={DIMM_BASE:#x}",
+            )  # fmt: skip
+        opts = QemuOptions(memory=memory, device=self._device, extra_args=extra)
         proc = QemuProcess(opts, workdir=self._workdir, timeout=self._timeout)
         if self.stats_clock:
             bios = write_halt_bios(proc.workdir / "halt.bin")
-            proc.options = QemuOptions(
-                memory=self.ram_size, device=self._device, bios=bios, icount=True
-            )
+            proc.options = dataclasses.replace(opts, bios=bios, icount=True)
         self.proc = proc
         proc.start()
         self.timings["qemu_start"] = proc.start_seconds
@@ -140,7 +157,9 @@ class QemuBalloon:
         except BaseException:
             self.stop()
             raise
-        self.mem = QtestMemory(proc.qtest, self.ram_size)
+        self.mem = QtestMemory(
+            proc.qtest, self.ram_size, [(DIMM_BASE, DIMM_SIZE)] if self.window_dimm else None
+        )
         if not self.mem.contains(self.window_base, WINDOW_SIZE):
             self.stop()
             raise UsageError(
@@ -340,8 +359,13 @@ class QemuBalloon:
     def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         return self._p().qmp.execute(command, arguments)
 
+    @property
+    def vm_ram_size(self) -> int:
+        """QEMU's get_current_ram_size(): base RAM plus DIMMs (the window's included)."""
+        return self.ram_size + (DIMM_SIZE if self.window_dimm else 0)
+
     def query_balloon(self) -> int:
-        """QEMU's ``actual``: ram_size - config.actual * 4096 (what the *driver* reported)."""
+        """QEMU's ``actual``: vm_ram_size - config.actual * 4096 (what the *driver* reported)."""
         return int(self.qmp("query-balloon")["actual"])
 
     def set_target(self, size_bytes: int) -> None:

@@ -46,10 +46,13 @@ def parse_size(text: str | int) -> int:
 class QtestMemory:
     """GuestMemory over qtest, bounded to the machine's RAM."""
 
-    def __init__(self, qtest: QtestClient, ram_size: int) -> None:
+    def __init__(
+        self, qtest: QtestClient, ram_size: int, extra: list[tuple[int, int]] | None = None
+    ) -> None:
         self.qt = qtest
         self.ram_size = ram_size
-        self.regions = q35_ram_regions(ram_size)
+        #: base RAM plus ``extra`` (gpa, size) regions such as a pc-dimm
+        self.regions = q35_ram_regions(ram_size) + list(extra or [])
 
     def contains(self, gpa: int, size: int) -> bool:
         return any(base <= gpa and gpa + size <= base + n for base, n in self.regions)
