@@ -327,3 +327,11 @@ def test_encode_out_of_range_names_the_field() -> None:
     with pytest.raises(EncodeError) as ei:
         encode(BitmapMessage(0, 12, 0, 1 << 16, 0, 0, 0), LE)
     assert ei.value.field == "reserved"
+
+
+def test_duplicate_pfn_finding_counts_every_repeat() -> None:
+    d = decode("pfns", struct.pack("<5I", 9, 3, 9, 9, 3), LE)
+    (f,) = d.findings
+    assert f.rule == "spec.driver.pages.no-duplicate"
+    assert f.message.startswith("3 PFN(s)")
+    assert d.extents() == [[3, 1], [9, 1]]
