@@ -286,7 +286,9 @@ class _Side:
     """What one device (reference or DUT) did during a case."""
 
     outstanding: dict[tuple[str, int], Step] = field(default_factory=dict)
-    returned: dict[tuple[str, int], tuple[Used, int]] = field(default_factory=dict)
+    #: (role, head, index of the avail step) -> (used entry, step where it appeared); the
+    #: step index tells apart chains that reuse a head id
+    returned: dict[tuple[str, int, int], tuple[Used, int]] = field(default_factory=dict)
 
 
 class CaseContext:
@@ -364,8 +366,8 @@ def _account(ctx: CaseContext, side: _Side, step: Step, used: list[Used], is_dut
                     received=u.id,
                 )
             continue
-        side.outstanding.pop((role, u.id))
-        side.returned[(role, u.id)] = (u, step.index)
+        av = side.outstanding.pop((role, u.id))
+        side.returned[(role, u.id, av.index)] = (u, step.index)
     if is_dut:
         ctx.evaluated("spec.device.used.id-is-head")
 
@@ -389,8 +391,8 @@ def _writable(step: Step) -> int:
 def check_used_lengths(ctx: CaseContext) -> None:
     """Pair DUT and reference used entries by (role, head); compare len and written bytes."""
     for key, (u, at) in sorted(ctx.dut.returned.items()):
-        role, head = key
-        step = _avail_step(ctx.case, role, head)
+        role, head, idx = key
+        step = _step_at(ctx.case, idx)
         cap = _writable(step) if step is not None else 0
         if role == "misc" and step is not None and cap:
             continue  # the request buffer: check_misc_request
@@ -419,12 +421,11 @@ def check_used_lengths(ctx: CaseContext) -> None:
 END_CHECKS.append(check_used_lengths)
 
 
-def _avail_step(case: Case, role: str, head: int) -> Step | None:
-    found = None
+def _step_at(case: Case, index: int) -> Step | None:
     for s in case.steps:
-        if s.kind == "avail" and s.role == role and s.head == head:
-            found = s
-    return found
+        if s.index == index:
+            return s
+    return None
 
 
 @check(
@@ -438,8 +439,8 @@ def check_misc_request(ctx: CaseContext) -> None:
     cmd GET_UNUSED_PAGES, param = the host's request id; compared with the reference."""
     order = "<" if ctx.case.setup.endian == "le" else ">"
     for key, (u, at) in sorted(ctx.dut.returned.items()):
-        role, head = key
-        step = _avail_step(ctx.case, role, head)
+        role, _head, idx = key
+        step = _step_at(ctx.case, idx)
         if role != "misc" or step is None or not _writable(step):
             continue
         ref = ctx.ref.returned.get(key)
@@ -493,9 +494,9 @@ END_CHECKS.append(check_misc_request)
 def check_acks(ctx: CaseContext) -> None:
     """Every chain the reference returned must come back from the DUT too (any step)."""
     for key, (_, at) in sorted(ctx.ref.returned.items()):
-        role, head = key
+        role, head, idx = key
         clause = ACK_CLAUSE.get(role, "spec.device.used.id-is-head")
-        step = _avail_step(ctx.case, role, head)
+        step = _step_at(ctx.case, idx)
         malformed = step is not None and _is_malformed(ctx, step)
         if malformed:
             clause = "spec.device.malformed.acks-buffer"
@@ -515,7 +516,7 @@ def check_acks(ctx: CaseContext) -> None:
                 received="not used",
             )
     for key, (_, at) in sorted(ctx.dut.returned.items()):
-        role, head = key
+        role, head, _idx = key
         if role == "stats" and key not in ctx.ref.returned:
             ctx.evaluated("spec.device.stats.request-by-use")
             ctx.broken(
