@@ -1,0 +1,1 @@
+"""JSON Schemas of the vector files (a package only so the wheel ships them)."""
