@@ -857,11 +857,17 @@ def _from_pages(kind: str, pages: Any, layout: WireLayout, role: str) -> Message
         return PfnArray(frames.astype(np.uint32))
     if kind == "bmap":
         fpp = layout.frames_per_page
+        if fpp > 1 and frames.size:
+            # one bit is one guest page: a set that is not whole aligned pages cannot be said
+            # in a bitmap, and must not be silently shrunk or grown to one
+            whole = PageSet.from_starts_counts(frames - frames % np.uint64(fpp),
+                                               np.full(frames.size, fpp, dtype=np.uint64))
+            if whole != ps:
+                raise EncodeError(f"pages are not whole {layout.page_size}-byte guest pages "
+                                  f"({fpp} aligned 4 KiB frames each)", field="pages")
         if role == "misc":
-            if frames.size and np.any(frames % np.uint64(fpp)):
-                raise EncodeError("misc-queue bitmaps index whole guest pages", field="pages")
-            units = frames // np.uint64(fpp)
-            units = units[::1] if fpp == 1 else np.unique(units)
+            # real PFNs of PAGE_SIZE: the first frame of each (whole, checked above) page
+            units = frames[frames % np.uint64(fpp) == 0] // np.uint64(fpp)
         else:
             units = frames[frames % np.uint64(fpp) == 0] if fpp > 1 else frames
         if units.size == 0:
