@@ -57,6 +57,8 @@ class Balloon:
         self.stats_head: int | None = None
         self.order = "<"
         self.started = False
+        self.features = 0
+        self.ram_frames = 0
 
     # -- requests ------------------------------------------------------------------------
     def start(self, p: dict) -> dict:
@@ -70,6 +72,7 @@ class Balloon:
         if accepted & STATS_VQ:
             queues["stats"] = 2
         self.features = accepted
+        self.ram_frames = p.get("memory_size", 256 << 20) >> 12
         return {"offered": OFFERED, "accepted": accepted, "queues": queues, "config_size": 8}
 
     def avail(self, p: dict) -> dict:
@@ -77,7 +80,10 @@ class Balloon:
         data = b"".join(bytes.fromhex(s["data"]) for s in p["segments"] if not s["writable"])
         if role in ("inflate", "deflate"):
             n = len(data) // 4  # whole words only; a partial tail is ignored
-            pfns = struct.unpack(f"{self.order}{n}I", data[: 4 * n])
+            # PFNs outside guest RAM are skipped (QEMU: trace virtio_balloon_bad_addr)
+            pfns = [
+                p for p in struct.unpack(f"{self.order}{n}I", data[: 4 * n]) if p < self.ram_frames
+            ]
             if role == "inflate":
                 self.pages.update(pfns)
             else:
