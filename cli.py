@@ -745,3 +745,48 @@ def decode_cmd(trace_file: str, as_json: bool, queues: tuple[str, ...], summary:
     if s["errors"]:
         click.echo(f"  undecodable    {s['errors']} buffer(s)")
 # ---- end decode ----
+
+
+# ---- vectors (golden vectors) ----
+@_group("vectors", "Golden test vectors: generate the corpus, verify a codec against it.")
+def vectors() -> None:
+    pass
+
+
+@vectors.command("generate")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="directory to write the vector files and schema/ into")
+def vectors_generate(out: str) -> None:
+    """Write every vector file and JSON Schema (deterministic: byte-identical each run)."""
+    from virtio_balloon_proto.vectorgen import generate
+
+    paths = generate(out)
+    click.echo(f"wrote {len(paths)} file(s) to {out}")
+
+
+@vectors.command("verify")
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--impl", default=None, metavar="SPEC",
+              help="codec to check: reference (default) or stdio:'CMD' (docs/vectors.md)")
+@click.option("--junit", "junit", type=click.Path(dir_okay=False), default=None,
+              help="write a JUnit XML report to FILE (atomically)")
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="seconds per stdio request")
+@click.option("--max-failures", type=int, default=20, show_default=True,
+              help="failures listed in the summary")
+def vectors_verify(directory: str | None, impl: str | None, junit: str | None, timeout: float,
+                   max_failures: int) -> None:
+    """Check a codec against every vector in DIRECTORY (default: the packaged corpus).
+
+    Exit 0 when every vector passes (or is skipped as unsupported), 1 on failures, 2 on bad
+    usage."""
+    from virtio_balloon_proto.vectorgen.verify import open_codec, verify, write_junit
+
+    report = verify(directory, open_codec(impl, timeout))
+    for line in report.summary_lines(max_failures):
+        click.echo(line)
+    if junit:
+        write_junit(junit, report)
+    if not report.ok:
+        sys.exit(1)
+# ---- end vectors ----
