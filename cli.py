@@ -747,6 +747,123 @@ def decode_cmd(trace_file: str, as_json: bool, queues: tuple[str, ...], summary:
 # ---- end decode ----
 
 
+# ---- capture (real peers) ----
+@_group("capture", "Capture real balloon traffic from a real peer.")
+def capture() -> None:
+    pass
+
+
+@capture.command("qemu-guest")
+@click.option("--kernel", type=click.Path(dir_okay=False), default="guest/vmlinuz",
+              show_default=True, help="guest kernel (build with tools/build_guest.py)")
+@click.option("--initrd", type=click.Path(dir_okay=False), default="guest/initrd.gz",
+              show_default=True, help="initramfs loading virtio_balloon")
+@click.option("--memory", default="512M", show_default=True, help="guest RAM")
+@click.option("--balloon-to", default="384M", show_default=True,
+              help="balloon target (QMP 'balloon'); deflated back afterwards")
+@click.option("--transport", type=click.Choice(["modern", "legacy"]), default="modern",
+              show_default=True)
+@click.option("--device-option", "device_options", multiple=True,
+              help="virtio-balloon-pci property to switch on (deflate-on-oom, "
+                   "free-page-reporting, ...); repeatable")
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), required=True,
+              help="trace file to write (atomically)")
+def capture_qemu_guest(kernel: str, initrd: str, memory: str, balloon_to: str, transport: str,
+                       device_options: tuple[str, ...], out: str) -> None:
+    """Boot a Linux guest under QEMU/TCG, move its balloon through QMP, record the traffic."""
+    from pathlib import Path
+
+    import json
+    import subprocess
+
+    from virtio_balloon_proto.qemu.capture import capture_guest
+
+    # provenance: the guest pieces' package versions (tools/build_guest.py's manifest) + QEMU's
+    guest = "guest: unknown kernel"
+    manifest = Path(kernel).parent / "manifest.json"
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        guest = "guest: Linux " + m.get("kernel_release", "?") + " (" + ", ".join(
+            f"{k} {v}" for k, v in sorted(m.get("packages", {}).items())) + ")"
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True,
+                          check=False).stdout.splitlines()[:1]
+    provenance = "; ".join([*qemu, guest, f"vbproto capture qemu-guest --memory {memory} "
+                            f"--balloon-to {balloon_to} --transport {transport}"])
+    cap = capture_guest(Path(kernel), Path(initrd), memory=memory, balloon_to=balloon_to,
+                        transport=transport, device={o: True for o in device_options},
+                        output=Path(out), provenance=provenance)
+    pfns = cap.pfn_lists()
+    moved = {r: sum(len(b["pfns"]) for b in pfns if b["role"] == r) for r in ("inflate", "deflate")}
+    click.echo(f"wrote {out}: {len(cap.events)} events; {len(pfns)} buffers, "
+               f"{moved['inflate']} PFNs inflated, {moved['deflate']} deflated")
+    for k, v in cap.timings.items():
+        click.echo(f"  {k:24} {v:.2f} s")
+# ---- end capture ----
+
+
+# ---- analyze (encoding analysis) ----
+@main.command("analyze")
+@click.option("--pages", "pages_text", default=None,
+              help="page set: compact text '0-1023,4096' or @FILE (JSON extents or text)")
+@click.option("--shape", type=click.Choice(["dense", "sparse", "fragmented", "hugepage", "all"]),
+              default=None, help="synthetic shape instead of --pages (default: sparse)")
+@click.option("--frames", type=click.IntRange(1, 1 << 28), default=2_097_152, show_default=True,
+              help="guest size in 4 KiB frames (8 GiB by default)")
+@click.option("--density", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True,
+              help="fraction of the guest in the shape")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--endian", type=click.Choice(["le", "be"]), default="le", show_default=True)
+@click.option("--word-size", type=click.Choice(["32", "64"]), default="64", show_default=True,
+              help="v3 bitmap BITS_PER_LONG")
+@click.option("--word-order", type=click.Choice(["le", "be"]), default=None,
+              help="v3 bitmap word byte order [default: --endian]")
+@click.option("--page-size", type=click.Choice(["4096", "16384", "65536"]), default="4096",
+              show_default=True, help="guest PAGE_SIZE")
+@click.option("--repeats", type=click.IntRange(1, 50), default=3, show_default=True,
+              help="timing repeats (median)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.option("--plot", "plot", type=click.Path(dir_okay=False), default=None,
+              help="draw bytes on the wire against density (needs the 'plot' extra)")
+def analyze_cmd(pages_text: str | None, shape: str | None, frames: int, density: float,
+                seed: int, endian: str, word_size: str, word_order: str | None, page_size: str,
+                repeats: int, as_json: bool, plot: str | None) -> None:
+    """Bytes, buffers, descriptors and codec time of each encoding for a page set."""
+    import json
+
+    from virtio_balloon_proto import analysis as an
+    from virtio_balloon_proto.errors import UsageError
+
+    layout = _layout(endian, word_size, word_order, int(page_size))
+    if pages_text is not None and shape is not None:
+        raise UsageError("give --pages or --shape, not both", field="pages")
+    if pages_text is not None and plot:
+        raise UsageError("--plot sweeps the density of a --shape; it cannot use --pages",
+                         field="plot")
+    if plot:
+        an.check_plot_available()
+    cases: list[tuple[str, Any]] = []
+    if pages_text is not None:
+        ps = an.load_pages(pages_text)
+        cases.append(("pages", an.analyze(ps, layout, repeats=repeats)))
+    else:
+        for name in (an.SHAPES if shape == "all" else (shape or "sparse",)):
+            ps = an.shape(name, frames, density, seed=seed, layout=layout)
+            cases.append((f"{name} d={density:g}",
+                          an.analyze(ps, layout, guest_frames=frames, repeats=repeats)))
+    if as_json:
+        out = [dict(case=c, **a.to_json()) for c, a in cases]
+        click.echo(json.dumps(out[0] if len(out) == 1 else out))
+    else:
+        for c, a in cases:
+            click.echo(an.render_table(c, a))
+    if plot:
+        names = an.SHAPES if shape == "all" else (shape or "sparse",)
+        an.plot_sweeps({n: an.sweep(n, frames, layout=layout, seed=seed) for n in names}, plot)
+        if not as_json:
+            click.echo(f"wrote {plot}")
+# ---- end analyze ----
+
+
 # ---- vectors (golden vectors) ----
 @_group("vectors", "Golden test vectors: generate the corpus, verify a codec against it.")
 def vectors() -> None:

@@ -31,6 +31,7 @@ from ..errors import PeerError, UsageError
 from ..profiles import SPEC, TRANSPORT_FEATURES, QueueRole
 from ..trace import (
     AvailEvent,
+    ConfigEvent,
     Event,
     FeaturesEvent,
     HostEvent,
@@ -274,6 +275,11 @@ def _events(
     for line, ev in host:
         # the action happened after the lines already read: sort it just after them
         timed.append((line, 2, ev))
+    for line, actual in log.set_config_lines:
+        # virtio_balloon_set_config fires on the driver's config write (Linux:
+        # update_balloon_size() -> virtio_cwrite_le(actual)); config space is LE in every mode
+        timed.append((line, 3, ConfigEvent(True, 4, (actual & 0xFFFFFFFF).to_bytes(4, "little"),
+                                           note="actual, from virtio_balloon_set_config")))
     for b in log.buffers:
         if b.queue is None or b.queue not in roles:
             continue

@@ -84,6 +84,7 @@ class TraceLog:
     statuses: list[int] = field(default_factory=list)
     status_lines: list[tuple[int, int]] = field(default_factory=list)  # (line, value)
     set_config: list[tuple[int, int]] = field(default_factory=list)  # (actual, oldactual)
+    set_config_lines: list[tuple[int, int]] = field(default_factory=list)  # (line, actual)
     to_target: list[tuple[int, int]] = field(default_factory=list)  # (target bytes, num_pages)
     notifies: list[int] = field(default_factory=list)  # queue index per notify
     other_lines: int = 0
@@ -165,6 +166,7 @@ class TraceLog:
         m = _RE["set_config"].match(text)
         if m:
             self.set_config.append((int(m.group(1)), int(m.group(2))))
+            self.set_config_lines.append((self._lineno, int(m.group(1))))
             return
         m = _RE["to_target"].match(text)
         if m:
