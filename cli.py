@@ -528,7 +528,8 @@ def _progress(enabled: bool) -> Callable[[Any, Any], None]:
 @conform.command("run")
 @click.option("--device", "device", default="reference", show_default=True,
               help="reference | python:module:Class | stdio:'CMD ...' | qemu[:OPTS]")
-@click.option("--corpus", default=None, type=click.Path(), help="trace directory (default: shipped)")
+@click.option("--corpus", default=None, type=click.Path(),
+              help="trace directory (default: shipped)")
 @click.option("--profile", "profiles", multiple=True, help="only cases of this profile")
 @click.option("--case", "case_globs", multiple=True, help="only case ids matching this glob")
 @click.option("--known-failures", "known_path", default=None, type=click.Path(dir_okay=False))
@@ -771,10 +772,9 @@ def capture() -> None:
 def capture_qemu_guest(kernel: str, initrd: str, memory: str, balloon_to: str, transport: str,
                        device_options: tuple[str, ...], out: str) -> None:
     """Boot a Linux guest under QEMU/TCG, move its balloon through QMP, record the traffic."""
-    from pathlib import Path
-
     import json
     import subprocess
+    from pathlib import Path
 
     from virtio_balloon_proto.qemu.capture import capture_guest
 
