@@ -61,15 +61,18 @@ def _group(name: str, help_text: str) -> Callable[[Callable[..., Any]], click.Gr
 
 # ---- message (wire layer) ----
 def _read_input(source: str) -> bytes:
-    """HEX on the command line, @FILE for raw bytes, - for hex (or raw) on stdin."""
+    """HEX on the command line, @FILE for raw bytes, - for hex on stdin."""
     from virtio_balloon_proto.errors import UsageError
 
     if source == "-":
+        # stdin is hex text (raw bytes: @/dev/stdin); guessing would misread raw bytes that
+        # happen to be ASCII hex digits
         raw = sys.stdin.buffer.read()
         try:
-            return bytes.fromhex(raw.decode("ascii"))
+            return bytes.fromhex("".join(raw.decode("ascii").split()).removeprefix("0x"))
         except (UnicodeDecodeError, ValueError):
-            return raw
+            raise UsageError("stdin is not hex text (for raw bytes use @/dev/stdin)",
+                             field="input") from None
     if source.startswith("@"):
         with open(source[1:], "rb") as fh:
             return fh.read()

@@ -105,11 +105,17 @@ def test_decode_json_findings(run: Run) -> None:
     assert [f["rule"] for f in j["findings"]] == ["spec.driver.stats.duplicate-tag"]
 
 
-@pytest.mark.parametrize("stdin", [b"0100000002000000\n", bytes.fromhex("0100000002000000")])
-def test_decode_stdin_hex_or_raw(run: Run, stdin: bytes) -> None:
-    r = run(["message", "decode", "--kind", "pfns", "--json", "-"], stdin=stdin)
+def test_decode_stdin_is_hex_text(run: Run) -> None:
+    r = run(["message", "decode", "--kind", "pfns", "--json", "-"], stdin=b"0100000002000000\n")
     assert r.code == 0, r.err
     assert json.loads(r.out)["pages"] == [[1, 2]]
+
+
+def test_decode_raw_stdin_is_refused_not_guessed(run: Run) -> None:
+    # raw bytes on '-' are not guessed at (raw bytes that look like hex would be misread)
+    r = run(["message", "decode", "--kind", "pfns", "--json", "-"],
+            stdin=bytes.fromhex("0100000002000000"))
+    assert r.code == 2 and "@/dev/stdin" in r.err and r.err.count("\n") == 1
 
 
 def test_encode_fields_to_hex_and_out_file(run: Run, tmp_path: Path) -> None:

@@ -89,8 +89,8 @@ class BitmapMessage:
     req_id: int
     start_pfn: int
     bmap_len: int
-    #: bitmap bytes as on the wire, one entry per descriptor (the bytes after the 32-byte
-    #: header in the header's own descriptor, if any, come first)
+    #: bitmap bytes as on the wire, one entry per bitmap descriptor (bytes that share the
+    #: header's own descriptor are kept apart, in ``header_tail``)
     bitmap: tuple[bytes, ...] = ()
     #: bytes of the header's descriptor after the header (kept apart to re-encode exactly)
     header_tail: bytes = b""
@@ -454,16 +454,16 @@ def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
         f.append(Finding("v3.driver.bmap.empty", f"no page in this {role} message",
                          field="bitmap"))
     unit = 1 << (ps - 12)
-    last = int(pos[-1]) if pos.size else 0
+    last = int(pos[-1]) if pos.size else -1  # no page: nothing can overflow
     if role == "misc":
         # send_unused_pages_info(): start_pfn and bits are real PFNs of PAGE_SIZE
-        if (h.start_pfn + last + 1) * unit > 1 << 64:
+        if pos.size and (h.start_pfn + last + 1) * unit > 1 << 64:
             raise DecodeError("start_pfn + bitmap exceed the 64-bit frame space",
                               field="start_pfn", offset=16)
         starts = (np.uint64(h.start_pfn) + pos) * np.uint64(unit)
     else:
         # set_page_bitmap(): bits are page_to_balloon_pfn() (4 KiB units), one per page
-        if h.start_pfn + last + unit > 1 << 64:
+        if pos.size and h.start_pfn + last + unit > 1 << 64:
             raise DecodeError("start_pfn + bitmap exceed the 64-bit frame space",
                               field="start_pfn", offset=16)
         starts = np.uint64(h.start_pfn) + pos
@@ -873,8 +873,17 @@ def _from_pages(kind: str, pages: Any, layout: WireLayout, role: str) -> Message
         w = layout.word_size
         base = int(units.min()) // w * w
         nbits = (int(units.max()) - base) // w * w + w
+        size = 8 * layout.page_size  # BALLOON_BMAP_SIZE
+        if nbits // 8 > BMAP_BUFFERS_MAX * size:
+            # one message spans at most 32 buffers of 8 * PAGE_SIZE (seed 4/7); refuse before
+            # allocating a bitmap for a span the caller may have given by mistake
+            raise EncodeError(
+                f"the pages span {nbits} bits; one v3 message covers at most "
+                f"{BMAP_BUFFERS_MAX * size * 8} (32 buffers of 8 * PAGE_SIZE): encode a whole "
+                "inflate with codecs.encode_pages, which splits it into messages", field="pages")
         bitmap = bulk.build_bitmap(units - np.uint64(base), nbits // 8, w, layout.word_order)
-        return BitmapMessage(0, layout.page_shift, 0, 0, 0, base, nbits // 8, (bitmap,))
+        bufs = tuple(bitmap[i : i + size] for i in range(0, len(bitmap), size))
+        return BitmapMessage(0, layout.page_shift, 0, 0, 0, base, nbits // 8, bufs)
     if kind == "hybrid":
         # the plain pfn+order form (every bmap_len 0); codecs.hybrid chooses bitmap words too
         starts, orders = ps.aligned_blocks(max_order=51)
