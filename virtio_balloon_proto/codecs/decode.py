@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -13,6 +13,7 @@ from ..findings import Finding
 from ..pageset import PageSet, union_all
 from ..profiles import QueueRole, get_profile
 from ..wire import Decoded, WireLayout, decode
+from ..wire.structs import BMAP_HDR_SIZE
 from .buffers import Segment, out_data
 from .spec import ranges_to_pages
 
@@ -110,5 +111,34 @@ def decode_pages(profile: str, role: str, chains: Sequence[Sequence[Segment]],
         if all(len(d) % 4 == 0 for d in datas):
             dt = "<u4" if layout.little_endian else ">u4"
             return PageSet.from_frames(np.frombuffer(b"".join(datas), dtype=dt))
+    if role in ("inflate", "deflate", "misc") and profile == "v3" and (
+            role == "misc" or bulk_encoding(profile, features) == "bmap"):
+        fast = [_bmap_pages(b"".join(out_data(c)), layout, role) for c in chains]
+        if all(p is not None for p in fast):
+            return union_all(p for p in fast if p is not None)
     return union_all(decode_buffer(profile, role, c, layout, features=features).pages
                      for c in chains)
+
+
+def _bmap_pages(data: bytes, layout: WireLayout, role: str) -> PageSet | None:
+    """The pages of one v3 ``[bmap_hdr][bitmap...]`` chain straight from the bitmap's runs
+    (PageSet.from_bitmap finds run edges; the wire decoder lists every set bit for its
+    findings).  None when the wire decoder must decide (short header, odd page_shift, a
+    frame past 2^64), so errors stay the wire layer's."""
+    if len(data) < BMAP_HDR_SIZE:
+        return None
+    e = "<" if layout.little_endian else ">"
+    _, page_shift, _, _ = np.frombuffer(data, dtype=e + "u2", count=4).tolist()
+    _, start_pfn, bmap_len = np.frombuffer(data, dtype=e + "u8", count=3, offset=8).tolist()
+    if not 12 <= page_shift <= 30:
+        return None
+    unit = 1 << (page_shift - 12)
+    if role != "misc" and unit != 1:
+        return None  # inflate bits are 4 KiB balloon PFNs but each names a whole page
+    bitmap = memoryview(data)[BMAP_HDR_SIZE:]
+    nbits = 8 * min(int(bmap_len), len(bitmap))
+    base = start_pfn * unit  # misc: real PFNs of PAGE_SIZE; inflate: unit 1
+    if base + nbits * unit > 1 << 64:
+        return None
+    order: Literal["little", "big"] = "little" if layout.word_order == "le" else "big"
+    return PageSet.from_bitmap(bitmap, base, layout.word_size, order, unit, nbits)

@@ -105,12 +105,16 @@ class SeedV3Driver:
         limit = pfns_per_bmap(self.layout) * self.nr_page_bmap
         chains: list[Chain] = []
         # only windows that hold a page matter ("if (found) tell_host()"): visit those
-        firsts = np.unique((units - np.uint64(min_pfn)) // np.uint64(limit))
+        # units are sorted (PageSet order), so the windows are too: keep each run's first
+        # (np.unique would hash-sort millions of equal window numbers)
+        wins = (units - np.uint64(min_pfn)) // np.uint64(limit)
+        firsts = wins[np.r_[True, wins[1:] != wins[:-1]]]
         for w in firsts.tolist():
             pfn = min_pfn + w * limit
             if pfn >= max_pfn:
                 continue  # the loop condition of set_page_bitmap(): bug 2
-            a, b = np.searchsorted(units, [pfn, pfn + limit])
+            # bounds as uint64: a Python-int list would make numpy cast all of ``units``
+            a, b = np.searchsorted(units, np.array([pfn, pfn + limit], dtype=np.uint64))
             sel = units[a:b]
             chains.append(self._tell_host(pfn, int(sel[-1]), sel - np.uint64(pfn)))
         return chains
@@ -165,7 +169,7 @@ class SeedV3Driver:
         pfn = 0
         while True:
             done = not pfn + limit < max_pfn  # get_unused_pages(): 0 when end_pfn >= max_pfn
-            a, b = np.searchsorted(units, [pfn, pfn + limit])
+            a, b = np.searchsorted(units, np.array([pfn, pfn + limit], dtype=np.uint64))
             positions = units[a:b] - np.uint64(pfn)
             if done:
                 nr_pfn = max_pfn - pfn
