@@ -22,8 +22,8 @@ VBPROTO = [sys.executable, "-c", "from virtio_balloon_proto.cli import main; mai
 def test_committed_files_have_not_drifted(tmp_path: Path) -> None:
     written = generate(tmp_path)
     rel = sorted(str(p.relative_to(tmp_path)) for p in written)
-    committed = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.json"),
-                                                         *ROOT.glob("schema/*.json")])
+    paths = [*ROOT.glob("*.json"), *ROOT.glob("schema/*.json")]
+    committed = sorted(str(p.relative_to(ROOT)) for p in paths)
     assert rel == committed
     for r in rel:
         new, old = (tmp_path / r).read_bytes(), (ROOT / r).read_bytes()
@@ -34,7 +34,8 @@ def test_committed_files_have_not_drifted(tmp_path: Path) -> None:
 def test_regeneration_is_byte_identical_via_cli(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
-        r = subprocess.run([*VBPROTO, "vectors", "generate", "--out", str(d)], capture_output=True, text=True)
+        r = subprocess.run([*VBPROTO, "vectors", "generate", "--out", str(d)],
+                           capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
     files = sorted(p.relative_to(a) for p in a.rglob("*.json"))
     assert len(files) == 16
@@ -45,7 +46,8 @@ def test_regeneration_is_byte_identical_via_cli(tmp_path: Path) -> None:
 def test_generate_refuses_a_file_path(tmp_path: Path) -> None:
     f = tmp_path / "x"
     f.write_text("")
-    r = subprocess.run([*VBPROTO, "vectors", "generate", "--out", str(f)], capture_output=True, text=True)
+    r = subprocess.run([*VBPROTO, "vectors", "generate", "--out", str(f)],
+                       capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 

@@ -88,7 +88,7 @@ def _flags(endian: str, wo: str) -> tuple[str, ...]:
 def spec_groups() -> list[Group]:
     gs = []
     for endian in ("le", "be"):
-        cs = _common(f"spec/{endian}", 64) + [
+        cs = [*_common(f"spec/{endian}", 64),
             pc("beyond-32bit", "frame 2^32: beyond the __virtio32 PFN field", "MaxValue",
                [[1 << 32, 1]], error="pages")]
         gs.append(Group(f"inflate-{endian}", _p("spec", "inflate", endian), cs,
@@ -163,7 +163,7 @@ def hybrid_groups() -> list[Group]:
     gs = []
     for endian in ("le", "be"):
         for bitmaps in (True, False):
-            cs = _common(f"hybrid/{endian}/{bitmaps}", 64) + [
+            cs = [*_common(f"hybrid/{endian}/{bitmaps}", 64),
                 pc("pfn-max52", "frame 2^52-1, the largest hybrid start_pfn", "MaxValue",
                    [[M52, 1]]),
                 pc("big-block", "an aligned 4 GiB block (order 20)", "Normal",

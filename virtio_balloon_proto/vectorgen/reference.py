@@ -108,7 +108,7 @@ def encode_request(req: dict[str, Any]) -> dict[str, Any]:
             raise UsageError(f"header may hold only {sorted(HEADER_KEYS.get(kind, set()))}",
                              field="header")
         if header:
-            msg = dataclasses.replace(msg, **header)  # type: ignore[type-var]
+            msg = dataclasses.replace(msg, **header)
     segs = encode_segments(msg, layout)
     return {"hex": b"".join(segs).hex(), "segments": [s.hex() for s in segs]}
 

@@ -17,7 +17,6 @@ from ..virtqueue.packed import VIRTQ_DESC_F_AVAIL, PackedQueueDriver
 from ..virtqueue.split import (
     VIRTQ_DESC_F_INDIRECT,
     VIRTQ_DESC_F_NEXT,
-    VIRTQ_DESC_F_WRITE,
     SplitQueueDriver,
     compact_layout,
 )
@@ -314,7 +313,8 @@ def split_groups() -> list[Group]:
                   "avail": lay.avail, "used": lay.used}
         cases = []
         for c in [*_split_cases(), _split_wrap()]:
-            def build(c: RingCase = c, endian: str = endian) -> tuple[MemoryImage, Any]:
+            def build(c: RingCase = c, endian: str = endian,
+                      lay: Any = lay) -> tuple[MemoryImage, Any]:
                 mem = _image()
                 start_idx = 0xFFFF if c.slug == "idx-wrap" else 0
                 d = SplitQueueDriver(mem, SIZE, lay.desc, lay.avail, lay.used, endian == "le",

@@ -116,7 +116,8 @@ class Report:
                 elif o.status == "skipped":
                     ET.SubElement(tc, "skipped", message=o.message[:500])
         ET.indent(root)
-        return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+        xml: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        return xml + b"\n"
 
 
 class _Fail(Exception):
@@ -134,7 +135,7 @@ def default_dir() -> Path:
 
 def load_files(directory: str | Path | None = None) -> list[tuple[str, dict[str, Any]]]:
     """Every ``*.json`` vector file of ``directory``, schema-checked, sorted by name."""
-    import jsonschema
+    import jsonschema  # type: ignore[import-untyped]
 
     from .schemas import SCHEMAS
 
@@ -150,7 +151,8 @@ def load_files(directory: str | Path | None = None) -> list[tuple[str, dict[str,
             doc = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UsageError(f"{p}: not a readable JSON file ({exc})", field="dir") from None
-        schema = SCHEMAS.get(doc.get("schema") if isinstance(doc, dict) else None)
+        name = doc.get("schema") if isinstance(doc, dict) else None
+        schema = SCHEMAS.get(name) if isinstance(name, str) else None
         if schema is None:
             raise UsageError(f"{p}: unknown or missing 'schema'", field="schema")
         err = jsonschema.exceptions.best_match(
@@ -253,7 +255,8 @@ PAGESET_PARAMS = ("profile", "role", "endian", "wordSize", "wordOrder", "pageSiz
 
 def check_pageset(codec: Codec, g: dict[str, Any], t: dict[str, Any]) -> None:
     params = {k: g[k] for k in PAGESET_PARAMS if k in g}
-    extra = {k: t[k] for k in ("reqId", "maxPfn", "cmdId", "priorMiscAnswer") if k in t}
+    extra: dict[str, Any] = {k: t[k] for k in ("reqId", "maxPfn", "cmdId", "priorMiscAnswer")
+                             if k in t}
     ans = _ask(codec, {"op": "encode_pages", "params": params, "pages": t["pages"], **extra},
                "encode_pages")
     assert ans is not None
