@@ -673,29 +673,15 @@ def compare_config(ctx: CaseContext, step_index: int | None, ref: bytes, dut: by
 
 
 # --------------------------------------------------------------------------- wire findings
-def _kind_for(profile: str, role: str, negotiated: list[str], out: bytes) -> str | None:
-    if role in ("inflate", "deflate"):
-        if profile != "spec" and "PAGE_BITMAP" in negotiated:
-            return "bmap" if profile == "v3" else "hybrid"
-        return "pfns"
-    if role == "stats":
-        return "stats"
-    if role == "free_page":
-        return "hint-cmd" if out else None
-    if role == "misc" and out:
-        return "bmap" if profile == "v3" else "hybrid"
-    return None
-
-
 def _wire_findings(ctx: CaseContext, step: Step) -> list[Any]:
     """Findings of the wire decoders (and of the ring walker, recorded in the trace) for the
     driver-written bytes of one avail step (cached per case)."""
     if step.index in ctx.findings:
         return ctx.findings[step.index]
     found: list[Any] = list(step.findings)
-    decoded = _decode_step(ctx.case, step)
-    if decoded is not None:
-        found += list(decoded.findings)
+    buf = _decode_buffer(ctx.case, step)
+    if buf is not None:
+        found += list(buf.findings)
     ctx.findings[step.index] = found
     return found
 
@@ -704,21 +690,24 @@ def _negotiated_names(case: Case) -> list[str]:
     return get_profile(case.profile).names(case.setup.driver_features)
 
 
-def _decode_step(case: Case, step: Step) -> Any:
+def _decode_buffer(case: Case, step: Step) -> Any:
+    """The codec layer's decoding of one avail step (None if it cannot be decoded at all)."""
+    from virtio_balloon_proto.codecs import decode_buffer
     from virtio_balloon_proto.wire.layout import WireLayout
-    from virtio_balloon_proto.wire.messages import decode
 
-    outs = [s.data for s in step.segments if not s.writable]
-    kind = _kind_for(case.profile, step.role, _negotiated_names(case), b"".join(outs))
-    if kind is None:
-        return None
     s = case.setup
     try:
         layout = WireLayout(s.endian, s.word_size, s.word_order, s.page_size)
-        role = step.role if step.role in ("inflate", "deflate", "misc") else "inflate"
-        return decode(kind, outs, layout, profile=case.profile, role=role)
+        return decode_buffer(case.profile, step.role, list(step.segments), layout,
+                             features=s.driver_features)
     except VBProtoError:
         return None
+
+
+def _decode_step(case: Case, step: Step) -> Any:
+    """The wire message of one avail step, if it carries one."""
+    buf = _decode_buffer(case, step)
+    return None if buf is None else buf.decoded
 
 
 # --------------------------------------------------------------------------- the runner
