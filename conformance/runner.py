@@ -686,10 +686,6 @@ def _wire_findings(ctx: CaseContext, step: Step) -> list[Any]:
     return found
 
 
-def _negotiated_names(case: Case) -> list[str]:
-    return get_profile(case.profile).names(case.setup.driver_features)
-
-
 def _decode_buffer(case: Case, step: Step) -> Any:
     """The codec layer's decoding of one avail step (None if it cannot be decoded at all)."""
     from virtio_balloon_proto.codecs import decode_buffer
