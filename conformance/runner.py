@@ -557,6 +557,7 @@ def _page_clauses(ctx: CaseContext) -> tuple[str, str]:
     "spec.device.config.actual-readback",
     "spec.device.hint.report-done",
     "spec.device.reporting.records-ranges",
+    "spec.device.hint.ignore-stale-cmd-id",
     "v3.device.unused.records-pages",
 )
 def compare_state(
@@ -616,12 +617,14 @@ def compare_state(
         ("actual", "spec.device.config.actual-readback"),
         ("hint_cmd_id", "spec.device.hint.report-done"),
         ("reported", "spec.device.reporting.records-ranges"),
+        ("hinted", "spec.device.hint.ignore-stale-cmd-id"),
         ("unused", "v3.device.unused.records-pages"),
+        ("unused_done", "v3.device.unused.records-pages"),
     ):
         if key in ref and key in dut:
             ctx.evaluated(clause)
             rv, dv = ref[key], dut[key]
-            if key == "unused" and isinstance(rv, dict) and isinstance(dv, dict):
+            if key.startswith("unused") and isinstance(rv, dict) and isinstance(dv, dict):
                 rv = {str(k): v for k, v in rv.items()}
                 dv = {str(k): v for k, v in dv.items()}
             if rv != dv:
