@@ -12,7 +12,7 @@ import pytest
 from virtio_balloon_proto.conformance.runner import Runner, discover_cases
 
 sys.path.insert(0, str(Path(__file__).parent))
-from faulty_devices import FAULTS  # noqa: E402
+from faulty_devices import FAULTS
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE.parent / "conformance" / "traces"
