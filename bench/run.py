@@ -356,9 +356,9 @@ def _shape_rows(name: str, ps: PageSet, repeats: int, slow_repeats: int) -> list
         rows.append(Row(
             f"(c) PageSet -> hybrid records{' + bitmap words' if bm else ''} "
             "(codecs.hybrid.encode_pages)", name,
-            median_time(lambda b=bm: hybrid.encode_pages(ps, LE64, bitmaps=b), repeats),
+            median_time(partial(hybrid.encode_pages, ps, LE64, bitmaps=bm), repeats),
             "aligned_blocks+word packing+split" + (" +packbits" if bm else ""),
-            median_time(lambda b=bm: floor_hybrid_encode(ps, b), repeats), "ratio", 3))
+            median_time(partial(floor_hybrid_encode, ps, bm), repeats), "ratio", 3))
     return rows
 
 
