@@ -16,19 +16,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import json
-import os
-import select
 import shlex
-import signal
-import struct
-import subprocess
-import tempfile
-import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from virtio_balloon_proto.errors import PeerError, UsageError, VBProtoError
+from virtio_balloon_proto.framing import EXIT_UNSUPPORTED, FramedProcess, PeerUnsupported
 
 from .dut import DeviceUnderTest, Negotiated, Segment, Setup, Unsupported, Used
 
@@ -36,8 +29,8 @@ from .dut import DeviceUnderTest, Negotiated, Segment, Setup, Unsupported, Used
 STDIO_PROTOCOL = 1
 #: frames longer than this are refused before anything is allocated
 MAX_FRAME = 16 << 20
-#: exit status of a testee that does not support what it was asked (quic-interop-runner)
-EXIT_UNSUPPORTED = 127
+#: exit status 127: a testee that does not support what it was asked (quic-interop-runner)
+__all__ = ["EXIT_UNSUPPORTED", "MAX_FRAME", "STDIO_PROTOCOL", "StdioDevice", "open_device"]
 DEFAULT_TIMEOUT = 5.0
 
 
@@ -222,37 +215,19 @@ class StdioDevice:
     def __init__(
         self, argv: list[str], timeout: float = DEFAULT_TIMEOUT, max_frame: int = MAX_FRAME
     ) -> None:
-        if not argv:
-            raise UsageError("stdio adapter needs a command", field="device")
         self.argv = argv
         self.timeout = timeout
         self.max_frame = max_frame
         self.name = f"stdio:{shlex.join(argv)}"
         self.peer_name: str | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
+        self._peer = FramedProcess(argv, timeout=timeout, max_frame=max_frame, role="testee")
         self._seq = 0
         #: when a list, every request and response object is appended (debugging, tests)
         self.frame_log: list[dict[str, Any]] | None = None
 
     # --- process management ----------------------------------------------------------------
     def _spawn(self) -> None:
-        self._stderr = tempfile.TemporaryFile()
-        try:
-            self._proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self._stderr,
-                bufsize=0,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            self._stderr.close()
-            self._stderr = None
-            raise UsageError(
-                f"cannot start testee {self.argv[0]!r}: {exc.strerror or exc}", field="device"
-            ) from None
+        self._peer.spawn()
         result = self._request("hello", {"protocol": STDIO_PROTOCOL}, step="hello")
         if not isinstance(result, dict) or result.get("protocol") != STDIO_PROTOCOL:
             self._kill()
@@ -265,112 +240,32 @@ class StdioDevice:
         name = result.get("name")
         self.peer_name = name if isinstance(name, str) else None
 
-    def _stderr_tail(self, limit: int = 400) -> str:
-        if self._stderr is None:
-            return ""
-        try:
-            self._stderr.seek(0, os.SEEK_END)
-            size = self._stderr.tell()
-            self._stderr.seek(max(0, size - limit))
-            tail = self._stderr.read().decode("utf-8", "replace").strip()
-        except OSError:
-            return ""
-        return f"; testee stderr: {tail!r}" if tail else ""
+    @property
+    def _proc(self) -> Any:
+        return self._peer.proc
 
     def _kill(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            with contextlib.suppress(OSError):
-                if proc.stdin:
-                    proc.stdin.close()
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)  # the testee's own session, started by us
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=2)
-            if proc.stdout:
-                proc.stdout.close()
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
+        self._peer.kill()
 
     def close(self) -> None:
         """End the testee: close its stdin (it exits at EOF), then kill it if it lingers."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(OSError):
-                if proc.stdin:
-                    proc.stdin.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=1)
-        self._kill()
+        self._peer.close()
 
-    # --- framing -----------------------------------------------------------------------------
     def _fail(self, message: str, step: str) -> VBProtoError:
-        proc = self._proc
-        code = proc.poll() if proc is not None else None
-        tail = self._stderr_tail()
-        self._kill()
-        if code == EXIT_UNSUPPORTED:
+        err = self._peer.fail(message, step)
+        if isinstance(err, PeerUnsupported):
             return Unsupported(f"testee exited with status 127 during {step}", where=step)
-        if code is not None and "exited" not in message:
-            message += f" (testee exited with status {code})"
-        return PeerError(message + tail, where=step)
-
-    def _read_exact(self, n: int, deadline: float, step: str) -> bytes:
-        assert self._proc is not None and self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
-        chunks: list[bytes] = []
-        got = 0
-        while got < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise self._fail(f"no answer within {self.timeout:g} s (hang)", step)
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(fd, min(n - got, 1 << 20))
-            if not chunk:
-                if self._proc.poll() is None:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        self._proc.wait(timeout=0.5)
-                code = self._proc.poll()
-                raise self._fail(
-                    f"testee closed its stdout after {got} of {n} bytes"
-                    + (f" (testee exited with status {code})" if code is not None else ""),
-                    step,
-                )
-            chunks.append(chunk)
-            got += len(chunk)
-        return b"".join(chunks)
+        return err
 
     def _request(self, method: str, params: dict[str, Any], step: str) -> Any:
-        proc = self._proc
-        if proc is None or proc.stdin is None:
-            raise PeerError("testee is not running", where=step)
         self._seq += 1
         request = {"id": self._seq, "method": method, "params": params}
         if self.frame_log is not None:
             self.frame_log.append(request)
-        body = json.dumps(request, separators=(",", ":")).encode()
         try:
-            proc.stdin.write(struct.pack("<I", len(body)) + body)
-            proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            raise self._fail("testee is gone (broken pipe while sending)", step) from None
-        deadline = time.monotonic() + self.timeout
-        (length,) = struct.unpack("<I", self._read_exact(4, deadline, step))
-        if length > self.max_frame:
-            raise self._fail(
-                f"testee announced a frame of {length} bytes (limit {self.max_frame})", step
-            )
-        raw = self._read_exact(length, deadline, step)
-        try:
-            msg = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self._fail(f"answer is not UTF-8 JSON ({exc}): {raw[:60]!r}", step) from None
-        if not isinstance(msg, dict):
-            raise self._fail(f"answer is not a JSON object: {raw[:60]!r}", step)
+            msg = self._peer.exchange(request, step)
+        except PeerUnsupported as exc:
+            raise Unsupported(exc.message, where=step) from None
         if self.frame_log is not None:
             self.frame_log.append(msg)
         if msg.get("id") != self._seq:

@@ -25,13 +25,13 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import tempfile
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from virtio_balloon_proto.errors import UsageError
+from virtio_balloon_proto.io import write_atomic
 
 from .verdicts import CaseResult, Verdict
 
@@ -189,27 +189,8 @@ def _toml_str(s: str) -> str:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and
-    os.replace, so a reader never sees a half-written file."""
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    try:
-        # mkstemp creates 0600; a report is an ordinary file (0666 minus the umask)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``text`` to ``path`` atomically (see :func:`virtio_balloon_proto.io.write_atomic`)."""
+    write_atomic(path, text)
 
 
 __all__ = ["KnownFailure", "KnownFailures", "Verdict", "atomic_write_text"]

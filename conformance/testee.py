@@ -12,36 +12,15 @@ timeouts), and the runner's stdio adapter is exercised against a real testee.
 
 from __future__ import annotations
 
-import json
-import struct
 import sys
 from typing import Any, BinaryIO
 
 from virtio_balloon_proto.errors import VBProtoError
+from virtio_balloon_proto.framing import read_frame, write_frame
 from virtio_balloon_proto.models.interface import DeviceUnderTest, Segment, Setup, Unsupported
 
 PROTOCOL = 1
 MAX_FRAME = 16 << 20
-
-
-def _read_frame(stream: BinaryIO) -> dict[str, Any] | None:
-    head = stream.read(4)
-    if len(head) < 4:
-        return None  # EOF: the runner is done
-    (n,) = struct.unpack("<I", head)
-    if n > MAX_FRAME:
-        raise VBProtoError(f"request frame of {n} bytes exceeds {MAX_FRAME}")
-    body = stream.read(n)
-    msg = json.loads(body.decode("utf-8"))
-    if not isinstance(msg, dict):
-        raise VBProtoError("request is not a JSON object")
-    return msg
-
-
-def _write_frame(stream: BinaryIO, msg: dict[str, Any]) -> None:
-    body = json.dumps(msg, separators=(",", ":")).encode()
-    stream.write(struct.pack("<I", len(body)) + body)
-    stream.flush()
 
 
 def _used(used: list[Any]) -> dict[str, Any]:
@@ -83,9 +62,11 @@ def serve(dev: DeviceUnderTest, stdin: BinaryIO | None = None,
     rd = stdin or sys.stdin.buffer
     wr = stdout or sys.stdout.buffer
     while True:
-        msg = _read_frame(rd)
+        msg = read_frame(rd, MAX_FRAME)
         if msg is None:
             return 0
+        if not isinstance(msg, dict):
+            raise VBProtoError("request is not a JSON object")
         rid = msg.get("id")
         try:
             result = _dispatch(dev, str(msg.get("method")), msg.get("params") or {})
@@ -94,7 +75,7 @@ def serve(dev: DeviceUnderTest, stdin: BinaryIO | None = None,
             reply = {"id": rid, "unsupported": str(exc)}
         except Exception as exc:  # the device's bug: an error answer, the runner reports it
             reply = {"id": rid, "error": f"{type(exc).__name__}: {exc}"}
-        _write_frame(wr, reply)
+        write_frame(wr, reply)
 
 
 def main(argv: list[str] | None = None) -> int:

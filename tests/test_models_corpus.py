@@ -17,7 +17,7 @@ def test_corpus_regenerates_byte_identical(tmp_path: Path) -> None:
     # real/ holds captures from real peers: recorded, not synthesised
     shipped = sorted(p.relative_to(CORPUS) for p in CORPUS.glob("*/*.jsonl")
                      if p.parent.name != "real")
-    assert fresh == shipped, "corpus files differ: run `vbproto trace synth --corpus conformance/traces`"
+    assert fresh == shipped, "corpus files differ: run vbproto trace synth --corpus DIR"
     drift = [str(p) for p in fresh if (tmp_path / p).read_bytes() != (CORPUS / p).read_bytes()]
     assert not drift, f"regenerate the corpus (vbproto trace synth --corpus ...): {drift}"
 

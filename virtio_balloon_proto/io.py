@@ -8,11 +8,19 @@ from pathlib import Path
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
-    """Replace ``path`` with ``data`` atomically (readers see the old file or the new one)."""
+    """Replace ``path`` with ``data`` atomically (readers see the old file or the new one).
+
+    The file gets ordinary permissions (0666 minus the umask), not mkstemp's 0600: reports
+    and package data must stay readable by others.
+    """
     target = Path(path)
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    directory = target.parent if str(target.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
             fh.flush()

@@ -170,6 +170,5 @@ def generate(out_dir: str | Path) -> list[Path]:
     for rel, data in render_all().items():
         p = root / rel
         write_atomic(p, data)
-        p.chmod(0o644)  # mkstemp's 0600 would ship unreadable package data
         written.append(p)
     return written

@@ -1,0 +1,192 @@
+"""Length-prefixed JSON frames over pipes: the transport of both stdio protocols.
+
+The conformance testee protocol (docs/stdio-protocol.md) and the vector codec protocol
+(docs/vectors.md) share one framing: a 4-byte little-endian length, then that many bytes of
+UTF-8 JSON; one request, one answer.  This module holds the framing and the child-process
+handling both clients need: its own session (so a kill reaches grandchildren), a deadline on
+every answer, a frame cap checked before anything is allocated, the tail of the child's
+stderr quoted in errors, and exit status 127 meaning "unsupported".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import struct
+import subprocess
+import tempfile
+import time
+from typing import IO, Any, BinaryIO
+
+from .errors import PeerError, UsageError
+
+EXIT_UNSUPPORTED = 127
+
+
+class PeerUnsupported(PeerError):
+    """The child exited with status 127: it does not implement what was asked."""
+
+
+def write_frame(out: BinaryIO, obj: Any) -> None:
+    body = json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    out.write(struct.pack("<I", len(body)) + body)
+    out.flush()
+
+
+def read_frame(inp: BinaryIO, max_frame: int) -> Any | None:
+    """One frame from a blocking stream (a server's stdin); None at a clean EOF."""
+    head = inp.read(4)
+    if not head:
+        return None
+    if len(head) < 4:
+        raise PeerError("stream ended inside a frame length", where="stdio")
+    (n,) = struct.unpack("<I", head)
+    if n > max_frame:
+        raise PeerError(f"frame of {n} bytes exceeds {max_frame}", where="stdio")
+    body = inp.read(n)
+    if len(body) < n:
+        raise PeerError("stream ended inside a frame", where="stdio")
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PeerError(f"frame is not UTF-8 JSON: {exc}", where="stdio") from None
+
+
+class FramedProcess:
+    """A child process answering frames on its stdout to frames on its stdin."""
+
+    def __init__(self, argv: list[str], *, timeout: float, max_frame: int,
+                 role: str = "peer", field: str = "device") -> None:
+        if not argv:
+            raise UsageError(f"the {role} needs a command", field=field)
+        if timeout <= 0:
+            raise UsageError("timeout must be positive", field="timeout")
+        self.argv = argv
+        self.timeout = timeout
+        self.max_frame = max_frame
+        self.role = role
+        self.field = field
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def spawn(self) -> None:
+        self._stderr = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=self._stderr,
+                                         bufsize=0, start_new_session=True)
+        except OSError as exc:
+            self._stderr.close()
+            self._stderr = None
+            raise UsageError(f"cannot start {self.role} {self.argv[0]!r}: "
+                             f"{exc.strerror or exc}", field=self.field) from None
+
+    def stderr_tail(self, limit: int = 400) -> str:
+        if self._stderr is None:
+            return ""
+        try:
+            self._stderr.seek(0, os.SEEK_END)
+            self._stderr.seek(max(0, self._stderr.tell() - limit))
+            tail = self._stderr.read().decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+        return f"; {self.role} stderr: {tail!r}" if tail else ""
+
+    def kill(self) -> int | None:
+        """Kill the child's whole session; returns its exit status if it had one."""
+        proc, self.proc = self.proc, None
+        code = None
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                if proc.stdin:
+                    proc.stdin.close()
+            if proc.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=0.2)
+            code = proc.poll()
+            if code is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # its own session, started by us
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=2)
+            if proc.stdout:
+                proc.stdout.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+        return code
+
+    def close(self) -> None:
+        """Close the child's stdin (it exits at EOF), then kill it if it lingers."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                if proc.stdin:
+                    proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=1)
+        self.kill()
+
+    def fail(self, message: str, where: str) -> PeerError:
+        """Kill the child and build the error to raise (PeerUnsupported on status 127)."""
+        tail = self.stderr_tail()
+        code = self.kill()
+        if code == EXIT_UNSUPPORTED:
+            return PeerUnsupported(f"{self.role} exited with status 127 during {where}",
+                                   where=where)
+        if code is not None and "exited" not in message:
+            message += f" ({self.role} exited with status {code})"
+        return PeerError(message + tail, where=where)
+
+    def _read_exact(self, n: int, deadline: float, where: str) -> bytes:
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        chunks: list[bytes] = []
+        got = 0
+        while got < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self.fail(f"no answer within {self.timeout:g} s (hang)", where)
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(fd, min(n - got, 1 << 20))
+            if not chunk:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=0.5)
+                raise self.fail(f"{self.role} closed its stdout after {got} of {n} bytes",
+                                where)
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def exchange(self, obj: Any, where: str) -> dict[str, Any]:
+        """Send one frame, wait (at most ``timeout``) for the answer frame, return it."""
+        if self.proc is None or self.proc.stdin is None:
+            raise PeerError(f"the {self.role} is not running", where=where)
+        body = json.dumps(obj, separators=(",", ":")).encode("utf-8")
+        try:
+            self.proc.stdin.write(struct.pack("<I", len(body)) + body)
+            self.proc.stdin.flush()
+        except OSError:
+            raise self.fail(f"the {self.role} is gone (broken pipe while sending)", where) from None
+        deadline = time.monotonic() + self.timeout
+        (length,) = struct.unpack("<I", self._read_exact(4, deadline, where))
+        if length > self.max_frame:
+            raise self.fail(f"{self.role} announced a frame of {length} bytes "
+                            f"(limit {self.max_frame})", where)
+        raw = self._read_exact(length, deadline, where)
+        try:
+            msg = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self.fail(f"answer is not UTF-8 JSON ({exc}): {raw[:60]!r}", where) from None
+        if not isinstance(msg, dict):
+            raise self.fail(f"answer is not a JSON object: {raw[:60]!r}", where)
+        return msg
