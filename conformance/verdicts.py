@@ -149,7 +149,7 @@ class CaseResult:
 
     def details_text(self) -> str:
         lines = [self.summary_line()]
-        if self.reason:
+        if self.reason and self.failures():  # without failures the summary line has it
             lines.append(f"  reason: {self.reason}")
         for r in self.failures():
             at = f" (step {r.step})" if r.step is not None else ""
