@@ -571,23 +571,30 @@ class PageSet:
         ok = i >= 0
         return ok & (f <= self._lasts[np.maximum(i, 0)])
 
-    def to_frames(self, limit: int = DEFAULT_LIMIT) -> U64:
-        """All frames as a sorted uint64 array (refuses more than ``limit`` frames)."""
+    def to_frames(self, limit: int = DEFAULT_LIMIT, dtype: Any = np.uint64) -> U64:
+        """All frames as a sorted array (refuses more than ``limit`` frames).
+
+        ``dtype`` may be a narrower unsigned type (``np.uint32`` for the spec's 32-bit PFN
+        arrays) when every frame fits it: one pass instead of a uint64 pass plus a cast.
+        """
         total = self.page_count()
         if total > limit:
             raise UsageError(
                 f"{total} frames exceed the limit of {limit} for to_frames()", field="pages"
             )
+        dt = np.dtype(dtype)
         if total == 0:
-            return np.zeros(0, dtype=np.uint64)
+            return np.zeros(0, dtype=dt)
+        if dt != np.uint64 and self.max() > np.iinfo(dt).max:
+            raise UsageError(f"frame {self.max()} does not fit {dt}", field="pages")
         counts = (self._lasts - self._starts + np.uint64(1)).astype(np.intp)
-        out = np.ones(total, dtype=np.uint64)
+        out = np.ones(total, dtype=dt)
         out[0] = self._starts[0]
         if counts.size > 1:
             pos = np.cumsum(counts[:-1])
             # the step from the last frame of one extent to the first of the next
             out[pos] = self._starts[1:] - self._lasts[:-1]
-        return np.cumsum(out, dtype=np.uint64)
+        return np.cumsum(out, dtype=dt)
 
     def window(self, first: int, count: int) -> PageSet:
         """The frames in ``[first, first + count)``."""

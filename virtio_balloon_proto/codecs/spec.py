@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ..errors import EncodeError
@@ -41,17 +43,19 @@ def whole_pages(pages: PageSet, layout: WireLayout) -> PageSet:
 def encode_pfns(pages: PageSet, layout: WireLayout, per_buffer: int = PFNS_MAX) -> list[Chain]:
     """PFN-array buffers, ascending, at most ``per_buffer`` PFNs (whole guest pages) each."""
     whole_pages(pages, layout)
-    frames = pages.to_frames()
-    if frames.size and int(frames[-1]) > 0xFFFFFFFF:
-        raise EncodeError(f"frame {int(frames[-1]):#x} is beyond the 32-bit PFN field of the "
+    if len(pages) and pages.max() > 0xFFFFFFFF:
+        raise EncodeError(f"frame {pages.max():#x} is beyond the 32-bit PFN field of the "
                           "spec's PFN arrays (16 TiB)", field="pages")
     fpp = layout.frames_per_page
     step = max(per_buffer // fpp, 1) * fpp  # a page's PFNs never straddle two buffers
-    # frames are sorted uint64 and the last fits 32 bits: the cast is exact, no range pass
-    data = frames.astype("<u4" if layout.little_endian else ">u4").tobytes()
+    frames = pages.to_frames(dtype=np.uint32)  # checked above: every frame fits 32 bits
+    data = (frames if layout.little_endian == (sys.byteorder == "little")
+            else frames.byteswap()).tobytes()
     nb = step * 4
-    # 7,168 buffers for a 7 GiB inflate: build the segments directly (no classmethod hop)
-    return [[Segment(0, len(p), False, p)] for p in
+    # 7,168 buffers for a 7 GiB inflate: segments built as plain tuples (Segment is a
+    # NamedTuple; tuple.__new__ skips its argument parsing)
+    new = tuple.__new__
+    return [[new(Segment, (0, len(p), False, p))] for p in
             [data[i : i + nb] for i in range(0, len(data), nb)]]
 
 
