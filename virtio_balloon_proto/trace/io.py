@@ -309,6 +309,7 @@ class TraceWriter:
         self.validate = validate
         self.count = 0
         directory = self.path.parent if str(self.path.parent) else Path(".")
+        directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
         self._tmp = Path(tmp)
         self._f: IO[str] = os.fdopen(fd, "w", encoding="ascii", newline="\n")
