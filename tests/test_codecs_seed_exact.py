@@ -1,4 +1,4 @@
-"""``SeedV3Driver(exact=True)``: the seed driver's four bugs (codecs/v3.py docstring), each with
+"""``SeedV3Driver(exact=True)``: the seed driver's five bugs (codecs/v3.py docstring), each with
 the exact wire consequence a decoder of real captures sees, next to what the fixed driver sends.
 """
 
@@ -102,6 +102,25 @@ def test_bug4_done_truncation_loses_the_last_nr_pfn_mod_8_pages() -> None:
     fixed = v3.SeedV3Driver(LE64).answer_unused(unused, 7, 100)
     assert int.from_bytes(fixed[0][0].data[24:32], "little") == 16  # roundup(100, 64) / 8
     assert decode_buffer("v3", "misc", fixed[0], LE64).pages == unused
+
+
+def test_bug5_big_endian_guest_with_version_1_echoes_req_id_byte_swapped() -> None:
+    # misc_handle_rq(): send_unused_pages_info(vb, ptr_hdr->param) with no virtio64_to_cpu();
+    # a BE guest (native unsigned long order: be) on a VERSION_1 (LE) device reads the LE
+    # param as a BE number and cpu_to_virtio64()s that back: the echo is byte-swapped
+    be_guest_modern = WireLayout("le", 64, "be")
+    req = 0x0102030405060708
+    unused = PageSet.from_text("3")
+    chain = v3.SeedV3Driver(be_guest_modern, exact=True).answer_unused(unused, req, 64)[0]
+    assert chain[0].data[8:16] == req.to_bytes(8, "big")  # wire is LE: the value is swapped
+    d = decode_buffer("v3", "misc", chain, be_guest_modern)
+    assert d.decoded is not None and d.decoded.message.req_id == 0x0807060504030201
+    fixed = v3.SeedV3Driver(be_guest_modern).answer_unused(unused, req, 64)[0]
+    assert fixed[0].data[8:16] == req.to_bytes(8, "little")
+    # a little-endian guest, or a legacy big-endian one (wire order = guest order), is fine
+    for lay in (LE64, WireLayout("be", 64, "be")):
+        c = v3.SeedV3Driver(lay, exact=True).answer_unused(unused, req, 64)[0]
+        assert decode_buffer("v3", "misc", c, lay).decoded.message.req_id == req  # type: ignore[union-attr]
 
 
 def test_exact_mode_equals_fixed_mode_when_no_bug_is_hit() -> None:

@@ -18,8 +18,13 @@ decoder of real captures has to recognise them (each is a finding when decoded):
    (``flag = BALLOON_FLAG_DONE``).
 4. ``send_unused_pages_info()`` sets the DONE message's ``bmap_len = nr_pfn / BITS_PER_BYTE``,
    truncating: the last ``nr_pfn % 8`` pages are never reported.
+5. ``misc_handle_rq()`` passes ``ptr_hdr->param`` to ``send_unused_pages_info()`` without
+   ``virtio64_to_cpu()``, which then stores it with ``cpu_to_virtio64()``: when the wire order
+   differs from the guest's (a big-endian guest with VERSION_1), the answer's ``req_id`` is the
+   request's ``param`` byte-swapped.  (``cmd`` is compared raw too, but 0 reads the same.)
+   The guest's order is the bitmap's ``word_order`` (the native order of ``unsigned long``).
 
-With ``exact=False`` (the default) the same chunking is used with those four mistakes fixed,
+With ``exact=False`` (the default) the same chunking is used with those five mistakes fixed,
 which is what the seed intended and what ``decode(encode(S)) == S`` needs.
 """
 
@@ -153,6 +158,8 @@ class SeedV3Driver:
         ``req_id``, for a guest whose ``get_max_pfn()`` is ``max_pfn`` (real PFNs)."""
         if not 0 <= req_id < 1 << 64:
             raise EncodeError(f"req_id {req_id} does not fit 64 bits", field="req_id")
+        if self.exact and self.layout.endian != self.layout.word_order:
+            req_id = int.from_bytes(req_id.to_bytes(8, "little"), "big")  # bug 5
         whole_pages(unused, self.layout)
         fpp = self.layout.frames_per_page
         frames = unused.to_frames()
