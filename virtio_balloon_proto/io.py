@@ -10,8 +10,8 @@ from pathlib import Path
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Replace ``path`` with ``data`` atomically (readers see the old file or the new one).
 
-    Missing parent directories are created.  The file gets ordinary permissions (0666 minus the umask), not mkstemp's 0600: reports
-    and package data must stay readable by others.
+    Missing parent directories are created.  The file gets ordinary permissions (0666 minus
+    the umask), not mkstemp's 0600: reports and package data must stay readable by others.
     """
     target = Path(path)
     raw = data.encode("utf-8") if isinstance(data, str) else data
