@@ -221,6 +221,9 @@ def discover_cases(
     elif root.is_dir():
         files = sorted(p for p in root.rglob("*.jsonl") if p.is_file())
         base = root
+        if not files:
+            # an empty corpus is a mistake (wrong directory), not a passing run
+            raise UsageError(f"corpus {root} holds no trace (*.jsonl)", field="corpus")
     else:
         raise UsageError(f"corpus {root} is neither a trace file nor a directory", field="corpus")
     profs = set(profiles) if profiles else None

@@ -186,8 +186,9 @@ BAD = [
                  id="missing-field"),
     pytest.param(["message", "encode", "--kind", "stats", '{"pages": [[1, 1]]}'],
                  id="pages-for-stats"),
-    pytest.param(["message", "encode", "--kind", "pfns", "--out", "/nonexistent/dir/o.bin",
-                  '{"pages": [[1, 1]]}'], id="out-dir-missing"),
+    # missing parent directories are created (mkdir -p); one that cannot be is an error
+    pytest.param(["message", "encode", "--kind", "pfns", "--out", "/proc/vbproto/dir/o.bin",
+                  '{"pages": [[1, 1]]}'], id="out-dir-uncreatable"),
 ]
 
 
