@@ -214,6 +214,8 @@ class Decoded:
         """The set of 4 KiB frames the message denotes (duplicates merged)."""
         if self.starts is None or self.counts is None:
             return PageSet.empty()
+        if self.kind == "pfns":  # one frame each: the frames path (counting sort when dense)
+            return PageSet.from_frames(self.starts)
         return PageSet.from_starts_counts(self.starts, self.counts)
 
     def extents(self) -> list[list[int]]:
