@@ -883,3 +883,39 @@ def union_all(sets: Iterable[PageSet]) -> PageSet:
     return PageSet._trusted(
         *_merge(np.concatenate([p.starts for p in ss]), np.concatenate([p.lasts for p in ss]))
     )
+
+
+class PageAccumulator:
+    """A page set built by many unions and differences, without quadratic cost.
+
+    Folding ``acc = acc | pages`` over 7,168 inflate buffers re-merges the growing set every
+    time; this keeps added sets pending and merges them in one :func:`union_all` when a
+    difference or a read needs the exact set (or when many are pending).
+    """
+
+    FLUSH_AT = 4096
+
+    def __init__(self, initial: PageSet | None = None) -> None:
+        self._value = initial if initial is not None else PageSet()
+        self._pending: list[PageSet] = []
+
+    def add(self, pages: PageSet) -> None:
+        if pages:
+            self._pending.append(pages)
+            if len(self._pending) >= self.FLUSH_AT:
+                self._flush()
+
+    def remove(self, pages: PageSet) -> None:
+        if pages:
+            self._flush()
+            self._value = self._value - pages
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._value = union_all([self._value, *self._pending])
+            self._pending = []
+
+    @property
+    def value(self) -> PageSet:
+        self._flush()
+        return self._value

@@ -17,7 +17,7 @@ from typing import Any
 
 from .codecs import DecodedBuffer, Segment, decode_buffer
 from .errors import TraceError, VBProtoError
-from .pageset import PageSet
+from .pageset import PageAccumulator, PageSet
 from .trace import AvailEvent, Event, HostEvent, TraceHeader, TraceReader, UsedEvent
 from .virtqueue.split import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_WRITE
 from .wire import WireLayout
@@ -94,7 +94,7 @@ class Summary:
 
     messages: Counter[str] = field(default_factory=Counter)
     pages: dict[str, int] = field(default_factory=dict)
-    balloon: PageSet = field(default_factory=PageSet.empty)
+    _balloon: PageAccumulator = field(default_factory=PageAccumulator)
     unused: dict[int, PageSet] = field(default_factory=dict)
     reported: PageSet = field(default_factory=PageSet.empty)
     hinted: PageSet = field(default_factory=PageSet.empty)
@@ -117,9 +117,9 @@ class Summary:
         if n:
             self.pages[d.role] = self.pages.get(d.role, 0) + n
         if d.role == "inflate":
-            self.balloon = self.balloon | b.pages
+            self._balloon.add(b.pages)
         elif d.role == "deflate":
-            self.balloon = self.balloon - b.pages
+            self._balloon.remove(b.pages)
         elif d.role == "reporting":
             self.reported = self.reported | b.pages
         elif d.role == "free_page":
@@ -132,6 +132,11 @@ class Summary:
             self.stats_buffers += 1
             for e in b.decoded.message.entries:  # type: ignore[union-attr]
                 self.stats[e.tag] = e.val
+
+    @property
+    def balloon(self) -> PageSet:
+        """Net balloon: pages inflated and not deflated since, in trace order."""
+        return self._balloon.value
 
     def to_json(self) -> dict[str, Any]:
         return {

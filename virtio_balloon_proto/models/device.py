@@ -18,7 +18,7 @@ from typing import Any
 
 from ..codecs import DecodedBuffer, Segment, decode_buffer
 from ..errors import UsageError, VBProtoError
-from ..pageset import PageSet
+from ..pageset import PageAccumulator, PageSet
 from ..profiles import TRANSPORT_FEATURES, get_profile
 from ..wire import WireLayout, encode
 from ..wire.messages import BALLOON_FLAG_DONE, BALLOON_GET_UNUSED_PAGES, RequestHeader
@@ -82,7 +82,7 @@ MISC_TRANSITIONS: dict[tuple[MiscState, str], MiscState] = {
 class DeviceState:
     """Everything observable about the device."""
 
-    balloon: PageSet = field(default_factory=PageSet.empty)
+    pages: PageAccumulator = field(default_factory=PageAccumulator)
     num_pages: int = 0
     actual: int = 0
     hint_cmd_id: int = 0
@@ -94,6 +94,11 @@ class DeviceState:
     unused_done: dict[int, int] = field(default_factory=dict)  # req_id -> DONE count
     bad_pages: PageSet = field(default_factory=PageSet.empty)  # named but outside RAM
     violations: list[str] = field(default_factory=list)
+
+    @property
+    def balloon(self) -> PageSet:
+        """Pages in the balloon: inflated (inside RAM) and not deflated since."""
+        return self.pages.value
 
 
 class ReferenceDevice:
@@ -245,13 +250,13 @@ class ReferenceDevice:
     def _on_inflate(self, head: int, segs: list[Segment]) -> list[Used]:
         d = self._decode("inflate", segs)
         if d is not None:
-            self.state.balloon = self.state.balloon | self._in_ram(d.pages)
+            self.state.pages.add(self._in_ram(d.pages))
         return [Used(head, 0)]  # QEMU, Firecracker, crosvm: used len 0 (5.5.6 "uses the buffer")
 
     def _on_deflate(self, head: int, segs: list[Segment]) -> list[Used]:
         d = self._decode("deflate", segs)
         if d is not None:
-            self.state.balloon = self.state.balloon - d.pages
+            self.state.pages.remove(d.pages)
         return [Used(head, 0)]
 
     def _on_stats(self, head: int, segs: list[Segment]) -> list[Used]:
