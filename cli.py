@@ -253,21 +253,25 @@ def _done(out: str, n: int) -> None:
     click.echo(f"wrote {out}: {n} event(s)")
 
 
+def _ring_dump_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every ring-in-a-memory-dump importer takes."""
+    for o in reversed([
+        click.option("--memory", "memory", multiple=True, required=True, metavar="FILE[@GPA]",
+                     help="raw guest memory dump mapped at GPA (repeatable)"),
+        click.option("--size", required=True, type=int, help="queue size"),
+        click.option("--role", required=True, help="queue role (inflate, deflate, stats, ...)"),
+        click.option("--queue", type=int, default=None,
+                     help="queue index (default: from the model)"),
+    ]):
+        f = o(f)
+    return f
+
+
 @trace_import.command("split-ring")
-@click.option(
-    "--memory",
-    "memory",
-    multiple=True,
-    required=True,
-    metavar="FILE[@GPA]",
-    help="raw guest memory dump mapped at GPA (repeatable)",
-)
+@_ring_dump_options
 @click.option("--desc", required=True, help="descriptor table address")
 @click.option("--avail", required=True, help="avail ring address")
 @click.option("--used", required=True, help="used ring address")
-@click.option("--size", required=True, type=int, help="queue size")
-@click.option("--role", required=True, help="queue role (inflate, deflate, stats, ...)")
-@click.option("--queue", type=int, default=None, help="queue index (default: from the model)")
 @click.option(
     "--endian",
     type=click.Choice(["le", "be"]),
@@ -321,18 +325,8 @@ def trace_import_split(
 
 
 @trace_import.command("packed-ring")
-@click.option(
-    "--memory",
-    "memory",
-    multiple=True,
-    required=True,
-    metavar="FILE[@GPA]",
-    help="raw guest memory dump mapped at GPA (repeatable)",
-)
+@_ring_dump_options
 @click.option("--desc", required=True, help="descriptor ring address")
-@click.option("--size", required=True, type=int, help="queue size")
-@click.option("--role", required=True, help="queue role")
-@click.option("--queue", type=int, default=None, help="queue index (default: from the model)")
 @click.option("--position", default="0", help="device's next avail position")
 @click.option("--wrap", type=click.IntRange(0, 1), default=1, help="driver wrap counter there")
 @click.option("--used-position", default=None, help="read used descriptors from here")
