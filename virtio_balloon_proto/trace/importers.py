@@ -151,6 +151,31 @@ def _role(text: str | QueueRole) -> QueueRole:
 # --- split / packed ring dumps ---------------------------------------------------------------
 
 
+def _ring_header(
+    profile: str,
+    offered: int | None,
+    negotiated: int | None,
+    endian: str,
+    index_model: str,
+    ring: str,
+    source: TraceSource | None,
+    role: str | QueueRole,
+    queue: int | None,
+) -> tuple[TraceHeader, QueueRole]:
+    """The header of a one-queue ring import, and the role, which must have a queue index."""
+    r = _role(role)
+    header = _header(
+        profile, offered, negotiated, endian, index_model, ring,
+        source or TraceSource(provenance=f"{ring} ring in a guest memory dump"),
+        {r: queue} if queue is not None else {},
+    )
+    if r not in header.queues:
+        raise UsageError(
+            f"role {r.value} has no queue index with these features; give --queue", field="queue"
+        )
+    return header, r
+
+
 def split_ring_events(
     memory: GuestMemory,
     *,
@@ -197,21 +222,8 @@ def import_split_ring(
     index_model: str = "negotiated",
     source: TraceSource | None = None,
 ) -> ImportResult:
-    r = _role(role)
-    header = _header(
-        profile,
-        offered,
-        negotiated,
-        endian,
-        index_model,
-        "split",
-        source or TraceSource(provenance="split ring in a guest memory dump"),
-        {r: queue} if queue is not None else {},
-    )
-    if r not in header.queues:
-        raise UsageError(
-            f"role {r.value} has no queue index with these features; give --queue", field="queue"
-        )
+    header, r = _ring_header(profile, offered, negotiated, endian, index_model, "split",
+                             source, role, queue)
     events = split_ring_events(
         memory,
         desc=desc,
@@ -247,21 +259,8 @@ def import_packed_ring(
 ) -> ImportResult:
     """Packed ring: used descriptors from (used_position, used_wrap) when given, then the
     available chains from (position, wrap).  Packed rings imply VERSION_1: little-endian."""
-    r = _role(role)
-    header = _header(
-        profile,
-        offered,
-        negotiated,
-        "le",
-        index_model,
-        "packed",
-        source or TraceSource(provenance="packed ring in a guest memory dump"),
-        {r: queue} if queue is not None else {},
-    )
-    if r not in header.queues:
-        raise UsageError(
-            f"role {r.value} has no queue index with these features; give --queue", field="queue"
-        )
+    header, r = _ring_header(profile, offered, negotiated, "le", index_model, "packed",
+                             source, role, queue)
     q = header.queues[r]
     dev = PackedQueueDevice(memory, size, desc, driver_event, device_event)
 
