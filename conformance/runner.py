@@ -124,6 +124,17 @@ def _segments(ev: Any) -> tuple[Segment, ...]:
     return tuple(segments_of(ev))
 
 
+def _recorded_queues(case: Case) -> dict[str, int]:
+    """Role -> queue index as the recorded driver used them (avail events)."""
+    from virtio_balloon_proto import trace as tr
+
+    out: dict[str, int] = {}
+    for ev in case.events:
+        if isinstance(ev, tr.AvailEvent):
+            out.setdefault(str(getattr(ev.role, "value", ev.role)), ev.queue)
+    return out
+
+
 def _device_options(profile: str, features: int) -> dict[str, Any]:
     prof = get_profile(profile)
     names = set(prof.names(features))
@@ -812,6 +823,24 @@ class Runner:
                     None,
                     expected=sorted(ref_neg.queues),
                     received=sorted(dut_neg.queues),
+                )
+            # the recorded driver posted each role on a queue index (its index model,
+            # PROTOCOL.md section 4): a device that numbers queues otherwise receives that
+            # traffic on another queue (QEMU numbers by offered features, Linux by negotiated)
+            recorded = _recorded_queues(case)
+            moved = {r: (i, dut_neg.queues[r]) for r, i in recorded.items()
+                     if r in dut_neg.queues and dut_neg.queues[r] != i}
+            if moved:
+                model = getattr(case.header, "index_model", "?")
+                ctx.broken(
+                    "suite.device.queue-layout",
+                    "the driver uses " + ", ".join(
+                        f"{r} on queue {i}" for r, (i, _) in sorted(moved.items()))
+                    + f" ({model} index model); the device has "
+                    + ", ".join(f"{r} on {d}" for r, (_, d) in sorted(moved.items())),
+                    None,
+                    expected={r: i for r, (i, _) in moved.items()},
+                    received={r: d for r, (_, d) in moved.items()},
                 )
             ctx.evaluated("spec.device.config.size")
             if dut_neg.config_size != ref_neg.config_size:

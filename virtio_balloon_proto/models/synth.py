@@ -83,13 +83,15 @@ class Session:
         self.actual = 0  # 4 KiB pages the driver has told the device it holds
 
     # --- bring-up -------------------------------------------------------------------------------
-    def negotiate(self, want: list[str]) -> None:
+    def negotiate(self, want: list[str], offer_extra: tuple[str, ...] = ()) -> None:
+        """Bring the device up: it offers ``want`` plus ``offer_extra``; the driver takes
+        ``want`` (after its own dependency rules)."""
         o = self.opts
         names = list(want) + (["VERSION_1"] if o.endian == "le" else [])
         wanted = self.prof.mask(names)
         # the driver's own dependency rules (v3: seed 7/7 init_vqs clears without STATS_VQ)
         wanted = self.prof.driver_clears(wanted)
-        options = {opt: name in want for opt, name in _OPTION_OF.items()
+        options = {opt: name in want or name in offer_extra for opt, name in _OPTION_OF.items()
                    if name in self.prof.features}
         neg = self.device.start(Setup(o.profile, wanted, o.endian, o.word_size, o.endian,
                                       o.page_size, options, o.memory))
@@ -320,6 +322,20 @@ def sc_report(s: Session) -> None:
         s.send("reporting", c)
 
 
+def sc_report_no_stats(s: Session) -> None:
+    """Reporting without the stats queue, the device offering both: Linux puts reporting at
+    queue 2 (compacted over negotiated features); a device numbering queues over its offered
+    features expects it at 3 (research/qemu-peer.md 2b)."""
+    if s.prof.name != "spec":
+        raise UsageError("free page reporting is a spec-profile feature", field="scenario")
+    s.negotiate(["PAGE_REPORTING"], offer_extra=("STATS_VQ",))
+    assert s.driver is not None
+    starts = KERNEL_FRAMES + np.arange(0, 8 * 1024, 1024, dtype=np.uint64)
+    free = PageSet.from_starts_counts(starts, np.full(starts.size, 512, dtype=np.uint64))
+    for c in s.driver.report_chains(free):
+        s.send("reporting", c)
+
+
 def sc_malformed(s: Session) -> None:
     """Driver buffers that break a rule; a device must still return each one."""
     s.negotiate(["STATS_VQ", *_bulk(s)])
@@ -374,6 +390,7 @@ SCENARIOS: dict[str, Callable[[Session], None]] = {
     "unused-pages": sc_unused_pages,
     "hint": sc_hint,
     "report": sc_report,
+    "report-no-stats": sc_report_no_stats,
     "malformed": sc_malformed,
 }
 
@@ -414,7 +431,7 @@ def corpus_matrix() -> list[tuple[str, SynthOptions]]:
             add(f"spec/{sc}-{endian}", SynthOptions("spec", sc, endian, pages=1024))
         add(f"spec/inflate-64k-{endian}", SynthOptions("spec", "inflate", endian, page_size=65536,
                                                       pages=2048))
-        for sc in ("hint", "report"):
+        for sc in ("hint", "report", "report-no-stats"):
             add(f"spec/{sc}-{endian}", SynthOptions("spec", sc, endian))
         for ws in (32, 64):
             for sc in ("inflate", "deflate", "stats", "malformed"):
