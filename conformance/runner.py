@@ -571,6 +571,7 @@ def _page_clauses(ctx: CaseContext) -> tuple[str, str]:
     "spec.device.config.actual-readback",
     "spec.device.hint.report-done",
     "spec.device.reporting.records-ranges",
+    "spec.device.reporting.poison-only",
     "spec.device.hint.ignore-stale-cmd-id",
     "v3.device.unused.records-pages",
 )
@@ -636,6 +637,10 @@ def compare_state(
         ("unused_done", "v3.device.unused.records-pages"),
     ):
         if key in ref and key in dut:
+            if key == "reported" and "PAGE_POISON" in ctx.negotiated_names and not ref[key]:
+                # V-FR2: with a non-zero poison_val a reported page may only become poison_val;
+                # the reference keeps every page, so a device that discarded some broke that
+                clause = "spec.device.reporting.poison-only"
             ctx.evaluated(clause)
             rv, dv = ref[key], dut[key]
             if key.startswith("unused") and isinstance(rv, dict) and isinstance(dv, dict):

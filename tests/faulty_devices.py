@@ -124,6 +124,19 @@ class ForgetsReports(ReferenceDevice):
         return [Used(head, 0)]
 
 
+class DiscardsPoisonedReports(ReferenceDevice):
+    """Discards reported pages even though the driver filled them with a non-zero poison_val
+    (after the discard they read zero, which V-FR2 forbids)."""
+
+    name = "discards-poisoned-reports"
+
+    def _on_reporting(self, head: int, segs: list[Segment]) -> list[Used]:
+        d = self._decode("reporting", segs)
+        if d is not None:
+            self.state.reported = self.state.reported | d.pages
+        return [Used(head, 0)]
+
+
 #: class -> (clause the run must fail, glob of the corpus cases that show it)
 FAULTS: dict[type[ReferenceDevice], tuple[str, str]] = {
     AcksWrongId: ("spec.device.used.id-is-head", "spec/inflate-le"),
@@ -136,4 +149,5 @@ FAULTS: dict[type[ReferenceDevice], tuple[str, str]] = {
     LosesDone: ("v3.device.unused.records-pages", "v3/unused-pages-be32"),
     ConfigInGuestOrder: ("spec.device.config.little-endian", "spec/inflate-be"),
     ForgetsReports: ("spec.device.reporting.records-ranges", "spec/report-le"),
+    DiscardsPoisonedReports: ("spec.device.reporting.poison-only", "spec/poison-le"),
 }

@@ -1,4 +1,4 @@
-"""Ten deliberately faulty devices, each through the python AND the stdio adapter, over the
+"""Eleven deliberately faulty devices, each through the python AND the stdio adapter, over the
 shipped corpus: each must fail the clause its defect breaks (issue 5), and pass elsewhere."""
 
 from __future__ import annotations

@@ -299,7 +299,12 @@ class ReferenceDevice:
 
     def _on_reporting(self, head: int, segs: list[Segment]) -> list[Used]:
         d = self._decode("reporting", segs)
-        if d is not None:
+        poisoned = (get_profile(self.profile).has(self.accepted, "PAGE_POISON")
+                    if "PAGE_POISON" in get_profile(self.profile).features else False)
+        if d is not None and not (poisoned and self.state.poison_val != 0):
+            # V-FR2 (5.5.6.7.2): with PAGE_POISON the device must not change a reported page
+            # to anything but poison_val; discarding would zero it, so a device that cannot
+            # fill pages with poison_val keeps them (QEMU: "skip if poison_val != 0")
             self.state.reported = self.state.reported | d.pages
         return [Used(head, 0)]
 

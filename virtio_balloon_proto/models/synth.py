@@ -83,9 +83,11 @@ class Session:
         self.actual = 0  # 4 KiB pages the driver has told the device it holds
 
     # --- bring-up -------------------------------------------------------------------------------
-    def negotiate(self, want: list[str], offer_extra: tuple[str, ...] = ()) -> None:
+    def negotiate(self, want: list[str], offer_extra: tuple[str, ...] = (),
+                  poison_val: int | None = None) -> None:
         """Bring the device up: it offers ``want`` plus ``offer_extra``; the driver takes
-        ``want`` (after its own dependency rules)."""
+        ``want`` (after its own dependency rules).  ``poison_val`` is written to config before
+        DRIVER_OK, as VIRTIO 1.2 5.5.6.5 (D-PP2) and Linux's virtballoon_probe() do."""
         o = self.opts
         names = list(want) + (["VERSION_1"] if o.endian == "le" else [])
         wanted = self.prof.mask(names)
@@ -100,7 +102,10 @@ class Session:
         self.driver = DriverModel(o.profile, self.layout, self.features, exact=o.exact,
                                   queue_size=o.queue_size)
         self.events += [StatusEvent(1), StatusEvent(3),
-                        FeaturesEvent(self.offered, wanted, True), StatusEvent(11), StatusEvent(15)]
+                        FeaturesEvent(self.offered, wanted, True), StatusEvent(11)]
+        if poison_val is not None:
+            self.config_write(12, (poison_val & 0xFFFFFFFF).to_bytes(4, "little"))
+        self.events.append(StatusEvent(15))
 
     def header(self, command: str) -> TraceHeader:
         o = self.opts
@@ -336,6 +341,29 @@ def sc_report_no_stats(s: Session) -> None:
         s.send("reporting", c)
 
 
+def sc_poison(s: Session) -> None:
+    """PAGE_POISON with reporting: poison_val is written before DRIVER_OK (D-PP2), then free
+    pages (filled with it, D-FR2) are reported; a 16-byte config space holds it."""
+    if s.prof.name != "spec":
+        raise UsageError("page poison is a spec-profile feature", field="scenario")
+    s.negotiate(["STATS_VQ", "PAGE_POISON", "PAGE_REPORTING"], poison_val=0xAAAAAAAA)
+    assert s.driver is not None
+    s.config_read(12, 4)
+    starts = KERNEL_FRAMES + np.arange(0, 4 * 1024, 1024, dtype=np.uint64)
+    free = PageSet.from_starts_counts(starts, np.full(starts.size, 512, dtype=np.uint64))
+    for c in s.driver.report_chains(free):
+        s.send("reporting", c)
+
+
+def sc_must_tell_host(s: Session) -> None:
+    """MUST_TELL_HOST: the driver tells the device before reusing pages (D-OP7); the traffic
+    is an ordinary inflate then deflate, each acknowledged before the next."""
+    s.negotiate(["MUST_TELL_HOST", "STATS_VQ", *_bulk(s)])
+    frames = s.pick_pages(s.opts.pages)
+    _inflate(s, frames)
+    _deflate(s, frames[::-1][: frames.size // 4])
+
+
 def sc_malformed(s: Session) -> None:
     """Driver buffers that break a rule; a device must still return each one."""
     s.negotiate(["STATS_VQ", *_bulk(s)])
@@ -391,6 +419,8 @@ SCENARIOS: dict[str, Callable[[Session], None]] = {
     "hint": sc_hint,
     "report": sc_report,
     "report-no-stats": sc_report_no_stats,
+    "poison": sc_poison,
+    "must-tell-host": sc_must_tell_host,
     "malformed": sc_malformed,
 }
 
@@ -431,8 +461,10 @@ def corpus_matrix() -> list[tuple[str, SynthOptions]]:
             add(f"spec/{sc}-{endian}", SynthOptions("spec", sc, endian, pages=1024))
         add(f"spec/inflate-64k-{endian}", SynthOptions("spec", "inflate", endian, page_size=65536,
                                                       pages=2048))
-        for sc in ("hint", "report", "report-no-stats"):
+        for sc in ("hint", "report", "report-no-stats", "poison"):
             add(f"spec/{sc}-{endian}", SynthOptions("spec", sc, endian))
+        add(f"spec/must-tell-host-{endian}", SynthOptions("spec", "must-tell-host", endian,
+                                                          pages=512))
         for ws in (32, 64):
             for sc in ("inflate", "deflate", "stats", "malformed"):
                 add(f"v3/{sc}-{endian}{ws}", SynthOptions("v3", sc, endian, ws, pages=2048))
