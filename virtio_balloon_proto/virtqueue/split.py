@@ -268,7 +268,22 @@ class UsedElem:
 Segment = tuple[int, int, bool]  # (guest address, length, device-writable)
 
 
-class SplitQueueDriver:
+class _SplitRing:
+    """Where one split ring lives (both sides of it share this)."""
+
+    def __init__(self, memory: GuestMemory, size: int, desc_addr: int, avail_addr: int,
+                 used_addr: int, little_endian: bool) -> None:
+        check_queue_size(size)
+        self.memory = memory
+        self.size = size
+        self.desc_addr = desc_addr
+        self.avail_addr = avail_addr
+        self.used_addr = used_addr
+        self.little_endian = little_endian
+        self.s = split_structs(little_endian)
+
+
+class SplitQueueDriver(_SplitRing):
     """Driver-side split ring over guest memory (tests, the QEMU peer).
 
     Descriptors come from a free list (like Linux's ``free_head`` chain and rust-vmm's
@@ -289,14 +304,7 @@ class SplitQueueDriver:
         start_idx: int = 0,
         initialize: bool = True,
     ) -> None:
-        check_queue_size(size)
-        self.memory = memory
-        self.size = size
-        self.desc_addr = desc_addr
-        self.avail_addr = avail_addr
-        self.used_addr = used_addr
-        self.little_endian = little_endian
-        self.s = split_structs(little_endian)
+        _SplitRing.__init__(self, memory, size, desc_addr, avail_addr, used_addr, little_endian)
         self._free: deque[int] = deque(range(size))
         #: head -> descriptor indices of the ring table that chain holds
         self._chains: dict[int, list[int]] = {}
@@ -485,7 +493,7 @@ def _read(memory: GuestMemory, gpa: int, size: int, what: str, clause: str | Non
         raise RingError(exc.message, where=what, clause=clause or exc.clause) from None
 
 
-class SplitQueueDevice:
+class SplitQueueDevice(_SplitRing):
     """Device-side view of a split ring: walks the chains the driver made available.
 
     ``resolve_data`` reads the bytes of device-readable buffers (bounded by ``max_chain_bytes``
@@ -507,14 +515,7 @@ class SplitQueueDevice:
         max_chain_bytes: int = DEFAULT_MAX_CHAIN_BYTES,
         indirect_negotiated: bool | None = None,
     ) -> None:
-        check_queue_size(size)
-        self.memory = memory
-        self.size = size
-        self.desc_addr = desc_addr
-        self.avail_addr = avail_addr
-        self.used_addr = used_addr
-        self.little_endian = little_endian
-        self.s = split_structs(little_endian)
+        _SplitRing.__init__(self, memory, size, desc_addr, avail_addr, used_addr, little_endian)
         self.resolve_data = resolve_data
         self.check_writable = check_writable
         self.max_chain_bytes = max_chain_bytes
