@@ -72,11 +72,12 @@ def test_wrong_expectation_is_refused() -> None:
 
 
 def test_duplicate_ids_and_unknown_flags_are_refused() -> None:
-    a = case("same", "a", "Normal", b"", "valid")
+    one = b"\x01\x00\x00\x00"  # PFN 1 (an empty buffer carries a finding of its own)
+    a = case("same", "a", "Normal", one, "valid")
     with pytest.raises(GenerationError, match="duplicate"):
         build_message_file("pfns", "spec", [_group(a, a)])
     with pytest.raises(GenerationError, match="taxonomy"):
-        build_message_file("pfns", "spec", [_group(case("x", "x", "NoSuchFlag", b"", "valid"))])
+        build_message_file("pfns", "spec", [_group(case("x", "x", "NoSuchFlag", one, "valid"))])
 
 
 def test_splitmix_stream_is_pinned() -> None:

@@ -78,6 +78,7 @@ FINDINGS: list[Case] = [
     # --- PFN arrays
     Case("spec.driver.pfns.len-multiple-of-4", "pfns", struct.pack("<II", 5, 6) + b"\x07\x00",
          field="pfns[2]", offset=8),
+    Case("spec.driver.pfns.empty", "pfns", b"", field="pfns", offset=0),
     Case("spec.driver.pfns.at-most-256", "pfns", struct.pack("<257I", *range(257)),
          field="pfns", offset=1024),
     Case("spec.driver.pages.no-duplicate", "pfns", struct.pack(">III", 9, 3, 9), layout=BE,

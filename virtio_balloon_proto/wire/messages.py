@@ -330,6 +330,12 @@ def _decode_pfns(data: bytes, layout: WireLayout, role: str) -> Decoded:
             f"buffer is {len(data)} bytes: {len(trailing)} trailing byte(s) are not a whole PFN",
             field=f"pfns[{pfns.size}]", offset=4 * pfns.size,
         ))
+    if not data:
+        f.append(Finding(
+            "spec.driver.pfns.empty",
+            "an empty buffer names no page (Linux calls tell_host() only when num_pfns != 0)",
+            field="pfns", offset=0,
+        ))
     if pfns.size > PFNS_PER_BUFFER_LINUX:
         f.append(Finding(
             "spec.driver.pfns.at-most-256",
