@@ -17,6 +17,9 @@ import contextlib
 import importlib
 import importlib.util
 import shlex
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -109,16 +112,39 @@ class PythonDevice:
     """Wraps an in-process DeviceUnderTest so that its exceptions become our errors.
 
     A device's own bug (any exception that is not Unsupported or one of ours) is reported as a
-    PeerError naming the step, never as a traceback from the runner.
+    PeerError naming the step, never as a traceback from the runner.  With a ``timeout``, each
+    step runs on a worker thread: a step that does not return in time is reported as a hang
+    (a thread cannot be killed, so the stuck instance is abandoned and the next ``start``
+    builds a fresh one from ``factory``).
     """
 
-    def __init__(self, inner: DeviceUnderTest, label: str) -> None:
+    def __init__(self, inner: DeviceUnderTest, label: str, *,
+                 factory: Callable[[], DeviceUnderTest] | None = None,
+                 timeout: float | None = None) -> None:
         self.inner = inner
         self.name = getattr(inner, "name", label) or label
+        self.factory = factory
+        self.timeout = timeout
+        self._pool: ThreadPoolExecutor | None = None
+        self._hung = False
 
     def _call(self, step: str, fn: Any, *args: Any) -> Any:
+        if self._hung:
+            raise PeerError("the device hung in an earlier step of this case", where=step)
         try:
-            return fn(*args)
+            if self.timeout is None:
+                return fn(*args)
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="vbproto-dut")
+            fut = self._pool.submit(fn, *args)
+            try:
+                return fut.result(timeout=self.timeout)
+            except FutureTimeout:
+                self._hung = True
+                self._pool.shutdown(wait=False)  # the stuck thread is abandoned
+                self._pool = None
+                raise PeerError(f"no answer within {self.timeout:g} s (hang)",
+                                where=step) from None
         except (Unsupported, PeerError):
             raise
         except VBProtoError as exc:
@@ -127,6 +153,9 @@ class PythonDevice:
             raise PeerError(f"device raised {type(exc).__name__}: {exc}", where=step) from None
 
     def start(self, setup: Setup) -> Negotiated:
+        if self._hung and self.factory is not None:
+            self.inner = self.factory()  # a fresh instance: the old one is stuck in a thread
+            self._hung = False
         return self._call("start", self.inner.start, setup)  # type: ignore[no-any-return]
 
     def avail(self, role: str, head: int, segments: list[Segment]) -> list[Used]:
@@ -148,7 +177,7 @@ class PythonDevice:
         self._call("stop", self.inner.stop)
 
 
-def load_python_device(target: str) -> PythonDevice:
+def load_python_device(target: str, timeout: float | None = None) -> PythonDevice:
     module_name, sep, class_name = target.rpartition(":")
     if not sep or not module_name or not class_name:
         raise UsageError(
@@ -198,7 +227,7 @@ def load_python_device(target: str) -> PythonDevice:
             f"(missing: {', '.join(missing) or 'name'})",
             field="device",
         )
-    return PythonDevice(inst, f"python:{target}")
+    return PythonDevice(inst, f"python:{target}", factory=cls, timeout=timeout)
 
 
 # --------------------------------------------------------------------------- stdio adapter
@@ -347,9 +376,9 @@ def open_device(spec: str, *, timeout: float = DEFAULT_TIMEOUT) -> DeviceUnderTe
             raise UsageError(
                 f"the reference device is not available: {exc}", field="device"
             ) from None
-        return PythonDevice(mod.ReferenceDevice(), "reference")
+        return PythonDevice(mod.ReferenceDevice(), "reference")  # ours: no thread needed
     if kind == "python":
-        return load_python_device(rest)
+        return load_python_device(rest, timeout=timeout)
     if kind == "stdio":
         try:
             argv = shlex.split(rest)

@@ -151,3 +151,15 @@ FAULTS: dict[type[ReferenceDevice], tuple[str, str]] = {
     ForgetsReports: ("spec.device.reporting.records-ranges", "spec/report-le"),
     DiscardsPoisonedReports: ("spec.device.reporting.poison-only", "spec/poison-le"),
 }
+
+
+class HangsOnDeflate(ReferenceDevice):
+    """Blocks (for a few seconds: a thread cannot be killed) on the first deflate buffer."""
+
+    name = "hangs-on-deflate"
+
+    def _on_deflate(self, head: int, segs: list[Segment]) -> list[Used]:
+        import time
+
+        time.sleep(3)
+        return super()._on_deflate(head, segs)

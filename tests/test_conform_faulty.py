@@ -52,3 +52,18 @@ def test_reference_through_each_adapter_passes_the_spec_corpus(adapter: str) -> 
     finally:
         runner.close()
     assert results and all(not r.failures() for r in results)
+
+
+def test_hanging_python_device_is_reported_and_the_run_goes_on() -> None:
+    """The python adapter's per-step timeout: a hang fails the case (suite.device.transport)
+    and the next case gets a fresh instance."""
+    cases = discover_cases(CORPUS, case_globs=["spec/deflate-le", "spec/inflate-le"])
+    runner = Runner(f"python:{HERE / 'faulty_devices.py'}:HangsOnDeflate", timeout=0.5)
+    try:
+        results = {c.id: runner.run_case(c) for c in cases}
+    finally:
+        runner.close()
+    hang = results["spec/deflate-le"].failures()
+    assert [r.clause for r in hang] == ["suite.device.transport"]
+    assert "hang" in hang[0].message
+    assert results["spec/inflate-le"].failures() == []  # no deflate: the fresh device passes
