@@ -206,6 +206,14 @@ _PROFILES = click.Choice(["spec", "v3", "hybrid"])
 _MODELS = click.Choice(["negotiated", "offered", "fixed", "cloud-hypervisor"])
 
 
+def _feature_kwargs(offered: str | None, negotiated: str | None, index_model: str | None,
+                    default_model: str) -> dict[str, Any]:
+    """The feature words and queue index model an importer takes, parsed from the options."""
+    return {"offered": _hex_int(offered, "offered"),
+            "negotiated": _hex_int(negotiated, "negotiated"),
+            "index_model": index_model or default_model}
+
+
 def _feature_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--negotiated", help="negotiated feature word (hex); default per importer")(f)
     f = click.option("--offered", help="offered feature word (hex); default: = negotiated")(f)
@@ -316,9 +324,7 @@ def trace_import_split(
             endian=endian,
             last_avail=_hex_int(last_avail, "last-avail"),
             queue=queue,
-            offered=_hex_int(offered, "offered"),
-            negotiated=_hex_int(negotiated, "negotiated"),
-            index_model=index_model or "negotiated",
+            **_feature_kwargs(offered, negotiated, index_model, "negotiated"),
             source=_trace_source(click.get_current_context(), "split ring in a memory dump"),
         )
         _done(out, write_import(out, header, events))
@@ -368,9 +374,7 @@ def trace_import_packed(
             used_position=_hex_int(used_position, "used-position"),
             used_wrap=used_wrap,
             queue=queue,
-            offered=_hex_int(offered, "offered"),
-            negotiated=_hex_int(negotiated, "negotiated"),
-            index_model=index_model or "negotiated",
+            **_feature_kwargs(offered, negotiated, index_model, "negotiated"),
             source=_trace_source(click.get_current_context(), "packed ring in a memory dump"),
         )
         _done(out, write_import(out, header, events))
@@ -409,9 +413,7 @@ def trace_import_qemu_core(
         core,
         load_queue_status(status),
         profile=profile,
-        offered=_hex_int(offered, "offered"),
-        negotiated=_hex_int(negotiated, "negotiated"),
-        index_model=index_model or "offered",
+        **_feature_kwargs(offered, negotiated, index_model, "offered"),
         endian=endian,
         source=_trace_source(click.get_current_context(), f"QEMU core {core}"),
     )
@@ -438,9 +440,7 @@ def trace_import_qemu_log(
     header, events = import_qemu_log(
         log,
         profile=profile,
-        offered=_hex_int(offered, "offered"),
-        negotiated=_hex_int(negotiated, "negotiated"),
-        index_model=index_model or "offered",
+        **_feature_kwargs(offered, negotiated, index_model, "offered"),
         endian=endian,
         source=_trace_source(click.get_current_context(), f"QEMU trace log {log}"),
     )
