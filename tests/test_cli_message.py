@@ -7,8 +7,8 @@ Input bytes are written by hand from the C layouts (seed 2/7 ``balloon_bmap_hdr`
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +48,8 @@ def _runner(args: list[str], stdin: bytes | None = None, cwd: Path | None = None
 
 
 def _subprocess(args: list[str], stdin: bytes | None = None, cwd: Path | None = None) -> Result:
-    exe = shutil.which("vbproto")
-    assert exe, "the vbproto console script is not installed (pip install -e .)"
-    p = subprocess.run([exe, *args], input=stdin or b"", capture_output=True, timeout=60,
+    # never the console script from PATH: the interpreter running the tests, as a module
+    p = subprocess.run([sys.executable, "-m", "virtio_balloon_proto", *args], input=stdin or b"", capture_output=True, timeout=60,
                        cwd=cwd)
     return Result(p.returncode, p.stdout.decode(), p.stderr.decode(), p.stdout)
 

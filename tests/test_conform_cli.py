@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,12 +18,14 @@ import conform_doubles as d
 pytest_plugins = ["pytester"]
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = f"stdio:{sys.executable} {ROOT / 'examples' / 'stdio_testee.py'}"
+# the CLI as the interpreter running the tests sees it: never a console script from PATH
+VBPROTO = [sys.executable, "-m", "virtio_balloon_proto"]
 FAULTY = f"stdio:{sys.executable} {Path(__file__).parent / 'conform_testees' / 'faulty_testee.py'}"
 
 
 def vbproto(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["vbproto", *args],
+        [*VBPROTO, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -86,7 +89,11 @@ def test_run_failure_prints_update_command(corpus: Path, tmp_path: Path) -> None
     assert "spec.device.used.id-is-head" in r.stdout
     cmd = r.stdout.strip().splitlines()[-1].strip()
     assert cmd.startswith("vbproto conform run") and cmd.endswith("--update-known-failures")
-    upd = subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    # the hint is for a shell where vbproto is installed; run its arguments through this Python
+    argv = shlex.split(cmd)
+    assert argv[0] == "vbproto"
+    upd = subprocess.run([*VBPROTO, *argv[1:]], capture_output=True, text=True, cwd=ROOT,
+                         timeout=60)
     assert upd.returncode == 0 and kf.exists()
     again = vbproto(
         "conform",
@@ -139,7 +146,7 @@ def test_sigterm_leaves_partial_reports(tmp_path: Path) -> None:
     # mid-case when SIGTERM arrives
     proc = subprocess.Popen(
         [
-            "vbproto",
+            *VBPROTO,
             "conform",
             "run",
             "--device",

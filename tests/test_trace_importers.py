@@ -6,6 +6,7 @@ import json
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -254,10 +255,8 @@ def test_cli_validate_bad_trace_lists_lines(tmp_path: Path) -> None:
 def test_cli_validate_garbage_is_exit_2_one_line(tmp_path: Path) -> None:
     p = tmp_path / "garbage"
     p.write_bytes(bytes(range(256)) * 4)
-    exe = shutil.which("vbproto")
-    assert exe is not None, "the package's console script is not installed"
     r = subprocess.run(
-        [exe, "trace", "validate", str(p)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "virtio_balloon_proto", "trace", "validate", str(p)], capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr

@@ -16,7 +16,7 @@ from virtio_balloon_proto.vectorgen.generate import build_message_file
 from virtio_balloon_proto.vectorgen.verify import default_dir
 
 ROOT = default_dir()
-VBPROTO = [sys.executable, "-c", "from virtio_balloon_proto.cli import main; main()"]
+VBPROTO = [sys.executable, "-m", "virtio_balloon_proto"]
 
 
 def test_committed_files_have_not_drifted(tmp_path: Path) -> None:

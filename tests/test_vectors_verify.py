@@ -23,7 +23,7 @@ from virtio_balloon_proto.vectorgen.verify import (
 
 ROOT = default_dir()
 BROKEN = Path(__file__).with_name("vectors_broken_codec.py")
-VBPROTO = [sys.executable, "-c", "from virtio_balloon_proto.cli import main; main()"]
+VBPROTO = [sys.executable, "-m", "virtio_balloon_proto"]
 
 
 def _all() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
