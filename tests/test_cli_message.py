@@ -49,8 +49,8 @@ def _runner(args: list[str], stdin: bytes | None = None, cwd: Path | None = None
 
 def _subprocess(args: list[str], stdin: bytes | None = None, cwd: Path | None = None) -> Result:
     # never the console script from PATH: the interpreter running the tests, as a module
-    p = subprocess.run([sys.executable, "-m", "virtio_balloon_proto", *args], input=stdin or b"", capture_output=True, timeout=60,
-                       cwd=cwd)
+    p = subprocess.run([sys.executable, "-m", "virtio_balloon_proto", *args],
+                       input=stdin or b"", capture_output=True, timeout=60, cwd=cwd)
     return Result(p.returncode, p.stdout.decode(), p.stderr.decode(), p.stdout)
 
 

@@ -256,7 +256,8 @@ def test_cli_validate_garbage_is_exit_2_one_line(tmp_path: Path) -> None:
     p = tmp_path / "garbage"
     p.write_bytes(bytes(range(256)) * 4)
     r = subprocess.run(
-        [sys.executable, "-m", "virtio_balloon_proto", "trace", "validate", str(p)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "virtio_balloon_proto", "trace", "validate", str(p)],
+        capture_output=True, text=True, timeout=60,
     )
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
