@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.resources
 import importlib.util
+import json
 import shlex
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from functools import cache
 from pathlib import Path
 from typing import Any
+
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from virtio_balloon_proto.errors import PeerError, UsageError, VBProtoError
 from virtio_balloon_proto.framing import EXIT_UNSUPPORTED, FramedProcess, PeerUnsupported
@@ -35,6 +40,36 @@ MAX_FRAME = 16 << 20
 #: exit status 127: a testee that does not support what it was asked (quic-interop-runner)
 __all__ = ["EXIT_UNSUPPORTED", "MAX_FRAME", "STDIO_PROTOCOL", "StdioDevice", "open_device"]
 DEFAULT_TIMEOUT = 5.0
+
+
+# --------------------------------------------------------------------------- validation
+SCHEMA_RESOURCE = "stdio-protocol.schema.json"
+
+
+@cache
+def _protocol_schema() -> dict[str, Any]:
+    text = (importlib.resources.files("virtio_balloon_proto.conformance")
+            .joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
+    schema: dict[str, Any] = json.loads(text)
+    Draft202012Validator.check_schema(schema)
+    return schema
+
+
+@cache
+def _result_validator(name: str) -> Draft202012Validator:
+    """A validator for ``$defs/<name>`` of the shipped protocol schema (refs resolve inside)."""
+    schema = _protocol_schema()
+    return Draft202012Validator({"$defs": schema["$defs"], "$ref": f"#/$defs/{name}"})
+
+
+def validate_result(raw: Any, name: str, step: str) -> None:
+    """Check a testee's result against ``$defs/<name>`` of stdio-protocol.schema.json; the
+    first problem (with its JSON path) becomes a PeerError naming the step."""
+    err = next(iter(_result_validator(name).iter_errors(raw)), None)
+    if err is not None:
+        path = "/".join(str(p) for p in err.absolute_path) or "(result)"
+        raise PeerError(f"{name.replace('_', ' ')} does not follow the protocol schema: "
+                        f"{path}: {err.message[:200]}", where=step)
 
 
 # --------------------------------------------------------------------------- JSON mapping
@@ -93,6 +128,7 @@ def used_from_json(raw: Any, step: str) -> list[Used]:
 def negotiated_from_json(raw: Any, step: str) -> Negotiated:
     if not isinstance(raw, dict):
         raise PeerError("start result must be an object", where=step)
+    validate_result(raw, "start_result", step)
     queues = raw.get("queues")
     if not isinstance(queues, dict) or not all(
         isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 65536
@@ -105,6 +141,13 @@ def negotiated_from_json(raw: Any, step: str) -> Negotiated:
         queues=dict(queues),
         config_size=_int(raw, "config_size", step, hi=4096),
     )
+
+
+def _text(v: Any, limit: int = 300) -> str:
+    """A testee's free text for a report: a string (or the JSON of anything else), cut to
+    ``limit`` characters; control characters and lone surrogates are escaped by the reports."""
+    t = v if isinstance(v, str) else json.dumps(v, default=str)[:limit]
+    return t[:limit]
 
 
 # --------------------------------------------------------------------------- python adapter
@@ -258,6 +301,12 @@ class StdioDevice:
     def _spawn(self) -> None:
         self._peer.spawn()
         result = self._request("hello", {"protocol": STDIO_PROTOCOL}, step="hello")
+        if isinstance(result, dict) and result.get("protocol") == STDIO_PROTOCOL:
+            try:
+                validate_result(result, "hello_result", "hello")
+            except PeerError:
+                self._kill()
+                raise
         if not isinstance(result, dict) or result.get("protocol") != STDIO_PROTOCOL:
             self._kill()
             raise PeerError(
@@ -301,10 +350,14 @@ class StdioDevice:
             raise self._fail(
                 f"answer id {msg.get('id')!r} does not match request id {self._seq}", step
             )
+        try:
+            validate_result(msg, "response", step)
+        except PeerError as exc:
+            raise self._fail(exc.message, step) from None
         if "unsupported" in msg:
-            raise Unsupported(str(msg["unsupported"]) or "unsupported", where=step)
+            raise Unsupported(_text(msg["unsupported"]) or "unsupported", where=step)
         if "error" in msg:
-            raise PeerError(f"testee reported an error: {str(msg['error'])[:300]}", where=step)
+            raise PeerError(f"testee reported an error: {_text(msg['error'])}", where=step)
         if "result" not in msg:
             raise self._fail("answer has neither 'result', 'error' nor 'unsupported'", step)
         return msg["result"]
@@ -329,6 +382,7 @@ class StdioDevice:
         result = self._call("avail", params, step)
         if not isinstance(result, dict):
             raise self._fail("avail result must be an object", step)
+        validate_result({"used": [], **result}, "used_result", step)
         return used_from_json(result.get("used", []), step)
 
     def config_read(self, offset: int, size: int) -> bytes:
@@ -336,6 +390,7 @@ class StdioDevice:
         result = self._call("config_read", {"offset": offset, "size": size}, step)
         if not isinstance(result, dict):
             raise self._fail("config_read result must be an object", step)
+        validate_result(result, "config_read_result", step)
         return _hex(result, "data", step)
 
     def config_write(self, offset: int, data: bytes) -> None:
@@ -346,17 +401,24 @@ class StdioDevice:
         result = self._call("host_request", {"kind": kind, "params": params}, step)
         if not isinstance(result, dict):
             raise self._fail("host_request result must be an object", step)
+        validate_result({"used": [], **result}, "used_result", step)
         return used_from_json(result.get("used", []), step)
 
     def observe(self) -> dict[str, Any]:
         result = self._call("observe", {}, "observe")
         if not isinstance(result, dict):
             raise self._fail("observe result must be an object", "observe")
+        validate_result(result, "observe_result", "observe")
         return result
 
     def stop(self) -> None:
-        if self._proc is not None:
-            self._call("stop", {}, "stop")
+        """End the case; whatever the testee left behind in its process group (a forked
+        child of a testee that has exited) is killed here."""
+        try:
+            if self._proc is not None:
+                self._call("stop", {}, "stop")
+        finally:
+            self._peer.reap_strays()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import time
 import xml.etree.ElementTree as ET
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from virtio_balloon_proto import __version__
+from virtio_balloon_proto.limits import dumps_strict
 
 from .catalog import Catalog
 from .known_failures import atomic_write_text
@@ -54,7 +56,7 @@ def text_summary(run: RunResult, *, verbose: bool = False, command_hint: str | N
         if counts["fail"] or counts["unexpected-pass"]:
             lines.append("  to accept the current failures, run:")
             lines.append(f"    {command_hint}")
-    return "\n".join(lines)
+    return clean_text("\n".join(lines))  # a device's text may hold controls, lone surrogates
 
 
 # --------------------------------------------------------------------------- JSON
@@ -98,9 +100,30 @@ def to_json(run: RunResult, cat: Catalog | None = None) -> dict[str, Any]:
 
 
 def write_json(path: str | Path, run: RunResult, cat: Catalog | None = None) -> None:
-    atomic_write_text(
-        path, json.dumps(to_json(run, cat), indent=1, sort_keys=False, default=str) + "\n"
-    )
+    """Strict JSON (RFC 8259): no NaN/Infinity (non-finite numbers are written as strings),
+    ASCII only, so a device's lone surrogates travel as ``\\udXXX`` escapes."""
+    atomic_write_text(path, dumps_strict(to_json(run, cat), indent=1, sort_keys=False) + "\n")
+
+
+#: characters XML 1.0 cannot hold (C0 controls but tab/LF/CR, lone surrogates, U+FFFE/F)
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def clean_text(s: str) -> str:
+    """``s`` with every character XML cannot hold (and UTF-8 cannot encode: lone surrogates)
+    written as a visible escape (``\\x00``, ``\\ud800``)."""
+    return _NOT_XML.sub(lambda m: (f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
+                                   else f"\\u{ord(m[0]):04x}"), s)
+
+
+def _clean_tree(root: ET.Element) -> None:
+    for el in root.iter():
+        if el.text:
+            el.text = clean_text(el.text)
+        if el.tail:
+            el.tail = clean_text(el.tail)
+        for k, v in list(el.attrib.items()):
+            el.set(k, clean_text(v))
 
 
 # --------------------------------------------------------------------------- JUnit
@@ -172,6 +195,7 @@ def to_junit(run: RunResult) -> str:
             totals[k] += v
     for k, v in totals.items():
         root.set(k, str(v))
+    _clean_tree(root)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -306,7 +330,7 @@ def to_html(run: RunResult, cat: Catalog | None = None) -> str:
 
 
 def write_html(path: str | Path, run: RunResult, cat: Catalog | None = None) -> None:
-    atomic_write_text(path, to_html(run, cat))
+    atomic_write_text(path, clean_text(to_html(run, cat)))
 
 
 class ReportWriter:
@@ -325,12 +349,23 @@ class ReportWriter:
         self.html_path = html_path
 
     def write(self, run: RunResult) -> None:
-        if self.json_path:
-            write_json(self.json_path, run, self.cat)
-        if self.junit_path:
-            write_junit(self.junit_path, run)
-        if self.html_path:
-            write_html(self.html_path, run, self.cat)
+        """Write every report; one that fails does not stop the others (the first error is
+        raised once all were attempted)."""
+        first: BaseException | None = None
+        writers: tuple[tuple[str | None, Callable[[str], None]], ...] = (
+            (self.json_path, lambda p: write_json(p, run, self.cat)),
+            (self.junit_path, lambda p: write_junit(p, run)),
+            (self.html_path, lambda p: write_html(p, run, self.cat)),
+        )
+        for path, writer in writers:
+            if not path:
+                continue
+            try:
+                writer(path)
+            except Exception as exc:
+                first = first or exc
+        if first is not None:
+            raise first
 
     def __call__(self, run: RunResult, _case: CaseResult) -> None:
         self.write(run)

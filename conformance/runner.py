@@ -772,6 +772,11 @@ class Runner:
         except VBProtoError as exc:  # our side: a trace that cannot be replayed, ...
             result.status = Verdict.ERROR
             result.reason = str(exc)
+        except Exception as exc:  # a device answer no check foresaw: the case fails, run goes on
+            result.results.append(ClauseResult(
+                "suite.device.transport", Verdict.FAIL,
+                f"the runner could not use the device's answer: {type(exc).__name__}: "
+                f"{str(exc)[:300]}"))
         except BaseException:
             # interrupted (Ctrl-C, SIGTERM): do not wait for a device that may be hung
             close_device(self.device)

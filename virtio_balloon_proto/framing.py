@@ -11,7 +11,6 @@ stderr quoted in errors, and exit status 127 meaning "unsupported".
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import signal
@@ -22,6 +21,7 @@ import time
 from typing import IO, Any, BinaryIO
 
 from .errors import PeerError, UsageError
+from .limits import MAX_JSON_DEPTH, dumps_strict, loads_json
 
 EXIT_UNSUPPORTED = 127
 
@@ -30,9 +30,21 @@ class PeerUnsupported(PeerError):
     """The child exited with status 127: it does not implement what was asked."""
 
 
+def encode_frame(obj: Any) -> bytes:
+    """One frame: a 4-byte LE length, then strict ASCII JSON (no NaN/Infinity: non-finite
+    floats travel as strings; lone surrogates as ``\\udXXX`` escapes)."""
+    body = dumps_strict(obj, separators=(",", ":")).encode("ascii")
+    return struct.pack("<I", len(body)) + body
+
+
+def decode_body(raw: bytes, what: str, where: str) -> Any:
+    """A frame's JSON, parsed strictly (limits.loads_json): depth, numbers, UTF-8."""
+    return loads_json(raw, what=what, error=PeerError, max_bytes=len(raw),
+                      max_depth=MAX_JSON_DEPTH, where=where)
+
+
 def write_frame(out: BinaryIO, obj: Any) -> None:
-    body = json.dumps(obj, separators=(",", ":")).encode("utf-8")
-    out.write(struct.pack("<I", len(body)) + body)
+    out.write(encode_frame(obj))
     out.flush()
 
 
@@ -49,10 +61,14 @@ def read_frame(inp: BinaryIO, max_frame: int) -> Any | None:
     body = inp.read(n)
     if len(body) < n:
         raise PeerError("stream ended inside a frame", where="stdio")
-    try:
-        return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PeerError(f"frame is not UTF-8 JSON: {exc}", where="stdio") from None
+    return decode_body(body, "frame", "stdio")
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL the process group ``pgid`` (a session we started: its id is our child's pid,
+    which the kernel does not reuse while any member of the group lives)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class FramedProcess:
@@ -100,7 +116,9 @@ class FramedProcess:
         return f"; {self.role} stderr: {tail!r}" if tail else ""
 
     def kill(self) -> int | None:
-        """Kill the child's whole session; returns its exit status if it had one."""
+        """Kill the child's whole session (every descendant still in its process group, even
+        when the child itself has already exited); returns the child's exit status if it had
+        one."""
         proc, self.proc = self.proc, None
         code = None
         if proc is not None:
@@ -111,9 +129,8 @@ class FramedProcess:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=0.2)
             code = proc.poll()
+            kill_group(proc.pid)
             if code is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)  # its own session, started by us
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=2)
             if proc.stdout:
@@ -122,6 +139,11 @@ class FramedProcess:
             self._stderr.close()
             self._stderr = None
         return code
+
+    def reap_strays(self) -> None:
+        """End of a case: if the child has exited, kill what it left behind in its group."""
+        if self.proc is not None and self.proc.poll() is not None:
+            self.kill()
 
     def close(self) -> None:
         """Close the child's stdin (it exits at EOF), then kill it if it lingers."""
@@ -167,26 +189,47 @@ class FramedProcess:
             got += len(chunk)
         return b"".join(chunks)
 
+    def _write_all(self, data: bytes, deadline: float, where: str) -> None:
+        """Write ``data`` to the child's stdin without ever blocking past ``deadline``: a
+        child that stops reading is a hang, not a runner stuck in write()."""
+        assert self.proc is not None and self.proc.stdin is not None
+        fd = self.proc.stdin.fileno()
+        os.set_blocking(fd, False)
+        view = memoryview(data)
+        off = 0
+        while off < len(view):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self.fail(f"{self.role} did not read the request within "
+                                f"{self.timeout:g} s ({off} of {len(view)} bytes taken; hang)",
+                                where)
+            _, ready, _ = select.select([], [fd], [], left)
+            if not ready:
+                continue
+            try:
+                off += os.write(fd, view[off:off + (1 << 16)])
+            except BlockingIOError:
+                continue
+            except OSError:
+                raise self.fail(f"the {self.role} is gone (broken pipe while sending)",
+                                where) from None
+
     def exchange(self, obj: Any, where: str) -> dict[str, Any]:
-        """Send one frame, wait (at most ``timeout``) for the answer frame, return it."""
+        """Send one frame and wait for the answer frame; the whole exchange (writing the
+        request and reading the answer) is bounded by ``timeout``."""
         if self.proc is None or self.proc.stdin is None:
             raise PeerError(f"the {self.role} is not running", where=where)
-        body = json.dumps(obj, separators=(",", ":")).encode("utf-8")
-        try:
-            self.proc.stdin.write(struct.pack("<I", len(body)) + body)
-            self.proc.stdin.flush()
-        except OSError:
-            raise self.fail(f"the {self.role} is gone (broken pipe while sending)", where) from None
         deadline = time.monotonic() + self.timeout
+        self._write_all(encode_frame(obj), deadline, where)
         (length,) = struct.unpack("<I", self._read_exact(4, deadline, where))
         if length > self.max_frame:
             raise self.fail(f"{self.role} announced a frame of {length} bytes "
-                            f"(limit {self.max_frame})", where)
+                            f"(limit {self.max_frame}, MAX_FRAME)", where)
         raw = self._read_exact(length, deadline, where)
         try:
-            msg = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self.fail(f"answer is not UTF-8 JSON ({exc}): {raw[:60]!r}", where) from None
+            msg = decode_body(raw, "answer", where)
+        except PeerError as exc:
+            raise self.fail(f"{exc.message}: {raw[:60]!r}", where) from None
         if not isinstance(msg, dict):
             raise self.fail(f"answer is not a JSON object: {raw[:60]!r}", where)
         return msg

@@ -48,6 +48,8 @@ from .buffers import Chain, Segment
 from .spec import whole_pages
 
 BMAP_COUNT = 32  # BALLOON_BMAP_COUNT
+#: answer chains one get-unused-pages answer may take before we refuse to build it
+MAX_ANSWER_CHAINS = 4096
 
 
 def bmap_size(layout: WireLayout) -> int:
@@ -158,6 +160,11 @@ class SeedV3Driver:
         ``req_id``, for a guest whose ``get_max_pfn()`` is ``max_pfn`` (real PFNs)."""
         if not 0 <= req_id < 1 << 64:
             raise EncodeError(f"req_id {req_id} does not fit 64 bits", field="req_id")
+        most = pfns_per_bmap(self.layout) * BMAP_COUNT * MAX_ANSWER_CHAINS
+        if not 0 <= max_pfn <= most:
+            raise EncodeError(f"max_pfn {max_pfn} is outside [0, {most}]: the answer would need "
+                              f"more than {MAX_ANSWER_CHAINS} chains (MAX_ANSWER_CHAINS)",
+                              field="max_pfn")
         if self.exact and self.layout.endian != self.layout.word_order:
             req_id = int.from_bytes(req_id.to_bytes(8, "little"), "big")  # bug 5
         whole_pages(unused, self.layout)

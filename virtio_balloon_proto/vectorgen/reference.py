@@ -222,9 +222,9 @@ OPS = {"decode": decode_request, "encode": encode_request,
 
 def handle(req: Any) -> dict[str, Any]:
     """Answer one request; bad requests answer ``{"unsupported": reason}`` (never raise)."""
-    if not isinstance(req, dict) or req.get("op") not in OPS:
-        op = req.get("op") if isinstance(req, dict) else None
-        return {"unsupported": f"unknown op {op!r}"}
+    op = req.get("op") if isinstance(req, dict) else None
+    if not isinstance(op, str) or op not in OPS:
+        return {"unsupported": f"unknown op {str(op)[:60]!r}"}
     try:
         return OPS[req["op"]](req)
     except UsageError as exc:  # parameters this codec does not serve

@@ -31,7 +31,13 @@ def serve(handler: Callable[[Any], dict[str, Any]], inp: BinaryIO, out: BinaryIO
         req = read_frame(inp, MAX_FRAME)
         if req is None:
             return n
-        write_frame(out, handler(req))
+        try:
+            answer = handler(req)
+        except Exception as exc:  # a request the handler did not foresee: answer, never die
+            answer = {"error": {"class": "UsageError",
+                                "message": f"request not served: {type(exc).__name__}: "
+                                           f"{str(exc)[:200]}"}}
+        write_frame(out, answer)
         n += 1
 
 
