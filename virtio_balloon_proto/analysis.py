@@ -293,9 +293,11 @@ def check_plot_available() -> None:
                          field="plot") from None
 
 
-def plot_sweeps(sweeps: dict[str, list[tuple[float, Analysis]]], path: str | Path,
-                title: str | None = None) -> None:
-    """Bytes on the wire against density, one panel per shape, one line per encoding."""
+def plot_figure(sweeps: dict[str, list[tuple[float, Analysis]]],
+                title: str | None = None) -> Any:
+    """The matplotlib Figure of :func:`plot_sweeps` (caller closes it): one panel per shape,
+    one line per encoding, the legend in its own row under the panels (constrained layout
+    reserves the room, so it is never cut off whatever the number of panels)."""
     check_plot_available()
     import matplotlib
 
@@ -305,7 +307,8 @@ def plot_sweeps(sweeps: dict[str, list[tuple[float, Analysis]]], path: str | Pat
     n = len(sweeps)
     cols = 2 if n > 1 else 1
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.6 * rows + 0.5), squeeze=False,
+                             layout="constrained")
     for ax, (name, points) in zip(axes.flat, sweeps.items(), strict=False):
         dens = [d for d, _ in points]
         for enc in ENCODINGS:
@@ -325,9 +328,21 @@ def plot_sweeps(sweeps: dict[str, list[tuple[float, Analysis]]], path: str | Pat
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(ENCODINGS), frameon=False,
-               fontsize=10)
+    # four entries in one row need ~9 inches; a one-panel figure (6.4 in) gets two rows
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(ENCODINGS) if cols > 1
+               else 2, frameon=False, fontsize=10)
     fig.suptitle(title or "virtio-balloon inflate: bytes on the wire per encoding", fontsize=13)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.96))
-    fig.savefig(str(path), dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot_sweeps(sweeps: dict[str, list[tuple[float, Analysis]]], path: str | Path,
+                title: str | None = None) -> None:
+    """Bytes on the wire against density, one panel per shape, one line per encoding (PNG)."""
+    check_plot_available()
+    import matplotlib.pyplot as plt
+
+    fig = plot_figure(sweeps, title)
+    try:
+        fig.savefig(str(path), dpi=110)
+    finally:
+        plt.close(fig)
