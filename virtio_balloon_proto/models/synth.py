@@ -39,6 +39,7 @@ from ..wire import WireLayout
 from .device import ReferenceDevice
 from .driver import ADDR_PFNS, DriverModel
 from .interface import Setup
+from .synth_zoo import ZOO_CORPUS, ZOO_SCENARIOS
 
 VIRTQ_DESC_F_NEXT = 1
 VIRTQ_DESC_F_WRITE = 2
@@ -422,6 +423,7 @@ SCENARIOS: dict[str, Callable[[Session], None]] = {
     "poison": sc_poison,
     "must-tell-host": sc_must_tell_host,
     "malformed": sc_malformed,
+    **ZOO_SCENARIOS,  # traffic the regression zoo's bugs need (conformance/zoo/)
 }
 
 
@@ -476,12 +478,15 @@ def corpus_matrix() -> list[tuple[str, SynthOptions]]:
                                                     pages=2048))
         for sc in ("inflate", "deflate", "unused-pages", "malformed"):
             add(f"hybrid/{sc}-{endian}", SynthOptions("hybrid", sc, endian, pages=2048))
+    for sc, endians, pages in ZOO_CORPUS:
+        for endian in endians:
+            opts = SynthOptions("spec", sc, endian)
+            add(f"spec/{sc}-{endian}", replace(opts, pages=pages) if pages else opts)
     return out
 
 
 def with_seed(opts: SynthOptions, seed: int) -> SynthOptions:
     return replace(opts, seed=seed)
-
 
 
 def write_corpus(directory: str | Path) -> int:

@@ -1,0 +1,92 @@
+"""The regression zoo (conformance/zoo/): every published bug, through the python AND the stdio
+adapter, over the corpus cases whose traffic triggers it.  The buggy device must fail the clause
+its bug breaks and nothing it does not break; the fixed twin must pass with no finding.
+
+Entries whose verdict still waits for a piece of the judgement (``awaits`` / ``twin_awaits``,
+written down in the registry) are not run here until that piece lands.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from virtio_balloon_proto.conformance.adapters import load_python_device
+from virtio_balloon_proto.conformance.catalog import catalog
+from virtio_balloon_proto.conformance.runner import Runner, discover_cases
+from virtio_balloon_proto.conformance.verdicts import CaseResult
+from virtio_balloon_proto.conformance.zoo import ZOO, ZooEntry
+
+CORPUS = Path(__file__).resolve().parent.parent / "conformance" / "traces"
+ADAPTERS = ["python", "stdio"]
+
+
+def _device_spec(target: str, adapter: str) -> str:
+    if adapter == "python":
+        return f"python:{target}"
+    cmd = [sys.executable, "-m", "virtio_balloon_proto.conformance.testee", target]
+    return "stdio:" + shlex.join(cmd)
+
+
+def _run(entry: ZooEntry, which: str, adapter: str) -> list[CaseResult]:
+    cases = discover_cases(CORPUS, case_globs=list(entry.cases))
+    assert sorted(c.id for c in cases) == sorted(entry.cases), "a zoo case is missing"
+    runner = Runner(_device_spec(entry.target(which), adapter))
+    try:
+        results = [runner.run_case(c) for c in cases]
+    finally:
+        runner.close()
+    # every case really ran: a skipped or unsupported case would hide the bug
+    assert all(r.outcome() in ("pass", "fail", "non-strict") for r in results), [
+        (r.case_id, r.outcome(), r.reason) for r in results]
+    return results
+
+
+def _ids(e: ZooEntry) -> str:
+    return e.id
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("entry", [e for e in ZOO if e.awaits is None], ids=_ids)
+def test_zoo_device_fails_its_clause_and_no_other(entry: ZooEntry, adapter: str) -> None:
+    results = _run(entry, "device", adapter)
+    broken = {r.clause for res in results for r in res.failures()}
+    assert entry.clause in broken, (entry.id, [r.to_json() for r in results])
+    assert broken <= {entry.clause, *entry.also}, (entry.id, sorted(broken))
+    cat = catalog()
+    for c in (entry.clause, *entry.also):
+        assert cat.find(c) is not None, c
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("entry", [e for e in ZOO if e.twin_awaits is None], ids=_ids)
+def test_zoo_fixed_twin_passes(entry: ZooEntry, adapter: str) -> None:
+    results = _run(entry, "twin", adapter)
+    assert all(not r.failures() for r in results), [r.summary_line() for r in results]
+    assert all(r.outcome() == "pass" for r in results)
+
+
+def test_registry_holds_real_bugs_with_sources_and_traffic() -> None:
+    assert len(ZOO) >= 14
+    assert len({e.id for e in ZOO}) == len(ZOO)
+    assert len({e.project for e in ZOO}) >= 4
+    shipped = {p.relative_to(CORPUS).with_suffix("").as_posix() for p in CORPUS.rglob("*.jsonl")}
+    cat = catalog()
+    for e in ZOO:
+        assert e.source and e.fixed_in and e.bug, e.id
+        assert cat.find(e.clause) is not None, (e.id, e.clause)
+        assert e.device is not e.twin and e.device.name != e.twin.name, e.id
+        missing = set(e.cases) - shipped
+        # only an entry waiting for the judgement may name traffic the corpus cannot hold yet
+        assert not missing or e.awaits, (e.id, missing)
+        for which in ("device", "twin"):
+            dev = load_python_device(e.target(which))  # what python:MODULE:CLASS loads
+            assert dev.name == (e.device if which == "device" else e.twin).name
+
+
+def test_most_of_the_zoo_is_caught_now() -> None:
+    """A guard against quietly parking entries: at least 12 buggy devices are caught today."""
+    assert sum(e.awaits is None for e in ZOO) >= 12
