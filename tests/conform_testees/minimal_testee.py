@@ -100,8 +100,10 @@ class Device:
                 tag, val = struct.unpack(f"{self.order}HQ", out[i:i + 10])
                 if tag <= 15:
                     self.stats[str(tag)] = val
-            self.stats_head = head
-            return []
+            # a driver that sends a second buffer while one is held: give the old one back
+            # (dropping it is QEMU <= 2.5's bug, conformance/zoo qemu-stats-second-buffer-lost)
+            old, self.stats_head = self.stats_head, head
+            return [{"id": old, "len": 0, "written": ""}] if old is not None else []
         if role == "free_page":
             if len(out) == 4:
                 self.hint_cmd = struct.unpack(f"{self.order}I", out)[0]
