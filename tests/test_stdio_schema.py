@@ -143,15 +143,22 @@ def test_schema_rejects_what_the_runner_must_never_send() -> None:
 
 
 def test_minimal_testee_passes_every_spec_case(tmp_path: Path) -> None:
-    """Written from docs/stdio-protocol.md alone; run exactly as a user would."""
+    """Written from docs/stdio-protocol.md alone; run with the page's own command line (the
+    console script and python3 replaced by this interpreter: tests never rely on PATH)."""
+    import shlex
     import subprocess
 
+    line = next(x.strip() for x in DOC.splitlines()
+                if x.strip().startswith(".venv/bin/vbproto conform run"))
+    argv = shlex.split(line)
+    assert argv[0] == ".venv/bin/vbproto" and argv[3] == "--device"
+    device = argv[4].removeprefix("stdio:").split()
+    assert device[0] == "python3"
+    argv[4] = "stdio:" + shlex.join([sys.executable, *device[1:]])
     report = tmp_path / "min.json"
-    device = "stdio:" + " ".join(MINIMAL)
     proc = subprocess.run(
-        [sys.executable, "-m", "virtio_balloon_proto", "conform", "run", "--device", device,
-         "--profile", "spec", "--report-json", str(report)],
-        capture_output=True, text=True, timeout=300, check=False)
+        [sys.executable, "-m", "virtio_balloon_proto", *argv[1:], "--report-json", str(report)],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run = json.loads(report.read_text())
     spec_cases = {c.id for c in discover_cases(profiles=["spec"])}
