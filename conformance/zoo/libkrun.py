@@ -1,35 +1,28 @@
-"""libkrun's virtio-balloon (src/devices/src/virtio/balloon/device.rs @08c94da): two defects
-still in the code, with the obvious fix as twin (not released)."""
+"""libkrun's virtio-balloon (src/devices/src/virtio/balloon/device.rs, at 08c94da and still at
+6ed74fa, 2026-06-12): two defects, with the obvious fix as twin (not released)."""
 
 from __future__ import annotations
 
-from virtio_balloon_proto.models.interface import Negotiated, Setup, Used
-from virtio_balloon_proto.profiles import get_profile
+from virtio_balloon_proto.models.interface import Used
 
 from ._base import Segment, ZooDevice
 
 
-class LibkrunFixedQueueIndexes(ZooDevice):
-    """libkrun numbers its five queues by the spec's listing whatever is negotiated
-    (``STQ_INDEX`` 2, ``PHQ_INDEX`` 3, ``FRQ_INDEX`` 4) and ``activate()`` wants all five;
-    a driver that does not take every feature (Linux compacts its queues over the negotiated
-    features) puts the reporting queue at 3 or 2, where libkrun does not look for it -- the
-    trap crosvm fell into until 4ce4bbc (2025-04) and QEMU's offered-feature numbering works
-    around."""
+class LibkrunIgnoresConfigWrites(ZooDevice):
+    """libkrun ``write_config()`` only logs "guest driver attempted to write device config":
+    the driver's writes of ``actual`` (and ``poison_val``) are dropped, so ``actual`` always
+    reads 0 -- VIRTIO 1.2 5.5.4 makes ``actual`` the driver's field of the config space."""
 
-    name = "libkrun-fixed-queue-indexes"
+    name = "libkrun-ignores-config-writes"
 
-    def start(self, setup: Setup) -> Negotiated:
-        neg = super().start(setup)
-        fixed = get_profile(self.profile).queue_index(neg.offered, neg.accepted, "fixed")
-        self.queues = {r.value: i for r, i in fixed.items()}
-        return Negotiated(neg.offered, neg.accepted, dict(self.queues), neg.config_size)
+    def config_write(self, offset: int, data: bytes) -> None:
+        return None  # warn!(...) and nothing else
 
 
-class LibkrunNegotiatedQueueIndexes(ZooDevice):
-    """The fix: queues numbered over the negotiated features, as the Linux driver does."""
+class LibkrunStoresConfigWrites(ZooDevice):
+    """The fix: the driver-owned fields (``actual``, ``poison_val``) keep what it wrote."""
 
-    name = "libkrun-negotiated-queue-indexes"
+    name = "libkrun-stores-config-writes"
 
 
 class LibkrunPanicsOnBadReportAddress(ZooDevice):
