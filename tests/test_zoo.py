@@ -90,3 +90,31 @@ def test_registry_holds_real_bugs_with_sources_and_traffic() -> None:
 def test_most_of_the_zoo_is_caught_now() -> None:
     """A guard against quietly parking entries: at least 12 buggy devices are caught today."""
     assert sum(e.awaits is None for e in ZOO) >= 12
+
+
+DOC = CORPUS.parent.parent / "docs" / "zoo.md"
+
+
+def test_docs_table_is_the_registry() -> None:
+    from virtio_balloon_proto.conformance.zoo.table import markdown
+
+    text = DOC.read_text()
+    start = text.index("-->\n", text.index("<!-- zoo-table")) + 4
+    end = text.index("<!-- /zoo-table -->")
+    assert text[start:end] == markdown(), "regenerate docs/zoo.md's table"
+
+
+def test_docs_commands_run_as_shown() -> None:
+    """docs/zoo.md's two commands: the buggy device fails (exit 1), its twin passes (0)."""
+    import subprocess
+
+    cmds = [ln for ln in DOC.read_text().splitlines() if ln.startswith("vbproto conform run")]
+    assert len(cmds) == 2
+    for line, want in zip(cmds, (1, 0), strict=True):
+        args = shlex.split(line)[1:]
+        args = [a.replace("stdio:python ", f"stdio:{shlex.quote(sys.executable)} ") for a in args]
+        p = subprocess.run([sys.executable, "-m", "virtio_balloon_proto", *args],
+                           capture_output=True, text=True, timeout=120, check=False,
+                           cwd=CORPUS.parent.parent)
+        assert p.returncode == want, p.stdout + p.stderr
+        assert ("CONFORMANCE FAILED" if want else "CONFORMANCE PASSED") in p.stdout
