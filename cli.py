@@ -208,7 +208,12 @@ _MODELS = click.Choice(["negotiated", "offered", "fixed", "cloud-hypervisor"])
 
 def _feature_kwargs(offered: str | None, negotiated: str | None, index_model: str | None,
                     default_model: str) -> dict[str, Any]:
-    """The feature words and queue index model an importer takes, parsed from the options."""
+    """The feature words and queue index model an importer takes, parsed from the options.
+
+    Every importer calls this before reading its input, so the output is checked here too."""
+    from virtio_balloon_proto.io import check_writable
+
+    check_writable(click.get_current_context().params["out"])
     return {"offered": _hex_int(offered, "offered"),
             "negotiated": _hex_int(negotiated, "negotiated"),
             "index_model": index_model or default_model}
@@ -500,13 +505,24 @@ def conform_check(trace_file: str, as_json: bool, strict: bool) -> None:
     from virtio_balloon_proto.conformance.runner import check_trace
 
     res = check_trace(trace_file, strict=strict)
+    outcome = res.outcome(strict)
+    nothing = None
+    if not res.results and outcome not in ("fail", "error"):
+        nothing = ("no clause applied to this trace"
+                   + (f" ({res.status.value}: {res.reason})" if res.status is not None else ""))
+    code = 2 if outcome == "error" else 1 if outcome == "fail" or nothing else 0
     if as_json:
-        click.echo(_json.dumps(res.to_json(strict), indent=1, default=str))
+        data = res.to_json(strict)
+        data["exit_code"] = code
+        data["nothing_tested"] = nothing
+        click.echo(_json.dumps(data, indent=1, default=str))
     else:
         click.echo(res.details_text())
         checked = len(res.results)
         click.echo(f"{checked} clause(s) checked, {len(res.failures())} broken")
-    sys.exit(1 if res.outcome(strict) in ("fail",) else 0)
+        if nothing:
+            click.echo(f"nothing tested: {nothing}")
+    sys.exit(code)
 
 
 def _progress(enabled: bool) -> Callable[[Any, Any], None]:
@@ -543,8 +559,10 @@ def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
                 strict: bool, report_json: str | None, junit: str | None, html_path: str | None,
                 timeout: float, verbose: bool) -> None:
     """Replay the corpus into a device and compare it with the reference, clause by clause."""
+    import os
     import shlex
     import signal
+    import time
 
     from virtio_balloon_proto.conformance.catalog import catalog
     from virtio_balloon_proto.conformance.known_failures import KnownFailures
@@ -557,15 +575,26 @@ def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
         raise UsageError("--timeout must be positive", field="timeout")
     if update_known_failures and not known_path:
         raise UsageError("--update-known-failures needs --known-failures FILE")
+    from virtio_balloon_proto.io import STDOUT, check_writable
+
+    outputs = [p for p in (report_json, junit, html_path) if p]
+    if outputs.count(STDOUT) > 1:
+        raise UsageError("only one report can go to stdout (-)", field="report")
+    for p in outputs:
+        check_writable(p)  # before the run, not after it
+    to_stdout = STDOUT in outputs  # then the text summary goes to stderr
     corpus_path = corpus or str(default_corpus())
     cases = discover_cases(corpus_path, profiles=profiles or None, case_globs=case_globs or None)
+    if known_path and not update_known_failures and not os.path.exists(known_path):
+        # a mistyped name is not an empty list (--update-known-failures creates the file)
+        raise UsageError("known-failures file not found (--update-known-failures creates it)",
+                         where=known_path)
     known = KnownFailures.load(known_path) if known_path else KnownFailures([])
     cat = catalog()
     reports = ReportWriter(cat, report_json, junit, html_path)
     progress = _progress(sys.stderr.isatty())
-    runner = Runner(device, timeout=timeout, strict=strict, known_failures=known)
-    partial = RunResult(device=runner.device_spec, corpus=corpus_path, strict=strict,
-                        planned=len(cases), known_failures=known_path)
+    partial = RunResult(device=device, corpus=corpus_path, strict=strict, planned=len(cases),
+                        known_failures=known_path, started=time.time())
 
     def on_case(run: Any, case: Any) -> None:
         partial.cases = run.cases
@@ -577,17 +606,27 @@ def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, on_term)
+    runner = None
     try:
+        # the reports exist from the first moment (before a device starts): an empty partial
+        # report is a valid one
+        reports.write(partial, skip_streams=True)
+        runner = Runner(device, timeout=timeout, strict=strict, known_failures=known)
+        partial.device = runner.device_spec
         run = runner.run(cases, corpus=corpus_path, on_case=on_case)
     except KeyboardInterrupt:
         partial.partial = True
         partial.unmatched_known = []
+        partial.exit_status = 130  # what the process returns, in the reports too
         reports.write(partial)  # the reports say partial=true
         click.echo(text_summary(partial), err=True)
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, old)
-        runner.close()
+        if runner is not None:
+            runner.close()
+    code = 0 if update_known_failures else run.exit_code()
+    run.exit_status = code
     reports.write(run)
     argv = ["vbproto", "conform", "run", "--device", device, "--corpus", corpus_path]
     for p in profiles:
@@ -597,12 +636,11 @@ def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
     if strict:
         argv.append("--strict")
     argv += ["--known-failures", known_path or "known-failures.toml", "--update-known-failures"]
-    click.echo(text_summary(run, verbose=verbose, command_hint=shlex.join(argv)))
+    click.echo(text_summary(run, verbose=verbose, command_hint=shlex.join(argv)), err=to_stdout)
     if update_known_failures and known_path:
         n = known.write_updated(run.cases, known_path)
-        click.echo(f"wrote {n} known failure(s) to {known_path}")
-        sys.exit(0)
-    sys.exit(run.exit_code())
+        click.echo(f"wrote {n} known failure(s) to {known_path}", err=to_stdout)
+    sys.exit(code)
 # ---- end conform ----
 
 
@@ -632,6 +670,7 @@ def trace_synth(profile: str, scenario: str, endian: str, word_size: str, page_s
                 corpus: str | None) -> None:
     """Synthesise traffic: the reference driver against the reference device, as a trace."""
     from virtio_balloon_proto.errors import UsageError
+    from virtio_balloon_proto.io import check_writable
     from virtio_balloon_proto.models.synth import SynthOptions, synthesize, write_corpus
     from virtio_balloon_proto.trace import write_trace
 
@@ -641,6 +680,7 @@ def trace_synth(profile: str, scenario: str, endian: str, word_size: str, page_s
         return
     if out is None:
         raise UsageError("give -o TRACE (or --corpus DIR)", field="out")
+    check_writable(out)
     opts = SynthOptions(profile, scenario, endian, int(word_size), page_size, pages, seed, exact,
                         memory << 20)
     header, events = synthesize(opts)
@@ -773,8 +813,10 @@ def capture_qemu_guest(kernel: str, initrd: str, memory: str, balloon_to: str, t
     import subprocess
     from pathlib import Path
 
+    from virtio_balloon_proto.io import check_writable
     from virtio_balloon_proto.qemu.capture import capture_guest
 
+    check_writable(out)  # before a guest boots, not after
     # provenance: the guest pieces' package versions (tools/build_guest.py's manifest) + QEMU's
     guest = "guest: unknown kernel"
     manifest = Path(kernel).parent / "manifest.json"
@@ -837,7 +879,10 @@ def analyze_cmd(pages_text: str | None, shape: str | None, frames: int, density:
         raise UsageError("--plot sweeps the density of a --shape; it cannot use --pages",
                          field="plot")
     if plot:
+        from virtio_balloon_proto.io import check_writable
+
         an.check_plot_available()
+        check_writable(plot)  # before the sweep, not after it
     cases: list[tuple[str, Any]] = []
     if pages_text is not None:
         ps = an.load_pages(pages_text)

@@ -41,6 +41,10 @@ def text_summary(run: RunResult, *, verbose: bool = False, command_hint: str | N
     counts = run.counts()
     total = len(run.cases)
     state = "INTERRUPTED" if run.partial else ("PASSED" if run.exit_code() == 0 else "FAILED")
+    nothing = None if run.partial else run.nothing_tested()
+    if nothing and state == "FAILED" and not any(counts[o] for o in ("fail", "error",
+                                                                    "unexpected-pass")):
+        state = "FAILED: nothing tested"
     lines.append("")
     lines.append(
         f"CONFORMANCE {state}: {total} case(s) against {run.device}: "
@@ -48,6 +52,8 @@ def text_summary(run: RunResult, *, verbose: bool = False, command_hint: str | N
     )
     if run.partial and run.planned:
         lines.append(f"  ({total} of {run.planned} planned cases ran)")
+    if nothing:
+        lines.append(f"  nothing tested: {nothing}")
     if run.unmatched_known:
         lines.append(
             "  known-failures entries that matched no case: " + "; ".join(run.unmatched_known)
@@ -506,9 +512,12 @@ class ReportWriter:
         self.junit_path = junit_path
         self.html_path = html_path
 
-    def write(self, run: RunResult) -> None:
+    def write(self, run: RunResult, *, skip_streams: bool = False) -> None:
         """Write every report; one that fails does not stop the others (the first error is
-        raised once all were attempted)."""
+        raised once all were attempted).  ``skip_streams``: only those that are regular files
+        (stdout, a device or a FIFO gets one report, at the end: virtio_balloon_proto.io)."""
+        from virtio_balloon_proto.io import is_stream
+
         first: BaseException | None = None
         writers: tuple[tuple[str | None, Callable[[str], None]], ...] = (
             (self.json_path, lambda p: write_json(p, run, self.cat)),
@@ -516,7 +525,7 @@ class ReportWriter:
             (self.html_path, lambda p: write_html(p, run, self.cat)),
         )
         for path, writer in writers:
-            if not path:
+            if not path or (skip_streams and is_stream(path)):
                 continue
             try:
                 writer(path)
@@ -525,5 +534,10 @@ class ReportWriter:
         if first is not None:
             raise first
 
+    def paths(self) -> list[str]:
+        return [p for p in (self.json_path, self.junit_path, self.html_path) if p]
+
     def __call__(self, run: RunResult, _case: CaseResult) -> None:
-        self.write(run)
+        # after each case, rewrite the files (an interrupted run leaves valid partial reports);
+        # stdout, a device or a FIFO gets one report, at the end (virtio_balloon_proto.io)
+        self.write(run, skip_streams=True)

@@ -217,6 +217,8 @@ class RunResult:
     unmatched_known: list[str] = field(default_factory=list)
     #: total number of cases the run intends to execute
     planned: int = 0
+    #: the status the process exits with once decided (130: interrupted); None: from verdicts
+    exit_status: int | None = None
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(OUTCOMES, 0)
@@ -224,12 +226,37 @@ class RunResult:
             out[c.outcome(self.strict)] += 1
         return out
 
+    def judged(self) -> int:
+        """Cases in which at least one clause was judged (not unsupported, skipped, error)."""
+        return sum(1 for c in self.cases if c.status is None and c.results)
+
+    def nothing_tested(self) -> str | None:
+        """Why the run is no evidence at all (no case judged), or None when some case was."""
+        if self.judged():
+            return None
+        if not self.cases:
+            return "no case matched" if not self.planned else "no case ran"
+        unsupported = sorted({c.reason for c in self.cases
+                              if c.status == Verdict.UNSUPPORTED and c.reason})
+        if unsupported and all(c.status == Verdict.UNSUPPORTED for c in self.cases):
+            return ("every case is unsupported by the device; it lacks: "
+                    + "; ".join(unsupported[:12])
+                    + (f" (+{len(unsupported) - 12} more)" if len(unsupported) > 12 else ""))
+        counts = {k: v for k, v in self.counts().items() if v}
+        return "no case judged any clause (" + ", ".join(f"{v} {k}" for k, v in
+                                                        counts.items()) + ")"
+
     def exit_code(self) -> int:
-        """0: all passed (known failures allowed); 1: failures or unexpected passes;
-        2: a case could not be run because its input is bad (runner-side error)."""
+        """0: at least one case judged and none failed (known failures allowed); 1: failures,
+        unexpected passes, or nothing tested; 2: a case could not be run because its input is
+        bad (runner-side error); ``exit_status`` when the process decided otherwise (130)."""
+        if self.exit_status is not None:
+            return self.exit_status
         counts = self.counts()
         if counts["error"]:
             return 2
         if any(counts[o] for o in FAILING_OUTCOMES):
+            return 1
+        if self.nothing_tested():
             return 1
         return 0

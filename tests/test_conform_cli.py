@@ -75,6 +75,7 @@ def test_run_pass_and_reports(corpus: Path, tmp_path: Path) -> None:
 
 def test_run_failure_prints_update_command(corpus: Path, tmp_path: Path) -> None:
     kf = tmp_path / "kf.toml"
+    kf.write_text("")  # an empty list (a missing file is a usage error)
     r = vbproto(
         "conform",
         "run",
@@ -94,7 +95,7 @@ def test_run_failure_prints_update_command(corpus: Path, tmp_path: Path) -> None
     assert argv[0] == "vbproto"
     upd = subprocess.run([*VBPROTO, *argv[1:]], capture_output=True, text=True, cwd=ROOT,
                          timeout=60)
-    assert upd.returncode == 0 and kf.exists()
+    assert upd.returncode == 0 and "id-is-head" in kf.read_text()
     again = vbproto(
         "conform",
         "run",
@@ -170,6 +171,51 @@ def test_sigterm_leaves_partial_reports(tmp_path: Path) -> None:
     data = json.loads(report.read_text())
     assert data["partial"] is True and data["planned"] == 3
     assert len(data["cases"]) < 3
+    assert data["exit_code"] == 130  # what the process returned
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_at_once_leaves_a_valid_empty_partial_report(tmp_path: Path,
+                                                               sig: signal.Signals) -> None:
+    """The report exists from the first moment: a signal before any case ends still finds
+    a valid (empty, partial) report, and the report carries the process's exit status."""
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    d.spec_trace(corpus / "c0.jsonl")
+    report = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [*VBPROTO, "conform", "run", "--device", f"{FAULTY} hang", "--corpus", str(corpus),
+         "--timeout", "30", "--report-json", str(report)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not report.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert report.exists(), "no report before the first case ended"
+    assert json.loads(report.read_text())["cases"] == []  # the empty partial report is valid
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    data = json.loads(report.read_text())
+    assert (data["partial"], data["exit_code"], data["cases"]) == (True, 130, [])
+
+
+def test_nothing_matched_is_exit_1_nothing_tested() -> None:
+    r = vbproto("conform", "run", "--case", "nothing*")
+    assert r.returncode == 1, r.stderr
+    assert "nothing tested: no case matched" in r.stdout
+
+
+def test_every_case_unsupported_is_exit_1_and_names_what_is_lacking() -> None:
+    r = vbproto("conform", "run", "--device", EXAMPLE, "--profile", "v3")
+    assert r.returncode == 1, r.stderr
+    assert "nothing tested: every case is unsupported by the device; it lacks:" in r.stdout
+    assert "profile v3" in r.stdout
+
+
+def test_missing_known_failures_file_is_exit_2(tmp_path: Path) -> None:
+    r = vbproto("conform", "run", "--known-failures", str(tmp_path / "nope.toml"))
+    assert r.returncode == 2 and "nope.toml" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
 def test_pytest_plugin_inactive_without_option(pytester: pytest.Pytester) -> None:

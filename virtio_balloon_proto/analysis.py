@@ -337,12 +337,22 @@ def plot_figure(sweeps: dict[str, list[tuple[float, Analysis]]],
 
 def plot_sweeps(sweeps: dict[str, list[tuple[float, Analysis]]], path: str | Path,
                 title: str | None = None) -> None:
-    """Bytes on the wire against density, one panel per shape, one line per encoding (PNG)."""
+    """Bytes on the wire against density, one panel per shape, one line per encoding (PNG;
+    SVG or PDF by the suffix).  Rendered in memory, then written under the output contract
+    of :mod:`virtio_balloon_proto.io` ('-' is stdout, a symlink is written through, a device
+    is not replaced)."""
+    import io
+
     check_plot_available()
     import matplotlib.pyplot as plt
 
+    from .io import write_atomic
+
     fig = plot_figure(sweeps, title)
+    buf = io.BytesIO()
+    suffix = Path(str(path)).suffix.lstrip(".").lower()
     try:
-        fig.savefig(str(path), dpi=110)
+        fig.savefig(buf, dpi=110, format=suffix if suffix in ("png", "svg", "pdf") else "png")
     finally:
         plt.close(fig)
+    write_atomic(path, buf.getvalue())

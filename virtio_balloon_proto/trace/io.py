@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -25,6 +24,7 @@ from typing import IO, Any
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from ..errors import TraceError, VBProtoError
+from ..io import open_output
 from .model import Event, TraceHeader, event_from_json, header_from_json, semantic_problems
 
 MAX_LINE = 64 << 20
@@ -295,11 +295,13 @@ def _dumps(obj: dict[str, Any]) -> str:
 
 
 class TraceWriter:
-    """Write a trace atomically: ``with TraceWriter(path, header) as w: w.write(event)``.
+    """Write a trace: ``with TraceWriter(path, header) as w: w.write(event)``.
 
-    Nothing appears at ``path`` until the block ends without an exception; then the data is
-    fsync'ed and renamed into place, so readers never see half a trace.  Every record is
-    checked against the schema as it is written (``validate=False`` skips that).
+    The output contract of :mod:`virtio_balloon_proto.io`: ``-`` streams to stdout, a device
+    or FIFO is written in place, a regular file (or a symlink's target) is replaced atomically
+    -- nothing appears there until the block ends without an exception, so readers never see
+    half a trace.  Every record is checked against the schema as it is written
+    (``validate=False`` skips that).
     """
 
     def __init__(
@@ -308,12 +310,7 @@ class TraceWriter:
         self.path = Path(path)
         self.validate = validate
         self.count = 0
-        directory = self.path.parent if str(self.path.parent) else Path(".")
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
-        self._tmp = Path(tmp)
-        self._f: IO[str] = os.fdopen(fd, "w", encoding="ascii", newline="\n")
-        self._closed = False
+        self._out = open_output(path)
         try:
             self._put(header.to_json())
         except BaseException:
@@ -328,41 +325,17 @@ class TraceWriter:
                     "refusing to write an invalid record: " + "; ".join(probs),
                     where=f"{self.path} record {self.count + 1}",
                 )
-        self._f.write(_dumps(obj))
-        self._f.write("\n")
+        self._out.write((_dumps(obj) + "\n").encode("ascii"))
         self.count += 1
 
     def write(self, event: Event) -> None:
         self._put(event.to_json())
 
     def commit(self) -> None:
-        if self._closed:
-            return
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self._tmp, self.path)
-        self._closed = True
-        try:  # make the rename itself durable
-            dfd = os.open(self.path.parent if str(self.path.parent) else ".", os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(dfd)
-        except OSError:
-            pass
-        finally:
-            os.close(dfd)
+        self._out.commit()
 
     def abort(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._f.close()
-        try:
-            self._tmp.unlink()
-        except FileNotFoundError:
-            pass
+        self._out.abort()
 
     def __enter__(self) -> TraceWriter:
         return self
