@@ -21,6 +21,35 @@ from virtio_balloon_proto import __version__
 from virtio_balloon_proto.errors import VBProtoError
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: the command stops, leaves its outputs valid, exits 130.
+
+    Not a KeyboardInterrupt on purpose: CPython 3.11 marks a KeyboardInterrupt raised inside
+    ``exec()`` of a string (dataclasses build methods that way) as unhandled even after it is
+    caught, and then exits by SIGINT instead of with our status."""
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def _install_signal_handlers() -> None:
+    """For the command's lifetime (restored when its context closes: CliRunner callers keep
+    theirs); only the main thread can install handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+    click.get_current_context().call_on_close(restore)
+
+
 class _Group(click.Group):
     """A click group that turns our errors into one line + exit 2 for every subcommand."""
 
@@ -41,7 +70,7 @@ class _Group(click.Group):
             where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
             click.echo(f"vbproto: error:{where}: {exc.strerror or exc}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted):
             click.echo("vbproto: interrupted", err=True)
             sys.exit(130)
 
@@ -50,6 +79,7 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="vbproto")
 def main() -> None:
     """Reference toolkit for the virtio memory-balloon wire protocol."""
+    _install_signal_handlers()
 
 
 def _group(name: str, help_text: str) -> Callable[[Callable[..., Any]], click.Group]:
@@ -561,7 +591,6 @@ def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
     """Replay the corpus into a device and compare it with the reference, clause by clause."""
     import os
     import shlex
-    import signal
     import time
 
     from virtio_balloon_proto.conformance.catalog import catalog
@@ -602,10 +631,6 @@ def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
         reports(run, case)
         progress(run, case)
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, on_term)
     runner = None
     try:
         # the reports exist from the first moment (before a device starts): an empty partial
@@ -614,7 +639,7 @@ def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
         runner = Runner(device, timeout=timeout, strict=strict, known_failures=known)
         partial.device = runner.device_spec
         run = runner.run(cases, corpus=corpus_path, on_case=on_case)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):  # SIGINT, SIGTERM (see _install_signal_handlers)
         partial.partial = True
         partial.unmatched_known = []
         partial.exit_status = 130  # what the process returns, in the reports too
@@ -622,7 +647,6 @@ def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
         click.echo(text_summary(partial), err=True)
         sys.exit(130)
     finally:
-        signal.signal(signal.SIGTERM, old)
         if runner is not None:
             runner.close()
     code = 0 if update_known_failures else run.exit_code()
