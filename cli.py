@@ -583,12 +583,16 @@ def _progress(enabled: bool) -> Callable[[Any, Any], None]:
 @click.option("--junit", default=None, type=click.Path(dir_okay=False))
 @click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False))
 @click.option("--timeout", default=5.0, show_default=True, type=float, help="per-step timeout (s)")
+@click.option("--save-traces", "save_traces", default=None, type=click.Path(file_okay=False),
+              help="write what the device did in each case as a trace (DIR/<case>.jsonl), "
+              "for `conform check` to re-judge")
 @click.option("-v", "--verbose", is_flag=True, help="list passing cases too")
 def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
                 case_globs: tuple[str, ...], known_path: str | None, update_known_failures: bool,
                 strict: bool, report_json: str | None, junit: str | None, html_path: str | None,
-                timeout: float, verbose: bool) -> None:
-    """Replay the corpus into a device and compare it with the reference, clause by clause."""
+                timeout: float, save_traces: str | None, verbose: bool) -> None:
+    """Replay the corpus into a device and judge what it did, clause by clause (the same
+    checks as `conform check`)."""
     import os
     import shlex
     import time
@@ -636,7 +640,8 @@ def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
         # the reports exist from the first moment (before a device starts): an empty partial
         # report is a valid one
         reports.write(partial, skip_streams=True)
-        runner = Runner(device, timeout=timeout, strict=strict, known_failures=known)
+        runner = Runner(device, timeout=timeout, strict=strict, known_failures=known,
+                        save_traces=save_traces)
         partial.device = runner.device_spec
         run = runner.run(cases, corpus=corpus_path, on_case=on_case)
     except (KeyboardInterrupt, Interrupted):  # SIGINT, SIGTERM (see _install_signal_handlers)

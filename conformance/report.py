@@ -54,6 +54,10 @@ def text_summary(run: RunResult, *, verbose: bool = False, command_hint: str | N
         lines.append(f"  ({total} of {run.planned} planned cases ran)")
     if nothing:
         lines.append(f"  nothing tested: {nothing}")
+    profile = run.behaviour_lines()
+    if profile:
+        lines.append("  behaviour profile (choices the spec leaves to the device):")
+        lines.extend(f"    {line}" for line in profile)
     if run.unmatched_known:
         lines.append(
             "  known-failures entries that matched no case: " + "; ".join(run.unmatched_known)
@@ -93,6 +97,7 @@ def to_json(run: RunResult, cat: Catalog | None = None) -> dict[str, Any]:
         "known_failures": run.known_failures,
         "unmatched_known_failures": run.unmatched_known,
         "index": index,
+        "behaviour_profile": run.behaviour_profile(),
         "cases": [c.to_json(run.strict) for c in run.cases],
     }
     if cat is not None:
@@ -201,6 +206,14 @@ def to_junit(run: RunResult) -> str:
             totals[k] += v
     for k, v in totals.items():
         root.set(k, str(v))
+    props = ET.Element("properties")
+    for key, vals in run.behaviour_profile().items():
+        for val, ids in vals.items():
+            ET.SubElement(props, "property", name=f"behaviour.{key}",
+                          value=f"{val} ({len(ids)} cases)")
+    if len(props):
+        for suite in root.findall("testsuite"):
+            suite.insert(0, ET.fromstring(ET.tostring(props)))
     _clean_tree(root)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
@@ -453,6 +466,11 @@ def to_html(run: RunResult, cat: Catalog | None = None) -> str:
         + " ".join(f"<span class='{k}'>{k}: {v}</span>" for k, v in counts.items())
         + "</p>"
     )
+    profile = run.behaviour_lines()
+    if profile:
+        parts.append("<h2>Behaviour profile</h2><p>Choices the spec leaves to the device "
+                     "(allowed either way):</p><ul>"
+                     + "".join(f"<li>{_e(line)}</li>" for line in profile) + "</ul>")
     parts.append("<h2>Clauses &times; cases</h2>")
     parts.append(_matrix_html(run, cases, cat))
     # per case

@@ -105,6 +105,11 @@ class CaseResult:
     traffic: list[dict[str, Any]] = field(default_factory=list)
     #: known-failures entries that matched this case but whose clause passed
     unexpected_passes: list[str] = field(default_factory=list)
+    #: the device's behaviour profile in this case: choice -> value(s) it showed, where the
+    #: spec leaves the choice to the device (conformance/checks/)
+    behaviour: dict[str, list[str]] = field(default_factory=dict)
+    #: what the judgement could not judge and why (chains in flight, bytes not captured)
+    notes: list[str] = field(default_factory=list)
 
     # --- verdicts --------------------------------------------------------------------------
     def verdict(self) -> Verdict:
@@ -161,6 +166,11 @@ class CaseResult:
                 lines.append(f"      received: {_short(r.received)}")
         for entry in self.unexpected_passes:
             lines.append(f"  unexpected pass of known failure {entry}")
+        if self.behaviour:
+            lines.append("  behaviour: " + "; ".join(
+                f"{k} = {', '.join(v)}" for k, v in self.behaviour.items()))
+        for note in self.notes:
+            lines.append(f"  note: {note}")
         return "\n".join(lines)
 
     def to_json(self, strict: bool = False) -> dict[str, Any]:
@@ -178,6 +188,10 @@ class CaseResult:
             out["reason"] = self.reason
         if self.unexpected_passes:
             out["unexpected_passes"] = list(self.unexpected_passes)
+        if self.behaviour:
+            out["behaviour"] = {k: list(v) for k, v in self.behaviour.items()}
+        if self.notes:
+            out["notes"] = list(self.notes)
         return out
 
 
@@ -219,6 +233,21 @@ class RunResult:
     planned: int = 0
     #: the status the process exits with once decided (130: interrupted); None: from verdicts
     exit_status: int | None = None
+
+    def behaviour_profile(self) -> dict[str, dict[str, list[str]]]:
+        """The device's behaviour profile over the run: choice -> value -> case ids."""
+        out: dict[str, dict[str, list[str]]] = {}
+        for c in self.cases:
+            for key, values in c.behaviour.items():
+                for v in values:
+                    out.setdefault(key, {}).setdefault(v, []).append(c.case_id)
+        return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
+
+    def behaviour_lines(self) -> list[str]:
+        """The behaviour profile as text lines ("choice: value (n cases)")."""
+        return [f"{k}: " + "; ".join(f"{v} ({len(ids)} case{'s' if len(ids) != 1 else ''})"
+                                     for v, ids in vals.items())
+                for k, vals in self.behaviour_profile().items()]
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(OUTCOMES, 0)

@@ -20,6 +20,11 @@ from ..profiles import QueueRole, get_profile
 from ..virtqueue.split import Chain
 
 FORMAT = "vbproto-trace/1"
+#: minor version 1 adds the header's ``memory`` (guest RAM regions) and ``observe`` events
+#: (what a conformance run saw the device do); readers accept both, writers use 1.1 only when
+#: a trace carries either
+FORMAT_1_1 = "vbproto-trace/1.1"
+FORMATS = (FORMAT, FORMAT_1_1)
 Endian = Literal["le", "be"]
 
 
@@ -73,6 +78,11 @@ class TraceHeader:
     index_model: str = "negotiated"
     ring: Literal["split", "packed", "unknown"] = "split"
     source: TraceSource = field(default_factory=TraceSource)
+    #: guest RAM as (guest-physical start, size) byte regions; None: not recorded (a page
+    #: comparison then assumes one region of 256 MiB at 0, the runner's default guest)
+    memory: tuple[tuple[int, int], ...] | None = None
+    #: the trace carries observe events (a conformance run's record): written as format 1.1
+    observed: bool = field(default=False, compare=False)
 
     @classmethod
     def for_features(
@@ -97,9 +107,9 @@ class TraceHeader:
 
     def to_json(self) -> dict[str, Any]:
         prof = get_profile(self.profile)
-        return {
+        out: dict[str, Any] = {
             "type": "header",
-            "format": FORMAT,
+            "format": FORMAT_1_1 if (self.memory is not None or self.observed) else FORMAT,
             "profile": self.profile,
             "features": {
                 "offered": hex64(self.features_offered),
@@ -115,10 +125,19 @@ class TraceHeader:
             "ring": self.ring,
             "source": self.source.to_json(),
         }
+        if self.memory is not None:
+            out["memory"] = [{"start": hex64(a), "size": hex64(n)} for a, n in self.memory]
+        return out
+
+    @property
+    def ram_regions(self) -> tuple[tuple[int, int], ...]:
+        """Guest RAM regions in bytes (the 256 MiB default when the header has none)."""
+        return self.memory if self.memory is not None else ((0, 256 << 20),)
 
     @classmethod
     def from_json(cls, o: Mapping[str, Any]) -> TraceHeader:
         f = o["features"]
+        mem = o.get("memory")
         return cls(
             profile=o["profile"],
             features_offered=_int64(f["offered"]),
@@ -131,6 +150,9 @@ class TraceHeader:
             index_model=o["index_model"],
             ring=o["ring"],
             source=TraceSource.from_json(o["source"]),
+            memory=None if mem is None else tuple(
+                (_int64(r["start"]), _int64(r["size"])) for r in mem),
+            observed=o["format"] == FORMAT_1_1,
         )
 
 
@@ -431,7 +453,37 @@ class HostEvent:
         )
 
 
-Event = AvailEvent | UsedEvent | ConfigEvent | FeaturesEvent | StatusEvent | HostEvent
+ObserveWhat = Literal["device", "state", "error", "gap", "end"]
+
+
+@dataclass(frozen=True, slots=True)
+class ObserveEvent:
+    """What a conformance run saw of the device besides the used ring (format 1.1).
+
+    ``what``: ``device`` (value: offered, accepted, queues, config_size after negotiation),
+    ``state`` (value: the adapter's observe() dict, plus ``config`` as hex when read),
+    ``error`` (value: message: the device failed at the transport level),
+    ``gap`` (value: message: a driver event that could not be replayed, e.g. bytes not
+    captured), ``end`` (the device was given every chance to act: a chain still outstanding
+    now will never be used).
+    """
+
+    what: ObserveWhat
+    value: Mapping[str, Any] = field(default_factory=dict)
+    ts: float | None = None
+    note: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _common(self, {"type": "observe", "what": self.what, "value": dict(self.value)})
+
+    @classmethod
+    def from_json(cls, o: Mapping[str, Any]) -> ObserveEvent:
+        return cls(o["what"], dict(o.get("value", {})), o.get("ts"), o.get("note"))
+
+
+Event = (
+    AvailEvent | UsedEvent | ConfigEvent | FeaturesEvent | StatusEvent | HostEvent | ObserveEvent
+)
 
 _FROM_JSON: dict[str, Any] = {
     "avail": AvailEvent.from_json,
@@ -441,6 +493,7 @@ _FROM_JSON: dict[str, Any] = {
     "features": FeaturesEvent.from_json,
     "status": StatusEvent.from_json,
     "host": HostEvent.from_json,
+    "observe": ObserveEvent.from_json,
 }
 
 

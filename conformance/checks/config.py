@@ -1,0 +1,160 @@
+"""Config space and features: what the driver negotiates and writes, what the device reads back,
+and the value of ``actual`` against the pages the driver really has in the balloon.
+
+Config values are judged wherever a trace shows them: a driver's config_read (its data is the
+device's answer) and a live run's ``state`` observation.  A field is judged only once the trace
+shows what it must be (num_pages after a host set-target, actual after a driver write, the hint
+command id after a host free-page-hint): a capture is a window, and before that the value is
+unknown, not wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from virtio_balloon_proto.pageset import PageSet
+
+from .base import Judgement, register
+
+FIELDS = (
+    (0, "num_pages", "spec.device.config.num-pages-target"),
+    (4, "actual", "spec.device.config.actual-readback"),
+    (8, "free_page_hint_cmd_id", "spec.device.hint.report-done"),
+    (12, "poison_val", "spec.device.poison.hint"),
+)
+STATE_KEYS = {"num_pages": 0, "actual": 4, "hint_cmd_id": 8}
+
+
+@register("v3.driver.features.bitmap-needs-stats", "spec.driver.features.accept-must-tell-host")
+def features(j: Judgement) -> None:
+    neg, offered = j.negotiated, j.offered
+    if j.profile in ("v3", "hybrid"):
+        j.evaluated("v3.driver.features.bitmap-needs-stats")
+        if ("PAGE_BITMAP" in neg or "MISC_VQ" in neg) and "STATS_VQ" not in neg:
+            j.broken("v3.driver.features.bitmap-needs-stats", f"negotiated {neg} without STATS_VQ")
+    if "MUST_TELL_HOST" in offered:
+        j.evaluated("spec.driver.features.accept-must-tell-host")
+        if "MUST_TELL_HOST" not in neg:
+            j.broken("spec.driver.features.accept-must-tell-host", "offered but not accepted")
+
+
+def _compare(j: Judgement, i: int, off: int, got: bytes, want: dict[int, bytes]) -> None:
+    for foff, name, clause in FIELDS:
+        if foff not in want or not (off <= foff and foff + 4 <= off + len(got)):
+            continue
+        g = got[foff - off: foff - off + 4]
+        w = want[foff]
+        j.evaluated(clause)
+        if g == w:
+            continue
+        if g == w[::-1] and w != w[::-1]:
+            j.evaluated("spec.device.config.little-endian")
+            j.broken("spec.device.config.little-endian",
+                     f"config {name} is byte-swapped ({g.hex()} for {w.hex()}): VIRTIO 1.2 "
+                     "5.5.4.1 'The device MUST format the fields in struct virtio_balloon_config "
+                     "according to the little-endian format' (even for legacy devices)", i,
+                     expected=w.hex(), received=g.hex())
+            continue
+        j.broken(clause, f"config {name} reads {int.from_bytes(g, 'little')}, the driver/host "
+                 f"last set {int.from_bytes(w, 'little')}", i, expected=w.hex(), received=g.hex())
+
+
+@register("spec.device.config.num-pages-target", "spec.device.config.actual-readback",
+          "spec.device.hint.report-done", "spec.device.poison.hint",
+          "spec.device.config.little-endian", "spec.driver.config.actual-atomic-write",
+          "spec.driver.op.update-actual")
+def config_values(j: Judgement) -> None:
+    from virtio_balloon_proto import trace as tr
+
+    want: dict[int, bytes] = {}
+    last_ack: int | None = None
+    last_actual_write: int | None = None
+    for i, ev in enumerate(j.events, start=1):
+        if isinstance(ev, tr.HostEvent):
+            if ev.action == "set-target" and ev.num_pages is not None:
+                want[0] = (ev.num_pages & 0xFFFFFFFF).to_bytes(4, "little")
+            elif ev.action == "free-page-hint" and ev.cmd_id is not None:
+                want[8] = (ev.cmd_id & 0xFFFFFFFF).to_bytes(4, "little")
+        elif isinstance(ev, tr.ConfigEvent) and ev.write:
+            j.evaluated("spec.driver.config.actual-atomic-write")
+            end = ev.offset + len(ev.data)
+            if ev.offset < 8 and end > 4 and (ev.offset != 4 or len(ev.data) != 4):
+                j.broken("spec.driver.config.actual-atomic-write",
+                         f"config write of {len(ev.data)} byte(s) at offset {ev.offset} touches "
+                         "actual", i)
+            for foff in (4, 12):  # the driver's fields
+                if ev.offset <= foff and foff + 4 <= end:
+                    want[foff] = ev.data[foff - ev.offset: foff - ev.offset + 4]
+            if ev.offset <= 4 < end:
+                last_actual_write = i
+        elif isinstance(ev, tr.ConfigEvent):
+            _compare(j, i, ev.offset, ev.data, want)
+        elif isinstance(ev, tr.UsedEvent) and i in j.by_used:
+            if j.by_used[i].role in ("inflate", "deflate"):
+                last_ack = i
+        elif isinstance(ev, tr.ObserveEvent) and ev.what == "state":
+            st: dict[str, Any] = dict(ev.value)
+            cfg = st.get("config")
+            if isinstance(cfg, str):
+                try:
+                    _compare(j, i, 0, bytes.fromhex(cfg), want)
+                except ValueError:
+                    pass
+            else:
+                for key, foff in STATE_KEYS.items():
+                    if isinstance(st.get(key), int):
+                        _compare(j, i, foff, (st[key] & 0xFFFFFFFF).to_bytes(4, "little"), want)
+    if last_ack is not None:
+        j.evaluated("spec.driver.op.update-actual")
+        if last_actual_write is None or last_actual_write < last_ack:
+            j.broken("spec.driver.op.update-actual",
+                     "no write of 'actual' after the last inflate/deflate acknowledgement "
+                     f"(event {last_ack})", last_ack)
+
+
+@register("spec.driver.op.actual-is-balloon-size")
+def actual_accounting(j: Judgement) -> None:
+    """``actual`` (VIRTIO 1.2 5.5.4: "Number of pages we've actually got in balloon") against
+    the driver's own traffic: the 4 KiB frames of acknowledged inflates minus acknowledged
+    deflates.  Exact when the trace starts at device reset (a status write of 0 or 1 first);
+    otherwise only changes are compared (the balloon may hold pages from before the window).
+    Chains still in flight when actual is written widen the allowed range."""
+    from virtio_balloon_proto import trace as tr
+
+    first = j.events[0] if j.events else None
+    from_reset = isinstance(first, tr.StatusEvent) and first.value in (0, 1)
+    balloon = PageSet.empty()
+    base: tuple[int, int] | None = None  # (actual, balloon size) at the first write
+    for i, ev in enumerate(j.events, start=1):
+        if isinstance(ev, tr.UsedEvent) and i in j.by_used:
+            ch = j.by_used[i]
+            if ch.role not in ("inflate", "deflate"):
+                continue
+            d = j.decoded(ch)
+            if d is None:
+                return  # bytes not captured / undecodable: the count is unknown from here on
+            balloon = balloon | d.pages if ch.role == "inflate" else balloon - d.pages
+        elif isinstance(ev, tr.ConfigEvent) and ev.write and ev.offset == 4 and len(ev.data) == 4:
+            actual = int.from_bytes(ev.data, "little")
+            flying_in = flying_out = 0
+            for ch in j.chains:
+                if ch.index < i and (ch.used_at is None or ch.used_at > i) and ch.role in (
+                        "inflate", "deflate"):
+                    d = j.decoded(ch)
+                    n = len(d.pages) if d is not None else 0
+                    if ch.role == "inflate":
+                        flying_in += n
+                    else:
+                        flying_out += n
+            size = len(balloon)
+            if base is None and not from_reset:
+                base = (actual, size)
+                continue
+            j.evaluated("spec.driver.op.actual-is-balloon-size")
+            exp = size if base is None else base[0] + size - base[1]
+            if not exp - flying_out <= actual <= exp + flying_in:
+                j.broken("spec.driver.op.actual-is-balloon-size",
+                         f"the driver wrote actual = {actual}, but its acknowledged inflates "
+                         f"minus deflates hold {exp} page(s)"
+                         + ("" if base is None else " (counted from the first write in the "
+                            "window)"), i, expected=exp, received=actual)

@@ -1,0 +1,137 @@
+"""Free page hinting (VIRTIO 1.2 5.5.6.4): command ids the driver echoes against the one the
+device published, and the pages the device takes as hints.
+
+The device publishes a command id in ``free_page_hint_cmd_id`` (the trace's host
+``free-page-hint`` events: ids >= 2 start a round, 0 STOP, 1 DONE).  The driver starts hinting
+with an output buffer carrying the *current* id (5.5.6.4.1 "MUST start hinting by providing an
+output buffer containing the current command ID") -- a big-endian legacy driver echoing the id
+byte-swapped, or an id from before a STOP/DONE, breaks that -- and sends it once
+("MUST NOT provide more than one output buffer containing the current command ID").  Pages the
+driver hints under an id that is not the current one must be ignored by the device (5.5.6.4.2
+"MUST ignore pages that are provided with a command ID that does not match the current value").
+"""
+
+from __future__ import annotations
+
+from virtio_balloon_proto.pageset import PageSet
+
+from .base import Judgement, first_frames, pageset_of, register
+
+STOP, DONE = 0, 1
+
+
+def _swapped(v: int) -> int:
+    return int.from_bytes(v.to_bytes(4, "little"), "big")
+
+
+def hint_rounds(j: Judgement) -> tuple[dict[int, bool], list[tuple[int, str]]]:
+    """Walk the free page queue: chain index -> "its pages are under the current id", and the
+    driver-side problems found [(event, message)]."""
+    from virtio_balloon_proto import trace as tr
+
+    published: int | None = None  # the device's current id, once the trace shows it
+    active: int | None = None  # the id the driver echoed and that still matches
+    under: dict[int, bool] = {}
+    problems: list[tuple[int, str]] = []
+    for i, ev in enumerate(j.events, start=1):
+        if isinstance(ev, tr.HostEvent) and ev.action == "free-page-hint" and ev.cmd_id is not None:
+            published = ev.cmd_id
+            if active is not None and active != published:
+                active = None
+            continue
+        ch = j.by_avail.get(i)
+        if ch is None or ch.role != "free_page":
+            continue
+        d = j.decoded(ch)
+        if d is None:
+            continue
+        if d.kind == "hint-cmd" and d.decoded is not None:
+            cid = int(d.decoded.message.cmd_id)  # type: ignore[union-attr]
+            if cid == STOP:
+                active = None
+            elif published is not None and cid != published:
+                why = ""
+                if cid == _swapped(published):
+                    why = " (byte-swapped: the id is __virtio32, little-endian with VERSION_1)"
+                elif published in (STOP, DONE):
+                    why = f" (stale: the device set {'STOP' if published == STOP else 'DONE'})"
+                problems.append((i, f"the driver echoes command id {cid:#x}, the device's "
+                                 f"current id is {published:#x}{why}"))
+                active = None
+            else:
+                active = cid
+        elif d.pages:
+            under[ch.index] = active is not None and published is not None and (
+                active == published)
+            if published in (STOP, DONE) and active is None:
+                problems.append((i, f"hinted pages after the device set "
+                                 f"{'STOP' if published == STOP else 'DONE'}"))
+    return under, problems
+
+
+@register("spec.driver.hint.one-cmd-id-buffer", "spec.driver.hint.start-with-cmd-id",
+          "spec.driver.hint.stop-on-stop-or-done")
+def driver_ids(j: Judgement) -> None:
+    seen: dict[int, int] = {}
+    for ch in j.chains:
+        if ch.role != "free_page":
+            continue
+        d = j.decoded(ch)
+        if d is None or d.kind != "hint-cmd" or d.decoded is None:
+            continue
+        cid = int(d.decoded.message.cmd_id)  # type: ignore[union-attr]
+        j.evaluated("spec.driver.hint.one-cmd-id-buffer")
+        if cid >= 2:
+            seen[cid] = seen.get(cid, 0) + 1
+            if seen[cid] > 1:
+                j.broken("spec.driver.hint.one-cmd-id-buffer",
+                         f"command id {cid:#x} sent {seen[cid]} times", ch.index)
+        else:
+            seen.clear()
+    _, problems = hint_rounds(j)
+    if any(c.role == "free_page" for c in j.chains):
+        j.evaluated("spec.driver.hint.start-with-cmd-id")
+    for i, msg in problems:
+        clause = ("spec.driver.hint.stop-on-stop-or-done" if msg.startswith("hinted pages")
+                  else "spec.driver.hint.start-with-cmd-id")
+        j.evaluated(clause)
+        j.broken(clause, msg, i)
+
+
+def current_hints(j: Judgement) -> PageSet:
+    """Pages hinted under the device's current command id (for ``decode --summary``)."""
+    under, _ = hint_rounds(j)
+    out = PageSet.empty()
+    for ch in j.chains:
+        if under.get(ch.index):
+            d = j.decoded(ch)
+            if d is not None:
+                out = out | d.pages
+    return out
+
+
+@register("spec.device.hint.ignore-stale-cmd-id")
+def device_hints(j: Judgement) -> None:
+    from virtio_balloon_proto import trace as tr
+
+    if not any(ev.what == "state" and "hinted" in ev.value for _, ev in j.observations("state")):
+        return
+    under, _ = hint_rounds(j)
+    allowed = PageSet.empty()
+    for i, ev in enumerate(j.events, start=1):
+        ch = j.by_avail.get(i)
+        if ch is not None and under.get(ch.index):
+            d = j.decoded(ch)
+            if d is not None:
+                allowed = allowed | d.pages
+        if isinstance(ev, tr.ObserveEvent) and ev.what == "state" and "hinted" in ev.value:
+            seen = pageset_of(ev.value["hinted"])
+            if seen is None:
+                continue
+            j.evaluated("spec.device.hint.ignore-stale-cmd-id")
+            stale = seen - allowed
+            if stale:
+                j.broken("spec.device.hint.ignore-stale-cmd-id",
+                         f"{len(stale)} page(s) taken as hints that were not offered under the "
+                         f"current command id (first {first_frames(stale)})", i,
+                         expected=allowed.extents()[:64], received=seen.extents()[:64])

@@ -1,0 +1,185 @@
+"""Queues and rings: used ids and lengths (VIRTIO 1.2 2.7.8), every chain acknowledged, the
+queue layout a device exposes, the transport (a live device that fails to answer).
+
+Choices recorded (the spec leaves them open):
+
+* ``queues.numbering``: ``negotiated`` (indices compacted over the negotiated features, as
+  Linux's virtio core assigns them), ``offered`` (compacted over the offered features: QEMU,
+  crosvm, Firecracker), ``fixed`` (5.5.2's list numbers), or the map itself.  VIRTIO 1.2 5.5.2
+  lists "0 inflateq ... 4 reporting_vq" and says a queue "only exists if" its feature is set;
+  whether the numbers stay fixed or are compacted is not said (mst, lore
+  cover.1720611677.git.mst@redhat.com, 2024).  A run replays each buffer on the queue the
+  device has for its role; the map is recorded, not failed.
+* ``used-len.<role>``: used len of a device-writable chain that the device did not fill
+  (reporting, hinting): ``0`` or ``bytes of the buffers``.  2.7.8: "len ... the number of
+  bytes written into the buffer"; 2.7.8.1 (device): "MUST write at least len bytes ... MAY
+  write more than len bytes"; the driver "SHOULD NOT rely on len" for those queues, so any len
+  up to the writable bytes is allowed (spec.device.used.len-written fails only above them).
+"""
+
+from __future__ import annotations
+
+from virtio_balloon_proto.errors import VBProtoError
+from virtio_balloon_proto.profiles import get_profile
+
+from .base import Chain, Judgement, register
+
+#: the clause a missing acknowledgement breaks, by queue role
+ACK_CLAUSE = {
+    "inflate": "spec.device.inflate.acks-buffer",
+    "deflate": "spec.device.deflate.acks-buffer",
+    "stats": "spec.device.stats.request-by-use",
+    "free_page": "spec.device.hint.acks-buffers",
+    "reporting": "spec.device.reporting.acks-buffer",
+    "misc": "v3.device.misc.acks-answer",
+}
+
+
+@register("spec.device.used.id-is-head")
+def used_ids(j: Judgement) -> None:
+    for ch in j.chains:
+        if ch.used:
+            j.evaluated("spec.device.used.id-is-head")
+    for i, role, head in j.stray_used:
+        j.evaluated("spec.device.used.id-is-head")
+        j.broken("spec.device.used.id-is-head",
+                 f"used id {head} on {role} names no chain that is available and not yet used",
+                 i, expected=sorted({c.head for c in j.chains if c.role == role and not c.used
+                                     and c.index < i}), received=head)
+
+
+@register("spec.device.used.len-written")
+def used_lengths(j: Judgement) -> None:
+    for ch in j.chains:
+        if not ch.used or ch.used_len is None or ch.segments is None:
+            continue
+        cap = ch.writable
+        j.evaluated("spec.device.used.len-written")
+        if ch.used_len > cap:
+            j.broken("spec.device.used.len-written",
+                     f"{ch.role} head {ch.head}: used len {ch.used_len} but the chain has {cap} "
+                     "device-writable byte(s) (2.7.8.1: the device MUST write at least len "
+                     "bytes)", ch.used_at, expected=f"len <= {cap}", received=ch.used_len)
+        elif cap and ch.role in ("reporting", "free_page"):
+            j.choice(f"used-len.{ch.role}",
+                     "0" if ch.used_len == 0 else
+                     "bytes of the buffers" if ch.used_len == cap else f"{ch.used_len} of {cap}")
+
+
+@register(*sorted(set(ACK_CLAUSE.values()) | {"spec.device.malformed.acks-buffer",
+                                               "spec.device.stats.returns-superseded"}))
+def acks(j: Judgement) -> None:
+    """Every chain is used.  A chain outstanding at the end of a captured window is in flight
+    (no verdict); after an ``end`` observation (a live run) it will never be used."""
+    stats = [c for c in j.chains if c.role == "stats"]
+    latest_stats = stats[-1].index if stats else None
+
+    def held(c: Chain) -> bool:
+        """Kept by design: the latest stats buffer, the v3 request buffer."""
+        return (c.role == "stats" and c.index == latest_stats) or (
+            c.role == "misc" and c.segments is not None and bool(c.writable)
+            and all(s.writable for s in c.segments))
+
+    if not j.quiesced:
+        flying = [c for c in j.chains if not c.used and not held(c)]
+        if flying and any(c.used for c in j.chains):
+            j.notes.append("in flight when the trace ends (not judged): " + ", ".join(
+                f"{c.role} head {c.head} (event {c.index})" for c in flying[:8]))
+        for c in j.chains:
+            if c.used:
+                j.evaluated(ACK_CLAUSE.get(c.role, "spec.device.used.id-is-head"))
+        return
+    for c in j.chains:
+        if c.segments is None or held(c):
+            continue  # not replayed / held by design until the host asks
+        clause = ACK_CLAUSE.get(c.role, "spec.device.used.id-is-head")
+        if j.malformed(c):
+            clause = "spec.device.malformed.acks-buffer"
+        elif c.role == "stats":
+            clause = "spec.device.stats.returns-superseded"
+            if not any(o.role == "stats" and c.index < o.index for o in j.chains
+                       if o.index != c.index and (c.used_at is None or o.index < c.used_at)):
+                clause = ACK_CLAUSE["stats"]  # not superseded: the host asked and got nothing
+        j.evaluated(clause)
+        if not c.used and c.role == "stats" and any(
+                getattr(f, "rule", "") == "spec.device.stats.ignores-unknown-tag"
+                for f in j.wire_findings(c)):
+            # 5.5.6.3.2 "The device MUST ignore entries with tag values that it does not
+            # recognize": a buffer with unknown tags that never comes back was not ignored
+            j.evaluated("spec.device.stats.ignores-unknown-tag")
+            j.broken("spec.device.stats.ignores-unknown-tag",
+                     f"stats head {c.head} (event {c.index}) carries tags the spec does not "
+                     "define and was never used", c.index)
+        if not c.used:
+            j.broken(clause, f"{c.role} head {c.head} (event {c.index}) was never used"
+                     + (" -- the buffer is malformed, but the driver still waits for it"
+                        if clause == "spec.device.malformed.acks-buffer" else "")
+                     + (" -- a second buffer superseded it; the driver still waits for it"
+                        if clause == "spec.device.stats.returns-superseded" else "")
+                     + (" although the host requested statistics"
+                        if clause == ACK_CLAUSE["stats"] else ""),
+                     c.index, expected=f"used id {c.head}", received="not used")
+
+
+@register("suite.device.transport", "spec.device.stats.ignores-unknown-tag")
+def transport(j: Judgement) -> None:
+    if j.observations("device"):
+        j.evaluated("suite.device.transport")
+    for i, ev in j.observations("error"):
+        msg = str(ev.value.get("message", ""))
+        last = max((c for c in j.chains if c.index < i), key=lambda c: c.index, default=None)
+        if last is not None and last.role == "stats" and any(
+                getattr(f, "rule", "") == "spec.device.stats.ignores-unknown-tag"
+                for f in j.wire_findings(last)):
+            j.broken("spec.device.stats.ignores-unknown-tag",
+                     f"device failed on a stats buffer with unknown tags: {msg}", i)
+        j.broken("suite.device.transport", msg, i)
+
+
+def numbering(profile: str, offered: int, accepted: int, queues: dict[str, int]) -> str:
+    prof = get_profile(profile)
+    for model in ("negotiated", "offered", "fixed"):
+        try:
+            m = {r.value: q for r, q in prof.queue_index(offered, accepted, model).items()}
+        except VBProtoError:  # a model the profile does not define
+            continue
+        if all(m.get(r) == q for r, q in queues.items()):
+            return model
+    return "custom " + ",".join(f"{r}={q}" for r, q in sorted(queues.items(), key=lambda x: x[1]))
+
+
+@register("suite.device.queue-layout", "suite.device.feature-negotiation",
+          "spec.device.config.size")
+def device_setup(j: Judgement) -> None:
+    """What the device exposed at negotiation (a live run's ``device`` observation)."""
+    info = j.device_info
+    if info is None:
+        return
+    prof = get_profile(j.profile)
+    offered = int(info.get("offered", 0))
+    accepted = int(info.get("accepted", 0))
+    queues = {str(k): int(v) for k, v in dict(info.get("queues", {})).items()}
+    j.evaluated("suite.device.feature-negotiation")
+    j.evaluated("suite.device.queue-layout")
+    used_roles = sorted({c.role for c in j.chains})
+    lacking = [r for r in used_roles if r not in queues]
+    if lacking:
+        j.broken("suite.device.queue-layout", f"no queue for role(s) {lacking}",
+                 None, expected=used_roles, received=sorted(queues))
+    j.choice("queues.numbering", numbering(j.profile, offered, accepted, queues))
+    size = info.get("config_size")
+    if isinstance(size, int):
+        need = 8
+        names = prof.names(offered)
+        if "FREE_PAGE_HINT" in names:
+            need = 12
+        if "PAGE_POISON" in names:
+            need = 16
+        j.evaluated("spec.device.config.size")
+        j.choice("config.size", f"{size} bytes")
+        if size < need:
+            j.broken("spec.device.config.size",
+                     f"config space is {size} bytes; the offered features "
+                     f"{[n for n in names if n in ('FREE_PAGE_HINT', 'PAGE_POISON')]} need "
+                     f"{need} (VIRTIO 1.2 5.5.4: free_page_hint_cmd_id at 8, poison_val at 12)",
+                     None, expected=f">= {need}", received=size)

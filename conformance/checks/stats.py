@@ -1,0 +1,139 @@
+"""Memory statistics (VIRTIO 1.2 5.5.6.3): one buffer at a time (driver), the device uses the
+held buffer to request statistics and only then, and the statistics it reports are the driver's.
+
+Choices recorded:
+
+* ``stats.unknown-tags``: tags the spec does not define (it defines 0-9 through VIRTIO 1.4;
+  Linux 6.12 sends 10-15): "The device MUST ignore entries with tag values that it does not
+  recognize" (5.5.6.3.2) -- a device that knows them may report them, one that does not must
+  not choke on them.  ``not reported`` or ``reported``; either way the buffer must come back.
+* ``stats.tags-reported``: which defined tags the device reports (a device recognises the tags
+  of its spec version; 1.0 defined 0-5).  A reported value must be the driver's value from the
+  buffer the device last consumed (or a newer one).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Chain, Judgement, register
+
+SPEC_TAGS = range(10)  # VIRTIO 1.2-1.4 5.5.6.3: SWAP_IN 0 ... HTLB_PGFAIL 9
+
+
+def entries(j: Judgement, ch: Chain) -> dict[int, int]:
+    d = j.decoded(ch)
+    if d is None or d.decoded is None:
+        return {}
+    out: dict[int, int] = {}
+    for e in getattr(d.decoded.message, "entries", ()):
+        out[int(e.tag)] = int(e.val)
+    return out
+
+
+@register("spec.driver.stats.one-buffer")
+def one_buffer(j: Judgement) -> None:
+    for ch in j.chains:
+        if ch.role != "stats":
+            continue
+        j.evaluated("spec.driver.stats.one-buffer")
+        held = [c for c in j.chains if c.role == "stats" and c.index < ch.index
+                and (c.used_at is None or c.used_at > ch.index)]
+        if held:
+            j.broken("spec.driver.stats.one-buffer",
+                     f"a second stats buffer (head {ch.head}) while head {held[0].head} (event "
+                     f"{held[0].index}) is still available", ch.index)
+
+
+@register("spec.device.stats.request-by-use")
+def request_by_use(j: Judgement) -> None:
+    """A stats buffer is used only to request statistics: after a host stats request (judged
+    when the trace records host requests at all), or when a newer buffer supersedes it."""
+    from virtio_balloon_proto import trace as tr
+
+    requests = [i for i, ev in enumerate(j.events, start=1)
+                if isinstance(ev, tr.HostEvent) and ev.action == "stats-request"]
+    if not requests:
+        return
+    stats = [c for c in j.chains if c.role == "stats"]
+    for ch in stats:
+        if ch.used_at is None:
+            continue
+        j.evaluated("spec.device.stats.request-by-use")
+        asked = any(ch.index < r < ch.used_at for r in requests)
+        superseded = any(ch.index < c.index < ch.used_at for c in stats)
+        if not asked and not superseded:
+            j.broken("spec.device.stats.request-by-use",
+                     f"stats head {ch.head} used at event {ch.used_at} although the host "
+                     "requested no statistics", ch.used_at,
+                     expected="buffer kept until a stats request", received=f"used id {ch.head}")
+
+
+@register("spec.device.stats.records-values", "spec.device.stats.ignores-unknown-tag")
+def values(j: Judgement) -> None:
+    from virtio_balloon_proto import trace as tr
+
+    stats = [c for c in j.chains if c.role == "stats"]
+    for i, ev in enumerate(j.events, start=1):
+        if not (isinstance(ev, tr.ObserveEvent) and ev.what == "state"
+                and isinstance(ev.value.get("stats"), dict)):
+            continue
+        seen: dict[int, Any] = {}
+        for k, v in ev.value["stats"].items():
+            try:
+                seen[int(k)] = v
+            except ValueError:
+                continue
+        posted = [c for c in stats if c.index < i and c.segments is not None]
+        if not posted:
+            continue
+        consumed = [c for c in posted if c.used_at is not None and c.used_at < i]
+        start = posted.index(consumed[-1]) if consumed else 0
+        sources = [entries(j, c) for c in posted[start:]]
+        if consumed and sources and not any(sources):
+            continue
+        j.evaluated("spec.device.stats.records-values")
+        wrong: dict[int, tuple[Any, Any]] = {}
+        for tag, val in seen.items():
+            allowed = {s[tag] for s in sources if tag in s}
+            if allowed and val not in allowed:
+                wrong[tag] = (val, sorted(allowed))
+            elif not allowed and not any(tag in entries(j, c) for c in posted):
+                wrong[tag] = (val, "no buffer carried this tag")
+        if wrong:
+            j.broken("spec.device.stats.records-values",
+                     "reported statistics are not the driver's: " + ", ".join(
+                         f"tag {t} = {v} (driver: {a})" for t, (v, a) in sorted(wrong.items())),
+                     i, expected={t: a for t, (_, a) in wrong.items()},
+                     received={t: v for t, (v, _) in wrong.items()})
+        if consumed:
+            sent = entries(j, consumed[-1])
+            unknown = [t for t in sent if t not in SPEC_TAGS]
+            if unknown:
+                j.evaluated("spec.device.stats.ignores-unknown-tag")
+                j.choice("stats.unknown-tags", "reported" if any(t in seen for t in unknown)
+                         else "not reported")
+            known = sorted(t for t in sent if t in SPEC_TAGS and t in seen)
+            j.choice("stats.tags-reported", _ranges(known) if known else "none")
+            defined = [t for t in sent if t in SPEC_TAGS]
+            if defined and not known:
+                # a device that offers STATS_VQ recognises some defined tag (1.0 defined 0-5):
+                # reporting none of them means it misread the buffer (byte order, offsets)
+                j.broken("spec.device.stats.records-values",
+                         f"the device reports none of the {len(defined)} defined tag(s) "
+                         f"{_ranges(sorted(defined))} of the buffer it consumed "
+                         f"(event {consumed[-1].index})", i,
+                         expected={t: v for t, v in sent.items() if t in SPEC_TAGS},
+                         received=seen)
+
+
+def _ranges(tags: list[int]) -> str:
+    out: list[str] = []
+    for t in tags:
+        if out and "-" in out[-1] and int(out[-1].split("-")[1]) == t - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{t}"
+        elif out and "-" not in out[-1] and int(out[-1]) == t - 1:
+            out[-1] = f"{out[-1]}-{t}"
+        else:
+            out.append(str(t))
+    return ",".join(out)

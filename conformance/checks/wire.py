@@ -1,0 +1,60 @@
+"""Wire findings: what the ring walker and the codec's decoders say about the driver's bytes of
+every chain -- exactly the findings ``vbproto decode`` prints for the same trace (one source).
+
+A finding about a *device* clause in bytes the driver wrote (a stats tag the spec does not
+define) is a note for the device, not a driver failure: it is recorded as a pass with the
+message, and the device's reaction is judged by the family that owns the clause.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from virtio_balloon_proto.codecs.decode import DecodedBuffer
+
+from ..verdicts import ClauseResult, Verdict
+from .base import Chain, Judgement, register
+
+
+def finding_result(j: Judgement, finding: Any, chain: Chain, from_driver: bool = True) -> None:
+    rule = getattr(finding, "rule", "")
+    msg = getattr(finding, "message", str(finding))
+    where = ""
+    if getattr(finding, "field", None):
+        where += f" field {finding.field}"
+    if getattr(finding, "offset", None) is not None:
+        where += f" at byte {finding.offset}"
+    clause = j.catalog.find(rule)
+    if clause is None:
+        j.broken(rule or "suite.unknown", f"(rule not in the catalog) {msg}", chain.index)
+        return
+    if from_driver and clause.side == "device":
+        if rule not in j.results:
+            j.results[rule] = ClauseResult(rule, Verdict.PASS, f"(note) {msg}", chain.index)
+        return
+    j.evaluated(rule)
+    j.broken(rule, f"{chain.role} head {chain.head}{where}: {msg}", chain.index)
+
+
+# the clauses this check reports are the catalog's ``wire = true`` ones (counted by
+# Catalog.check_counts); tests/test_wire_rule_ids.py proves that flag equals what wire/ and
+# codecs/ emit, both ways
+@register()
+def wire_findings(j: Judgement) -> None:
+    for ch in j.chains:
+        for f in j.wire_findings(ch):
+            finding_result(j, f, ch)
+
+
+def decoded_request(j: Judgement, chain: Chain) -> DecodedBuffer | None:
+    """The device-written request of a used misc request buffer, decoded (v3)."""
+    from virtio_balloon_proto.codecs import decode_buffer
+    from virtio_balloon_proto.errors import VBProtoError
+
+    if chain.segments is None or chain.used_data is None:
+        return None
+    try:
+        return decode_buffer(j.profile, chain.role, list(chain.segments), j.layout(),
+                             features=j.header.features_negotiated, written=chain.used_data)
+    except VBProtoError:
+        return None
