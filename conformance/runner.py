@@ -36,7 +36,7 @@ from .catalog import Catalog, catalog
 from .checks import judge
 from .dut import DeviceUnderTest, Segment, Setup, Unsupported
 from .known_failures import KnownFailures
-from .verdicts import CaseResult, RunResult, Verdict, hexdump
+from .verdicts import CaseResult, ClauseResult, RunResult, Verdict, hexdump
 
 VIRTQ_DESC_F_WRITE = 2
 VIRTQ_DESC_F_INDIRECT = 4
@@ -435,7 +435,12 @@ class Runner:
             path = self.save_traces / f"{case.id}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             tr.write_trace(path, header, events)
-        judged = judge(header, events, cat=self.catalog, strict=self.strict, subject="device")
+        try:
+            judged = judge(header, events, cat=self.catalog, strict=self.strict,
+                           subject="device")
+        except Exception as exc:  # a bug in a check is ours, never the device's failure
+            raise VBProtoError(f"judging the recorded trace failed: {type(exc).__name__}: "
+                               f"{exc}", where=f"case {case.id}") from exc
         result.results = judged.results
         result.behaviour = judged.behaviour
         result.notes = judged.notes + list(case.gaps)

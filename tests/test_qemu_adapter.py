@@ -180,23 +180,3 @@ def test_spec_corpus_passes_with_known_failures(transport: str) -> None:
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert "CONFORMANCE PASSED" in res.stdout and " pass" in res.stdout
-
-
-@pytest.mark.parametrize("transport", ["modern", "legacy"])
-def test_qemu_numbers_queues_by_offered_features(transport: str) -> None:
-    """Without the known-failures file the one documented QEMU deviation fails its clause:
-    reporting at queue 3 (offered numbering) where the recorded Linux driver used queue 2."""
-    _require_qemu()
-    from virtio_balloon_proto.conformance.runner import Runner, discover_cases
-
-    repo = Path(__file__).resolve().parent.parent
-    (case,) = discover_cases(repo / "conformance" / "traces",
-                             case_globs=["spec/report-no-stats-le"])
-    runner = Runner(f"qemu:transport={transport}")
-    try:
-        result = runner.run_case(case)
-    finally:
-        runner.close()
-    broken = {r.clause: r for r in result.failures()}
-    assert set(broken) == {"suite.device.queue-layout"}
-    assert broken["suite.device.queue-layout"].received == {"reporting": 3}

@@ -112,6 +112,13 @@ class Judgement:
         return [(i, ev) for i, ev in enumerate(self.events, start=1)
                 if isinstance(ev, ObserveEvent) and ev.what == what]
 
+    def host_requests(self, action: str) -> list[int]:
+        """Event indices of the trace's host events of one action."""
+        from virtio_balloon_proto.trace import HostEvent
+
+        return [i for i, ev in enumerate(self.events, start=1)
+                if isinstance(ev, HostEvent) and ev.action == action]
+
     @property
     def quiesced(self) -> bool:
         """Did the recorder give the device every chance to act (an ``end`` observation)?"""

@@ -96,10 +96,12 @@ def acks(j: Judgement) -> None:
         if j.malformed(c):
             clause = "spec.device.malformed.acks-buffer"
         elif c.role == "stats":
-            clause = "spec.device.stats.returns-superseded"
-            if not any(o.role == "stats" and c.index < o.index for o in j.chains
-                       if o.index != c.index and (c.used_at is None or o.index < c.used_at)):
-                clause = ACK_CLAUSE["stats"]  # not superseded: the host asked and got nothing
+            # asked for statistics while holding it (request-by-use), or superseded by a
+            # second buffer before any request (returns-superseded)
+            nxt = min((o.index for o in j.chains if o.role == "stats" and o.index > c.index),
+                      default=len(j.events) + 1)
+            asked = any(c.index < r < nxt for r in j.host_requests("stats-request"))
+            clause = ACK_CLAUSE["stats"] if asked else "spec.device.stats.returns-superseded"
         j.evaluated(clause)
         if not c.used and c.role == "stats" and any(
                 getattr(f, "rule", "") == "spec.device.stats.ignores-unknown-tag"

@@ -1,0 +1,165 @@
+"""Devices that make the choices the spec leaves open -- each must pass with its choice named --
+and devices with the real defect of each shared case (../shared/cases/README.md), which must
+fail the named clause.  All are the reference device with one behaviour changed.
+"""
+
+from __future__ import annotations
+
+from virtio_balloon_proto.codecs import Segment
+from virtio_balloon_proto.models.device import ReferenceDevice
+from virtio_balloon_proto.models.interface import Negotiated, Setup, Used
+from virtio_balloon_proto.pageset import PageSet
+from virtio_balloon_proto.profiles import get_profile
+
+
+# --- stats -------------------------------------------------------------------------------------
+class KnowsTags0To9(ReferenceDevice):
+    """QEMU 7.2: records tags 0-9 (VIRTIO 1.2), ignores 10-15 (Linux 6.12)."""
+
+    def _on_stats(self, head: int, segs: list[Segment]) -> list[Used]:
+        out = super()._on_stats(head, segs)
+        self.state.stats = {t: v for t, v in self.state.stats.items() if t < 10}
+        return out
+
+
+class KnowsTags0To15(ReferenceDevice):
+    """Firecracker >= 1.14: knows Linux 6.12's tags 10-15 as well (the reference does too)."""
+
+
+class RefusesUnknownTags(ReferenceDevice):
+    """Firecracker <= 1.13: a stats buffer with a tag it does not know is dropped, never used."""
+
+    def _on_stats(self, head: int, segs: list[Segment]) -> list[Used]:
+        d = self._decode("stats", segs)
+        if d is not None and d.decoded is not None and any(
+                e.tag >= 10 for e in d.decoded.message.entries):  # type: ignore[union-attr]
+            return []
+        return super()._on_stats(head, segs)
+
+
+class DiesOnUnknownTags(ReferenceDevice):
+    """QEMU 9.2.0-rc1-like: an assertion on an unknown tag takes the device down."""
+
+    def _on_stats(self, head: int, segs: list[Segment]) -> list[Used]:
+        d = self._decode("stats", segs)
+        if d is not None and d.decoded is not None and any(
+                e.tag >= 10 for e in d.decoded.message.entries):  # type: ignore[union-attr]
+            raise AssertionError("stats tag out of range")
+        return super()._on_stats(head, segs)
+
+
+class LosesSupersededStats(ReferenceDevice):
+    """QEMU <= 2.5: a second stats buffer overwrites the held one, which is never used."""
+
+    def _on_stats(self, head: int, segs: list[Segment]) -> list[Used]:
+        self._stats_held = None
+        return super()._on_stats(head, segs)
+
+
+# --- inflate -----------------------------------------------------------------------------------
+class SkipsMalformedPfns(ReferenceDevice):
+    """Firecracker / cloud-hypervisor v52: a PFN buffer whose length is not a multiple of 4 is
+    skipped whole (its whole words too), and still used."""
+
+    def _on_inflate(self, head: int, segs: list[Segment]) -> list[Used]:
+        if any(s.writable for s in segs) or sum(s.length for s in segs) % 4:
+            return [Used(head, 0)]
+        return super()._on_inflate(head, segs)
+
+
+class DiesOnMalformedPfns(ReferenceDevice):
+    """cloud-hypervisor <= v51: a malformed buffer stops the queue: nothing is used again."""
+
+    dead = False
+
+    def _on_inflate(self, head: int, segs: list[Segment]) -> list[Used]:
+        if self.dead or any(s.writable for s in segs) or sum(s.length for s in segs) % 4:
+            self.dead = True
+            return []
+        return super()._on_inflate(head, segs)
+
+
+class ReadsFirstDescriptorOnly(ReferenceDevice):
+    """Firecracker at 81b38b9: only the head descriptor of a PFN chain is read."""
+
+    def _on_inflate(self, head: int, segs: list[Segment]) -> list[Used]:
+        return super()._on_inflate(head, segs[:1])
+
+
+class IgnoresHighPfns(ReferenceDevice):
+    """Skips every PFN at or above 256 MiB (a device that assumes a 256 MiB guest)."""
+
+    def _in_ram(self, pages: PageSet) -> PageSet:
+        return super()._in_ram(pages) & PageSet.from_range(0, (256 << 20) >> 12)
+
+
+# --- config space --------------------------------------------------------------------------
+class _ConfigSize(ReferenceDevice):
+    size = 8
+
+    def start(self, setup: Setup) -> Negotiated:
+        neg = super().start(setup)
+        self._config_size = self.size
+        return Negotiated(neg.offered, neg.accepted, neg.queues, self.size)
+
+    def _config_bytes(self) -> bytes:
+        s = self.state
+        raw = b"".join(v.to_bytes(4, "little") for v in (
+            s.num_pages, s.actual, s.hint_cmd_id, s.poison_val, 0))
+        return raw[: self.size]
+
+
+class Config12(_ConfigSize):
+    """Firecracker: 12 bytes (num_pages, actual, free_page_hint_cmd_id)."""
+
+    size = 12
+
+
+class Config16(_ConfigSize):
+    """QEMU 4.0 machine types: 16 bytes whatever is offered."""
+
+    size = 16
+
+
+class Config20(_ConfigSize):
+    """crosvm: 20 bytes."""
+
+    size = 20
+
+
+class PoisonInEightBytes(ReferenceDevice):
+    """Offers PAGE_POISON but exposes only 8 bytes: poison_val does not exist."""
+
+    def start(self, setup: Setup) -> Negotiated:
+        neg = super().start(setup)
+        self._config_size = 8
+        return Negotiated(neg.offered, neg.accepted, neg.queues, 8)
+
+
+# --- reporting -----------------------------------------------------------------------------
+class ReportLenIsBytes(ReferenceDevice):
+    """cloud-hypervisor: used len of a report = the bytes of its ranges."""
+
+    def _on_reporting(self, head: int, segs: list[Segment]) -> list[Used]:
+        super()._on_reporting(head, segs)
+        return [Used(head, sum(s.length for s in segs if s.writable))]
+
+
+class ReportLenTooLong(ReferenceDevice):
+    """Claims more bytes than the report's buffers hold."""
+
+    def _on_reporting(self, head: int, segs: list[Segment]) -> list[Used]:
+        super()._on_reporting(head, segs)
+        return [Used(head, sum(s.length for s in segs if s.writable) + 4096)]
+
+
+# --- queue numbering ------------------------------------------------------------------------
+class OfferedNumbering(ReferenceDevice):
+    """QEMU, crosvm, Firecracker: queues compacted over the offered features."""
+
+    def start(self, setup: Setup) -> Negotiated:
+        neg = super().start(setup)
+        prof = get_profile(setup.profile)
+        self.queues = {r.value: i for r, i in
+                       prof.queue_index(neg.offered, neg.accepted, "offered").items()}
+        return Negotiated(neg.offered, neg.accepted, dict(self.queues), neg.config_size)
