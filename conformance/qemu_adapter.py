@@ -373,6 +373,8 @@ class QemuDevice:
             }
         if self.negotiated is not None and "reporting" in self.negotiated.queues:
             out["reported"] = [list(e) for e in self._observe_reported(s)]
+        # DEVICE_NEEDS_RESET (VIRTIO 1.2 2.1.1): QEMU's virtio_error() on a bad descriptor
+        out["needs_reset"] = bool(s.transport.get_status() & 0x40)
         return out
 
     def _observe_reported(self, s: QemuBalloon) -> list[tuple[int, int]]:

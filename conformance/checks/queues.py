@@ -20,6 +20,7 @@ Choices recorded (the spec leaves them open):
 from __future__ import annotations
 
 from virtio_balloon_proto.errors import VBProtoError
+from virtio_balloon_proto.pageset import PageSet
 from virtio_balloon_proto.profiles import get_profile
 
 from .base import Chain, Judgement, register
@@ -89,9 +90,13 @@ def acks(j: Judgement) -> None:
             if c.used:
                 j.evaluated(ACK_CLAUSE.get(c.role, "spec.device.used.id-is-head"))
         return
+    broken_at = error_state(j)
     for c in j.chains:
         if c.segments is None or held(c):
             continue  # not replayed / held by design until the host asks
+        if broken_at is not None and (c.used_at is None or c.used_at > broken_at) and (
+                c.index <= broken_at or not c.used):
+            continue  # the device is in an error state (judged by error_state)
         clause = ACK_CLAUSE.get(c.role, "spec.device.used.id-is-head")
         if j.malformed(c):
             clause = "spec.device.malformed.acks-buffer"
@@ -185,3 +190,34 @@ def device_setup(j: Judgement) -> None:
                      f"{[n for n in names if n in ('FREE_PAGE_HINT', 'PAGE_POISON')]} need "
                      f"{need} (VIRTIO 1.2 5.5.4: free_page_hint_cmd_id at 8, poison_val at 12)",
                      None, expected=f">= {need}", received=size)
+
+
+def _outside_ram(j: Judgement, c: Chain) -> bool:
+    ram = j.ram()
+    for s in c.segments or ():
+        first, end = s.addr // 4096, (s.addr + max(s.length, 1) - 1) // 4096 + 1
+        if s.addr and not PageSet.from_range(first, end - first) <= ram:
+            return True
+    d = j.decoded(c)
+    return d is not None and bool(d.pages) and not d.pages <= ram
+
+
+def error_state(j: Judgement) -> int | None:
+    """The event where the device set DEVICE_NEEDS_RESET (a ``state`` observation with
+    ``needs_reset``), if it did.  VIRTIO 1.2 2.1.2: "The device SHOULD set DEVICE_NEEDS_RESET
+    when it enters an error state that a reset is needed" -- allowed when the driver's last
+    buffer was invalid (it names memory outside the guest's RAM, or breaks a driver MUST); the
+    choice is recorded.  On a valid buffer it is the device's failure."""
+    at = next((i for i, ev in j.observations("state") if ev.value.get("needs_reset")), None)
+    if at is None:
+        return None
+    last = max((c for c in j.chains if c.index < at), key=lambda c: c.index, default=None)
+    if last is not None and (_outside_ram(j, last) or j.malformed(last)):
+        why = "outside guest RAM" if _outside_ram(j, last) else "malformed"
+        j.choice("error-state", f"needs reset on a {last.role} buffer {why}")
+    else:
+        j.evaluated("suite.device.transport")
+        j.broken("suite.device.transport",
+                 "the device set DEVICE_NEEDS_RESET after a valid buffer"
+                 + (f" ({last.role} head {last.head}, event {last.index})" if last else ""), at)
+    return at

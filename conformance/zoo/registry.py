@@ -51,7 +51,7 @@ ZOO: tuple[ZooEntry, ...] = (
         "qemu-stats-second-buffer-lost", "QEMU",
         "a second stats buffer overwrites the one held: the first is never used",
         "qemu 4eae2a657d 'balloon: fix segfault and harden the stats queue' (2016-03-01)",
-        "QEMU 2.6.0", "spec.device.stats.request-by-use",
+        "QEMU 2.6.0", "spec.device.stats.returns-superseded",
         ("spec/stats-second-buffer-le", "spec/stats-second-buffer-be"),
         qemu.QemuStatsSecondBufferLost, qemu.QemuStatsSecondBufferReturned),
     ZooEntry(
