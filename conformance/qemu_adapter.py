@@ -35,7 +35,7 @@ import numpy as np
 
 from virtio_balloon_proto.errors import PeerError, RingError, UsageError, VBProtoError
 from virtio_balloon_proto.profiles import SPEC, QueueRole
-from virtio_balloon_proto.qemu.device import WINDOW_SIZE, QemuBalloon
+from virtio_balloon_proto.qemu.device import BACKEND_PATH, WINDOW_SIZE, QemuBalloon
 from virtio_balloon_proto.qemu.process import DEVICE_PROPERTIES, find_qemu
 
 from .dut import Negotiated, Segment, Setup, Unsupported, Used
@@ -373,8 +373,14 @@ class QemuDevice:
             }
         if self.negotiated is not None and "reporting" in self.negotiated.queues:
             out["reported"] = [list(e) for e in self._observe_reported(s)]
-        # DEVICE_NEEDS_RESET (VIRTIO 1.2 2.1.1): QEMU's virtio_error() on a bad descriptor
-        out["needs_reset"] = bool(s.transport.get_status() & 0x40)
+        # an error state that needs a reset: DEVICE_NEEDS_RESET (VIRTIO 1.2 2.1.1), which
+        # QEMU's virtio_error() sets on a bad descriptor -- for a VERSION_1 device only; a
+        # legacy device has no such bit, QEMU just marks it broken (x-query-virtio-status)
+        needs = bool(s.transport.get_status() & 0x40)
+        if not needs:
+            st = s.qmp("x-query-virtio-status", {"path": BACKEND_PATH})
+            needs = isinstance(st, dict) and st.get("broken") is True
+        out["needs_reset"] = needs
         return out
 
     def _observe_reported(self, s: QemuBalloon) -> list[tuple[int, int]]:

@@ -371,6 +371,7 @@ class Runner:
             "offered": neg.offered, "accepted": neg.accepted, "queues": dict(neg.queues),
             "config_size": neg.config_size}))
         by_index = {s.index: s for s in case.steps}
+        self._traffic: list[dict[str, Any]] = []
         outstanding: dict[tuple[str, int], str] = {}
         qmap = {str(getattr(r, "value", r)): q for r, q in hdr.queues.items()}
         for i, ev in enumerate(case.events, start=1):
@@ -384,6 +385,9 @@ class Runner:
                     out.append(tr.ObserveEvent(
                         "gap", {"message": gap or f"event {i} not replayed"}))
                 continue
+            entry = step.to_json()
+            entry["step"] = len(out) + 1  # its event number in the recorded trace
+            self._traffic.append(entry)
             try:
                 if step.kind == "avail":
                     outstanding[(step.role, step.head)] = step.role
@@ -409,6 +413,10 @@ class Runner:
                     outstanding.pop((role, u.id), None)
                     out.append(tr.UsedEvent(QueueRole(role), qmap.get(role, neg.queues.get(
                         role, 0)), u.length, u.id, bytes(u.written) if u.written else None))
+                entry["device"] = [
+                    {"id": u.id, "len": u.length,
+                     **({"written": hexdump(bytes(u.written))} if u.written else {})}
+                    for u in used]
                 state = dict(self.device.observe())
                 if step.kind in ("config_write", "host") and neg.config_size:
                     state["config"] = bytes(self.device.config_read(0, neg.config_size)).hex()
@@ -418,6 +426,7 @@ class Runner:
                 result.reason = f"step {step.index} ({step.describe()}): {exc}"
                 return None
             except PeerError as exc:
+                entry["error"] = str(exc)
                 out.append(tr.ObserveEvent("error", {
                     "message": f"step {step.index} ({step.describe()}): {exc}"}))
                 return header, out
@@ -444,7 +453,7 @@ class Runner:
         result.results = judged.results
         result.behaviour = judged.behaviour
         result.notes = judged.notes + list(case.gaps)
-        result.traffic = _traffic(events)
+        result.traffic = self._traffic
 
     # --- many cases ----------------------------------------------------------------------------
     def run(
@@ -483,25 +492,6 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, (bytes, bytearray)):
         return bytes(v).hex()
     return v
-
-
-def _traffic(events: list[Any]) -> list[dict[str, Any]]:
-    """The recorded trace as report traffic: one entry per event, device-written bytes as
-    hex dumps (cut at REPORT_DATA_LIMIT)."""
-    from virtio_balloon_proto import trace as tr
-
-    out: list[dict[str, Any]] = []
-    for i, ev in enumerate(events, start=1):
-        if isinstance(ev, tr.ObserveEvent) and ev.what == "state":
-            continue  # bulky, and in the saved trace
-        d = ev.to_json()
-        if isinstance(ev, tr.UsedEvent) and ev.data:
-            d["data"] = hexdump(ev.data, REPORT_DATA_LIMIT)
-        if isinstance(ev, tr.AvailEvent):
-            d["out"] = [None if o is None else hexdump(o, REPORT_DATA_LIMIT) for o in ev.out]
-        d["step"] = i
-        out.append(d)
-    return out
 
 
 class _suppress:

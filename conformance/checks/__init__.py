@@ -47,5 +47,19 @@ def judge(header: Any, events: Iterable[Any], *, cat: Catalog | None = None,
     j = build(header, events, cat or catalog(), strict=strict, subject=subject)
     for fn, _ids in CHECKS:
         fn(j)
+    # a result names the driver-side event (step) it follows: the used entry or observation
+    # where a check saw the problem belongs to the step that caused it
+    from virtio_balloon_proto import trace as tr
+
+    driver = [isinstance(ev, (tr.AvailEvent, tr.ConfigEvent, tr.HostEvent, tr.StatusEvent,
+                              tr.FeaturesEvent)) for ev in j.events]
+    for r in j.results.values():
+        s = r.step
+        if s is not None and 1 <= s <= len(driver) and not driver[s - 1]:
+            k = s
+            while k > 1 and not driver[k - 1]:
+                k -= 1
+            if driver[k - 1]:
+                r.step = k
     return Judged(list(j.results.values()),
                   {k: sorted(v) for k, v in sorted(j.behaviour.items())}, list(j.notes))
