@@ -59,3 +59,27 @@ def test_run_and_check_agree_on_every_corpus_trace(device: str, tmp_path: Path) 
     assert judged >= 50
     if device != "reference":
         assert any(r.failures() for r in live.values())
+
+
+def test_run_and_check_agree_on_the_zoo(tmp_path: Path) -> None:
+    """Every zoo device (and twin) over its own cases: the saved traces re-judge identically."""
+    from virtio_balloon_proto.conformance.zoo import ZOO
+
+    compared = 0
+    for entry in ZOO:
+        cases = discover_cases(CORPUS, case_globs=list(entry.cases)) if entry.cases else []
+        for which in ("device", "twin"):
+            out = tmp_path / entry.id / which
+            runner = Runner(f"python:{entry.target(which)}", save_traces=out)
+            try:
+                live = {c.id: runner.run_case(c) for c in cases}
+            finally:
+                runner.close()
+            for cid, res in live.items():
+                if res.status is not None:
+                    continue
+                again = check_trace(out / f"{cid}.jsonl", subject="device")
+                assert _key(again) == _key(res), (entry.id, which, cid)
+                assert again.behaviour == res.behaviour, (entry.id, which, cid)
+                compared += 1
+    assert compared >= 40

@@ -165,12 +165,9 @@ COMMANDS: dict[str, Cmd] = {
                                         stdout_has=("pfns[2]", "36864")),
     "vbproto trace synth --profile v3 --scenario unused-pages --exact -o seed.jsonl":
         Cmd(makes=("seed.jsonl",)),
-    # the oracle judges a capture as a whole life: a used entry for a chain made available
-    # before the window, and a chain still pending at its end, fail today (exit 1); a capture
-    # is a window (HELPERS.md standards). Strict: the fix makes this pass and drops the mark.
-    "vbproto conform check capture.jsonl": Cmd(setup=(_dump,), needs=(SPLIT,), marks=(
-        pytest.mark.xfail(strict=True, reason="oracle: a capture window's edges are judged "
-                          "as failures (spec.device.used.id-is-head, inflate.acks-buffer)"),)),
+    # a capture is a window (HELPERS.md standards): a used entry for a chain made available
+    # before it, and a chain still pending at its end, are not judged
+    "vbproto conform check capture.jsonl": Cmd(setup=(_dump,), needs=(SPLIT,)),
     "vbproto conform run --device stdio:'./my-device --testee'":
         Cmd(setup=(_my_device,), stdout_has=("CONFORMANCE PASSED",)),
     "vbproto conform run --device qemu:transport=modern --known-failures "

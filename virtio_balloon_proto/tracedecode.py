@@ -18,7 +18,15 @@ from typing import Any
 from .codecs import DecodedBuffer, Segment, decode_buffer
 from .errors import TraceError, VBProtoError
 from .pageset import PageAccumulator, PageSet
-from .trace import AvailEvent, Event, HostEvent, TraceHeader, TraceReader, UsedEvent
+from .trace import (
+    AvailEvent,
+    ConfigEvent,
+    Event,
+    HostEvent,
+    TraceHeader,
+    TraceReader,
+    UsedEvent,
+)
 from .virtqueue.split import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_WRITE
 from .wire import WireLayout
 
@@ -98,6 +106,13 @@ class Summary:
     unused: dict[int, PageSet] = field(default_factory=dict)
     reported: PageSet = field(default_factory=PageSet.empty)
     hinted: PageSet = field(default_factory=PageSet.empty)
+    #: pages hinted under a command id that was not the device's current one (VIRTIO 1.2
+    #: 5.5.6.4.2: the device MUST ignore them) -- not counted in ``hinted``
+    stale_hinted: PageSet = field(default_factory=PageSet.empty)
+    #: the device's current free_page_hint_cmd_id, once the trace shows it (host event or a
+    #: config read), and whether the driver's last command-id buffer matched it
+    hint_cmd_id: int | None = None
+    hint_active: bool = False
     stats: dict[int, int] = field(default_factory=dict)
     stats_buffers: int = 0
     findings: Counter[str] = field(default_factory=Counter)
@@ -123,7 +138,13 @@ class Summary:
         elif d.role == "reporting":
             self.reported = self.reported | b.pages
         elif d.role == "free_page":
-            self.hinted = self.hinted | b.pages
+            if b.kind == "hint-cmd" and b.decoded is not None:
+                cid = int(b.decoded.message.cmd_id)  # type: ignore[union-attr]
+                self.hint_active = cid >= 2 and self.hint_cmd_id in (None, cid)
+            elif self.hint_active and self.hint_cmd_id not in (0, 1):
+                self.hinted = self.hinted | b.pages
+            else:
+                self.stale_hinted = self.stale_hinted | b.pages
         elif d.role == "misc" and b.decoded is not None and b.kind in ("bmap", "hybrid"):
             m = b.decoded.message
             req = getattr(m, "req_id", getattr(m, "id", 0))
@@ -132,6 +153,19 @@ class Summary:
             self.stats_buffers += 1
             for e in b.decoded.message.entries:  # type: ignore[union-attr]
                 self.stats[e.tag] = e.val
+
+    def see_hint_id(self, ev: Event) -> None:
+        """Follow the device's free_page_hint_cmd_id: host free-page-hint events and config
+        reads of offset 8 (a new id ends the driver's current round)."""
+        new: int | None = None
+        if isinstance(ev, HostEvent) and ev.action == "free-page-hint" and ev.cmd_id is not None:
+            new = ev.cmd_id
+        elif isinstance(ev, ConfigEvent) and not ev.write and (
+                ev.offset <= 8 and ev.offset + len(ev.data) >= 12):
+            new = int.from_bytes(ev.data[8 - ev.offset: 12 - ev.offset], "little")
+        if new is not None and new != self.hint_cmd_id:
+            self.hint_cmd_id = new
+            self.hint_active = False
 
     @property
     def balloon(self) -> PageSet:
@@ -146,7 +180,7 @@ class Summary:
             "unused_reports": {f"{k:#x}": {"frames": len(v), "pages": v.extents()}
                                for k, v in sorted(self.unused.items())},
             "reported": {"frames": len(self.reported), "pages": self.reported.extents()},
-            "hinted": {"frames": len(self.hinted)},
+            "hinted": {"frames": len(self.hinted), "stale_frames": len(self.stale_hinted)},
             "stats": {"buffers": self.stats_buffers,
                       "last": {str(k): v for k, v in sorted(self.stats.items())}},
             "host_targets": self.targets,
@@ -164,6 +198,8 @@ def decode_trace(reader: TraceReader, roles: set[str] | None = None,
     for line, ev in reader.numbered_events():
         if isinstance(ev, HostEvent) and summary is not None and ev.num_pages is not None:
             summary.targets.append(ev.num_pages)
+        if summary is not None:
+            summary.see_hint_id(ev)
         d = _decode_event(h, layout, line, ev, chains)
         if d is None or (roles is not None and d.role not in roles):
             continue

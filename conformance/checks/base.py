@@ -112,6 +112,18 @@ class Judgement:
         return [(i, ev) for i, ev in enumerate(self.events, start=1)
                 if isinstance(ev, ObserveEvent) and ev.what == what]
 
+    @property
+    def from_reset(self) -> bool:
+        """Does the trace start at device reset (a status write of 0 or 1 before anything else,
+        or a live run's record)?  If not, it is a window: it may see the device use chains
+        made available before it started."""
+        from virtio_balloon_proto.trace import ObserveEvent, StatusEvent
+
+        if self.observations("device"):
+            return True
+        first = next((ev for ev in self.events if not isinstance(ev, ObserveEvent)), None)
+        return isinstance(first, StatusEvent) and first.value in (0, 1)
+
     def host_requests(self, action: str) -> list[int]:
         """Event indices of the trace's host events of one action."""
         from virtio_balloon_proto.trace import HostEvent

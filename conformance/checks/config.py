@@ -121,9 +121,9 @@ def actual_accounting(j: Judgement) -> None:
     Chains still in flight when actual is written widen the allowed range."""
     from virtio_balloon_proto import trace as tr
 
-    first = j.events[0] if j.events else None
-    from_reset = isinstance(first, tr.StatusEvent) and first.value in (0, 1)
+    from_reset = j.from_reset
     balloon = PageSet.empty()
+    before = 0  # pages of the balloon from before the window that the window took back
     base: tuple[int, int] | None = None  # (actual, balloon size) at the first write
     for i, ev in enumerate(j.events, start=1):
         if isinstance(ev, tr.UsedEvent) and i in j.by_used:
@@ -133,7 +133,14 @@ def actual_accounting(j: Judgement) -> None:
             d = j.decoded(ch)
             if d is None:
                 return  # bytes not captured / undecodable: the count is unknown from here on
-            balloon = balloon | d.pages if ch.role == "inflate" else balloon - d.pages
+            if ch.role == "inflate":
+                balloon = balloon | d.pages
+            else:
+                if not from_reset:
+                    # a window: a deflated page it never saw inflated was in the balloon
+                    # before the window started
+                    before -= len(d.pages - balloon)
+                balloon = balloon - d.pages
         elif isinstance(ev, tr.ConfigEvent) and ev.write and ev.offset == 4 and len(ev.data) == 4:
             actual = int.from_bytes(ev.data, "little")
             flying_in = flying_out = 0
@@ -146,7 +153,7 @@ def actual_accounting(j: Judgement) -> None:
                         flying_in += n
                     else:
                         flying_out += n
-            size = len(balloon)
+            size = len(balloon) + before
             if base is None and not from_reset:
                 base = (actual, size)
                 continue

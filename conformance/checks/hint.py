@@ -34,8 +34,15 @@ def hint_rounds(j: Judgement) -> tuple[dict[int, bool], list[tuple[int, str]]]:
     under: dict[int, bool] = {}
     problems: list[tuple[int, str]] = []
     for i, ev in enumerate(j.events, start=1):
+        new: int | None = None
         if isinstance(ev, tr.HostEvent) and ev.action == "free-page-hint" and ev.cmd_id is not None:
-            published = ev.cmd_id
+            new = ev.cmd_id
+        elif isinstance(ev, tr.ConfigEvent) and not ev.write and (
+                ev.offset <= 8 and ev.offset + len(ev.data) >= 12):
+            # the driver read the device's current id (config is little-endian, 5.5.4.1)
+            new = int.from_bytes(ev.data[8 - ev.offset: 12 - ev.offset], "little")
+        if new is not None:
+            published = new
             if active is not None and active != published:
                 active = None
             continue

@@ -41,7 +41,14 @@ def used_ids(j: Judgement) -> None:
     for ch in j.chains:
         if ch.used:
             j.evaluated("spec.device.used.id-is-head")
+    window = not j.from_reset
     for i, role, head in j.stray_used:
+        if window and not any(c.role == role and c.head == head and c.index < i
+                              for c in j.chains):
+            # the window starts mid-life: this chain was made available before it
+            j.notes.append(f"event {i}: used id {head} on {role} names a chain made available "
+                           "before the trace starts (not judged)")
+            continue
         j.evaluated("spec.device.used.id-is-head")
         j.broken("spec.device.used.id-is-head",
                  f"used id {head} on {role} names no chain that is available and not yet used",

@@ -39,9 +39,29 @@ def finding_result(j: Judgement, finding: Any, chain: Chain, from_driver: bool =
 # the clauses this check reports are the catalog's ``wire = true`` ones (counted by
 # Catalog.check_counts); tests/test_wire_rule_ids.py proves that flag equals what wire/ and
 # codecs/ emit, both ways
+#: the driver-side wire clauses the decoder of each kind checks (prefixes of clause ids)
+KIND_CLAUSES = {
+    "pfns": ("spec.driver.pfns.", "spec.driver.pages."),
+    "bmap": ("v3.driver.bmap.", "v3.driver.pages."),
+    "hybrid": ("hybrid.driver.resp.", "hybrid.driver.record.", "hybrid.driver.pages."),
+    "stats": ("spec.driver.stats.len-multiple-of-10", "spec.driver.stats.duplicate-tag"),
+    "hint-cmd": ("spec.driver.hint.len-4",),
+}
+
+
 @register()
 def wire_findings(j: Judgement) -> None:
     for ch in j.chains:
+        d = j.decoded(ch)
+        if d is not None:
+            prefixes = KIND_CLAUSES.get(d.kind, ())
+            if d.kind == "ranges":
+                prefixes = ("spec.driver.report.page-aligned",) if ch.role == "reporting" else (
+                    "spec.driver.hint.page-aligned",)
+            for c in j.catalog:
+                if c.wire and c.side == "driver" and j.profile in c.profiles and any(
+                        c.id.startswith(p) for p in prefixes):
+                    j.evaluated(c.id)
         for f in j.wire_findings(ch):
             finding_result(j, f, ch)
 
