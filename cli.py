@@ -53,6 +53,24 @@ def _install_signal_handlers() -> None:
 class _Group(click.Group):
     """A click group that turns our errors into one line + exit 2 for every subcommand."""
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """SIGTERM is handled like Ctrl-C for every command (atomic writers clean up their
+        temporary files, reports are finished as partial); the old handler is restored."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return super().main(*args, **kwargs)
+
+        def on_term(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        old = signal.signal(signal.SIGTERM, on_term)
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGTERM, old)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -93,19 +111,19 @@ def _group(name: str, help_text: str) -> Callable[[Callable[..., Any]], click.Gr
 def _read_input(source: str) -> bytes:
     """HEX on the command line, @FILE for raw bytes, - for hex on stdin."""
     from virtio_balloon_proto.errors import UsageError
+    from virtio_balloon_proto.limits import MAX_INPUT, read_bounded, read_stream
 
     if source == "-":
         # stdin is hex text (raw bytes: @/dev/stdin); guessing would misread raw bytes that
         # happen to be ASCII hex digits
-        raw = sys.stdin.buffer.read()
+        raw = read_stream(sys.stdin.buffer, what="stdin", limit=2 * MAX_INPUT + 4096)
         try:
             return bytes.fromhex("".join(raw.decode("ascii").split()).removeprefix("0x"))
         except (UnicodeDecodeError, ValueError):
             raise UsageError("stdin is not hex text (for raw bytes use @/dev/stdin)",
                              field="input") from None
-    if source.startswith("@"):
-        with open(source[1:], "rb") as fh:
-            return fh.read()
+    if source.startswith("@"):  # a regular file, a pipe or /dev/stdin; at most MAX_INPUT
+        return read_bounded(source[1:], what="input", allow_stream=True)
     text = "".join(source.split()).removeprefix("0x")
     try:
         return bytes.fromhex(text)
@@ -190,26 +208,21 @@ def message_decode(profile: str, kind: str, endian: str, word_size: str, word_or
 def message_encode(profile: str, kind: str, endian: str, word_size: str, word_order: str | None,
                    page_size: int, role: str, out: str | None, source: str) -> None:
     """Encode the JSON in SOURCE (@FILE, - or inline) -- 'fields' or 'pages' -- to bytes."""
-    import json
 
     from virtio_balloon_proto.errors import UsageError
     from virtio_balloon_proto.io import write_atomic
+    from virtio_balloon_proto.limits import loads_json, read_bounded, read_stream
     from virtio_balloon_proto.wire import encode, message_from_json
     from virtio_balloon_proto.wire.messages import check_kind
 
     check_kind(kind, profile)
     if source == "-":
-        text = sys.stdin.read()
+        text: str | bytes = read_stream(sys.stdin.buffer, what="stdin")
     elif source.startswith("@"):
-        with open(source[1:], encoding="utf-8") as fh:
-            text = fh.read()
+        text = read_bounded(source[1:], what="input", allow_stream=True)
     else:
         text = source
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"input is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
-                         field="input") from None
+    obj = loads_json(text, what="input", error=UsageError)
     layout = _layout(endian, word_size, word_order, page_size)
     data = encode(message_from_json(kind, obj, layout, role=role), layout)
     if out:

@@ -29,7 +29,6 @@ Synthetic shapes (:func:`shape`), over a guest of ``frames`` 4 KiB frames:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ import numpy as np
 from .codecs import decode_pages, hybrid, spec, v3
 from .codecs.buffers import Chain, chain_bytes, chain_descriptors
 from .errors import UsageError, VBProtoError
+from .limits import MAX_JSON, loads_json, read_bounded
 from .pageset import PageSet
 from .wire import WireLayout
 
@@ -133,23 +133,38 @@ def _fragmented(rng: np.random.Generator, n: int, density: float) -> PageSet:
     return PageSet.from_starts_counts(s.astype(np.uint64), (e - s).astype(np.uint64))
 
 
+#: pages ``analyze --pages`` accepts (each encoding is built and timed in memory)
+MAX_ANALYZE_PAGES = 1 << 24
+#: highest frame ``analyze --pages`` accepts (2^40 frames of 4 KiB: a 4 PiB guest)
+MAX_ANALYZE_FRAME = (1 << 40) - 1
+
+
 def load_pages(spec_text: str) -> PageSet:
     """``--pages``: the compact text form, or ``@FILE`` holding JSON extents
-    (``[[first, count], ...]`` or ``{"pages": [...]}``) or the text form."""
+    (``[[first, count], ...]`` or ``{"pages": [...]}``) or the text form.  At most
+    MAX_ANALYZE_PAGES pages, none above MAX_ANALYZE_FRAME (UsageError otherwise)."""
+    ps = _load_pages(spec_text)
+    if ps and ps.max() > MAX_ANALYZE_FRAME:
+        raise UsageError(f"frame {ps.max()} is above {MAX_ANALYZE_FRAME} (MAX_ANALYZE_FRAME)",
+                         field="pages")
+    if ps.page_count() > MAX_ANALYZE_PAGES:
+        raise UsageError(f"{ps.page_count()} pages are over the limit of {MAX_ANALYZE_PAGES} "
+                         "(MAX_ANALYZE_PAGES)", field="pages")
+    return ps
+
+
+def _load_pages(spec_text: str) -> PageSet:
     if not spec_text.startswith("@"):
         return PageSet.from_text(spec_text.strip())
     path = spec_text[1:]
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read(64 << 20)
-        if fh.read(1):
-            raise UsageError(f"{path}: page file is larger than 64 MiB", field="pages")
+    raw = read_bounded(path, what="page file", limit=MAX_JSON, allow_stream=True)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 (byte {exc.start})", field="pages") from None
     stripped = text.strip()
     if stripped.startswith(("[", "{")):
-        try:
-            obj = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{path}: not JSON: {exc.msg} (line {exc.lineno}, column "
-                             f"{exc.colno})", field="pages") from None
+        obj = loads_json(stripped, what=f"{path}: page file", error=UsageError)
         if isinstance(obj, dict):
             obj = obj.get("pages", obj.get("extents"))
         if not isinstance(obj, list):

@@ -13,7 +13,6 @@ ring.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import struct
@@ -26,6 +25,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from ..errors import TraceError, UsageError, VBProtoError
+from ..limits import MAX_JSON, check_int, loads_json, read_bounded
 from ..profiles import VERSION_1, QueueRole, get_profile
 from ..virtqueue.filemem import MappedMemory
 from ..virtqueue.memory import GuestMemory
@@ -295,34 +295,28 @@ class QueueStatus:
     def from_json(cls, o: Mapping[str, Any], where: str) -> QueueStatus:
         if "return" in o and isinstance(o["return"], dict):
             o = o["return"]  # a raw QMP reply
-        try:
-            return cls(
-                int(o["queue-index"]),
-                int(o["vring-num"]),
-                int(o["vring-desc"]),
-                int(o["vring-avail"]),
-                int(o["vring-used"]),
-                int(o["last-avail-idx"]),
-                int(o["used-idx"]),
-                o.get("name"),
-            )
-        except KeyError as exc:
-            raise TraceError(f"queue status lacks {exc.args[0]!r}", where=where) from None
-        except (TypeError, ValueError) as exc:
-            raise TraceError(f"queue status field is not a number: {exc}", where=where) from None
+        u16, u64 = 0xFFFF, (1 << 64) - 1
+
+        def num(key: str, hi: int) -> int:
+            if key not in o:
+                raise TraceError(f"queue status lacks {key!r}", where=where)
+            return check_int(o[key], field=key, hi=hi, error=TraceError, where=where)
+
+        name = o.get("name")
+        if name is not None and not isinstance(name, str):
+            raise TraceError(f"must be a string, got {type(name).__name__}", field="name",
+                             where=where)
+        return cls(num("queue-index", u16), num("vring-num", 32768), num("vring-desc", u64),
+                   num("vring-avail", u64), num("vring-used", u64), num("last-avail-idx", u16),
+                   num("used-idx", u16), name)
 
 
 def load_queue_status(paths: Iterable[str | os.PathLike[str]]) -> list[QueueStatus]:
     """Queue status objects from JSON files (one object, a QMP reply, or a list of them)."""
     out = []
     for p in paths:
-        try:
-            text = Path(p).read_text()
-            data = json.loads(text)
-        except OSError as exc:
-            raise TraceError(f"cannot read: {exc.strerror or exc}", where=str(p)) from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise TraceError(f"not JSON: {exc}", where=str(p)) from None
+        raw = read_bounded(p, what="queue status file", limit=MAX_JSON, error=TraceError)
+        data = loads_json(raw, what="queue status", error=TraceError, where=str(p))
         items = data if isinstance(data, list) else [data]
         for k, item in enumerate(items):
             if not isinstance(item, dict):

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import RingError, TraceError
+from ..limits import open_regular
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +38,9 @@ class MappedMemory:
 
     def map_file(self, path: str | os.PathLike[str]) -> int:
         """Map ``path`` copy-on-write; returns a handle for :meth:`add`."""
+        f, _ = open_regular(path, what="memory file", error=TraceError)  # never blocks on a FIFO
         try:
-            with open(path, "rb") as f:
+            with f:
                 size = os.fstat(f.fileno()).st_size
                 if size == 0:
                     raise TraceError("memory file is empty", where=str(path))

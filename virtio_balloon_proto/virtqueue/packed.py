@@ -12,6 +12,7 @@ clause; rule breaks that can be walked are findings on the chain.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,11 +30,13 @@ from construct import (
 
 from ..errors import RingError, UsageError
 from ..findings import Finding
+from ..limits import MAX_CHAIN_DESCRIPTORS, MAX_WALK_DESCRIPTORS
 from .memory import GuestMemory
 from .split import (
     DEFAULT_MAX_CHAIN_BYTES,
     DESC_SIZE,
     MAX_INDIRECT_ENTRIES,
+    MAX_TABLE_CACHE,
     VIRTQ_DESC_F_INDIRECT,
     VIRTQ_DESC_F_NEXT,
     VIRTQ_DESC_F_WRITE,
@@ -188,6 +191,23 @@ class PackedQueueDevice:
         self.resolve_data = resolve_data
         self.check_writable = check_writable
         self.max_chain_bytes = max_chain_bytes
+        # struct pvirtq_desc {le64 addr; le32 len; le16 id; le16 flags;}
+        self._desc_fmt = struct.Struct("<QIHH" if little_endian else ">QIHH")
+        self._tables: dict[tuple[int, int], bytes] = {}
+        self._table_bytes = 0
+        self._walk_left = MAX_WALK_DESCRIPTORS
+
+    def _table(self, addr: int, length: int, where: str) -> bytes:
+        """An indirect table's bytes, read once per walk (chains may share one table)."""
+        raw = self._tables.get((addr, length))
+        if raw is None:
+            if self._table_bytes + length > MAX_TABLE_CACHE:
+                self._tables.clear()
+                self._table_bytes = 0
+            raw = _read(self.memory, addr, length, where, "spec.driver.ring.addr-in-memory")
+            self._tables[(addr, length)] = raw
+            self._table_bytes += length
+        return raw
 
     def read_desc(self, position: int, table: int | None, head: int) -> ChainDescriptor:
         base = self.desc_addr if table is None else table
@@ -221,11 +241,14 @@ class PackedQueueDevice:
             raise UsageError(f"position {position} is outside the ring of {self.size}")
         consumed = 0
         pos, wrap = position, wrap_counter & 1
+        self._tables.clear()  # tables are cached for one walk: memory may change between walks
+        self._table_bytes = 0
+        self._walk_left = MAX_WALK_DESCRIPTORS
         while consumed < self.size:
             first = self.read_desc(pos, None, pos)
             if not is_available(first.flags, wrap):
                 return
-            chain, n = self.read_chain(pos, wrap, budget=self.size - consumed)
+            chain, n = self.read_chain(pos, wrap, budget=self.size - consumed, keep_tables=True)
             yield chain
             consumed += n
             pos += n
@@ -234,10 +257,20 @@ class PackedQueueDevice:
                 wrap ^= 1
 
     def read_chain(
-        self, position: int, wrap_counter: int, *, budget: int | None = None
+        self, position: int, wrap_counter: int, *, budget: int | None = None,
+        keep_tables: bool = False,
     ) -> tuple[Chain, int]:
         """Walk the chain whose first descriptor is at ``position``; return it and the number
-        of ring entries it occupies."""
+        of ring entries it occupies.  At most MAX_CHAIN_DESCRIPTORS descriptors are walked (a
+        ``spec.driver.ring.chain-len`` finding says where it stopped); ``keep_tables``: the
+        indirect tables read earlier in the same walk are still valid."""
+        if not keep_tables:
+            self._tables.clear()
+            self._table_bytes = 0
+            self._walk_left = MAX_WALK_DESCRIPTORS
+        cap = min(MAX_CHAIN_DESCRIPTORS, self._walk_left)
+        cap_name = ("MAX_CHAIN_DESCRIPTORS" if cap == MAX_CHAIN_DESCRIPTORS
+                    else f"MAX_WALK_DESCRIPTORS, {MAX_WALK_DESCRIPTORS} for the whole walk")
         budget = self.size if budget is None else budget
         head = position
         out: list[ChainDescriptor] = []
@@ -283,8 +316,17 @@ class PackedQueueDevice:
                         clause="spec.driver.ring.indirect-len",
                     )
                 self._check_present(d.addr, d.len, where)
+                table = self._table(d.addr, d.len, where)
                 for k in range(d.len // DESC_SIZE):
-                    e = self.read_desc(k, d.addr, head)
+                    if len(out) >= cap:
+                        findings.append(Finding(
+                            "spec.driver.ring.chain-len",
+                            f"chain at position {head} has more than {cap} descriptors "
+                            f"({cap_name}): the walk stops there, the rest of the indirect "
+                            "table is not decoded"))
+                        break
+                    a, n, i, f = self._desc_fmt.unpack_from(table, DESC_SIZE * k)
+                    e = ChainDescriptor(k, a, n, f, 0, d.addr, None, i)
                     ew = _where(k, d.addr, head)
                     if e.indirect:
                         raise RingError(
@@ -303,6 +345,7 @@ class PackedQueueDevice:
                 pos, wrap = 0, wrap ^ 1
             if not d.has_next:
                 break
+        self._walk_left = max(0, self._walk_left - len(out))
         last_ring = [x for x in out if x.table is None][-1]
         return (
             Chain(

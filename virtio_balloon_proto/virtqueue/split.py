@@ -19,6 +19,7 @@ Everything goes through :class:`~virtio_balloon_proto.virtqueue.memory.GuestMemo
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from construct import (
 
 from ..errors import RingError, UsageError
 from ..findings import Finding
+from ..limits import MAX_CHAIN_DESCRIPTORS, MAX_WALK_DESCRIPTORS
 from .memory import GuestMemory
 
 # struct virtq_desc flags (2.7.5)
@@ -59,6 +61,8 @@ MAX_INDIRECT_ENTRIES = 65536
 #: default bound on the driver-written bytes resolved for one chain (balloon buffers are at most
 #: 32 bitmap buffers of 32 KiB plus a header; 64 MiB leaves ample room)
 DEFAULT_MAX_CHAIN_BYTES = 64 << 20
+#: indirect-table bytes one walker keeps, so that a table shared by many chains is read once
+MAX_TABLE_CACHE = 16 << 20
 
 
 class SplitRingStructs:
@@ -521,6 +525,10 @@ class SplitQueueDevice(_SplitRing):
         self.max_chain_bytes = max_chain_bytes
         #: None = unknown (no finding either way); False = report INDIRECT use as a finding
         self.indirect_negotiated = indirect_negotiated
+        self._desc_fmt = struct.Struct("<QIHH" if little_endian else ">QIHH")
+        self._tables: dict[int, bytes] = {}
+        self._table_bytes = 0
+        self._walk_left = MAX_WALK_DESCRIPTORS
 
     # --- ring indices -----------------------------------------------------------------------
     def avail_header(self) -> tuple[int, int]:
@@ -556,19 +564,51 @@ class SplitQueueDevice(_SplitRing):
                 field="idx",
                 clause="spec.driver.ring.avail-idx-advance",
             )
+        self._tables.clear()  # tables are cached for one walk: memory may change between walks
+        self._table_bytes = 0
+        self._walk_left = MAX_WALK_DESCRIPTORS
         for k in range(n):
             i = (last_avail + k) & 0xFFFF
-            yield self.read_chain(self.avail_entry(i), avail_idx=i)
+            yield self.read_chain(self.avail_entry(i), avail_idx=i, keep_tables=True)
 
     def read_desc(self, index: int, table: int | None, head: int) -> ChainDescriptor:
+        if table is not None and table in self._tables:
+            raw = self._tables[table]
+            if DESC_SIZE * (index + 1) <= len(raw):  # a table already read: no second read
+                a, n, f, nx = self._desc_fmt.unpack_from(raw, DESC_SIZE * index)
+                return ChainDescriptor(index, a, n, f, nx, table)
         base = self.desc_addr if table is None else table
         where = _where(index, table, head)
         raw = _read(self.memory, base + DESC_SIZE * index, DESC_SIZE, where, None)
-        d = self.s.virtq_desc.parse(raw)
-        return ChainDescriptor(index, int(d.addr), int(d.len), int(d.flags), int(d.next), table)
+        a, n, f, nx = self._desc_fmt.unpack(raw)
+        return ChainDescriptor(index, a, n, f, nx, table)
 
-    def read_chain(self, head: int, *, avail_idx: int = -1) -> Chain:
-        """Walk the chain starting at descriptor ``head`` (NEXT, then at most one INDIRECT)."""
+    def _load_table(self, addr: int, length: int, where: str) -> None:
+        """Read an indirect table once (tables shared by many chains are not read again);
+        at most MAX_TABLE_CACHE bytes are kept."""
+        old = self._tables.get(addr)
+        if old is not None and len(old) >= length:
+            return
+        if self._table_bytes + length > MAX_TABLE_CACHE:
+            self._tables.clear()
+            self._table_bytes = 0
+        self._tables[addr] = _read(self.memory, addr, length, where,
+                                   "spec.driver.ring.addr-in-memory")
+        self._table_bytes += length
+
+    def read_chain(self, head: int, *, avail_idx: int = -1, keep_tables: bool = False) -> Chain:
+        """Walk the chain starting at descriptor ``head`` (NEXT, then at most one INDIRECT).
+
+        At most MAX_CHAIN_DESCRIPTORS descriptors are walked; a longer chain ends there with a
+        ``spec.driver.ring.chain-len`` finding.  ``keep_tables``: indirect tables read by
+        earlier chains of the same walk are still valid (``available`` sets it)."""
+        if not keep_tables:
+            self._tables.clear()
+            self._table_bytes = 0
+            self._walk_left = MAX_WALK_DESCRIPTORS
+        cap = min(MAX_CHAIN_DESCRIPTORS, self._walk_left)
+        cap_name = ("MAX_CHAIN_DESCRIPTORS" if cap == MAX_CHAIN_DESCRIPTORS
+                    else f"MAX_WALK_DESCRIPTORS, {MAX_WALK_DESCRIPTORS} for the whole walk")
         if head >= self.size:
             raise RingError(
                 f"head {head} is not below the queue size {self.size}",
@@ -587,6 +627,12 @@ class SplitQueueDevice(_SplitRing):
         prev = -1  # the descriptor whose next led here, to name the culprit
         while True:
             where = _where(index, table, head)
+            if len(out) >= cap:
+                findings.append(Finding(
+                    "spec.driver.ring.chain-len",
+                    f"chain at head {head} has more than {cap} descriptors ({cap_name}): the "
+                    "walk stops there, the rest of the chain is not decoded"))
+                break
             if index >= entries:
                 if prev >= 0:
                     where = _where(prev, table, head)
@@ -637,6 +683,7 @@ class SplitQueueDevice(_SplitRing):
                         clause="spec.driver.ring.chain-len",
                     )
                 self._check_present(d.addr, d.len, where)
+                self._load_table(d.addr, d.len, where)
                 if self.indirect_negotiated is False:
                     findings.append(
                         Finding(
@@ -697,6 +744,7 @@ class SplitQueueDevice(_SplitRing):
                     f"chain at head {head} describes {total_len} bytes (2^32 or more)",
                 )
             )
+        self._walk_left = max(0, self._walk_left - len(out))
         return Chain(head, avail_idx, tuple(out), tuple(findings))
 
     def _check_present(self, gpa: int, size: int, where: str) -> None:
