@@ -1,0 +1,316 @@
+"""Hostile input to the CLI and the library: one clear error, never a traceback, a hang or
+memory that grows with something other than the input (issue 12).
+
+Every CLI run here goes through ``sys.executable -m virtio_balloon_proto`` with a timeout, so
+a regression to a hang fails the test instead of blocking CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from virtio_balloon_proto.errors import EncodeError, PeerError, TraceError, UsageError
+from virtio_balloon_proto.limits import (
+    MAX_CHAIN_DESCRIPTORS,
+    MAX_INT_DIGITS,
+    MAX_JSON_DEPTH,
+    MAX_WALK_DESCRIPTORS,
+    dumps_strict,
+    loads_json,
+    read_bounded,
+)
+from virtio_balloon_proto.trace import read_trace
+from virtio_balloon_proto.trace.importers import QueueStatus, load_queue_status
+
+CLI = [sys.executable, "-m", "virtio_balloon_proto"]
+
+
+def vbproto(*args: str, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def one_clear_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vbproto: error:"), r.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+# --------------------------------------------------------------------------- strict JSON
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("NaN", "NaN"),
+        ("[Infinity]", "Infinity"),
+        ('{"a": -Infinity}', "Infinity"),
+        ("1e309", "overflows"),
+        ("9" * 5000, "MAX_INT_DIGITS"),
+        ("[" * 100_000 + "]" * 100_000, "MAX_JSON_DEPTH"),
+        ("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1), "MAX_JSON_DEPTH"),
+        (b"\xff\xfe", "UTF-8"),
+        ("{", "not JSON"),
+    ],
+)
+def test_loads_json_refuses_with_the_projects_error(text: str | bytes, needle: str) -> None:
+    with pytest.raises(TraceError, match=needle):
+        loads_json(text, what="record", error=TraceError)
+
+
+def test_loads_json_keeps_what_json_allows() -> None:
+    depth = MAX_JSON_DEPTH
+    assert loads_json("[" * depth + "]" * depth, what="x") is not None
+    assert loads_json("9" * MAX_INT_DIGITS, what="x") == int("9" * MAX_INT_DIGITS)
+    assert loads_json('"\\ud800"', what="x") == "\ud800"  # lone surrogate: valid JSON text
+
+
+def test_dumps_strict_writes_only_json() -> None:
+    text = dumps_strict({"a": float("nan"), "b": [float("inf"), -float("inf")], "c": "\ud800"})
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {
+        "a": "NaN", "b": ["Infinity", "-Infinity"], "c": "\ud800"}
+    text.encode("ascii")  # lone surrogates travel as escapes
+
+
+# --------------------------------------------------------------------------- bounded readers
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("decode", "/dev/zero"),
+        ("trace", "validate", "/dev/zero"),
+        ("message", "decode", "--kind", "pfns", "@/dev/zero"),
+    ],
+)
+def test_dev_zero_ends_with_a_clear_error(args: tuple[str, ...]) -> None:
+    one_clear_error(vbproto(*args), "67108864")
+
+
+def test_hex_stdin_is_capped() -> None:
+    with open("/dev/zero", "rb") as zero:
+        r = vbproto("message", "decode", "--kind", "pfns", "-", stdin=zero)
+    one_clear_error(r, "limit")
+
+
+def _fifo(tmp_path: Path) -> Path:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    return fifo
+
+
+def test_fifo_memory_is_refused_not_waited_for(tmp_path: Path) -> None:
+    r = vbproto("trace", "import", "split-ring", "--memory", f"{_fifo(tmp_path)}@0",
+                "--size", "8", "--role", "inflate", "--desc", "0", "--avail", "0x100",
+                "--used", "0x200", "--profile", "spec", "-o", str(tmp_path / "o.jsonl"),
+                timeout=30)
+    one_clear_error(r, "FIFO")
+
+
+def test_fifo_trace_without_writer_does_not_block(tmp_path: Path) -> None:
+    one_clear_error(vbproto("decode", str(_fifo(tmp_path)), timeout=30), "no header")
+
+
+def test_read_bounded_refuses_a_directory_and_an_oversized_file(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="directory"):
+        read_bounded(tmp_path, what="input")
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 101)
+    with pytest.raises(UsageError, match="over the limit of 100"):
+        read_bounded(big, what="input", limit=100)
+
+
+# --------------------------------------------------------------------------- typed values
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [(8.9, "float"), (True, "bool"), ("8", "str"), (None, "NoneType"), ([8], "list"),
+     (-1, "outside"), (1 << 64, "outside")],
+)
+def test_queue_status_fields_are_true_integers(value: Any, needle: str) -> None:
+    good = {"queue-index": 0, "vring-num": 256, "vring-desc": 0x1000, "vring-avail": 0x2000,
+            "vring-used": 0x3000, "last-avail-idx": 0, "used-idx": 0}
+    assert QueueStatus.from_json(good, "t").vring_num == 256
+    for key in ("vring-num", "vring-desc", "last-avail-idx"):
+        with pytest.raises(TraceError, match=needle) as ei:
+            QueueStatus.from_json({**good, key: value}, "t")
+        assert ei.value.field == key
+
+
+def test_queue_status_file_nan_and_depth(tmp_path: Path) -> None:
+    p = tmp_path / "q.json"
+    p.write_text('{"return": {"queue-index": NaN}}')
+    with pytest.raises(TraceError, match="NaN"):
+        load_queue_status([p])
+    p.write_text("[" * 5000 + "]" * 5000)
+    with pytest.raises(TraceError, match="MAX_JSON_DEPTH"):
+        load_queue_status([p])
+
+
+def test_analyze_pages_of_the_whole_u64_space() -> None:
+    one_clear_error(vbproto("analyze", "--pages", "0-18446744073709551615"), "MAX_ANALYZE")
+
+
+def test_message_encode_json_input_is_strict() -> None:
+    r = vbproto("message", "encode", "--kind", "pfns", "-",
+                input='{"pages": [[NaN, 1]]}')
+    one_clear_error(r, "NaN")
+    r = vbproto("message", "encode", "--kind", "pfns", "-", input="[" * 100_000)
+    one_clear_error(r, "MAX_JSON_DEPTH")
+
+
+# --------------------------------------------------------------------------- codec server
+def test_reference_codec_answers_malformed_ops() -> None:
+    from virtio_balloon_proto.vectorgen.reference import handle
+
+    for req in ({"op": []}, {"op": {}}, {"op": None}, [], "x", {"op": "decode", "params": []}):
+        ans = handle(req)
+        assert isinstance(ans, dict) and ("unsupported" in ans or "error" in ans), (req, ans)
+
+
+def test_v3_misc_max_pfn_of_2_63_is_refused_without_allocating() -> None:
+    from virtio_balloon_proto.vectorgen.reference import handle
+
+    ans = handle({"op": "encode_pages", "params": {"profile": "v3", "role": "misc",
+                                                   "endian": "le", "wordSize": 64,
+                                                   "wordOrder": "le", "pageSize": 4096},
+                  "pages": [], "reqId": 1, "maxPfn": 1 << 63})
+    assert ans == {"error": {"class": "EncodeError", "field": "max_pfn"}}
+
+
+def test_codec_server_survives_hostile_frames() -> None:
+    """The stdio codec server answers every frame and never dies on one."""
+    proc = subprocess.Popen([sys.executable, "-m", "virtio_balloon_proto.vectorgen.serve"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    bodies = [b'{"op": []}', b'{"op": "walk", "memory": [{"gpa": "x"}]}',
+              b'{"op": "encode", "params": {"pageSize": 1e300}}', b"[[[[[[]]]]]]"]
+    try:
+        for body in bodies:
+            proc.stdin.write(struct.pack("<I", len(body)) + body)
+            proc.stdin.flush()
+            (n,) = struct.unpack("<I", proc.stdout.read(4))
+            ans = json.loads(proc.stdout.read(n))
+            assert "unsupported" in ans or "error" in ans, (body, ans)
+        proc.stdin.close()
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_v3_encode_error_is_the_projects_error() -> None:
+    from virtio_balloon_proto.codecs import v3
+    from virtio_balloon_proto.pageset import PageSet
+    from virtio_balloon_proto.wire import WireLayout
+
+    drv = v3.SeedV3Driver(WireLayout("le", 64, "le", 4096), 1, False)
+    with pytest.raises(EncodeError, match="MAX_ANSWER_CHAINS"):
+        drv.answer_unused(PageSet(), 1, 1 << 63)
+
+
+# --------------------------------------------------------------------------- ring walks
+def shared_table_dump(path: Path, kind: str, chains: int) -> None:
+    """``chains`` chains whose INDIRECT descriptors all name one 65,536-entry table (1 MiB),
+    each entry a distinct 16-byte readable buffer."""
+    table, data = 0x100000, 0x200000
+    mem = bytearray(0x300000)
+    for k in range(65536):
+        if kind == "split":
+            last = k == 65535
+            struct.pack_into("<QIHH", mem, table + 16 * k, data + 16 * k, 16,
+                             0 if last else 1, 0 if last else k + 1)
+        else:
+            struct.pack_into("<QIHH", mem, table + 16 * k, data + 16 * k, 16, 0, 0)
+    if kind == "split":
+        for c in range(chains):
+            struct.pack_into("<QIHH", mem, 16 * c, table, 65536 * 16, 4, 0)
+            struct.pack_into("<H", mem, 0x80000 + 4 + 2 * c, c)
+        struct.pack_into("<HH", mem, 0x80000, 0, chains)
+    else:
+        for c in range(chains):
+            struct.pack_into("<QIHH", mem, 16 * c, table, 65536 * 16, c, 4 | (1 << 7))
+    path.write_bytes(bytes(mem))
+
+
+@pytest.mark.parametrize("kind", ["split", "packed"])
+@pytest.mark.parametrize("chains", [8, 256])
+def test_shared_indirect_table_walk_is_capped(tmp_path: Path, kind: str, chains: int) -> None:
+    dump, out = tmp_path / "mem.bin", tmp_path / "t.jsonl"
+    shared_table_dump(dump, kind, chains)
+    args = ["trace", "import", f"{kind}-ring", "--memory", f"{dump}@0", "--size", "256",
+            "--role", "inflate", "--desc", "0", "--profile", "spec", "-o", str(out)]
+    if kind == "split":
+        args += ["--avail", "0x80000", "--used", "0xC0000", "--last-avail", "0"]
+    else:
+        args += ["--position", "0", "--wrap", "1"]
+    r = vbproto(*args)
+    assert r.returncode == 0, r.stderr
+    _, events = read_trace(out)
+    assert len(events) == chains
+    total = 0
+    for ev in events:
+        n = len(ev.descriptors)
+        total += n
+        assert n <= MAX_CHAIN_DESCRIPTORS + 1
+        assert any(f.rule == "spec.driver.ring.chain-len" for f in ev.findings)
+    assert total <= MAX_WALK_DESCRIPTORS + 2 * chains
+    assert out.stat().st_size < 40 << 20  # was 62.7 MB for 8 chains
+
+
+# --------------------------------------------------------------------------- SIGTERM
+SLOW_IMPORT = """
+import sys, time
+from virtio_balloon_proto.trace import io as tio
+orig = tio.TraceWriter.write
+def slow(self, ev):
+    print("writing", flush=True)
+    time.sleep(0.3)
+    return orig(self, ev)
+tio.TraceWriter.write = slow
+from virtio_balloon_proto.cli import main
+main(prog_name="vbproto")
+"""
+
+
+def test_sigterm_during_trace_import_leaves_no_tmp(tmp_path: Path) -> None:
+    dump, out = tmp_path / "mem.bin", tmp_path / "t.jsonl"
+    shared_table_dump(dump, "split", 8)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_IMPORT, "trace", "import", "split-ring", "--memory",
+         f"{dump}@0", "--size", "256", "--role", "inflate", "--desc", "0", "--avail",
+         "0x80000", "--used", "0xC0000", "--last-avail", "0", "--profile", "spec", "-o",
+         str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "writing"
+    assert list(tmp_path.glob(".t.jsonl.*.tmp"))  # the writer's temporary file exists
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert not list(tmp_path.glob(".*.tmp")) and not out.exists()
+
+
+def test_peer_error_names_the_step() -> None:
+    """A FramedProcess whose child never reads: the write is bounded by the timeout."""
+    from virtio_balloon_proto.framing import FramedProcess
+
+    peer = FramedProcess([sys.executable, "-c", "import time; time.sleep(60)"], timeout=0.5,
+                         max_frame=1 << 20, role="testee")
+    peer.spawn()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(PeerError, match="did not read the request") as ei:
+            peer.exchange({"blob": "a" * (1 << 20)}, "avail inflate head 0")
+    finally:
+        peer.kill()
+    assert time.monotonic() - t0 < 5
+    assert ei.value.where == "avail inflate head 0"
