@@ -193,7 +193,10 @@ def message_decode(profile: str, kind: str, endian: str, word_size: str, word_or
         click.echo(f"  {k:12} {v}")
     if d.carries_pages:
         ps = d.pages()
-        click.echo(f"  pages        {ps.to_text() or '(none)'} ({len(ps)} frames)")
+        click.echo("  pages        ", nl=False)
+        for piece in ps.iter_text():  # streamed: millions of runs are never one string
+            click.echo(piece, nl=False)
+        click.echo(f"{'' if ps else '(none)'} ({ps.page_count()} frames)")
     for f in d.findings:
         click.echo(f"  finding      {f}")
     if not d.findings:

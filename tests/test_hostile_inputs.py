@@ -314,3 +314,45 @@ def test_peer_error_names_the_step() -> None:
         peer.kill()
     assert time.monotonic() - t0 < 5
     assert ei.value.where == "avail inflate head 0"
+
+
+# --------------------------------------------------------------------------- bitmap runs
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from virtio_balloon_proto.wire import bulk  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200), ws=st.sampled_from([32, 64]),
+       order=st.sampled_from(["le", "be"]), nbits=st.none() | st.integers(0, 1700),
+       chunk=st.sampled_from([1, 3, 8, 1 << 20]))
+def test_bitmap_runs_are_the_set_bits(data: bytes, ws: int, order: str, nbits: int | None,
+                                      chunk: int) -> None:
+    """Runs (first, length) cover exactly the positions bitmap_positions lists, in order,
+    whatever the chunking (runs crossing a chunk boundary are one run)."""
+    old = bulk._RUN_CHUNK
+    bulk._RUN_CHUNK = chunk
+    try:
+        first, run = bulk.bitmap_runs(data, ws, order, nbits)
+    finally:
+        bulk._RUN_CHUNK = old
+    pos = bulk.bitmap_positions(data, ws, order, nbits)
+    expanded = [f + k for f, n in zip(first.tolist(), run.tolist(), strict=True)
+                for k in range(n)]
+    assert expanded == pos.tolist()
+    assert all(n > 0 for n in run.tolist())
+    ends = (first + run).tolist()
+    assert all(ends[i] < first[i + 1] for i in range(len(ends) - 1))  # separate runs
+    assert bulk.bitmap_popcount(data, ws, order, nbits) == pos.size
+
+
+def test_v3_all_ones_bitmap_decodes_to_one_extent() -> None:
+    from virtio_balloon_proto.wire import WireLayout, decode
+
+    hdr = bytes.fromhex("00000c00000000000000000000000000"
+                        "0000000000000000") + struct.pack("<Q", 1 << 16)
+    d = decode("bmap", [hdr, b"\xff" * (1 << 16)], WireLayout("le", 64, "le", 4096),
+               profile="v3", role="inflate")
+    assert d.starts is not None and d.starts.size == 1
+    assert d.extents() == [[0, 1 << 19]]

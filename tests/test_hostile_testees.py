@@ -110,7 +110,7 @@ def test_hostile_testee(mode: str, corpus: Path, tmp_path: Path) -> None:
         assert outcome == "fail", (cid, outcome)
         assert "suite.device.transport" in clauses, (cid, clauses)
     # each case costs at most one --timeout (plus process start-up and the reference's work)
-    assert took < 2 * (TIMEOUT + 4), took
+    assert took < 2 * (TIMEOUT + 10), took  # generous: a loaded CI machine; it used to hang
     assert report["partial"] is False
 
 
@@ -121,7 +121,7 @@ def test_stop_reading_is_bounded_by_timeout(corpus: Path, tmp_path: Path) -> Non
     msgs = [r["message"] for c in report["cases"] for r in c["clauses"]
             if r["clause"] == "suite.device.transport"]
     assert any("hang" in m for m in msgs), msgs
-    assert took < 2 * TIMEOUT + 6
+    assert took < 2 * TIMEOUT + 20
 
 
 def test_forked_child_of_a_serving_testee_dies_with_the_run(corpus: Path, tmp_path: Path) -> None:

@@ -163,6 +163,9 @@ def _merge(starts: U64, lasts: U64) -> tuple[U64, U64]:
     # a new extent begins where start > prev_max + 1; written without prev_max + 1 (which
     # wraps at 2**64-1): nxt > prev and nxt - 1 > prev (nxt >= 1 whenever nxt > prev).
     new = (nxt > prev) & ((nxt - np.uint64(1)) > prev)
+    del prev, nxt
+    if bool(new.all()):  # already canonical (a decoded bitmap's runs): no index arrays
+        return starts, runmax
     brk = np.flatnonzero(new)
     first_idx = np.concatenate(([0], brk + 1))
     last_idx = np.concatenate((brk, [n - 1]))
@@ -538,10 +541,18 @@ class PageSet:
 
     def to_text(self) -> str:
         """Canonical text form: ``a-b`` for runs, ``a`` for single frames, ``,``-joined."""
-        return ",".join(
-            str(s) if s == last else f"{s}-{last}"
-            for s, last in zip(self._starts.tolist(), self._lasts.tolist(), strict=True)
-        )
+        return "".join(self.iter_text())
+
+    def iter_text(self, chunk: int = 1 << 15) -> Iterator[str]:
+        """:meth:`to_text` in pieces of at most ``chunk`` runs each (concatenated, they are
+        the text): a set of millions of runs can be printed without holding its text."""
+        for i in range(0, self._starts.size, chunk):
+            part = ",".join(
+                str(s) if s == last else f"{s}-{last}"
+                for s, last in zip(self._starts[i:i + chunk].tolist(),
+                                   self._lasts[i:i + chunk].tolist(), strict=True)
+            )
+            yield part if i == 0 else "," + part
 
     def min(self) -> int:
         if not self._starts.size:

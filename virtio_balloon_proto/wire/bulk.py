@@ -11,6 +11,8 @@ from, the bytes actually present.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -76,6 +78,63 @@ def bitmap_positions(
             le[-1] &= (1 << rem) - 1
     bits = np.unpackbits(le, bitorder="little")
     return np.flatnonzero(bits).astype(np.uint64)
+
+
+#: bitmap bytes unpacked at a time by :func:`bitmap_runs` (8 Mi bits: 8 MiB of scratch)
+_RUN_CHUNK = 1 << 20
+
+
+def _trimmed(data: bytes, word_size: int, word_order: str, nbits: int | None
+             ) -> NDArray[np.uint8]:
+    le = _to_le_bytes(data, word_size, word_order)
+    if nbits is not None and nbits < le.size * 8:
+        full, rem = divmod(max(nbits, 0), 8)
+        le = le[: full + (1 if rem else 0)].copy()
+        if rem:
+            le[-1] &= (1 << rem) - 1
+    return le
+
+
+def bitmap_popcount(data: bytes, word_size: int, word_order: str,
+                    nbits: int | None = None) -> int:
+    """How many bits of the bitmap are set (only bits < ``nbits``); no per-bit array."""
+    le = _trimmed(data, word_size, word_order, nbits)
+    return int(np.bitwise_count(le).sum(dtype=np.uint64))
+
+
+def bitmap_runs(data: bytes, word_size: int, word_order: str, nbits: int | None = None
+                ) -> tuple[U64, U64]:
+    """The runs of set bits of an unsigned-long bitmap as (first bit, length), ascending;
+    only bits < ``nbits``.
+
+    Memory is the two result arrays (16 bytes per run) plus a fixed scratch of about
+    9 * _RUN_CHUNK bytes: the bitmap is unpacked a chunk at a time, never one entry per bit.
+    Two passes: the first counts the runs so that the results are allocated once.
+    """
+    le = _trimmed(data, word_size, word_order, nbits)
+
+    def edges() -> Iterator[tuple[int, NDArray[np.int8]]]:
+        carry = np.int8(0)
+        for base in range(0, le.size, _RUN_CHUNK):
+            bits = np.unpackbits(le[base:base + _RUN_CHUNK], bitorder="little").view(np.int8)
+            d = np.diff(bits, prepend=carry)  # +1 where a run starts, -1 after it ends
+            carry = bits[-1]
+            yield base * 8, d
+        yield le.size * 8, np.array([-carry], dtype=np.int8)  # a run open at the end closes
+
+    nruns = sum(int(np.count_nonzero(d == 1)) for _, d in edges())
+    starts = np.empty(nruns, dtype=np.uint64)
+    lens = np.empty(nruns, dtype=np.uint64)
+    i = j = 0
+    for off, d in edges():
+        r = np.flatnonzero(d == 1)
+        starts[i:i + r.size] = r + off
+        i += r.size
+        f = np.flatnonzero(d == -1)
+        lens[j:j + f.size] = f + off  # end (exclusive) for now
+        j += f.size
+    lens -= starts
+    return starts, lens
 
 
 def build_bitmap(

@@ -451,35 +451,48 @@ def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
                          f"{len(bitmap_segs)} bitmap buffers; BALLOON_BMAP_COUNT is 32",
                          field="bitmap"))
     nbits = 8 * min(int(h.bmap_len), present)
-    pos = bulk.bitmap_positions(bitmap, layout.word_size, layout.word_order, nbits)
+    unit = 1 << (ps - 12)
+    # runs of set bits, not one entry per bit: memory follows the runs (16 bytes each), not
+    # the 8 pages per bitmap byte (a 4 MiB all-ones bitmap is one run, not 32 Mi entries)
+    first, run = bulk.bitmap_runs(bitmap, layout.word_size, layout.word_order, nbits)
     if present > h.bmap_len:
-        beyond = bulk.bitmap_positions(bitmap, layout.word_size, layout.word_order).size - pos.size
+        beyond = (bulk.bitmap_popcount(bitmap, layout.word_size, layout.word_order)
+                  - bulk.bitmap_popcount(bitmap, layout.word_size, layout.word_order, nbits))
         if beyond:
             f.append(Finding("v3.driver.bmap.bits-beyond-len",
                              f"{beyond} bit(s) set past bmap_len ({h.bmap_len} bytes); not "
                              "counted as pages", field="bitmap", offset=BMAP_HDR_SIZE + h.bmap_len))
-    if pos.size == 0 and role in ("inflate", "deflate"):
+    if first.size == 0 and role in ("inflate", "deflate"):
         f.append(Finding("v3.driver.bmap.empty", f"no page in this {role} message",
                          field="bitmap"))
-    unit = 1 << (ps - 12)
-    last = int(pos[-1]) if pos.size else -1  # no page: nothing can overflow
+    last = int(first[-1] + run[-1]) - 1 if first.size else -1  # no page: nothing can overflow
     if role == "misc":
-        # send_unused_pages_info(): start_pfn and bits are real PFNs of PAGE_SIZE
-        if pos.size and (h.start_pfn + last + 1) * unit > 1 << 64:
+        # send_unused_pages_info(): start_pfn and bits are real PFNs of PAGE_SIZE; a run of
+        # k bits is k whole pages: one extent
+        if first.size and (h.start_pfn + last + 1) * unit > 1 << 64:
             raise DecodeError("start_pfn + bitmap exceed the 64-bit frame space",
                               field="start_pfn", offset=16)
-        starts = (np.uint64(h.start_pfn) + pos) * np.uint64(unit)
-    else:
+        starts = (np.uint64(h.start_pfn) + first) * np.uint64(unit)
+        counts = run * np.uint64(unit)
+    elif unit == 1:
         # set_page_bitmap(): bits are page_to_balloon_pfn() (4 KiB units), one per page
-        if pos.size and h.start_pfn + last + unit > 1 << 64:
+        if first.size and h.start_pfn + last + unit > 1 << 64:
             raise DecodeError("start_pfn + bitmap exceed the 64-bit frame space",
                               field="start_pfn", offset=16)
+        starts, counts = np.uint64(h.start_pfn) + first, run
+    else:
+        # pages larger than 4 KiB: each bit names a page of ``unit`` frames that may overlap
+        # the next bit's page, so bits stay separate (overlaps are a finding)
+        if first.size and h.start_pfn + last + unit > 1 << 64:
+            raise DecodeError("start_pfn + bitmap exceed the 64-bit frame space",
+                              field="start_pfn", offset=16)
+        pos = bulk.bitmap_positions(bitmap, layout.word_size, layout.word_order, nbits)
         starts = np.uint64(h.start_pfn) + pos
-    counts = np.full(pos.size, unit, dtype=np.uint64)
-    if unit > 1 and _overlaps(starts, counts):
-        f.append(Finding("v3.driver.pages.no-duplicate",
-                         f"{_overlaps(starts, counts)} page(s) overlap another page of this "
-                         f"message ({unit} frames per bit)", field="bitmap"))
+        counts = np.full(pos.size, unit, dtype=np.uint64)
+        if _overlaps(starts, counts):
+            f.append(Finding("v3.driver.pages.no-duplicate",
+                             f"{_overlaps(starts, counts)} page(s) overlap another page of "
+                             f"this message ({unit} frames per bit)", field="bitmap"))
     msg = BitmapMessage(int(h.cmd), ps, int(h.flag), int(h.reserved), int(h.req_id),
                         int(h.start_pfn), int(h.bmap_len), tuple(segs[i:]), header_tail)
     return Decoded("bmap", msg, layout, tuple(f), starts, counts, role)
