@@ -140,6 +140,8 @@ def open_regular(path: str | os.PathLike[str], *, what: str,
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise error(f"cannot open {what} {os.fspath(path)!r}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL in the path
+        raise error(f"cannot open {what} {os.fspath(path)!r}: {exc}") from None
     try:
         st = os.fstat(fd)
         stream = stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)

@@ -326,7 +326,11 @@ class PageSet:
         starts, lasts, dup = _runs_from_sorted(s)
         ndup = int(np.count_nonzero(dup))
         if ndup:
-            dupped = cls.from_frames(s[1:][dup])
+            # frames seen more than once: already sorted, so their runs directly (recursing
+            # through from_frames went one level deeper per copy: 500 copies of one PFN
+            # raised RecursionError)
+            d_starts, d_lasts, _ = _runs_from_sorted(s[1:][dup])
+            dupped = cls._trusted(d_starts, d_lasts)
         else:
             dupped = cls()
         return FramesWithDuplicates(cls._trusted(starts, lasts), ndup, dupped)
@@ -402,6 +406,10 @@ class PageSet:
         firsts: list[int] = []
         lasts: list[int] = []
         for m in _ITEM_RE.finditer(text):
+            if max(len(m.group(1)), len(m.group(2) or "")) > 20:  # > 2**64-1 for sure; and
+                raise UsageError(  # int() of over 4,300 digits is a ValueError
+                    f"frame above 2**64-1 at character {m.start()}", field="text",
+                    offset=m.start())
             a = int(m.group(1))
             b = int(m.group(2)) if m.group(2) is not None else a
             if a > b:

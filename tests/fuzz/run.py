@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Run the fuzz targets of tests/fuzz/targets.py (docs/fuzzing.md).
+
+    python tests/fuzz/run.py [TARGET ...] [--runs N] [--seconds S] [--engine atheris|builtin]
+
+* ``--engine atheris`` (default when atheris imports): coverage-guided libFuzzer, one child
+  process per target, seeded from the vectors and the corpus; a crash leaves its input in
+  ``--crash-dir`` (default ``fuzz-crashes/``) and the run exits non-zero.
+* ``--engine builtin``: a deterministic mutator (bit flips, splices, and the values issue 12
+  names: NaN, 1e309, 2^64, 5,000-digit integers, deep nesting, lone surrogates) -- what CI
+  runs, in-process, for a few seconds per target.
+
+Any exception other than the project's VBProtoError is a crash; so is an input that takes
+more than ``--slow`` seconds (default 1).  A summary line per target gives inputs and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import targets as t
+
+TOKENS = [b"NaN", b"Infinity", b"-Infinity", b"1e309", b"-1", b"0", b"18446744073709551616",
+          b"9223372036854775808", b"9" * 5000, b"[" * 2000, b"{\"a\":" * 500, b'"\\ud800"',
+          b'"\\udfff\\u0000\\u001b"', b"[]", b"{}", b"null", b"true", b"8.9", b'"8"',
+          b'["x",1]', b"[null,1]", b"\xff\xfe", b"\x00" * 64, b"\xff" * 64, b"\n", b"\r\n",
+          b'"0x"', b'"0xffffffffffffffffff"', b'"zz"', b"4294967296", b"65536", b"-0",
+          b"1.0", b"[[0,18446744073709551615]]"]
+
+
+def mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
+    b = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(9)
+        pos = rng.randint(0, len(b))
+        if op == 0 and b:  # flip a bit
+            i = rng.randrange(len(b))
+            b[i] ^= 1 << rng.randrange(8)
+        elif op == 1 and b:  # set a byte to an interesting value
+            b[rng.randrange(len(b))] = rng.choice((0, 1, 0x7F, 0x80, 0xFF, 0x22, 0x5B, 0x7B))
+        elif op == 2:  # insert a token
+            b[pos:pos] = rng.choice(TOKENS)
+        elif op == 3 and b:  # delete a range
+            end = min(len(b), pos + rng.randint(1, 64))
+            del b[pos:end]
+        elif op == 4 and b:  # duplicate a range
+            end = min(len(b), pos + rng.randint(1, 256))
+            b[pos:pos] = b[pos:end]
+        elif op == 5 and pool:  # splice with another seed
+            other = rng.choice(pool)
+            cut = rng.randint(0, len(other))
+            b = b[:pos] + bytearray(other[cut:])
+        elif op == 6 and b:  # replace a JSON number-ish run with a token
+            i = rng.randrange(len(b))
+            j = i
+            while j < len(b) and chr(b[j]) in "0123456789-+.eE":
+                j += 1
+            b[i:max(j, i + 1)] = rng.choice(TOKENS)
+        elif op == 7:  # overwrite 8 bytes with a big little-endian integer
+            v = rng.choice((0, 1, 0xFFFF, 0xFFFFFFFF, 1 << 63, (1 << 64) - 1, 0x8000))
+            b[pos:pos + 8] = v.to_bytes(8, "little")
+        elif op == 8:  # truncate
+            b = b[:pos]
+    return bytes(b)
+
+
+def builtin(name: str, runs: int, seconds: float, slow: float, seed: int,
+            crash_dir: Path) -> tuple[int, float, list[str]]:
+    """Fuzz ``name`` in-process; returns (inputs run, seconds taken, problems)."""
+    rng = random.Random(f"{seed}:{name}")
+    pool = t.SEEDS[name]() or [b""]
+    problems: list[str] = []
+    n = 0
+    t0 = time.monotonic()
+    queue = list(pool)
+    while n < runs and time.monotonic() - t0 < seconds:
+        data = queue[n] if n < len(queue) else mutate(rng, rng.choice(pool), pool)
+        n += 1
+        s0 = time.monotonic()
+        try:
+            t.run_one(name, data)
+        except Exception as exc:  # a crash: keep the input
+            problems.append(_save(crash_dir, name, data,
+                                  f"{type(exc).__name__}: {exc}"[:300], traceback.format_exc()))
+            if len(problems) >= 5:
+                break
+            continue
+        took = time.monotonic() - s0
+        if took > slow:
+            problems.append(_save(crash_dir, name, data, f"slow input: {took:.2f} s", ""))
+        if n % 50 == 0 and len(pool) < 4000:
+            pool.append(data)  # keep some mutants as parents (no coverage: breadth)
+    return n, time.monotonic() - t0, problems
+
+
+def _save(crash_dir: Path, name: str, data: bytes, what: str, tb: str) -> str:
+    crash_dir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha1(data).hexdigest()[:16]
+    path = crash_dir / f"{name}-{digest}"
+    path.write_bytes(data)
+    (crash_dir / f"{name}-{digest}.txt").write_text(f"{what}\n{tb}")
+    return f"{name}: {what} (input: {path})"
+
+
+def atheris_child(name: str, argv: list[str]) -> None:
+    import atheris
+
+    for seed in t.SEEDS[name]()[:50]:  # import everything the target reaches, then
+        try:                           # instrument it for coverage feedback
+            t.run_one(name, seed)
+        except Exception:  # a crashing seed is found again by the fuzzer
+            pass
+    atheris.instrument_all()
+
+    def one(data: bytes) -> None:
+        t.run_one(name, data)
+
+    atheris.Setup([sys.argv[0], *argv], one)
+    atheris.Fuzz()
+
+
+def run_atheris(name: str, runs: int, seconds: float, slow: float,
+                crash_dir: Path, workdir: Path) -> tuple[int, float, list[str]]:
+    corpus = workdir / name
+    corpus.mkdir(parents=True, exist_ok=True)
+    for s in t.SEEDS[name]():
+        (corpus / hashlib.sha1(s).hexdigest()).write_bytes(s)
+    crash_dir.mkdir(parents=True, exist_ok=True)
+    argv = [f"-runs={runs}", f"-max_total_time={int(seconds)}", f"-timeout={max(1, int(slow))}",
+            f"-artifact_prefix={crash_dir}/{name}-", "-rss_limit_mb=2048",
+            "-print_final_stats=1", str(corpus)]
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, __file__, "--atheris-child", name, "--", *argv],
+                       capture_output=True, text=True)
+    took = time.monotonic() - t0
+    log = r.stdout + r.stderr
+    (workdir / f"{name}.log").write_text(log)
+    n = 0
+    for line in log.splitlines():
+        if "stat::number_of_executed_units:" in line:
+            n = int(line.split(":")[-1])
+    problems = [] if r.returncode == 0 else [
+        f"{name}: atheris exit {r.returncode}; see {workdir / (name + '.log')} and "
+        f"{crash_dir}/{name}-*"]
+    return n, took, problems
+
+
+def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "--atheris-child":
+        name = sys.argv[2]
+        rest = sys.argv[sys.argv.index("--") + 1:]
+        atheris_child(name, rest)
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("targets", nargs="*", help=f"default: all of {', '.join(t.TARGETS)}")
+    ap.add_argument("--runs", type=int, default=1_000_000)
+    ap.add_argument("--seconds", type=float, default=60.0, help="per target")
+    ap.add_argument("--slow", type=float, default=1.0, help="an input slower than this fails")
+    ap.add_argument("--engine", choices=("atheris", "builtin"), default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--crash-dir", type=Path, default=Path("fuzz-crashes"))
+    ap.add_argument("--workdir", type=Path, default=Path("fuzz-work"))
+    args = ap.parse_args()
+    names = args.targets or list(t.TARGETS)
+    unknown = [n for n in names if n not in t.TARGETS]
+    if unknown:
+        ap.error(f"unknown target(s): {', '.join(unknown)}")
+    engine = args.engine
+    if engine is None:
+        try:
+            import atheris  # noqa: F401
+
+            engine = "atheris"
+        except ImportError:
+            engine = "builtin"
+    all_problems: list[str] = []
+    total = 0
+    for name in names:
+        if engine == "atheris":
+            n, took, problems = run_atheris(name, args.runs, args.seconds, args.slow,
+                                            args.crash_dir, args.workdir)
+        else:
+            n, took, problems = builtin(name, args.runs, args.seconds, args.slow, args.seed,
+                                        args.crash_dir)
+        total += n
+        print(f"{name:22} {engine:8} {n:>10} inputs {took:8.1f} s  "
+              f"{'OK' if not problems else f'{len(problems)} PROBLEM(S)'}", flush=True)
+        all_problems += problems
+    for p in all_problems:
+        print("  " + p)
+    print(f"total: {total} inputs, {len(names)} target(s), {len(all_problems)} problem(s)")
+    return 1 if all_problems else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main())

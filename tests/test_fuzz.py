@@ -1,0 +1,46 @@
+"""The fuzz harness in CI: every target's seeds, a short mutation budget per target, and every
+input a fuzzer ever crashed on (tests/fuzz/regressions/TARGET/NAME) -- each must end in the
+project's error type or no error at all (docs/fuzzing.md for the long campaign)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
+import run as fuzz_run
+import targets
+
+REGRESSIONS = Path(__file__).parent / "fuzz" / "regressions"
+#: seconds of mutation per target in CI (16 targets: well under a minute in all)
+BUDGET = 1.5
+
+
+def _regressions() -> list[tuple[str, Path]]:
+    out = []
+    for d in sorted(REGRESSIONS.iterdir()):
+        out += [(d.name, p) for p in sorted(d.iterdir())]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(targets.TARGETS))
+def test_seeds_and_a_short_mutation_run(name: str, tmp_path: Path) -> None:
+    seeds = targets.SEEDS[name]()
+    assert seeds, f"{name} has no seed"
+    n, _, problems = fuzz_run.builtin(name, runs=10**9, seconds=BUDGET, slow=5.0, seed=1,
+                                      crash_dir=tmp_path)
+    assert not problems, "\n".join(problems)
+    assert n >= min(len(seeds), 3)
+
+
+@pytest.mark.parametrize(("name", "path"), _regressions(),
+                         ids=[f"{n}/{p.name}" for n, p in _regressions()])
+def test_regression_input(name: str, path: Path) -> None:
+    targets.run_one(name, path.read_bytes())
+
+
+def test_every_target_has_a_regression_dir_or_is_clean() -> None:
+    """Regression inputs only name targets that exist."""
+    assert {d.name for d in REGRESSIONS.iterdir()} <= set(targets.TARGETS)
