@@ -32,6 +32,7 @@ from pathlib import Path
 
 from virtio_balloon_proto.errors import UsageError
 from virtio_balloon_proto.io import write_atomic
+from virtio_balloon_proto.limits import MAX_INPUT
 
 from .verdicts import CaseResult, Verdict
 
@@ -62,6 +63,9 @@ class KnownFailures:
     def load(cls, path: str | os.PathLike[str]) -> KnownFailures:
         p = Path(path)
         try:
+            if p.stat().st_size > MAX_INPUT:
+                raise UsageError(f"known-failures file is over {MAX_INPUT} bytes (MAX_INPUT)",
+                                 where=str(p))
             raw = p.read_bytes()
         except FileNotFoundError:
             # a missing file is an empty list: --update-known-failures creates it
@@ -74,6 +78,8 @@ class KnownFailures:
             data = tomllib.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise UsageError(f"not a valid TOML file: {exc}", where=str(p)) from None
+        except RecursionError:  # tomllib recurses once per nested array/inline table
+            raise UsageError("not a valid TOML file: nested too deeply", where=str(p)) from None
         entries = []
         extra_top = set(data) - {"failure"}
         if extra_top:
