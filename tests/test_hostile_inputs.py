@@ -356,3 +356,34 @@ def test_v3_all_ones_bitmap_decodes_to_one_extent() -> None:
                profile="v3", role="inflate")
     assert d.starts is not None and d.starts.size == 1
     assert d.extents() == [[0, 1 << 19]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(records=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(12, 15),
+                                  st.integers(0, 63), st.lists(st.integers(0, (1 << 64) - 1),
+                                                               min_size=8, max_size=8)),
+                        max_size=12))
+def test_hybrid_runs_are_the_blocks_bit_by_bit(
+        records: list[tuple[int, int, int, list[int]]]) -> None:
+    """The run-based hybrid decoder denotes exactly the blocks a bit-by-bit reading gives
+    (little-endian records: start_pfn | page_shift << 52 | bmap_len << 58)."""
+    from virtio_balloon_proto.pageset import PageSet
+    from virtio_balloon_proto.wire import WireLayout, decode
+
+    body = b""
+    want: list[tuple[int, int]] = []
+    for start, shift, blen, wvals in records:
+        unit = 1 << (shift - 12)
+        body += struct.pack("<Q", start | shift << 52 | blen << 58)
+        if blen == 0:
+            want.append((start, unit))
+            continue
+        nw = (blen + 7) // 8
+        body += b"".join(struct.pack("<Q", w) for w in wvals[:nw])
+        for bit in range(blen * 8):
+            if wvals[bit // 64] >> (bit % 64) & 1:
+                want.append((start + bit * unit, unit))
+    data = struct.pack("<BBHI", 0, 0, 0, len(body)) + body
+    d = decode("hybrid", data, WireLayout("le", 64, "le", 4096), profile="hybrid")
+    expect = PageSet.from_extents([list(w) for w in want]) if want else PageSet()
+    assert d.pages().extents() == expect.extents()

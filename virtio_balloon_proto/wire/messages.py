@@ -566,26 +566,33 @@ def _decode_hybrid(data: bytes, layout: WireLayout, role: str) -> Decoded:
     plain = blen == 0
     starts_l = [start[plain]]
     counts_l = [unit[plain]]
-    # bitmap records: bit i marks the block at start_pfn + i * 2^order
+    # bitmap records: bit i marks the block at start_pfn + i * 2^order.  Consecutive set bits
+    # are consecutive blocks: decoded as runs (one extent per run, not one per bit), from
+    # the records' bitmap words laid end to end with a zero word after each record, so that
+    # no run crosses from one record into the next
     bm = np.flatnonzero(~plain)
     if bm.size:
-        nw = ((blen[bm] + np.uint64(7)) >> np.uint64(3)).astype(np.intp)
+        blen_bm = blen[bm]
+        nw = ((blen_bm + np.uint64(7)) >> np.uint64(3)).astype(np.intp)  # 1..8 words each
+        pad_start = np.cumsum(nw + 1) - (nw + 1)  # first word of each record, padded
         rec_of_word = np.repeat(np.arange(bm.size), nw)
-        first_word = np.repeat(heads[bm] + 1, nw)
         within = np.arange(rec_of_word.size) - np.repeat(np.cumsum(nw) - nw, nw)
-        wv = words[first_word + within]
-        bits = np.unpackbits(wv.astype("<u8").view(np.uint8).reshape(-1, 8), axis=1,
-                             bitorder="little")
-        wi, bi = np.nonzero(bits)
-        r = rec_of_word[wi]
-        blk = (within[wi] * 64 + bi).astype(np.uint64)
-        ok = blk < blen[bm][r] * np.uint64(8)
-        r, blk = r[ok], blk[ok]
+        # bits at or past bmap_len * 8 are not blocks (the last word may be partial)
+        valid = np.clip(blen_bm[rec_of_word].astype(np.int64) * 8 - within * 64, 0, 64)
+        mask = np.where(valid >= 64, np.uint64(0xFFFFFFFFFFFFFFFF),
+                        (np.uint64(1) << valid.astype(np.uint64)) - np.uint64(1))
+        stream = np.zeros(int(pad_start[-1] + nw[-1] + 1), dtype="<u8")
+        stream[pad_start[rec_of_word] + within] = words[heads[bm][rec_of_word] + 1 + within] & mask
+        del valid, mask, within
+        first, run = bulk.bitmap_runs(stream.tobytes(), 64, "le")
+        del stream, rec_of_word
+        r = np.searchsorted(pad_start.astype(np.uint64) * np.uint64(64), first, side="right") - 1
+        first -= pad_start[r].astype(np.uint64) * np.uint64(64)  # block index in its record
         u = unit[bm][r]
         # no overflow possible, so no check: start_pfn < 2^52, a block is at most 2^51 frames
         # (page_shift <= 63) and a bit index is < 8 * 63, so start + (bit + 1) * block < 2^61
-        starts_l.append(start[bm][r] + blk * u)
-        counts_l.append(u)
+        starts_l.append(start[bm][r] + first * u)
+        counts_l.append(run * u)
     starts = np.concatenate(starts_l).astype(np.uint64)
     counts = np.concatenate(counts_l).astype(np.uint64)
     ov = _overlaps(starts, counts)
