@@ -53,24 +53,6 @@ def _install_signal_handlers() -> None:
 class _Group(click.Group):
     """A click group that turns our errors into one line + exit 2 for every subcommand."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        """SIGTERM is handled like Ctrl-C for every command (atomic writers clean up their
-        temporary files, reports are finished as partial); the old handler is restored."""
-        import signal
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return super().main(*args, **kwargs)
-
-        def on_term(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt
-
-        old = signal.signal(signal.SIGTERM, on_term)
-        try:
-            return super().main(*args, **kwargs)
-        finally:
-            signal.signal(signal.SIGTERM, old)
-
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
