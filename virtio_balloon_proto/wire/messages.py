@@ -915,6 +915,9 @@ def _from_pages(kind: str, pages: Any, layout: WireLayout, role: str) -> Message
     if kind == "hybrid":
         # the plain pfn+order form (every bmap_len 0); codecs.hybrid chooses bitmap words too
         starts, orders = ps.aligned_blocks(max_order=51)
+        if starts.size and int(starts.max()) > bulk.START_MASK:
+            raise EncodeError(f"frame {int(starts.max())} does not fit a record's 52-bit "
+                              "start_pfn", field="pages")
         heads = [bulk.hybrid_head_word(int(s), int(o) + 12, 0, layout.little_endian)
                  for s, o in zip(starts.tolist(), orders.tolist(), strict=True)]
         words = np.array(heads, dtype=np.uint64)
