@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import time
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from virtio_balloon_proto import __version__
-from virtio_balloon_proto.limits import dumps_strict
+from virtio_balloon_proto.limits import clean_text, dumps_strict
 
 from .catalog import Catalog
 from .known_failures import atomic_write_text
@@ -114,17 +113,6 @@ def write_json(path: str | Path, run: RunResult, cat: Catalog | None = None) -> 
     """Strict JSON (RFC 8259): no NaN/Infinity (non-finite numbers are written as strings),
     ASCII only, so a device's lone surrogates travel as ``\\udXXX`` escapes."""
     atomic_write_text(path, dumps_strict(to_json(run, cat), indent=1, sort_keys=False) + "\n")
-
-
-#: characters XML 1.0 cannot hold (C0 controls but tab/LF/CR, lone surrogates, U+FFFE/F)
-_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def clean_text(s: str) -> str:
-    """``s`` with every character XML cannot hold (and UTF-8 cannot encode: lone surrogates)
-    written as a visible escape (``\\x00``, ``\\ud800``)."""
-    return _NOT_XML.sub(lambda m: (f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
-                                   else f"\\u{ord(m[0]):04x}"), s)
 
 
 def _clean_tree(root: ET.Element) -> None:

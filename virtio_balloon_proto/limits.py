@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 import sys
 from typing import Any, BinaryIO
@@ -211,6 +212,17 @@ def json_safe(obj: Any, _depth: int = 0) -> Any:
     return str(obj)
 
 
+#: characters XML 1.0 cannot hold (C0 controls but tab/LF/CR, lone surrogates, U+FFFE/F)
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def clean_text(s: str) -> str:
+    """``s`` with every character XML cannot hold (and UTF-8 cannot encode: lone surrogates)
+    written as a visible escape (``\\x00``, ``\\ud800``)."""
+    return _NOT_XML.sub(lambda m: (f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
+                                   else f"\\u{ord(m[0]):04x}"), s)
+
+
 def dumps_strict(obj: Any, **kw: Any) -> str:
     """``json.dumps`` that can only produce JSON: ``allow_nan=False`` on a
     :func:`json_safe` copy; ASCII output, so lone surrogates travel as ``\\udXXX``."""
@@ -227,6 +239,7 @@ __all__ = [
     "MAX_LINE",
     "MAX_WALK_DESCRIPTORS",
     "check_int",
+    "clean_text",
     "dumps_strict",
     "json_depth",
     "json_safe",

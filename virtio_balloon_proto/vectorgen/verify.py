@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from ..errors import PeerError, UsageError
 from ..io import write_atomic
+from ..limits import clean_text
 from .generate import canonical_request
 from .reference import WIRE_KINDS, handle
 
@@ -90,7 +91,7 @@ class Report:
                          f"{c['skipped']} skipped")
         fails = [o for o in self.outcomes if o.status == "failed"]
         for o in fails[:max_failures]:
-            lines.append(f"FAIL {o.id}: {o.message}")
+            lines.append(clean_text(f"FAIL {o.id}: {o.message}"))
         if len(fails) > max_failures:
             lines.append(f"... and {len(fails) - max_failures} more failures")
         t = self.counts()
@@ -111,10 +112,11 @@ class Report:
                 if o.file != f:
                     continue
                 tc = ET.SubElement(suite, "testcase", classname=f, name=o.id)
+                msg = clean_text(o.message)  # a codec's text: controls, lone surrogates
                 if o.status == "failed":
-                    ET.SubElement(tc, "failure", message=o.message[:500]).text = o.message
+                    ET.SubElement(tc, "failure", message=msg[:500]).text = msg
                 elif o.status == "skipped":
-                    ET.SubElement(tc, "skipped", message=o.message[:500])
+                    ET.SubElement(tc, "skipped", message=msg[:500])
         ET.indent(root)
         xml: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
         return xml + b"\n"

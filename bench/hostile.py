@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Issue 12 bench: memory and work bounded by the input, on the worst shapes measured.
+
+    python3 bench/hostile.py            # prints the table
+
+Each row runs one ``vbproto`` command in a child process and reads the child's peak RSS
+(``getrusage(RUSAGE_CHILDREN)`` after it exits, one child at a time); the floor is a child
+that imports the CLI and numpy and does nothing.  Ratios are (peak - floor) / input bytes,
+so they mean the same on any machine; the target is <= 16 for message decodes of shapes
+whose pages are few runs (the all-ones rows).  The alternating-bit rows are the worst case
+for extents (4 runs per input byte, 16 bytes each): reported, and bounded, but over 16.
+The ring rows time the import of a split/packed ring dump whose chains all share one
+65,536-entry indirect table (issue 12: 52 s before; target < 2 s).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "virtio_balloon_proto"]
+
+
+def child_peak(argv: list[str]) -> tuple[int, float]:
+    """(peak RSS in bytes, seconds) of one child run."""
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    took = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"{argv}: exit {r.returncode}: {r.stderr[-500:]}")
+    # ru_maxrss of RUSAGE_CHILDREN is the largest of any child so far: run the smallest first
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, took
+
+
+def v3_bitmap(fill: int, n: int = 4 << 20) -> bytes:
+    hdr = bytes.fromhex("00000c00000000000000000000000000" "0000000000000000") + struct.pack(
+        "<Q", n)
+    return hdr + bytes([fill]) * n
+
+
+def hybrid_records(fill: int, n: int = 7 << 20) -> bytes:
+    body = bytearray()
+    for r in range(n // 72):
+        body += struct.pack("<Q", r * 1024 | 12 << 52 | 63 << 58) + struct.pack("<Q", fill) * 8
+    return struct.pack("<BBHI", 0, 0, 0, len(body)) + bytes(body)
+
+
+def shared_table_dump(kind: str, chains: int) -> bytes:
+    table, data = 0x100000, 0x200000
+    mem = bytearray(0x300000)
+    for k in range(65536):
+        if kind == "split":
+            last = k == 65535
+            struct.pack_into("<QIHH", mem, table + 16 * k, data + 16 * k, 16,
+                             0 if last else 1, 0 if last else k + 1)
+        else:
+            struct.pack_into("<QIHH", mem, table + 16 * k, data + 16 * k, 16, 0, 0)
+    for c in range(chains):
+        if kind == "split":
+            struct.pack_into("<QIHH", mem, 16 * c, table, 65536 * 16, 4, 0)
+            struct.pack_into("<H", mem, 0x80000 + 4 + 2 * c, c)
+        else:
+            struct.pack_into("<QIHH", mem, 16 * c, table, 65536 * 16, c, 4 | (1 << 7))
+    if kind == "split":
+        struct.pack_into("<HH", mem, 0x80000, 0, chains)
+    return bytes(mem)
+
+
+def main() -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="vbproto-bench-"))
+    floor, _ = child_peak([sys.executable, "-c", "import virtio_balloon_proto.cli, numpy"])
+    print(f"floor (interpreter + imports): {floor / 2**20:.0f} MiB\n")
+    print(f"{'row':44} {'input':>9} {'peak':>9} {'ratio':>7} {'time':>7}")
+    rows = [
+        ("v3 bitmap 4 MiB all ones", v3_bitmap(0xFF), ["--profile", "v3", "--kind", "bmap"]),
+        ("hybrid 7 MiB, bitmap words all ones", hybrid_records(0xFFFFFFFFFFFFFFFF),
+         ["--profile", "hybrid", "--kind", "hybrid"]),
+        ("v3 bitmap 4 MiB 0x55 (worst: 4 runs/byte)", v3_bitmap(0x55),
+         ["--profile", "v3", "--kind", "bmap"]),
+        ("hybrid 7 MiB, words 0x55.. (worst)", hybrid_records(0x5555555555555555),
+         ["--profile", "hybrid", "--kind", "hybrid"]),
+    ]
+    for name, data, opts in rows:
+        path = tmp / "msg.bin"
+        path.write_bytes(data)
+        peak, took = child_peak([*CLI, "message", "decode", *opts, f"@{path}"])
+        ratio = (peak - floor) / len(data)
+        print(f"{name:44} {len(data) / 2**20:7.1f}Mi {peak / 2**20:7.0f}Mi {ratio:7.1f} "
+              f"{took:6.1f}s")
+    for kind in ("split", "packed"):
+        for chains in (8, 256):
+            dump = tmp / f"{kind}.bin"
+            dump.write_bytes(shared_table_dump(kind, chains))
+            args = [*CLI, "trace", "import", f"{kind}-ring", "--memory", f"{dump}@0", "--size",
+                    "256", "--role", "inflate", "--desc", "0", "--profile", "spec",
+                    "-o", str(tmp / "t.jsonl")]
+            args += (["--avail", "0x80000", "--used", "0xC0000", "--last-avail", "0"]
+                     if kind == "split" else ["--position", "0", "--wrap", "1"])
+            _, took = child_peak(args)
+            size = os.path.getsize(tmp / "t.jsonl")
+            print(f"{kind} ring, {chains} chains share a 64Ki table     "
+                  f"{'3.0Mi':>9} {'':>9} {'':>7} {took:6.1f}s  (trace {size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
