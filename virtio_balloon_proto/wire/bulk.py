@@ -204,7 +204,9 @@ def hybrid_head_word(start_pfn: int, page_shift: int, bmap_len: int, little: boo
     return start_pfn << 12 | page_shift << 6 | bmap_len
 
 
-def parse_hybrid_records(payload: bytes, little: bool) -> tuple[NDArray[np.intp], U64, bytes]:
+def parse_hybrid_records(
+    payload: bytes | memoryview, little: bool
+) -> tuple[NDArray[np.intp], U64, bytes]:
     """Split a record stream into record heads.
 
     Returns (indices of the head words, all words native, trailing bytes).  A record with
@@ -214,9 +216,10 @@ def parse_hybrid_records(payload: bytes, little: bool) -> tuple[NDArray[np.intp]
     Raises DecodeError if a record's bitmap runs past the bytes present.
     """
     n = len(payload) // 8
-    words = np.frombuffer(payload, dtype=_dt(little, 8), count=n).astype(np.uint64)
+    # native order: a view of the bytes (no copy) on a little-endian host for le records
+    words = np.frombuffer(payload, dtype=_dt(little, 8), count=n).astype(np.uint64, copy=False)
     trailing = bytes(payload[n * 8 :])
-    _, _, blen = hybrid_fields(words, little)
+    blen = words >> np.uint64(58) if little else words & np.uint64(63)  # only what is needed
     nwords = ((blen + np.uint64(7)) >> np.uint64(3)).astype(np.intp)
     with_bitmap = np.flatnonzero(nwords)
     heads: list[NDArray[np.intp]] = []

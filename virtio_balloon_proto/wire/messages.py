@@ -523,7 +523,7 @@ def _decode_hybrid(data: bytes, layout: WireLayout, role: str) -> Decoded:
         raise _too_short("virtio_balloon_resp_hdr", RESP_HDR_FIELDS, len(data))
     little = layout.little_endian
     h = structs(little).virtio_balloon_resp_hdr.parse(data[:RESP_HDR_SIZE])
-    payload = data[RESP_HDR_SIZE:]
+    payload = memoryview(data)[RESP_HDR_SIZE:]  # no copy of the records
     heads, words, trailing = bulk.parse_hybrid_records(payload, little)
     f: list[Finding] = []
     if h.cmd != 0:
