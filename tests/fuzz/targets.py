@@ -248,9 +248,9 @@ def stdio_answer(data: bytes) -> None:
         a._hex(res, "data", method)
     else:
         a.validate_result(res, "observe_result", method)
-        from virtio_balloon_proto.conformance.runner import _extents, _frames
+        from virtio_balloon_proto.conformance.checks.base import pageset_of
 
-        _frames(_extents(res.get("balloon")))
+        pageset_of(res.get("balloon"))
 
 
 def codec_server(data: bytes) -> None:
