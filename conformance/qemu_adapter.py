@@ -35,7 +35,7 @@ import numpy as np
 
 from virtio_balloon_proto.errors import PeerError, RingError, UsageError, VBProtoError
 from virtio_balloon_proto.profiles import SPEC, QueueRole
-from virtio_balloon_proto.qemu.device import BACKEND_PATH, WINDOW_SIZE, QemuBalloon
+from virtio_balloon_proto.qemu.device import BACKEND_PATH, DIMM_BASE, WINDOW_SIZE, QemuBalloon
 from virtio_balloon_proto.qemu.process import DEVICE_PROPERTIES, find_qemu
 
 from .dut import Negotiated, Segment, Setup, Unsupported, Used
@@ -126,6 +126,11 @@ class QemuDevice:
             )
         if setup.endian != "le":
             raise Unsupported("QEMU on x86 runs little-endian guests only (endian=be asked)")
+        if setup.memory_size > DIMM_BASE:
+            # guest RAM is one region from 0 below the adapter's window at DIMM_BASE; a case
+            # whose RAM reaches beyond it (a guest with RAM at 8 TiB) cannot be laid out here
+            raise Unsupported(f"guest RAM up to {setup.memory_size:#x}: the QEMU adapter runs "
+                              f"guests with RAM below {DIMM_BASE:#x}")
         props = self._properties_for(setup)
         if self.transport == "modern" and props.get("disable-modern"):
             raise UsageError("transport=modern with disable-modern=on", field="device")

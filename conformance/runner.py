@@ -350,6 +350,7 @@ class Runner:
             source=tr.TraceSource(tool="vbproto conform run",
                                   provenance=f"device {self.device_spec}; case {case.id}"))
         out: list[Any] = []
+        self._traffic: list[dict[str, Any]] = []  # this case's (also when start fails)
         try:
             neg = self.device.start(case.setup)
         except Unsupported as exc:
@@ -371,7 +372,6 @@ class Runner:
             "offered": neg.offered, "accepted": neg.accepted, "queues": dict(neg.queues),
             "config_size": neg.config_size}))
         by_index = {s.index: s for s in case.steps}
-        self._traffic: list[dict[str, Any]] = []
         outstanding: dict[tuple[str, int], str] = {}
         qmap = {str(getattr(r, "value", r)): q for r, q in hdr.queues.items()}
         for i, ev in enumerate(case.events, start=1):

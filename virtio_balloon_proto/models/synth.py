@@ -39,7 +39,7 @@ from ..wire import WireLayout
 from .device import ReferenceDevice
 from .driver import ADDR_PFNS, DriverModel
 from .interface import Setup
-from .synth_zoo import ZOO_CORPUS, ZOO_SCENARIOS
+from .synth_zoo import ZOO_CORPUS, ZOO_REGIONS, ZOO_SCENARIOS
 
 VIRTQ_DESC_F_NEXT = 1
 VIRTQ_DESC_F_WRITE = 2
@@ -59,10 +59,18 @@ class SynthOptions:
     exact: bool = False  # v3: reproduce the seed driver's bugs (the linux-v3 mode)
     memory: int = 256 << 20
     queue_size: int = 128
+    #: guest RAM regions (start, size) in bytes, recorded in the trace header; None: one
+    #: region of ``memory`` bytes at 0, not recorded (the reader's default guest)
+    regions: tuple[tuple[int, int], ...] | None = None
 
     @property
     def layout(self) -> WireLayout:
         return WireLayout(self.endian, self.word_size, self.endian, self.page_size)
+
+    @property
+    def memory_end(self) -> int:
+        """Where guest RAM ends (the device's ``Setup.memory_size``)."""
+        return max(a + n for a, n in self.regions) if self.regions else self.memory
 
 
 @dataclass
@@ -97,7 +105,7 @@ class Session:
         options = {opt: name in want or name in offer_extra for opt, name in _OPTION_OF.items()
                    if name in self.prof.features}
         neg = self.device.start(Setup(o.profile, wanted, o.endian, o.word_size, o.endian,
-                                      o.page_size, options, o.memory))
+                                      o.page_size, options, o.memory_end))
         self.offered, self.features = neg.offered, neg.accepted
         self.queues = dict(neg.queues)
         self.driver = DriverModel(o.profile, self.layout, self.features, exact=o.exact,
@@ -115,7 +123,8 @@ class Session:
             o.profile, self.offered, self.features, endian, o.word_size, endian, o.page_size,
             {QueueRole(r): i for r, i in self.queues.items()}, "negotiated", "split",
             TraceSource(command=command, provenance="synthesized: vbproto reference driver "
-                        "against the reference device (models/synth.py)"))
+                        "against the reference device (models/synth.py)"),
+            memory=o.regions)
 
     # --- traffic --------------------------------------------------------------------------------
     def send(self, role: str, segments: list[Segment]) -> list[int]:
@@ -432,6 +441,8 @@ def synthesize(opts: SynthOptions, command: str = "") -> tuple[TraceHeader, list
         raise UsageError(f"unknown scenario {opts.scenario!r} (one of: {', '.join(SCENARIOS)})",
                          field="scenario")
     get_profile(opts.profile)
+    if opts.regions is None and opts.scenario in ZOO_REGIONS:
+        opts = replace(opts, regions=ZOO_REGIONS[opts.scenario])
     s = Session(opts)
     SCENARIOS[opts.scenario](s)
     return s.header(command or describe(opts)), s.events

@@ -229,6 +229,37 @@ def sc_hint_replayed_id(s: Session) -> None:
     s.config_read(8, 4)
 
 
+#: a guest with RAM above 4 GiB and at 8 TiB (PFN bit 31 set: 8 TiB / 4 KiB = 2**31), as a
+#: large or memory-hotplugged guest has; the trace header records the regions
+HIGH_RAM = ((0, 256 << 20), (4 << 30, 64 << 20), (8 << 40, 64 << 20))
+
+
+def sc_inflate_high_ram(s: Session) -> None:
+    """Inflate 256 pages in each RAM region of a guest with RAM above 4 GiB and at 8 TiB,
+    then deflate 64 of each (the scenario records the regions in the trace header)."""
+    _spec_only(s, "inflate-high-ram")
+    s.negotiate(["STATS_VQ"])
+    if s.layout.frames_per_page != 1:
+        raise UsageError("inflate-high-ram is a 4 KiB-page scenario", field="page_size")
+    regions = s.opts.regions or HIGH_RAM
+    parts = [np.arange(start >> 12, (start >> 12) + 256, dtype=np.uint64)[::-1]
+             + np.uint64(KERNEL_FRAMES if start == 0 else 0) for start, _ in regions]
+    total = 256 * len(parts)
+    s.host("set-target", num_pages=total)
+    s.config_read(0, 4)
+    for part in parts:
+        data = _pfn_bytes(s, part)
+        s.send("inflate", [Segment(ADDR_PFNS, len(data), False, data)])
+        s.actual += int(part.size)
+        s.tell_actual()
+    s.host("set-target", num_pages=total - 64 * len(parts))
+    for part in parts:
+        data = _pfn_bytes(s, part[:64])
+        s.send("deflate", [Segment(ADDR_PFNS, len(data), False, data)])
+        s.actual -= 64
+    s.tell_actual()
+
+
 def sc_report_outside_ram(s: Session) -> None:
     """A report whose range lies outside guest RAM (a hostile or broken guest: 2 MiB at
     1 GiB in a 256 MiB guest), then ordinary reports."""
@@ -253,7 +284,11 @@ ZOO_SCENARIOS = {
     "inflate-host-64k": sc_inflate_host_64k,
     "hint-replayed-id": sc_hint_replayed_id,
     "report-outside-ram": sc_report_outside_ram,
+    "inflate-high-ram": sc_inflate_high_ram,
 }
+
+#: scenarios that need a guest RAM layout other than one region at 0
+ZOO_REGIONS: dict[str, tuple[tuple[int, int], ...]] = {"inflate-high-ram": HIGH_RAM}
 
 #: (corpus file name, scenario, byte orders, pages) for the corpus matrix
 ZOO_CORPUS: tuple[tuple[str, tuple[str, ...], int], ...] = (
@@ -266,4 +301,5 @@ ZOO_CORPUS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("inflate-host-64k", ("le",), 0),
     ("hint-replayed-id", ("le", "be"), 0),
     ("report-outside-ram", ("le",), 0),
+    ("inflate-high-ram", ("le",), 0),
 )
