@@ -1,9 +1,11 @@
 """The ``vbproto`` command.
 
-Thin by design: every command parses its options, calls the library, and prints.  Any
-:class:`~virtio_balloon_proto.errors.VBProtoError` (and any user-path ``OSError``) becomes one
-readable line on stderr and exit status 2 -- never a traceback.  Exit status 1 is reserved for
-"the check ran and found failures" (conformance, vectors).
+Thin by design: every command parses its options, calls the library, and prints.  The frame
+they run in (virtio_balloon_proto/cliframe.py) turns any
+:class:`~virtio_balloon_proto.errors.VBProtoError`, user-path ``OSError`` or usage error into
+one readable line on stderr (JSON on stdout under --json) and exit status 2 -- never a
+traceback.  Exit status 1 means "the check ran and found failures, or tested nothing"
+(conformance, vectors, trace validate); 0 a check that judged something and found no failure.
 
 The file is split into one section per command group; each section says which part of the
 library it drives.
@@ -18,68 +20,26 @@ from typing import Any
 import click
 
 from virtio_balloon_proto import __version__
-from virtio_balloon_proto.errors import VBProtoError
+from virtio_balloon_proto.cliframe import (
+    Group,
+    Interrupted,
+    emit_json,
+    install_signal_handlers,
+    json_mode,
+    json_option,
+)
 
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived: the command stops, leaves its outputs valid, exits 130.
-
-    Not a KeyboardInterrupt on purpose: CPython 3.11 marks a KeyboardInterrupt raised inside
-    ``exec()`` of a string (dataclasses build methods that way) as unhandled even after it is
-    caught, and then exits by SIGINT instead of with our status."""
-
-
-def _on_signal(signum: int, frame: Any) -> None:
-    raise Interrupted(signum)
-
-
-def _install_signal_handlers() -> None:
-    """For the command's lifetime (restored when its context closes: CliRunner callers keep
-    theirs); only the main thread can install handlers."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return
-    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore() -> None:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-    click.get_current_context().call_on_close(restore)
-
-
-class _Group(click.Group):
-    """A click group that turns our errors into one line + exit 2 for every subcommand."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except VBProtoError as exc:
-            click.echo(f"vbproto: error: {exc}", err=True)
-            sys.exit(2)
-        except BrokenPipeError:
-            # the reader went away (| head): not an error of ours; silence the final flush
-            import os
-
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(0)
-        except OSError as exc:
-            # a path the user gave could not be read or written
-            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-            click.echo(f"vbproto: error:{where}: {exc.strerror or exc}", err=True)
-            sys.exit(2)
-        except (KeyboardInterrupt, Interrupted):
-            click.echo("vbproto: interrupted", err=True)
-            sys.exit(130)
+_Group = Group  # the frame (virtio_balloon_proto/cliframe.py): errors, signals, exit codes
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vbproto")
 def main() -> None:
-    """Reference toolkit for the virtio memory-balloon wire protocol."""
-    _install_signal_handlers()
+    """Reference toolkit for the virtio memory-balloon wire protocol.
+
+    Every command takes --json (one JSON document on stdout, JSON Lines for streams; errors
+    are JSON too) and -h/--help (options, and what each exit status means)."""
+    install_signal_handlers()
 
 
 def _group(name: str, help_text: str) -> Callable[[Callable[..., Any]], click.Group]:
@@ -87,6 +47,11 @@ def _group(name: str, help_text: str) -> Callable[[Callable[..., Any]], click.Gr
         return main.group(name=name, cls=_Group, help=help_text)(f)
 
     return deco
+
+
+_PROFILES = click.Choice(["spec", "v3", "hybrid"])
+_KINDS = click.Choice(["pfns", "bmap", "req", "hybrid", "stats", "config", "hint-cmd"])
+_ROLES = click.Choice(["inflate", "deflate", "stats", "free_page", "misc", "reporting"])
 
 
 # ---- message (wire layer) ----
@@ -117,10 +82,10 @@ def _read_input(source: str) -> bytes:
 
 def _layout_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
-        click.option("--profile", "profile", default="spec", show_default=True,
-                     help="spec | v3 | hybrid"),
-        click.option("--kind", "kind", required=True,
-                     help="pfns | bmap | req | hybrid | stats | config | hint-cmd"),
+        click.option("--profile", "profile", type=_PROFILES, default="spec", show_default=True,
+                     help="protocol profile (dialect)"),
+        click.option("--kind", "kind", type=_KINDS, required=True,
+                     help="message kind (wire name)"),
         click.option("--endian", type=click.Choice(["le", "be"]), default="le", show_default=True,
                      help="byte order of __virtio fields (le with VERSION_1)"),
         click.option("--word-size", type=click.Choice(["32", "64"]), default="64",
@@ -151,7 +116,7 @@ def message() -> None:
 
 @message.command("decode")
 @_layout_options
-@click.option("--json", "as_json", is_flag=True, help="print JSON (kind, fields, pages, findings)")
+@json_option("print JSON (kind, fields, pages, findings)")
 @click.argument("source")
 def message_decode(profile: str, kind: str, endian: str, word_size: str, word_order: str | None,
                    page_size: int, role: str, as_json: bool, source: str) -> None:
@@ -188,7 +153,8 @@ def message_decode(profile: str, kind: str, endian: str, word_size: str, word_or
 @message.command("encode")
 @_layout_options
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
-              help="write raw bytes to FILE instead of printing hex")
+              help="write raw bytes to FILE (- for stdout) instead of printing hex")
+@json_option('print {"hex": ..., "bytes": N} (or {"wrote": FILE, "bytes": N})', expose=False)
 @click.argument("source", default="-")
 def message_encode(profile: str, kind: str, endian: str, word_size: str, word_order: str | None,
                    page_size: int, role: str, out: str | None, source: str) -> None:
@@ -212,7 +178,10 @@ def message_encode(profile: str, kind: str, endian: str, word_size: str, word_or
     data = encode(message_from_json(kind, obj, layout, role=role), layout)
     if out:
         write_atomic(out, data)
-    else:
+    if json_mode():
+        emit_json({"wrote": out, "bytes": len(data)} if out else
+                  {"hex": data.hex(), "bytes": len(data)})
+    elif not out:
         click.echo(data.hex())
 # ---- end message ----
 
@@ -230,7 +199,6 @@ def _hex_int(text: str | None, what: str) -> int | None:
     return None if text is None else parse_int(text, what)
 
 
-_PROFILES = click.Choice(["spec", "v3", "hybrid"])
 _MODELS = click.Choice(["negotiated", "offered", "fixed", "cloud-hypervisor"])
 
 
@@ -257,8 +225,9 @@ def _feature_options(f: Callable[..., Any]) -> Callable[..., Any]:
         "--out",
         required=True,
         type=click.Path(dir_okay=False),
-        help="trace file to write (atomically)",
+        help="trace file to write (atomically; - for stdout)",
     )(f)
+    f = json_option('print {"wrote": FILE, "events": N}', expose=False)(f)
     return f
 
 
@@ -267,22 +236,28 @@ def trace() -> None:
     pass
 
 
-@trace.command("validate")
+@trace.command("validate", exit_codes="0 valid; 1 invalid (every problem listed with its "
+               "line); 2 not readable as a trace at all (empty, not JSON), bad usage; 130 "
+               "interrupted.")
 @click.argument("trace_file", metavar="TRACE", type=click.Path(dir_okay=False))
-def trace_validate(trace_file: str) -> None:
-    """Check TRACE against the vbproto-trace/1 schema; print every problem with its line.
-
-    Exit 0 valid, 1 invalid, 2 not readable as a trace."""
+@json_option('print {"file", "valid", "problems": [{"line", "message"}]}')
+def trace_validate(trace_file: str, as_json: bool) -> None:
+    """Check TRACE against the vbproto-trace/1 schema; print every problem with its line."""
     from virtio_balloon_proto.trace.io import iter_problems
 
-    count = 0
+    problems = []
     for p in iter_problems(trace_file):
-        click.echo(f"{trace_file}:{p.line}: {p.message}")
-        count += 1
-    if count:
-        click.echo(f"{trace_file}: {count} problem(s)", err=True)
-        sys.exit(1)
-    click.echo(f"{trace_file}: valid vbproto-trace/1")
+        if not as_json:
+            click.echo(f"{trace_file}:{p.line}: {p.message}")
+        problems.append({"line": p.line, "message": p.message})
+    if as_json:
+        emit_json({"file": trace_file, "format": "vbproto-trace/1", "valid": not problems,
+                   "problems": problems})
+    elif problems:
+        click.echo(f"{trace_file}: {len(problems)} problem(s)", err=True)
+    else:
+        click.echo(f"{trace_file}: valid vbproto-trace/1")
+    sys.exit(1 if problems else 0)
 
 
 @trace.group("import", cls=_Group)
@@ -291,7 +266,10 @@ def trace_import() -> None:
 
 
 def _done(out: str, n: int) -> None:
-    click.echo(f"wrote {out}: {n} event(s)")
+    if json_mode():
+        emit_json({"wrote": out, "events": n})
+    else:
+        click.echo(f"wrote {out}: {n} event(s)", err=out == "-")
 
 
 def _ring_dump_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -300,7 +278,7 @@ def _ring_dump_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--memory", "memory", multiple=True, required=True, metavar="FILE[@GPA]",
                      help="raw guest memory dump mapped at GPA (repeatable)"),
         click.option("--size", required=True, type=int, help="queue size"),
-        click.option("--role", required=True, help="queue role (inflate, deflate, stats, ...)"),
+        click.option("--role", required=True, type=_ROLES, help="queue role"),
         click.option("--queue", type=int, default=None,
                      help="queue index (default: from the model)"),
     ]):
@@ -423,7 +401,8 @@ def trace_import_packed(
     type=click.Path(dir_okay=False),
     help="JSON from x-query-virtio-queue-status (repeatable; a list is fine)",
 )
-@click.option("--endian", type=click.Choice(["le", "be"]), default="le")
+@click.option("--endian", type=click.Choice(["le", "be"]), default="le", show_default=True,
+              help="guest byte order (legacy rings)")
 @_feature_options
 def trace_import_qemu_core(
     core: str,
@@ -456,7 +435,8 @@ def trace_import_qemu_core(
 
 @trace_import.command("qemu-log")
 @click.argument("log", type=click.Path(dir_okay=False))
-@click.option("--endian", type=click.Choice(["le", "be"]), default="le")
+@click.option("--endian", type=click.Choice(["le", "be"]), default="le", show_default=True,
+              help="guest byte order (legacy rings)")
 @_feature_options
 def trace_import_qemu_log(
     log: str,
@@ -491,8 +471,8 @@ def conform() -> None:
 
 
 @conform.command("clauses")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable catalog with check counts")
-@click.option("--profile", default=None, help="only clauses of this profile")
+@json_option("machine-readable catalog with check counts")
+@click.option("--profile", type=_PROFILES, default=None, help="only clauses of this profile")
 def conform_clauses(as_json: bool, profile: str | None) -> None:
     """List the clause catalog with how many checks each clause has."""
     import json as _json
@@ -522,9 +502,11 @@ def conform_clauses(as_json: bool, profile: str | None) -> None:
     )
 
 
-@conform.command("check")
+@conform.command("check", exit_codes="0 at least one clause judged and none broken; 1 a "
+                 "clause broken, or nothing tested (no clause applied to the trace); 2 bad "
+                 "usage or input, or the trace cannot be checked; 130 interrupted.")
 @click.argument("trace_file", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True)
+@json_option("print the verdicts as JSON (with exit_code and nothing_tested)")
 @click.option("--strict", is_flag=True, help="a broken SHOULD fails")
 def conform_check(trace_file: str, as_json: bool, strict: bool) -> None:
     """Validate both sides of a recorded trace against the clauses (offline)."""
@@ -566,29 +548,42 @@ def _progress(enabled: bool) -> Callable[[Any, Any], None]:
     return show
 
 
-@conform.command("run")
+@conform.command("run", exit_codes="0 at least one case judged and no failure (known "
+                 "failures allowed); 1 a failure or unexpected pass, or nothing tested (no "
+                 "case matched, or every case unsupported: the summary lists what the "
+                 "device lacks); 2 bad usage or input (a missing --known-failures file, an "
+                 "unwritable report path), or a case could not be run; 130 interrupted "
+                 "(SIGINT, SIGTERM): the reports are valid, partial, and say exit_code 130.")
 @click.option("--device", "device", default="reference", show_default=True,
               help="reference | python:module:Class | stdio:'CMD ...' | qemu[:OPTS]")
 @click.option("--corpus", default=None, type=click.Path(),
               help="trace directory (default: shipped)")
-@click.option("--profile", "profiles", multiple=True, help="only cases of this profile")
-@click.option("--case", "case_globs", multiple=True, help="only case ids matching this glob")
-@click.option("--known-failures", "known_path", default=None, type=click.Path(dir_okay=False))
+@click.option("--profile", "profiles", multiple=True, type=_PROFILES,
+              help="only cases of this profile (repeatable)")
+@click.option("--case", "case_globs", multiple=True,
+              help="only case ids matching this glob (repeatable)")
+@click.option("--known-failures", "known_path", default=None, type=click.Path(dir_okay=False),
+              help="TOML list of accepted failures (docs/conformance.md); must exist unless "
+                   "--update-known-failures")
 @click.option("--update-known-failures", is_flag=True,
               help="rewrite the --known-failures file to list exactly the current failures")
 @click.option("--strict", is_flag=True, help="a broken SHOULD fails the case")
-@click.option("--report-json", default=None, type=click.Path(dir_okay=False))
-@click.option("--junit", default=None, type=click.Path(dir_okay=False))
-@click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False))
+@click.option("--report-json", default=None, type=click.Path(dir_okay=False),
+              help="write the JSON report to FILE (- for stdout); rewritten after each case")
+@click.option("--junit", default=None, type=click.Path(dir_okay=False),
+              help="write a JUnit XML report to FILE (- for stdout)")
+@click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False),
+              help="write a self-contained HTML report to FILE (- for stdout)")
 @click.option("--timeout", default=5.0, show_default=True, type=float, help="per-step timeout (s)")
 @click.option("--save-traces", "save_traces", default=None, type=click.Path(file_okay=False),
               help="write what the device did in each case as a trace (DIR/<case>.jsonl), "
               "for `conform check` to re-judge")
 @click.option("-v", "--verbose", is_flag=True, help="list passing cases too")
+@json_option("print the JSON report on stdout (as --report-json -); the summary goes to stderr")
 def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
                 case_globs: tuple[str, ...], known_path: str | None, update_known_failures: bool,
                 strict: bool, report_json: str | None, junit: str | None, html_path: str | None,
-                timeout: float, save_traces: str | None, verbose: bool) -> None:
+                timeout: float, save_traces: str | None, verbose: bool, as_json: bool) -> None:
     """Replay the corpus into a device and judge what it did, clause by clause (the same
     checks as `conform check`)."""
     import os
@@ -608,6 +603,11 @@ def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
         raise UsageError("--update-known-failures needs --known-failures FILE")
     from virtio_balloon_proto.io import STDOUT, check_writable
 
+    if as_json:
+        if STDOUT in (junit, html_path) or report_json not in (None, STDOUT):
+            raise UsageError("--json prints the JSON report on stdout: give --report-json FILE "
+                             "without --json, or no other report on stdout", field="json")
+        report_json = STDOUT
     outputs = [p for p in (report_json, junit, html_path) if p]
     if outputs.count(STDOUT) > 1:
         raise UsageError("only one report can go to stdout (-)", field="report")
@@ -672,27 +672,38 @@ def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
 
 
 # ---- synth (reference models) ----
+def _scenarios() -> list[str]:
+    from virtio_balloon_proto.models.synth import SCENARIOS
+
+    return list(SCENARIOS)
+
+
 @trace.command("synth")
-@click.option("--profile", default="spec", show_default=True, help="spec | v3 | hybrid")
-@click.option("--scenario", default="inflate", show_default=True,
-              help="inflate | deflate | deflate-on-oom | stats | unused-pages | hint | report | "
-                   "malformed")
+@click.option("--profile", type=_PROFILES, default="spec", show_default=True,
+              help="protocol profile (dialect)")
+@click.option("--scenario", type=click.Choice(_scenarios()), default="inflate",
+              show_default=True, help="what the driver does (docs/trace-format.md)")
 @click.option("--endian", type=click.Choice(["le", "be"]), default="le", show_default=True,
               help="le: VERSION_1; be: a legacy big-endian guest")
 @click.option("--word-size", type=click.Choice(["32", "64"]), default="64", show_default=True,
               help="v3 BITS_PER_LONG")
-@click.option("--page-size", type=int, default=4096, show_default=True)
+@click.option("--page-size", type=click.Choice(["4096", "16384", "65536"]), default="4096",
+              show_default=True, help="guest PAGE_SIZE in bytes")
 @click.option("--pages", type=click.IntRange(1, 1 << 26), default=1024, show_default=True,
               help="4 KiB frames the scenario moves")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="random seed (which pages the driver picks)")
 @click.option("--exact", is_flag=True,
               help="v3: reproduce the seed driver message for message, bugs included")
-@click.option("--memory", type=int, default=256, show_default=True, help="guest RAM in MiB")
+@click.option("--memory", type=click.IntRange(1, 1 << 24), default=256, show_default=True,
+              help="guest RAM in MiB (at most 16 TiB: spec PFNs are 32-bit 4 KiB frames)")
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default=None,
-              help="trace file to write")
+              help="trace file to write (- for stdout)")
 @click.option("--corpus", type=click.Path(file_okay=False), default=None,
               help="instead: (re)generate the whole conformance corpus into DIR")
-def trace_synth(profile: str, scenario: str, endian: str, word_size: str, page_size: int,
+@json_option('print {"wrote": FILE, "events": N} (or {"wrote": DIR, "traces": N})',
+             expose=False)
+def trace_synth(profile: str, scenario: str, endian: str, word_size: str, page_size: str,
                 pages: int, seed: int, exact: bool, memory: int, out: str | None,
                 corpus: str | None) -> None:
     """Synthesise traffic: the reference driver against the reference device, as a trace."""
@@ -703,16 +714,22 @@ def trace_synth(profile: str, scenario: str, endian: str, word_size: str, page_s
 
     if corpus is not None:
         n = write_corpus(corpus)
-        click.echo(f"wrote {n} traces to {corpus}")
+        if json_mode():
+            emit_json({"wrote": corpus, "traces": n})
+        else:
+            click.echo(f"wrote {n} traces to {corpus}")
         return
     if out is None:
         raise UsageError("give -o TRACE (or --corpus DIR)", field="out")
     check_writable(out)
-    opts = SynthOptions(profile, scenario, endian, int(word_size), page_size, pages, seed, exact,
-                        memory << 20)
+    opts = SynthOptions(profile, scenario, endian, int(word_size), int(page_size), pages, seed,
+                        exact, memory << 20)
     header, events = synthesize(opts)
     n = write_trace(out, header, events)
-    click.echo(f"wrote {out}: {n} events")
+    if json_mode():
+        emit_json({"wrote": out, "events": n})
+    else:
+        click.echo(f"wrote {out}: {n} events", err=out == "-")
 # ---- end synth ----
 
 
@@ -762,7 +779,7 @@ def _describe(d: Any) -> str:
 
 @main.command("decode")
 @click.argument("trace_file", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="one JSON object per message (JSON Lines)")
+@json_option("one JSON object per message (JSON Lines), then the summary with --summary")
 @click.option("--queue", "queues", multiple=True,
               type=click.Choice(["inflate", "deflate", "stats", "free_page", "misc", "reporting"]),
               help="only messages of this queue role (repeatable)")
@@ -827,12 +844,14 @@ def capture() -> None:
 @click.option("--balloon-to", default="384M", show_default=True,
               help="balloon target (QMP 'balloon'); deflated back afterwards")
 @click.option("--transport", type=click.Choice(["modern", "legacy"]), default="modern",
-              show_default=True)
+              show_default=True, help="virtio-pci transport (modern: VERSION_1)")
 @click.option("--device-option", "device_options", multiple=True,
               help="virtio-balloon-pci property to switch on (deflate-on-oom, "
                    "free-page-reporting, ...); repeatable")
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False), required=True,
-              help="trace file to write (atomically)")
+              help="trace file to write (atomically; checked before the guest boots)")
+@json_option('print {"wrote", "events", "buffers", "inflated", "deflated", "timings"}',
+             expose=False)
 def capture_qemu_guest(kernel: str, initrd: str, memory: str, balloon_to: str, transport: str,
                        device_options: tuple[str, ...], out: str) -> None:
     """Boot a Linux guest under QEMU/TCG, move its balloon through QMP, record the traffic."""
@@ -860,6 +879,11 @@ def capture_qemu_guest(kernel: str, initrd: str, memory: str, balloon_to: str, t
                         output=Path(out), provenance=provenance)
     pfns = cap.pfn_lists()
     moved = {r: sum(len(b["pfns"]) for b in pfns if b["role"] == r) for r in ("inflate", "deflate")}
+    if json_mode():
+        emit_json({"wrote": out, "events": len(cap.events), "buffers": len(pfns),
+                   "inflated": moved["inflate"], "deflated": moved["deflate"],
+                   "timings": cap.timings})
+        return
     click.echo(f"wrote {out}: {len(cap.events)} events; {len(pfns)} buffers, "
                f"{moved['inflate']} PFNs inflated, {moved['deflate']} deflated")
     for k, v in cap.timings.items():
@@ -877,8 +901,10 @@ def capture_qemu_guest(kernel: str, initrd: str, memory: str, balloon_to: str, t
               help="guest size in 4 KiB frames (8 GiB by default)")
 @click.option("--density", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True,
               help="fraction of the guest in the shape")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--endian", type=click.Choice(["le", "be"]), default="le", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="random seed of the synthetic shape")
+@click.option("--endian", type=click.Choice(["le", "be"]), default="le", show_default=True,
+              help="byte order of __virtio fields (le with VERSION_1)")
 @click.option("--word-size", type=click.Choice(["32", "64"]), default="64", show_default=True,
               help="v3 bitmap BITS_PER_LONG")
 @click.option("--word-order", type=click.Choice(["le", "be"]), default=None,
@@ -887,7 +913,7 @@ def capture_qemu_guest(kernel: str, initrd: str, memory: str, balloon_to: str, t
               show_default=True, help="guest PAGE_SIZE")
 @click.option("--repeats", type=click.IntRange(1, 50), default=3, show_default=True,
               help="timing repeats (median)")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@json_option("print JSON (one object, or a list with --shape all)")
 @click.option("--plot", "plot", type=click.Path(dir_okay=False), default=None,
               help="draw bytes on the wire against density (needs the 'plot' extra)")
 def analyze_cmd(pages_text: str | None, shape: str | None, frames: int, density: float,
@@ -942,15 +968,21 @@ def vectors() -> None:
 @vectors.command("generate")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="directory to write the vector files and schema/ into")
+@json_option('print {"wrote": DIR, "files": [...]}', expose=False)
 def vectors_generate(out: str) -> None:
     """Write every vector file and JSON Schema (deterministic: byte-identical each run)."""
     from virtio_balloon_proto.vectorgen import generate
 
     paths = generate(out)
-    click.echo(f"wrote {len(paths)} file(s) to {out}")
+    if json_mode():
+        emit_json({"wrote": out, "files": [str(p) for p in paths]})
+    else:
+        click.echo(f"wrote {len(paths)} file(s) to {out}")
 
 
-@vectors.command("verify")
+@vectors.command("verify", exit_codes="0 at least one vector checked and none failed "
+                 "(unsupported ones are skipped); 1 a vector failed, or nothing tested (every "
+                 "vector skipped); 2 bad usage or input; 130 interrupted.")
 @click.argument("directory", required=False, type=click.Path(file_okay=False))
 @click.option("--impl", default=None, metavar="SPEC",
               help="codec to check: reference (default) or stdio:'CMD' (docs/vectors.md)")
@@ -960,19 +992,32 @@ def vectors_generate(out: str) -> None:
               help="seconds per stdio request")
 @click.option("--max-failures", type=int, default=20, show_default=True,
               help="failures listed in the summary")
+@json_option('print {"codec", "counts", "files": {FILE: counts}, "failures": [...], '
+             '"exit_code"}')
 def vectors_verify(directory: str | None, impl: str | None, junit: str | None, timeout: float,
-                   max_failures: int) -> None:
-    """Check a codec against every vector in DIRECTORY (default: the packaged corpus).
-
-    Exit 0 when every vector passes (or is skipped as unsupported), 1 on failures, 2 on bad
-    usage."""
+                   max_failures: int, as_json: bool) -> None:
+    """Check a codec against every vector in DIRECTORY (default: the packaged corpus)."""
+    from virtio_balloon_proto.io import check_writable
     from virtio_balloon_proto.vectorgen.verify import open_codec, verify, write_junit
 
+    if junit:
+        check_writable(junit)
     report = verify(directory, open_codec(impl, timeout))
-    for line in report.summary_lines(max_failures):
-        click.echo(line)
+    counts = report.counts()
+    nothing = counts["passed"] + counts["failed"] == 0
+    code = 1 if not report.ok or nothing else 0
     if junit:
         write_junit(junit, report)
-    if not report.ok:
-        sys.exit(1)
+    if as_json:
+        emit_json({"codec": report.codec, "counts": counts,
+                   "files": {f: report.counts(f) for f in report.files},
+                   "failures": [{"file": o.file, "id": o.id, "message": o.message}
+                                for o in report.outcomes if o.status == "failed"],
+                   "nothing_tested": nothing, "exit_code": code})
+    else:
+        for line in report.summary_lines(max_failures):
+            click.echo(line)
+        if nothing:
+            click.echo("nothing tested: every vector was skipped as unsupported by the codec")
+    sys.exit(code)
 # ---- end vectors ----

@@ -82,9 +82,14 @@ def test_same_file_read_with_the_wrong_byte_order_is_refused(run: Run, tmp_path:
     # read as little-endian, page_shift 00 0c is 3072: no page size, so no page mapping
     f = tmp_path / "x.bin"
     f.write_bytes(BE_HDR + BE_BITMAP)
-    r = run(["message", "decode", "--profile", "v3", "--kind", "bmap", "--json", f"@{f}"])
+    r = run(["message", "decode", "--profile", "v3", "--kind", "bmap", f"@{f}"])
     assert (r.code, r.out) == (2, "")
     assert "field 'page_shift' at byte 2" in r.err and "3072" in r.err
+    # under --json the error is one JSON object on stdout, nothing on stderr
+    r = run(["message", "decode", "--profile", "v3", "--kind", "bmap", "--json", f"@{f}"])
+    err = json.loads(r.out)
+    assert (r.code, r.err, err["field"], err["offset"]) == (2, "", "page_shift", 2)
+    assert "3072" in err["error"] and err["clause"] == "v3.driver.bmap.page-shift-matches"
 
 
 def test_decode_hex_text_output(run: Run) -> None:
@@ -114,7 +119,7 @@ def test_decode_raw_stdin_is_refused_not_guessed(run: Run) -> None:
     # raw bytes on '-' are not guessed at (raw bytes that look like hex would be misread)
     r = run(["message", "decode", "--kind", "pfns", "--json", "-"],
             stdin=bytes.fromhex("0100000002000000"))
-    assert r.code == 2 and "@/dev/stdin" in r.err and r.err.count("\n") == 1
+    assert r.code == 2 and "@/dev/stdin" in json.loads(r.out)["error"] and r.err == ""
 
 
 def test_encode_fields_to_hex_and_out_file(run: Run, tmp_path: Path) -> None:

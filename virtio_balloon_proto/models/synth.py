@@ -194,8 +194,11 @@ class Session:
         if npages > hi - lo:
             raise UsageError(f"{count} frames do not fit {self.opts.memory >> 20} MiB of RAM",
                              field="pages")
-        chosen = np.sort(self.rng.choice(np.arange(lo, hi, dtype=np.uint64), npages,
-                                         replace=False))
+        # indices drawn from the population's size, not from a materialised arange: numpy
+        # picks the same indices either way (the values do not enter the draw), and a large
+        # population (--memory 1000000: 256 Mi pages) costs O(npages), not 2 GB
+        chosen = np.sort(self.rng.choice(hi - lo, npages, replace=False).astype(np.uint64)
+                         + np.uint64(lo))
         runs = np.split(chosen, np.flatnonzero(np.diff(chosen.astype(np.int64)) != 1) + 1)
         order = self.rng.permutation(len(runs))
         seq = np.concatenate([runs[i][::-1] for i in order]) * np.uint64(fpp)

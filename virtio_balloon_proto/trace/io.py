@@ -256,7 +256,9 @@ def iter_problems(
     """
     with _open(path) as f:
         header: TraceHeader | None = None
+        seen = False
         for n, raw in _lines(f, max_line):
+            seen = True
             if raw is None:
                 if n == 1:
                     raise TraceError(f"first line is longer than {max_line} bytes", where=str(path))
@@ -288,6 +290,8 @@ def iter_problems(
                     header = header_from_json(obj)
                 except VBProtoError as exc:
                     yield TraceProblem(1, exc.message)
+        if not seen:  # as the reader says it (vbproto decode)
+            raise TraceError("empty file: no header record", where=f"{path} line 1")
 
 
 def validate_trace(path: str | os.PathLike[str], *, limit: int | None = None) -> list[TraceProblem]:

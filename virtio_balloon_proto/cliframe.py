@@ -1,0 +1,171 @@
+"""The frame every ``vbproto`` command runs in (the commands themselves are in ``cli.py``).
+
+* errors: any :class:`~virtio_balloon_proto.errors.VBProtoError`, user-path ``OSError`` or
+  click usage error becomes ONE line on stderr and exit status 2 -- under ``--json`` one JSON
+  object on stdout instead, ``{"error": ..., "field": ..., "offset": ..., ...}``;
+* signals: SIGINT and SIGTERM raise :class:`Interrupted`; the command leaves its outputs valid
+  and the process exits 130;
+* help: every command's ``--help`` ends with what its exit statuses mean.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from .errors import VBProtoError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: ctx.meta key set by every command's --json flag (ctx.meta is shared by nested contexts)
+JSON_KEY = "vbproto.json"
+
+EXIT_DEFAULT = ("0 done; 2 bad usage or input (one line on stderr; a JSON object on stdout "
+                "under --json); 130 interrupted (SIGINT, SIGTERM).")
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: the command stops, leaves its outputs valid, exits 130.
+
+    Not a KeyboardInterrupt on purpose: CPython 3.11 marks a KeyboardInterrupt raised inside
+    ``exec()`` of a string (dataclasses build methods that way) as unhandled even after it is
+    caught, and then exits by SIGINT instead of with our status."""
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """For the command's lifetime (restored when its context closes: CliRunner callers keep
+    theirs); only the main thread can install handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+    click.get_current_context().call_on_close(restore)
+
+
+def json_mode() -> bool:
+    """True when the running command was given --json."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.meta.get(JSON_KEY))
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[JSON_KEY] = True
+    return value
+
+
+def json_option(help_text: str, *, expose: bool = True) -> Callable[[F], F]:
+    """The --json flag: sets JSON mode for the command's errors too."""
+    return click.option("--json", "as_json", is_flag=True, is_eager=True, callback=_set_json,
+                        expose_value=expose, help=help_text)
+
+
+def emit_json(obj: Any) -> None:
+    """One JSON document (or one JSON Lines record) on stdout."""
+    click.echo(json.dumps(obj, default=str))
+
+
+def _fail(message: str, *, as_json: bool, code: int = 2, **fields: Any) -> None:
+    if as_json:
+        emit_json({"error": message, **{k: v for k, v in fields.items()}})
+    else:
+        click.echo(f"vbproto: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _error_fields(exc: VBProtoError) -> dict[str, Any]:
+    return {"field": exc.field, "offset": exc.offset, "clause": exc.clause, "where": exc.where,
+            "class": type(exc).__name__}
+
+
+class Command(click.Command):
+    """A command whose help ends with its exit statuses (``exit_codes=``, or the default)."""
+
+    def __init__(self, *args: Any, exit_codes: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.exit_codes = exit_codes or EXIT_DEFAULT
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        with formatter.section("Exit status"):
+            formatter.write_text(self.exit_codes)
+
+
+class Group(click.Group):
+    """A click group that turns our errors into one line (or JSON) + exit 2 for every
+    subcommand, and whose subcommands are :class:`Command` / :class:`Group`."""
+
+    command_class = Command
+
+    def __init__(self, *args: Any, exit_codes: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.exit_codes = exit_codes or EXIT_DEFAULT
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        with formatter.section("Exit status"):
+            formatter.write_text(self.exit_codes)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        as_json = False
+        try:
+            return super().invoke(ctx)
+        except VBProtoError as exc:
+            as_json = bool(ctx.meta.get(JSON_KEY))
+            if as_json:
+                _fail(exc.message, as_json=True, **_error_fields(exc))
+            _fail(str(exc), as_json=False)
+        except BrokenPipeError:
+            # the reader went away (| head): not an error of ours; silence the final flush
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        except OSError as exc:
+            # a path the user gave could not be read or written
+            as_json = bool(ctx.meta.get(JSON_KEY))
+            name = getattr(exc, "filename", None)
+            text = exc.strerror or str(exc)
+            if as_json:
+                _fail(text, as_json=True, field=None, offset=None, where=name, path=name)
+            _fail(f"{name}: {text}" if name else text, as_json=False)
+        except (KeyboardInterrupt, Interrupted):
+            click.echo("vbproto: interrupted", err=True)
+            sys.exit(130)
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        """click's main, but its usage errors are one line (or JSON under --json)."""
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else (prog_name or "vbproto")
+            param = getattr(exc, "param", None)
+            _fail(f"{exc.format_message()} (see '{where} --help')".replace("\n", " "),
+                  as_json="--json" in argv, field=getattr(param, "name", None), offset=None)
+        except click.ClickException as exc:
+            _fail(exc.format_message().replace("\n", " "), as_json="--json" in argv,
+                  code=exc.exit_code, field=None, offset=None)
+        except click.Abort:
+            click.echo("vbproto: interrupted", err=True)
+            sys.exit(130)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
