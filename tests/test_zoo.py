@@ -21,6 +21,7 @@ from virtio_balloon_proto.conformance.runner import Runner, check_trace, discove
 from virtio_balloon_proto.conformance.verdicts import CaseResult
 from virtio_balloon_proto.conformance.zoo import ZOO, ZooEntry
 from virtio_balloon_proto.conformance.zoo._base import ZooDevice
+from virtio_balloon_proto.conformance.zoo.drivers import DRIVER_ZOO, DriverZooEntry
 
 CORPUS = Path(__file__).resolve().parent.parent / "conformance" / "traces"
 ADAPTERS = ["python", "stdio"]
@@ -167,3 +168,23 @@ def test_a_device_that_dies_at_start_fails_transport_and_the_runner_goes_on() ->
     res = Runner(DiesAtStart()).run_case(case)
     assert res.outcome() == "fail"
     assert [r.clause for r in res.failures()] == ["suite.device.transport"]
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["bug", "fix"])
+@pytest.mark.parametrize("entry", DRIVER_ZOO, ids=lambda e: e.id)
+def test_zoo_driver_trace_is_judged_by_conform_check(entry: DriverZooEntry, fixed: bool,
+                                                      tmp_path: Path) -> None:
+    """A published driver bug as the trace it produces: ``conform check`` fails the buggy
+    driver on its clause and passes the fixed one (driver clauses: no finding)."""
+    from virtio_balloon_proto.trace import write_trace
+
+    path = tmp_path / f"{entry.id}.jsonl"
+    write_trace(path, *entry.build(fixed))
+    res = check_trace(path)
+    cat = catalog()
+    driver_broken = {r.clause for r in res.failures()
+                     if (c := cat.find(r.clause)) is not None and c.side == "driver"}
+    if fixed:
+        assert driver_broken == set(), res.summary_line()
+    else:
+        assert entry.clause in driver_broken, res.summary_line()

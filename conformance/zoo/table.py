@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from .drivers import DRIVER_ZOO
 from .registry import ZOO, ZooEntry
 
 
@@ -26,6 +27,16 @@ def markdown() -> str:
             f"| `{e.id}` | {e.project} | {e.bug} | {e.source} | {e.fixed_in} | `{e.clause}` "
             f"| {_caught(e)} | {', '.join(f'`{c}`' for c in e.cases)} "
             f"| `{e.device.__name__}` / `{e.twin.__name__}` (twin {twin}) |")
+    rows += [
+        "",
+        "Driver bugs (the trace the buggy driver produces, judged by `conform check`; the fixed "
+        "driver's trace has no driver finding):",
+        "",
+        "| id | project | bug | source | fixed in | clause | caught |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows += [f"| `{d.id}` | {d.project} | {d.bug} | {d.source} | {d.fixed_in} | `{d.clause}` "
+             "| yes (conform check) |" for d in DRIVER_ZOO]
     return "\n".join(rows) + "\n"
 
 
