@@ -202,14 +202,29 @@ def _hex_int(text: str | None, what: str) -> int | None:
 _MODELS = click.Choice(["negotiated", "offered", "fixed", "cloud-hypervisor"])
 
 
+def _is_stream(out: str) -> bool:
+    """stdout, a device, a FIFO: the "wrote" line goes to stderr, out of the data's way."""
+    from virtio_balloon_proto.io import is_stream
+
+    return is_stream(out)
+
+
+def _check_out(out: str) -> None:
+    """The output can be written, and --json and the trace do not both claim stdout."""
+    from virtio_balloon_proto.errors import UsageError
+    from virtio_balloon_proto.io import STDOUT, check_writable
+
+    if out == STDOUT and json_mode():
+        raise UsageError("--json prints on stdout: give -o FILE, not -o -", field="out")
+    check_writable(out)
+
+
 def _feature_kwargs(offered: str | None, negotiated: str | None, index_model: str | None,
                     default_model: str) -> dict[str, Any]:
     """The feature words and queue index model an importer takes, parsed from the options.
 
     Every importer calls this before reading its input, so the output is checked here too."""
-    from virtio_balloon_proto.io import check_writable
-
-    check_writable(click.get_current_context().params["out"])
+    _check_out(click.get_current_context().params["out"])
     return {"offered": _hex_int(offered, "offered"),
             "negotiated": _hex_int(negotiated, "negotiated"),
             "index_model": index_model or default_model}
@@ -269,7 +284,7 @@ def _done(out: str, n: int) -> None:
     if json_mode():
         emit_json({"wrote": out, "events": n})
     else:
-        click.echo(f"wrote {out}: {n} event(s)", err=out == "-")
+        click.echo(f"wrote {out}: {n} event(s)", err=_is_stream(out))
 
 
 def _ring_dump_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -708,7 +723,6 @@ def trace_synth(profile: str, scenario: str, endian: str, word_size: str, page_s
                 corpus: str | None) -> None:
     """Synthesise traffic: the reference driver against the reference device, as a trace."""
     from virtio_balloon_proto.errors import UsageError
-    from virtio_balloon_proto.io import check_writable
     from virtio_balloon_proto.models.synth import SynthOptions, synthesize, write_corpus
     from virtio_balloon_proto.trace import write_trace
 
@@ -721,7 +735,7 @@ def trace_synth(profile: str, scenario: str, endian: str, word_size: str, page_s
         return
     if out is None:
         raise UsageError("give -o TRACE (or --corpus DIR)", field="out")
-    check_writable(out)
+    _check_out(out)
     opts = SynthOptions(profile, scenario, endian, int(word_size), int(page_size), pages, seed,
                         exact, memory << 20)
     header, events = synthesize(opts)
@@ -729,7 +743,7 @@ def trace_synth(profile: str, scenario: str, endian: str, word_size: str, page_s
     if json_mode():
         emit_json({"wrote": out, "events": n})
     else:
-        click.echo(f"wrote {out}: {n} events", err=out == "-")
+        click.echo(f"wrote {out}: {n} events", err=_is_stream(out))
 # ---- end synth ----
 
 

@@ -75,6 +75,12 @@ def test_usage_errors_are_one_line_exit_2(args: list[str]) -> None:
     assert json.loads(j.stdout)["error"], j.stdout
 
 
+def test_a_bare_group_shows_its_help() -> None:
+    r = _cli("conform")
+    assert r.returncode == 2 and r.stderr.startswith("Usage: vbproto conform")
+    assert "Commands:" in r.stderr and "vbproto: error" not in r.stderr
+
+
 def test_json_errors_carry_field_and_offset(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")

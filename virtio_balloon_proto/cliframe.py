@@ -93,6 +93,11 @@ def _error_fields(exc: VBProtoError) -> dict[str, Any]:
             "class": type(exc).__name__}
 
 
+#: click >= 8.2 raises this for a group given no subcommand (8.1 prints the help itself)
+_NO_ARGS_IS_HELP: type[click.UsageError] = getattr(click.exceptions, "NoArgsIsHelpError",
+                                                   type("_Never", (click.UsageError,), {}))
+
+
 class Command(click.Command):
     """A command whose help ends with its exit statuses (``exit_codes=``, or the default)."""
 
@@ -155,6 +160,10 @@ class Group(click.Group):
         argv = list(sys.argv[1:] if args is None else args)
         try:
             rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as exc:  # a bare group: its help, as click shows it
+            assert exc.ctx is not None
+            click.echo(exc.ctx.get_help(), err=True)
+            sys.exit(2)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else (prog_name or "vbproto")
             param = getattr(exc, "param", None)
