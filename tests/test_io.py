@@ -156,3 +156,13 @@ def test_cli_output_is_checked_before_long_work(tmp_path: Path) -> None:
                  ["analyze", "--shape", "sparse", "--plot", bad]):
         r = _cli(*args)
         assert r.returncode == 2 and r.stderr.startswith(f"vbproto: error: {bad}:"), (args, r)
+
+
+def test_cli_report_json_dev_stdout_is_written_through_not_replaced() -> None:
+    # as root this once replaced the machine's /dev/stdout symlink with a regular file
+    r = _cli("conform", "run", "--case", "spec/inflate*", "--report-json", "/dev/stdout")
+    assert r.returncode == 0, r.stderr
+    assert os.path.islink("/dev/stdout")
+    start = r.stdout.index("{")
+    data, _ = json.JSONDecoder().raw_decode(r.stdout[start:])
+    assert data["format"] == "vbproto-conformance-report/1" and data["exit_code"] == 0
