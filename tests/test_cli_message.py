@@ -219,3 +219,23 @@ def test_version(run: Run) -> None:
 
     r = run(["--version"])
     assert r.code == 0 and __version__ in r.out
+
+
+@pytest.mark.parametrize(
+    ("kind", "profile", "doc", "named"),
+    [
+        # `stats` for `entries`: was encoded as an EMPTY stats buffer, exit 0
+        ("stats", "spec", '{"fields": {"stats": [{"tag": 4, "val": 1000}]}}', "'stats'"),
+        ("stats", "spec", '{"stats": [{"tag": 4, "val": 1000}]}', "'stats'"),
+        ("stats", "spec", '{"entries": [{"tag": 4, "value": 1000}]}', "'value'"),
+        ("hybrid", "hybrid", '{"fields": {"recs": [{"start_pfn": 1, "page_shift": 0}]}}',
+         "'recs'"),
+        ("config", "spec", '{"fields": {"num_pages": 1, "actual": 0, "actul": 5}}', "'actul'"),
+    ],
+)
+def test_encode_names_a_field_the_kind_does_not_have(run: Run, kind: str, profile: str,
+                                                      doc: str, named: str) -> None:
+    r = run(["message", "encode", "--profile", profile, "--kind", kind, doc])
+    _check_bad(r)
+    assert named in r.err
+    assert r.out == ""

@@ -794,6 +794,48 @@ def _int(obj: dict[str, Any], key: str, default: int | None = None) -> int:
     return v
 
 
+# the keys ``message_fields`` writes for each kind (and the per-entry/per-record keys): any
+# other key is a typo that would otherwise be dropped silently ({"stats": [...]} encoded as an
+# empty stats buffer)
+_FIELD_KEYS: dict[str, frozenset[str]] = {
+    "pfns": frozenset({"pfns", "trailing"}),
+    "bmap": frozenset({"cmd", "page_shift", "flag", "reserved", "req_id", "start_pfn",
+                       "bmap_len", "bitmap", "header_tail"}),
+    "req": frozenset({"cmd", "reserved", "param", "trailing"}),
+    "hybrid": frozenset({"cmd", "flag", "id", "data_len", "records", "trailing"}),
+    "stats": frozenset({"entries", "trailing"}),
+    "config": frozenset({"num_pages", "actual", "free_page_hint_cmd_id", "poison_val",
+                         "trailing"}),
+    "hint-cmd": frozenset({"cmd_id", "trailing"}),
+}
+_ITEM_KEYS: dict[str, tuple[str, frozenset[str]]] = {
+    "stats": ("entries", frozenset({"tag", "name", "val"})),
+    "hybrid": ("records", frozenset({"start_pfn", "page_shift", "bmap_len", "bmap"})),
+}
+
+
+def _check_keys(kind: str, fields: dict[str, Any]) -> None:
+    """UsageError naming the first key ``kind`` has no field for (the known ones listed)."""
+    known = _FIELD_KEYS.get(kind)
+    if known is None:
+        return
+    unknown = sorted(str(k) for k in fields if k not in known)
+    if unknown:
+        raise UsageError(f"{kind} has no field {unknown[0]!r} (its fields: "
+                         f"{', '.join(sorted(known))})", field=unknown[0])
+    if kind in _ITEM_KEYS:
+        key, item_keys = _ITEM_KEYS[kind]
+        items = fields.get(key)
+        if isinstance(items, list):
+            for i, item in enumerate(items):
+                if isinstance(item, dict):
+                    bad = sorted(str(k) for k in item if k not in item_keys)
+                    if bad:
+                        raise UsageError(f"{key}[{i}] has no field {bad[0]!r} (its fields: "
+                                         f"{', '.join(sorted(item_keys))})",
+                                         field=f"{key}[{i}].{bad[0]}")
+
+
 def message_from_json(kind: str, obj: Any, layout: WireLayout | None = None,
                       *, role: str = "inflate") -> Message:
     """Build a message from the JSON ``decode --json`` prints (its ``fields``) or from
@@ -806,6 +848,7 @@ def message_from_json(kind: str, obj: Any, layout: WireLayout | None = None,
     fields = obj.get("fields", obj)
     if not isinstance(fields, dict):
         raise UsageError("'fields' must be an object", field="fields")
+    _check_keys(kind, fields)
     try:
         if kind == "pfns":
             pfns = fields.get("pfns")
