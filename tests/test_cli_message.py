@@ -239,3 +239,39 @@ def test_encode_names_a_field_the_kind_does_not_have(run: Run, kind: str, profil
     _check_bad(r)
     assert named in r.err
     assert r.out == ""
+
+
+def _encode_capped(args: list[str], cap: int = 700 << 20) -> Result:
+    """``message encode`` in a real process whose address space is capped at ``cap`` bytes."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    p = subprocess.run([sys.executable, "-m", "virtio_balloon_proto", "message", "encode", *args],
+                       capture_output=True, timeout=120, preexec_fn=limit)
+    return Result(p.returncode, p.stdout.decode(), p.stderr.decode(), p.stdout)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        # 20,000,000 PFNs: 80 MB of message (over MAX_INPUT, which decode refuses) -- was exit 0
+        # with 160 MB of hex; 200,000,000 took 3 GB and ended in a MemoryError traceback
+        (["--kind", "pfns", '{"pages": [[0, 20000000]]}'], "MAX_INPUT"),
+        # a v3 span of 64 Mi bits: refused only after 1.09 GB of frames (MemoryError under 700 MB)
+        (["--profile", "v3", "--kind", "bmap", '{"pages": [[0, 67108864]]}'], "span"),
+    ],
+)
+def test_encode_sizes_checked_before_allocating(args: list[str], says: str) -> None:
+    r = _encode_capped(args)
+    _check_bad(r)
+    assert says in r.err
+
+
+def test_encode_hybrid_huge_block_needs_no_frame_array() -> None:
+    # 2^40 frames are one pfn+order record (order 40); it was refused by to_frames()'s limit
+    r = _encode_capped(["--profile", "hybrid", "--kind", "hybrid",
+                        '{"pages": [[0, 1099511627776]]}'])
+    assert r.code == 0, r.err
+    assert r.out.strip() == "00000000080000000000000000004003"

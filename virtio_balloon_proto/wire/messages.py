@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from ..errors import DecodeError, EncodeError, UsageError
 from ..findings import Finding
+from ..limits import MAX_INPUT
 from ..pageset import PageSet
 from ..profiles import get_profile
 from . import bulk
@@ -919,13 +920,30 @@ def message_from_json(kind: str, obj: Any, layout: WireLayout | None = None,
 
 def _from_pages(kind: str, pages: Any, layout: WireLayout, role: str) -> Message:
     ps = PageSet.from_extents(pages)
-    frames = ps.to_frames()
+    # sizes are checked on the extents, before one uint64 per page is allocated: a 30-byte
+    # {"pages": [[0, 200000000]]} took 3 GB and ended in a MemoryError traceback
     if kind == "pfns":
-        if frames.size and int(frames.max()) > 0xFFFFFFFF:
+        if ps and ps.max() > 0xFFFFFFFF:
             raise EncodeError("a PFN above 2^32-1 cannot go in a __virtio32 array", field="pages")
-        return PfnArray(frames.astype(np.uint32))
+        if 4 * len(ps) > MAX_INPUT:
+            raise EncodeError(f"{len(ps)} PFNs are {4 * len(ps)} bytes: over the limit of "
+                              f"{MAX_INPUT} bytes for one message (MAX_INPUT); a driver sends "
+                              "at most 256 per buffer", field="pages")
+        return PfnArray(ps.to_frames().astype(np.uint32))
     if kind == "bmap":
         fpp = layout.frames_per_page
+        if ps:
+            lo, hi = (ps.min() // fpp, ps.max() // fpp) if role == "misc" else (
+                ps.min(), ps.max() - ps.max() % fpp)
+            w = layout.word_size
+            span = (hi - lo // w * w) // w * w + w  # as nbits below, from the extents
+            if span // 8 > BMAP_BUFFERS_MAX * 8 * layout.page_size:
+                raise EncodeError(
+                    f"the pages span {span} bits; one v3 message covers at most "
+                    f"{BMAP_BUFFERS_MAX * 8 * layout.page_size * 8} (32 buffers of "
+                    "8 * PAGE_SIZE): encode a whole inflate with codecs.encode_pages, which "
+                    "splits it into messages", field="pages")
+        frames = ps.to_frames()
         if fpp > 1 and frames.size:
             # one bit is one guest page: a set that is not whole aligned pages cannot be said
             # in a bitmap, and must not be silently shrunk or grown to one
