@@ -35,7 +35,7 @@ def text_summary(run: RunResult, *, verbose: bool = False, command_hint: str | N
     lines: list[str] = []
     for case in run.cases:
         outcome = case.outcome(run.strict)
-        if verbose or outcome not in ("pass",):
+        if verbose or outcome not in ("pass",) or case.reason:
             lines.append(case.details_text() if outcome != "pass" else case.summary_line())
     counts = run.counts()
     total = len(run.cases)

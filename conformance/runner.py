@@ -171,8 +171,10 @@ def load_case(path: str | Path, case_id: str | None = None) -> Case:
         word_order=header.bitmap_word_order,
         page_size=header.page_size,
         device_options=_device_options(header.profile, header.features_offered),
-        **({"memory_size": max(a + n for a, n in header.memory)} if header.memory else {}),
     )
+    if header.memory:
+        setup = dataclasses.replace(setup, memory_size=max(a + n for a, n in header.memory),
+                                    memory_regions=tuple(header.memory))
     steps: list[Step] = []
     gaps: list[str] = []
     synthetic: dict[str, int] = {}
@@ -453,6 +455,10 @@ class Runner:
         result.results = judged.results
         result.behaviour = judged.behaviour
         result.notes = judged.notes + list(case.gaps)
+        if case.gaps:
+            # never pass silently over what could not be replayed
+            result.reason = (f"{len(case.gaps)} step(s) not replayed (bytes not captured): "
+                             + "; ".join(case.gaps)[:300])
         result.traffic = self._traffic
 
     # --- many cases ----------------------------------------------------------------------------

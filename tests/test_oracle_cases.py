@@ -152,3 +152,4 @@ def test_bytes_not_captured_are_not_checked_nor_blamed() -> None:
     live = run("reference", "windows/stats-huge-len-bytes-not-captured")
     assert not live.failures(), live.details_text()
     assert any("not replayed" in n for n in live.notes)
+    assert "1 step(s) not replayed" in live.reason  # shown even for a passing case

@@ -241,6 +241,12 @@ class ReferenceDevice:
 
     def _in_ram(self, pages: PageSet) -> PageSet:
         ram = PageSet.from_range(0, self._ram_frames) if self._ram_frames else PageSet.empty()
+        if self._setup is not None and self._setup.memory_regions:
+            ram = PageSet.empty()
+            for start, size in self._setup.memory_regions:
+                first, end = -(-start // 4096), (start + size) // 4096
+                if end > first:
+                    ram = ram | PageSet.from_range(first, end - first)
         bad = pages - ram
         if bad:
             # QEMU: trace_virtio_balloon_bad_addr() and skip the page

@@ -45,6 +45,9 @@ class Setup:
     device_options: dict[str, Any] = field(default_factory=dict)
     #: guest RAM size in bytes the case assumes (PFNs in traces lie below it)
     memory_size: int = 256 << 20
+    #: guest RAM as (start, size) byte regions when the trace header says so (format 1.1);
+    #: empty: one region [0, memory_size)
+    memory_regions: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
