@@ -11,10 +11,12 @@ Choices recorded (the spec leaves them open):
   cover.1720611677.git.mst@redhat.com, 2024).  A run replays each buffer on the queue the
   device has for its role; the map is recorded, not failed.
 * ``used-len.<role>``: used len of a device-writable chain that the device did not fill
-  (reporting, hinting): ``0`` or ``bytes of the buffers``.  2.7.8: "len ... the number of
-  bytes written into the buffer"; 2.7.8.1 (device): "MUST write at least len bytes ... MAY
-  write more than len bytes"; the driver "SHOULD NOT rely on len" for those queues, so any len
-  up to the writable bytes is allowed (spec.device.used.len-written fails only above them).
+  (reporting, hinting): ``0`` or ``bytes of the buffers``.  2.7.8.1 (device): "The device
+  MUST write at least len bytes to descriptor, beginning at the first device-writable buffer,
+  prior to updating the used idx.  The device MAY write more than len bytes to descriptor";
+  5.5.6 does not say what a reporting/hinting device writes (it changes page contents, which
+  cloud-hypervisor counts as written: virtio-spec #242).  So 0 and any len up to the writable
+  bytes are allowed; spec.device.used.len-written fails only above them.
 """
 
 from __future__ import annotations
