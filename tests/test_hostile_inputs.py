@@ -420,3 +420,36 @@ def test_vectors_verify_against_a_hostile_codec(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr + r.stdout
     root = ET.parse(tmp_path / "v.xml").getroot()
     assert int(root.get("failures", "0")) > 0
+
+
+# --------------------------------------------------------------------------- CLI sweep
+SWEEP = [
+    ["conform", "run", "--known-failures", "{fifo}", "--case", "spec/inflate-le"],
+    ["conform", "run", "--known-failures", "/dev/zero", "--case", "spec/inflate-le"],
+    ["trace", "import", "qemu-log", "{fifo}", "--profile", "spec", "-o", "{out}"],
+    ["trace", "import", "qemu-log", "/dev/zero", "--profile", "spec", "-o", "{out}"],
+    ["trace", "import", "qemu-core", "{fifo}", "--queue-status", "{fifo}", "--profile", "spec",
+     "-o", "{out}"],
+    ["conform", "check", "{fifo}"],
+    ["trace", "validate", "{dir}"],
+    ["message", "decode", "--kind", "pfns", "@{fifo}"],
+    ["message", "decode", "--kind", "pfns", "--page-size", "18446744073709551616", "00"],
+    ["message", "encode", "--kind", "hybrid", "--profile", "hybrid",
+     '{"pages": [[67777777777777777, 1]]}'],
+    ["analyze", "--pages", "9" * 5000],
+    ["analyze", "--shape", "sparse", "--frames", "18446744073709551616"],
+]
+
+
+@pytest.mark.parametrize("args", SWEEP, ids=[" ".join(a)[:60] for a in SWEEP])
+def test_cli_sweep_no_traceback_no_hang(args: list[str], tmp_path: Path) -> None:
+    """Malformed invocations found by a sweep of 280 (every one must end, exit 0-2, and
+    never print a traceback); these three used to hang: a FIFO or /dev/zero as the
+    known-failures file or as a QEMU trace log."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    argv = [a.replace("{fifo}", str(fifo)).replace("{dir}", str(tmp_path))
+            .replace("{out}", str(tmp_path / "o.jsonl")) for a in args]
+    r = vbproto(*argv, timeout=60)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode in (0, 1, 2), (r.returncode, r.stderr[-1000:])

@@ -25,7 +25,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from ..errors import TraceError, UsageError, VBProtoError
-from ..limits import MAX_JSON, check_int, loads_json, read_bounded
+from ..limits import MAX_JSON, check_int, loads_json, open_regular, read_bounded
 from ..profiles import VERSION_1, QueueRole, get_profile
 from ..virtqueue.filemem import MappedMemory
 from ..virtqueue.memory import GuestMemory
@@ -410,10 +410,8 @@ _PFN_QUEUES = (QueueRole.INFLATE, QueueRole.DEFLATE)
 
 
 def _log_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
-    try:
-        f = open(path, "rb")
-    except OSError as exc:
-        raise TraceError(f"cannot open: {exc.strerror or exc}", where=str(path)) from None
+    # a regular file only: the log is read twice, and a FIFO must not block open()
+    f, _ = open_regular(path, what="QEMU trace log", error=TraceError)
     with f:
         n = 0
         while True:
