@@ -180,6 +180,27 @@ def test_qemu_log_import_rebuilds_pfn_arrays(tmp_path: Path) -> None:
     assert kinds.count("UsedEvent") == 2 and "HostEvent" in kinds and "StatusEvent" in kinds
 
 
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", bytes(range(256)) * 4, b'{"type":"header","format":"vbproto-trace/1"}\n',
+     b"kvm_exit reason EPT_VIOLATION rip 0xffffffff81000000\n"],
+    ids=["empty", "binary", "a-trace-not-a-log", "other-trace-events"],
+)
+def test_qemu_log_with_no_virtio_line_is_not_an_empty_trace(tmp_path: Path,
+                                                            content: bytes) -> None:
+    # was exit 0, "wrote t.jsonl: 0 event(s)": a mistyped path or a log without -trace virtio*
+    log = tmp_path / "trace.log"
+    log.write_bytes(content)
+    out = tmp_path / "t.jsonl"
+    res = CliRunner().invoke(
+        main, ["trace", "import", "qemu-log", str(log), "--profile", "spec", "-o", str(out)]
+    )
+    assert res.exit_code == 2, res.output
+    assert "no QEMU virtio trace line" in res.stderr and len(res.stderr.splitlines()) == 1
+    assert not out.exists()
+
+
 QEMU = shutil.which("qemu-system-x86_64")
 
 

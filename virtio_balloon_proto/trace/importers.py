@@ -509,6 +509,7 @@ def import_qemu_log(
 
     def events() -> Iterator[Event]:
         pending: dict[str, Any] | None = None
+        anything = False
 
         def flush() -> Iterator[Event]:
             nonlocal pending
@@ -574,7 +575,15 @@ def import_qemu_log(
             if other is not None:
                 yield from flush()
                 yield other
+                anything = True
         yield from flush()
+        if not vq_map and not anything:
+            # no pop/fill/notify/status/config line: not a QEMU trace log (an empty file, a
+            # binary, a log of other trace events), not a trace of a quiet device -- it was
+            # written as an empty trace, exit 0
+            raise TraceError("no QEMU virtio trace line (virtqueue_pop, virtqueue_fill, "
+                             "virtio_queue_notify, virtio_set_status, virtio_balloon_*): "
+                             "was QEMU run with -trace 'virt*'?", where=str(path))
 
     return header, events()
 
