@@ -65,7 +65,7 @@ def _hexes(req: dict[str, Any]) -> list[bytes]:
 
 def _kind(params: dict[str, Any], req: dict[str, Any]) -> str:
     k = req.get("kind", params.get("kind"))
-    if k not in WIRE_KINDS:
+    if not isinstance(k, str) or k not in WIRE_KINDS:  # a list or object is not hashable
         raise UsageError(f"unknown kind {k!r}", field="kind")
     return WIRE_KINDS[k]
 
