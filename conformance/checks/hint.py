@@ -79,10 +79,18 @@ def hint_rounds(j: Judgement) -> tuple[dict[int, bool], list[tuple[int, str]]]:
 @register("spec.driver.hint.one-cmd-id-buffer", "spec.driver.hint.start-with-cmd-id",
           "spec.driver.hint.stop-on-stop-or-done")
 def driver_ids(j: Judgement) -> None:
+    from virtio_balloon_proto import trace as tr
+
     seen: dict[int, int] = {}
+    new_id = [i for i, ev in enumerate(j.events, start=1)
+              if (isinstance(ev, tr.HostEvent) and ev.action == "free-page-hint")]
+    prev = 0
     for ch in j.chains:
         if ch.role != "free_page":
             continue
+        if any(prev < i < ch.index for i in new_id):
+            seen.clear()  # the device published a new id (or STOP/DONE): a new round
+        prev = ch.index
         d = j.decoded(ch)
         if d is None or d.kind != "hint-cmd" or d.decoded is None:
             continue
