@@ -158,3 +158,34 @@ def test_synth_memory_is_bounded() -> None:
                          timeout=120, check=True).stdout.split()
     code, maxrss_kib = int(out[0]), int(out[1])
     assert code == 0 and maxrss_kib < 400 * 1024, maxrss_kib
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e300", "0", "-1", "x"])
+@pytest.mark.parametrize("cmd", [("conform", "run", "--device", "stdio:sleep 100"),
+                                 ("vectors", "verify", "--impl", "stdio:sleep 100")])
+def test_a_timeout_that_is_not_a_finite_positive_number_is_bad_usage(
+        cmd: tuple[str, ...], value: str) -> None:
+    """nan reached select() as a ValueError traceback, 1e300/inf as an OverflowError."""
+    r = _cli(*cmd, "--timeout", value, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "--timeout" in r.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [("conform", "clauses", "--json"),
+                                  ("vectors", "verify", "--json")])
+def test_json_to_a_full_stdout_is_one_line_on_stderr(args: tuple[str, ...]) -> None:
+    """Under --json the error went to the same broken stdout: an OSError traceback, exit 1."""
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([*VBPROTO, *args], stdout=full, stderr=subprocess.PIPE, text=True,
+                           timeout=120, check=False)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == "vbproto: error: No space left on device\n", r.stderr
+
+
+def test_a_choice_error_is_one_line_without_tabs() -> None:
+    r = _cli("trace", "synth", "--json", "--profile", "v4", "-o", "x.jsonl")
+    assert r.returncode == 2
+    doc = json.loads(r.stdout)
+    assert "\t" not in doc["error"] and "\n" not in doc["error"], doc

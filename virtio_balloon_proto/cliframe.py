@@ -81,11 +81,38 @@ def emit_json(obj: Any) -> None:
 
 
 def _fail(message: str, *, as_json: bool, code: int = 2, **fields: Any) -> None:
+    message = " ".join(message.split())  # one line: click's choice lists hold tabs and newlines
     if as_json:
-        emit_json({"error": message, **{k: v for k, v in fields.items()}})
-    else:
+        try:
+            emit_json({"error": message, **fields})
+            sys.stdout.flush()
+        except OSError:
+            # stdout itself is what failed (--json > /dev/full): say it on stderr instead, and
+            # let the interpreter's last flush go nowhere
+            _silence_stdout()
+            as_json = False
+    if not as_json:
         click.echo(f"vbproto: error: {message}", err=True)
     sys.exit(code)
+
+
+def _silence_stdout() -> None:
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+#: the largest ``--timeout`` (a day): ``nan``, ``inf`` and ``1e300`` reached ``select()`` as a
+#: ValueError or OverflowError traceback
+MAX_SECONDS = 86400.0
+
+
+def seconds(_ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """A ``--timeout`` callback: a finite, positive number of seconds, at most a day."""
+    if not 0 < value <= MAX_SECONDS:  # False for nan as well
+        raise click.BadParameter(f"{value!r} is not in (0, {MAX_SECONDS:g}] seconds",
+                                 param=param)
+    return value
 
 
 def _error_fields(exc: VBProtoError) -> dict[str, Any]:
@@ -137,9 +164,7 @@ class Group(click.Group):
             _fail(str(exc), as_json=False)
         except BrokenPipeError:
             # the reader went away (| head): not an error of ours; silence the final flush
-            import os
-
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _silence_stdout()
             sys.exit(0)
         except OSError as exc:
             # a path the user gave could not be read or written
@@ -147,7 +172,10 @@ class Group(click.Group):
             name = getattr(exc, "filename", None)
             text = exc.strerror or str(exc)
             if as_json:
-                _fail(text, as_json=True, field=None, offset=None, where=name, path=name)
+                fields: dict[str, Any] = {"field": None, "offset": None, "clause": None,
+                                          "where": name, "path": name,
+                                          "class": type(exc).__name__}
+                _fail(text, as_json=True, **fields)
             _fail(f"{name}: {text}" if name else text, as_json=False)
         except (KeyboardInterrupt, Interrupted):
             click.echo("vbproto: interrupted", err=True)
