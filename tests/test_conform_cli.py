@@ -240,3 +240,20 @@ def test_pytest_plugin_one_test_per_case(pytester: pytest.Pytester, corpus: Path
     )
     bad.assert_outcomes(failed=2)
     bad.stdout.fnmatch_lines(["*spec.device.used.id-is-head*"])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("delay", [0.05, 0.2])
+def test_interrupt_while_starting_up_is_one_line_and_130(sig: signal.Signals,
+                                                         delay: float) -> None:
+    """A signal while the CLI is still importing (before its handlers exist) was a
+    KeyboardInterrupt traceback (SIGINT) or status 143 (SIGTERM)."""
+    proc = subprocess.Popen([*VBPROTO, "conform", "clauses"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:  # the machine was fast enough to finish first: nothing to judge
+        pytest.skip("finished before the signal")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip() == "vbproto: interrupted", err
