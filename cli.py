@@ -628,6 +628,8 @@ def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
         raise UsageError("only one report can go to stdout (-)", field="report")
     for p in outputs:
         check_writable(p)  # before the run, not after it
+    if save_traces:  # our own output: a directory we cannot write is bad usage, not the device's
+        check_writable(os.path.join(save_traces, "case.jsonl"))
     to_stdout = STDOUT in outputs  # then the text summary goes to stderr
     corpus_path = corpus or str(default_corpus())
     cases = discover_cases(corpus_path, profiles=profiles or None, case_globs=case_globs or None)

@@ -257,3 +257,15 @@ def test_interrupt_while_starting_up_is_one_line_and_130(sig: signal.Signals,
         pytest.skip("finished before the signal")
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip() == "vbproto: interrupted", err
+
+
+def test_save_traces_into_an_unwritable_place_is_bad_usage_before_the_run(tmp_path: Path
+                                                                          ) -> None:
+    """It was the device's fault: every case failed suite.device.transport (PermissionError)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = vbproto("conform", "run", "--case", "spec/inflate-le", "--save-traces",
+                str(blocker / "traces"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("vbproto: error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "suite.device.transport" not in r.stdout
