@@ -35,3 +35,18 @@ def test_update_actual_at_the_end_of_a_window_is_in_flight(tmp_path: Path) -> No
     # the replayed driver's last acknowledgement has no later write of actual: a note
     assert result(saved, "spec.driver.op.update-actual").message == ""
     assert any("no write of 'actual' yet" in n for n in saved.notes), saved.notes
+
+
+# --- A2: a stats buffer used without a host request is the device's choice ---------------------
+def test_stats_use_on_the_devices_own_timer_is_a_choice() -> None:
+    res = check_trace(REVIEW / "stats-own-timer.jsonl")
+    assert res.outcome() == "pass", res.details_text()
+    assert "own timer" in res.behaviour["stats.request-trigger"]
+
+
+# --- A3: a superseded stats buffer is returns-superseded's, whatever its tags -------------------
+def test_superseded_stats_buffer_with_unknown_tags_is_not_an_unknown_tag_failure() -> None:
+    plain = check_trace(REVIEW / "stats-superseded-09.jsonl")
+    tags612 = check_trace(REVIEW / "stats-superseded-612.jsonl")
+    want = {"spec.device.stats.returns-superseded", "spec.driver.stats.one-buffer"}
+    assert failed(plain) == failed(tags612) == want, tags612.details_text()

@@ -107,6 +107,7 @@ def acks(j: Judgement) -> None:
                 c.index <= broken_at or not c.used):
             continue  # the device is in an error state (judged by error_state)
         clause = ACK_CLAUSE.get(c.role, "spec.device.used.id-is-head")
+        asked = False
         if j.malformed(c):
             clause = "spec.device.malformed.acks-buffer"
         elif c.role == "stats":
@@ -117,11 +118,13 @@ def acks(j: Judgement) -> None:
             asked = any(c.index < r < nxt for r in j.host_requests("stats-request"))
             clause = ACK_CLAUSE["stats"] if asked else "spec.device.stats.returns-superseded"
         j.evaluated(clause)
-        if not c.used and c.role == "stats" and any(
+        if not c.used and c.role == "stats" and asked and any(
                 getattr(f, "rule", "") == "spec.device.stats.ignores-unknown-tag"
                 for f in j.wire_findings(c)):
             # 5.5.6.3.2 "The device MUST ignore entries with tag values that it does not
-            # recognize": a buffer with unknown tags that never comes back was not ignored
+            # recognize": a buffer with unknown tags that never comes back although the host
+            # asked while the device held it was not ignored (a buffer lost because a second
+            # one superseded it is returns-superseded's, whatever its tags)
             j.evaluated("spec.device.stats.ignores-unknown-tag")
             j.broken("spec.device.stats.ignores-unknown-tag",
                      f"stats head {c.head} (event {c.index}) carries tags the spec does not "
