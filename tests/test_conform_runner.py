@@ -67,9 +67,12 @@ def test_big_endian_guest_read_as_le(tmp_path: Path) -> None:
     case = load_case(d.spec_trace(tmp_path / "be.jsonl", endian="be"))
     assert run(d.DictDevice(), case).outcome() == "pass"
     res = run(d.FaultyByteOrder(), case)
-    assert {"spec.device.inflate.pfn-4k-units", "spec.device.stats.records-values"} <= {
-        r.clause for r in res.failures()
-    }
+    assert "spec.device.inflate.pfn-4k-units" in {r.clause for r in res.failures()}
+    # its stats tags come out byte-swapped (>= 16) and it drops them: reporting none of the
+    # driver's tags is allowed ("devices omit unsupported statistics", 5.5.6.3), and a legacy
+    # device may ignore the first stats buffer (5.5.6.3.3) -- not a records-values failure
+    assert "spec.device.stats.records-values" not in {r.clause for r in res.failures()}
+    assert res.behaviour["stats.legacy-first-buffer"] == ["ignored"]
 
 
 def test_verdict_levels() -> None:

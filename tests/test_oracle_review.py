@@ -4,6 +4,7 @@ shipped or saved trace with one event changed; the quoted spec text is in each c
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from virtio_balloon_proto.conformance.runner import Runner, check_trace, discover_cases
@@ -50,3 +51,23 @@ def test_superseded_stats_buffer_with_unknown_tags_is_not_an_unknown_tag_failure
     tags612 = check_trace(REVIEW / "stats-superseded-612.jsonl")
     want = {"spec.device.stats.returns-superseded", "spec.driver.stats.one-buffer"}
     assert failed(plain) == failed(tags612) == want, tags612.details_text()
+
+
+# --- A1: legacy first stats buffer; a device may know none of the driver's tags ----------------
+def test_legacy_device_ignoring_the_first_stats_buffer_passes() -> None:
+    res = check_trace(REVIEW / "stats-legacy-ignore-first.jsonl")
+    assert res.outcome() == "pass", res.details_text()
+    assert res.behaviour["stats.legacy-first-buffer"] == ["ignored"]
+
+
+def test_modern_device_reporting_none_of_the_drivers_tags_is_a_note(tmp_path: Path) -> None:
+    lines = (REVIEW / "stats-legacy-ignore-first.jsonl").read_text().splitlines()
+    head = json.loads(lines[0])
+    head["features"]["negotiated"] = "0x100000002"
+    head["features"]["negotiated_names"] = ["STATS_VQ", "VERSION_1"]
+    modern = tmp_path / "stats-modern-none-known.jsonl"
+    modern.write_text("\n".join([json.dumps(head), *lines[1:]]) + "\n")
+    res = check_trace(modern)
+    assert "spec.device.stats.records-values" not in failed(res), res.details_text()
+    assert "stats.legacy-first-buffer" not in res.behaviour
+    assert any("reports none of the 10 defined tag(s)" in n for n in res.notes), res.notes
