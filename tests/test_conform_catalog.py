@@ -14,7 +14,7 @@ from virtio_balloon_proto.errors import UsageError
 WIRE_RULES = """spec.driver.pfns.len-multiple-of-4 spec.driver.pfns.at-most-256
 spec.driver.pfns.page-group spec.driver.pages.no-duplicate spec.driver.stats.len-multiple-of-10
 spec.driver.stats.duplicate-tag spec.device.stats.ignores-unknown-tag spec.driver.hint.len-4
-spec.device.config.size v3.driver.bmap.reserved-zero v3.driver.bmap.len-matches-buffers
+v3.driver.bmap.reserved-zero v3.driver.bmap.len-matches-buffers
 v3.driver.bmap.len-word-multiple v3.driver.bmap.buffer-at-most-8-pages
 v3.driver.bmap.at-most-32-buffers v3.driver.bmap.page-shift-matches
 v3.driver.bmap.page-shift-ambiguous v3.driver.bmap.start-aligned v3.driver.bmap.inflate-fields-zero

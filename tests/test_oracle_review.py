@@ -71,3 +71,19 @@ def test_modern_device_reporting_none_of_the_drivers_tags_is_a_note(tmp_path: Pa
     assert "spec.device.stats.records-values" not in failed(res), res.details_text()
     assert "stats.legacy-first-buffer" not in res.behaviour
     assert any("reports none of the 10 defined tag(s)" in n for n in res.notes), res.notes
+
+
+# --- A4: config size against the negotiated features; any larger size allowed ----------------
+def test_config_size_is_judged_against_the_accepted_features() -> None:
+    res = check_trace(REVIEW / "config-12-poison-declined.jsonl")
+    assert "spec.device.config.size" not in failed(res), res.details_text()
+    assert res.behaviour["config.size"] == ["12 bytes"]
+    assert any("did not accept" in n for n in res.notes), res.notes
+
+
+def test_decode_of_a_20_byte_config_has_no_size_finding() -> None:
+    from virtio_balloon_proto.wire import WireLayout, decode
+
+    d = decode("config", bytes(range(20)), WireLayout())
+    assert d.findings == () and d.fields()["trailing"] == "1011" "1213"
+

@@ -142,7 +142,6 @@ FINDINGS: list[Case] = [
     Case("spec.device.stats.ignores-unknown-tag", "stats", struct.pack("<HQ", 65534, 1),
          field="tag"),
     # --- config, hint
-    Case("spec.device.config.size", "config", struct.pack("<II", 1, 2) + b"\x09", offset=8),
     Case("spec.driver.hint.len-4", "hint-cmd", struct.pack("<I", 0x80000000) + b"\x00",
          offset=4),
 ]
@@ -312,7 +311,9 @@ def test_odd_config_sizes_decode_the_longest_layout_and_keep_the_rest(
 ) -> None:
     data = bytes(range(size))
     d = decode("config", data, LE)
-    assert [f.rule for f in d.findings] == ["spec.device.config.size"]
+    # no size finding: the size needed depends on the negotiated features (5.5.4), larger is
+    # allowed (crosvm: 20 bytes); the oracle judges it against the features
+    assert d.findings == ()
     assert len(d.fields()) - ("trailing" in d.fields()) == fields
     assert encode(d.message, LE) == data
 

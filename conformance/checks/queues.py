@@ -188,20 +188,28 @@ def device_setup(j: Judgement) -> None:
     j.choice("queues.numbering", numbering(j.profile, offered, accepted, queues))
     size = info.get("config_size")
     if isinstance(size, int):
-        need = 8
-        names = prof.names(offered)
-        if "FREE_PAGE_HINT" in names:
-            need = 12
-        if "PAGE_POISON" in names:
-            need = 16
+        # VIRTIO 1.2 5.5.4: "free_page_hint_cmd_id is available if VIRTIO_BALLOON_F_FREE_PAGE_HINT
+        # has been negotiated ... poison_val is available if VIRTIO_BALLOON_F_PAGE_POISON has
+        # been negotiated": the size needed is the negotiated (accepted) features'; any larger
+        # size is allowed (crosvm: 20 bytes)
+        def need_of(names: list[str]) -> int:
+            return 16 if "PAGE_POISON" in names else 12 if "FREE_PAGE_HINT" in names else 8
+
+        acc_names, off_names = prof.names(accepted), prof.names(offered)
+        need = need_of(acc_names)
         j.evaluated("spec.device.config.size")
         j.choice("config.size", f"{size} bytes")
         if size < need:
             j.broken("spec.device.config.size",
-                     f"config space is {size} bytes; the offered features "
-                     f"{[n for n in names if n in ('FREE_PAGE_HINT', 'PAGE_POISON')]} need "
+                     f"config space is {size} bytes; the negotiated features "
+                     f"{[n for n in acc_names if n in ('FREE_PAGE_HINT', 'PAGE_POISON')]} need "
                      f"{need} (VIRTIO 1.2 5.5.4: free_page_hint_cmd_id at 8, poison_val at 12)",
                      None, expected=f">= {need}", received=size)
+        elif size < need_of(off_names):
+            j.notes.append(f"config space is {size} bytes: too small for the offered features "
+                           f"{[n for n in off_names if n in ('FREE_PAGE_HINT', 'PAGE_POISON')]}"
+                           ", but the driver did not accept them (5.5.4 needs only the "
+                           "negotiated ones)")
 
 
 def _outside_ram(j: Judgement, c: Chain) -> bool:
