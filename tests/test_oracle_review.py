@@ -87,3 +87,13 @@ def test_decode_of_a_20_byte_config_has_no_size_finding() -> None:
     d = decode("config", bytes(range(20)), WireLayout())
     assert d.findings == () and d.fields()["trailing"] == "1011" "1213"
 
+
+# --- A5: the driver's echo is judged against the id it last read -------------------------------
+def test_hint_echo_that_lost_a_race_with_stop_is_a_note() -> None:
+    res = check_trace(REVIEW / "hint-race.jsonl")
+    assert res.outcome() == "pass", res.details_text()
+    assert any("a race" in n for n in res.notes), res.notes
+    # a driver that READ the STOP and still echoes the old id keeps failing
+    replay = check_trace(CASES.parent.parent / "conformance" / "traces" / "spec"
+                         / "hint-replayed-id-le.jsonl")
+    assert "spec.driver.hint.start-with-cmd-id" in failed(replay)

@@ -1,4 +1,4 @@
-"""Free page hinting (VIRTIO 1.2 5.5.6.4): command ids the driver echoes against the one the
+"""Free page hinting (VIRTIO 1.2 5.5.6.5): command ids the driver echoes against the one the
 device published, and the pages the device takes as hints.
 
 The device publishes a command id in ``free_page_hint_cmd_id`` (the trace's host
@@ -30,6 +30,8 @@ def hint_rounds(j: Judgement) -> tuple[dict[int, bool], list[tuple[int, str]]]:
     from virtio_balloon_proto import trace as tr
 
     published: int | None = None  # the device's current id, once the trace shows it
+    last_read: int | None = None  # the id the driver last read from config (offset 8)
+    ever: set[int] = set()  # every id the device published in the trace
     active: int | None = None  # the id the driver echoed and that still matches
     under: dict[int, bool] = {}
     problems: list[tuple[int, str]] = []
@@ -40,9 +42,10 @@ def hint_rounds(j: Judgement) -> tuple[dict[int, bool], list[tuple[int, str]]]:
         elif isinstance(ev, tr.ConfigEvent) and not ev.write and (
                 ev.offset <= 8 and ev.offset + len(ev.data) >= 12):
             # the driver read the device's current id (config is little-endian, 5.5.4.1)
-            new = int.from_bytes(ev.data[8 - ev.offset: 12 - ev.offset], "little")
+            new = last_read = int.from_bytes(ev.data[8 - ev.offset: 12 - ev.offset], "little")
         if new is not None:
             published = new
+            ever.add(new)
             if active is not None and active != published:
                 active = None
             continue
@@ -55,6 +58,16 @@ def hint_rounds(j: Judgement) -> tuple[dict[int, bool], list[tuple[int, str]]]:
         if d.kind == "hint-cmd" and d.decoded is not None:
             cid = int(d.decoded.message.cmd_id)  # type: ignore[union-attr]
             if cid == STOP:
+                active = None
+            elif published is not None and cid != published and cid != _swapped(published) and (
+                    cid == last_read or (last_read is None and cid in ever)):
+                # the driver echoes the id it read; the device changed it since (a race the
+                # spec provides for: 5.5.6.5.2 "The device MUST ignore pages that are provided
+                # with a command ID that does not match the current value") -- judged against
+                # the driver's last read (or, with no read in the trace, any id published)
+                j.notes.append(f"event {i}: the driver echoes command id {cid:#x} it read; the "
+                               f"device's current id is {published:#x} (changed since: a race, "
+                               "not judged)")
                 active = None
             elif published is not None and cid != published:
                 why = ""
