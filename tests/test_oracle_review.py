@@ -97,3 +97,19 @@ def test_hint_echo_that_lost_a_race_with_stop_is_a_note() -> None:
     replay = check_trace(CASES.parent.parent / "conformance" / "traces" / "spec"
                          / "hint-replayed-id-le.jsonl")
     assert "spec.driver.hint.start-with-cmd-id" in failed(replay)
+
+
+# --- A8: page groups are Linux's convention, not spec text -------------------------------------
+def test_page_group_is_a_should_citing_linux(tmp_path: Path) -> None:
+    from virtio_balloon_proto.conformance.catalog import catalog
+    from virtio_balloon_proto.conformance.verdicts import Verdict
+    from virtio_balloon_proto.conformance.zoo.drivers import DRIVER_ZOO
+    from virtio_balloon_proto.trace import write_trace
+
+    c = catalog().get("spec.driver.pfns.page-group")
+    assert c.level == "SHOULD" and "VIRTIO_BALLOON_PAGES_PER_PAGE" in c.ref
+    entry = next(e for e in DRIVER_ZOO if e.clause == "spec.driver.pfns.page-group")
+    path = tmp_path / "native.jsonl"
+    write_trace(path, *entry.build(False))
+    r = result(check_trace(path), "spec.driver.pfns.page-group")
+    assert r.verdict == Verdict.NON_STRICT, r
