@@ -113,3 +113,23 @@ def test_page_group_is_a_should_citing_linux(tmp_path: Path) -> None:
     write_trace(path, *entry.build(False))
     r = result(check_trace(path), "spec.driver.pfns.page-group")
     assert r.verdict == Verdict.NON_STRICT, r
+
+
+# --- A7: a single write from offset 0 covering all of actual (CCW) passes ---------------------
+def test_actual_written_from_offset_0_in_one_write_passes(tmp_path: Path) -> None:
+    src = CASES.parent.parent / "conformance" / "traces" / "spec" / "inflate-le.jsonl"
+    lines = src.read_text().splitlines()
+    ccw, partial = list(lines), list(lines)
+    for n, line in enumerate(lines):
+        rec = json.loads(line)
+        if rec["type"] == "config_write" and rec["offset"] == 4:
+            # Linux virtio_ccw_set_config: bytes 0..offset+len in one WRITE_CONF
+            ccw[n] = json.dumps({**rec, "offset": 0, "data": "00000000" + rec["data"]})
+            partial[n] = json.dumps({**rec, "data": rec["data"][:4]})
+    (tmp_path / "ccw.jsonl").write_text("\n".join(ccw) + "\n")
+    (tmp_path / "partial.jsonl").write_text("\n".join(partial) + "\n")
+    ok = check_trace(tmp_path / "ccw.jsonl")
+    assert ok.outcome() == "pass", ok.details_text()
+    assert result(ok, "spec.driver.op.actual-is-balloon-size").message == ""  # still counted
+    bad = result(check_trace(tmp_path / "partial.jsonl"), "spec.driver.config.actual-atomic-write")
+    assert bad.broken and "4.1.3.1" in bad.message  # a modern (VERSION_1) trace
