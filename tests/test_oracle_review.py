@@ -133,3 +133,10 @@ def test_actual_written_from_offset_0_in_one_write_passes(tmp_path: Path) -> Non
     assert result(ok, "spec.driver.op.actual-is-balloon-size").message == ""  # still counted
     bad = result(check_trace(tmp_path / "partial.jsonl"), "spec.driver.config.actual-atomic-write")
     assert bad.broken and "4.1.3.1" in bad.message  # a modern (VERSION_1) trace
+
+
+# --- B9: inflateq is 0 and deflateq 1 in every numbering ----------------------------------------
+def test_swapped_inflate_and_deflate_queues_fail_queue_layout() -> None:
+    res = check_trace(REVIEW / "queues-swapped.jsonl")
+    assert "suite.device.queue-layout" in failed(res), res.details_text()
+    assert "queues.numbering" not in res.behaviour

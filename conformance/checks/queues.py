@@ -9,7 +9,8 @@ Choices recorded (the spec leaves them open):
   lists "0 inflateq ... 4 reporting_vq" and says a queue "only exists if" its feature is set;
   whether the numbers stay fixed or are compacted is not said (mst, lore
   cover.1720611677.git.mst@redhat.com, 2024).  A run replays each buffer on the queue the
-  device has for its role; the map is recorded, not failed.
+  device has for its role; the model is recorded, not failed.  A map matching none of the three
+  (inflateq not 0, deflateq not 1, roles out of 5.5.2's order) fails suite.device.queue-layout.
 * ``used-len.<role>``: used len of a device-writable chain that the device did not fill
   (reporting, hinting): ``0`` or ``bytes of the buffers``.  2.7.8.1 (device): "The device
   MUST write at least len bytes to descriptor, beginning at the first device-writable buffer,
@@ -155,14 +156,19 @@ def transport(j: Judgement) -> None:
         j.broken("suite.device.transport", msg, i)
 
 
+def numbering_map(profile: str, offered: int, accepted: int, model: str) -> dict[str, int]:
+    """role -> index under one numbering model ({} when the profile does not define it)."""
+    try:
+        return {r.value: q for r, q in
+                get_profile(profile).queue_index(offered, accepted, model).items()}
+    except VBProtoError:  # a model the profile does not define
+        return {}
+
+
 def numbering(profile: str, offered: int, accepted: int, queues: dict[str, int]) -> str:
-    prof = get_profile(profile)
     for model in ("negotiated", "offered", "fixed"):
-        try:
-            m = {r.value: q for r, q in prof.queue_index(offered, accepted, model).items()}
-        except VBProtoError:  # a model the profile does not define
-            continue
-        if all(m.get(r) == q for r, q in queues.items()):
+        m = numbering_map(profile, offered, accepted, model)
+        if m and all(m.get(r) == q for r, q in queues.items()):
             return model
     return "custom " + ",".join(f"{r}={q}" for r, q in sorted(queues.items(), key=lambda x: x[1]))
 
@@ -185,7 +191,19 @@ def device_setup(j: Judgement) -> None:
     if lacking:
         j.broken("suite.device.queue-layout", f"no queue for role(s) {lacking}",
                  None, expected=used_roles, received=sorted(queues))
-    j.choice("queues.numbering", numbering(j.profile, offered, accepted, queues))
+    model = numbering(j.profile, offered, accepted, queues)
+    if model.startswith("custom"):
+        # the numbering is open (negotiated / offered / fixed), but in every reading of VIRTIO
+        # 1.2 5.5.2 ("0 inflateq 1 deflateq 2 statsq 3 free_page_vq 4 reporting_vq") inflateq
+        # is 0, deflateq 1, and the rest follow in that order
+        j.broken("suite.device.queue-layout",
+                 f"queue map {model[7:]} matches none of the numberings VIRTIO 1.2 5.5.2 allows "
+                 "(compacted over the negotiated or the offered features, or fixed)", None,
+                 expected={m: numbering_map(j.profile, offered, accepted, m)
+                           for m in ("negotiated", "offered", "fixed")},
+                 received=queues)
+    else:
+        j.choice("queues.numbering", model)
     size = info.get("config_size")
     if isinstance(size, int):
         # VIRTIO 1.2 5.5.4: "free_page_hint_cmd_id is available if VIRTIO_BALLOON_F_FREE_PAGE_HINT
