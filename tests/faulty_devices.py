@@ -118,7 +118,7 @@ class ConfigInGuestOrder(ReferenceDevice):
 class DiscardsWrongRanges(ReferenceDevice):
     """Discards each reported range one 4 KiB page too far (an off-by-one in its GPA -> frame
     arithmetic): it frees a page the driver did not report.  (Acknowledging reports without
-    discarding anything is allowed -- "the device MAY modify" (5.5.6.6.2) -- and passes.)"""
+    discarding anything is allowed -- "the device MAY modify" (5.5.6.7.2) -- and passes.)"""
 
     name = "discards-wrong-ranges"
 

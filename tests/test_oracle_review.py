@@ -140,3 +140,20 @@ def test_swapped_inflate_and_deflate_queues_fail_queue_layout() -> None:
     res = check_trace(REVIEW / "queues-swapped.jsonl")
     assert "suite.device.queue-layout" in failed(res), res.details_text()
     assert "queues.numbering" not in res.behaviour
+
+
+# --- C13: VIRTIO 1.2 section numbers (5.5.6.4 is "Memory Statistics Tags") ----------------------
+def test_catalog_cites_the_1_2_balloon_sections() -> None:
+    import re
+
+    from virtio_balloon_proto.conformance.catalog import catalog
+
+    want = {".hint.": "5.5.6.5", ".poison.": "5.5.6.6", ".reporting.": "5.5.6.7"}
+    for c in catalog():
+        if not c.id.startswith("spec."):
+            continue
+        cited = re.findall(r"5\.5\.6(?:\.\d+)*", c.ref or "")
+        for part, sec in want.items():
+            if part in c.id and cited:
+                assert any(x.startswith(sec) for x in cited), (c.id, c.ref)
+        assert not any(x.startswith(("5.5.6.1.1", "5.5.6.3.2.1")) for x in cited), (c.id, c.ref)

@@ -107,7 +107,7 @@ class Summary:
     reported: PageSet = field(default_factory=PageSet.empty)
     hinted: PageSet = field(default_factory=PageSet.empty)
     #: pages hinted under a command id that was not the device's current one (VIRTIO 1.2
-    #: 5.5.6.4.2: the device MUST ignore them) -- not counted in ``hinted``
+    #: 5.5.6.5.2: the device MUST ignore them) -- not counted in ``hinted``
     stale_hinted: PageSet = field(default_factory=PageSet.empty)
     #: the device's current free_page_hint_cmd_id, once the trace shows it (host event or a
     #: config read), and whether the driver's last command-id buffer matched it

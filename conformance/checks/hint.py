@@ -3,11 +3,11 @@ device published, and the pages the device takes as hints.
 
 The device publishes a command id in ``free_page_hint_cmd_id`` (the trace's host
 ``free-page-hint`` events: ids >= 2 start a round, 0 STOP, 1 DONE).  The driver starts hinting
-with an output buffer carrying the *current* id (5.5.6.4.1 "MUST start hinting by providing an
+with an output buffer carrying the *current* id (5.5.6.5.1 "MUST start hinting by providing an
 output buffer containing the current command ID") -- a big-endian legacy driver echoing the id
 byte-swapped, or an id from before a STOP/DONE, breaks that -- and sends it once
 ("MUST NOT provide more than one output buffer containing the current command ID").  Pages the
-driver hints under an id that is not the current one must be ignored by the device (5.5.6.4.2
+driver hints under an id that is not the current one must be ignored by the device (5.5.6.5.2
 "MUST ignore pages that are provided with a command ID that does not match the current value").
 """
 

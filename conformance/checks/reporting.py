@@ -1,4 +1,4 @@
-"""Free page reporting (VIRTIO 1.2 5.5.6.6): the device may discard what the driver reported,
+"""Free page reporting (VIRTIO 1.2 5.5.6.7): the device may discard what the driver reported,
 nothing else, and with a non-zero ``poison_val`` it must not turn a page into anything else.
 
 Observation key ``reported``: the frames the device visibly discarded (or says it did).
@@ -6,10 +6,10 @@ Observation key ``reported``: the frames the device visibly discarded (or says i
 * spec.device.reporting.records-ranges: discarded frames lie inside the ranges of the reports
   the driver made available (the address/length of each device-writable descriptor).
 * spec.device.reporting.poison-only: "If VIRTIO_BALLOON_F_PAGE_POISON was negotiated, the device
-  MUST NOT modify the content of a reported page to a value other than poison_val" (5.5.6.6.2);
+  MUST NOT modify the content of a reported page to a value other than poison_val" (5.5.6.7.2);
   a discarded page reads zero, so with a non-zero poison_val nothing may be discarded.
 * choice ``reporting.discard``: ``discards`` or ``keeps`` -- "the device MAY modify the contents
-  of any page supplied in a report request" (5.5.6.6.2): discarding is allowed, not required.
+  of any page supplied in a report request" (5.5.6.7.2): discarding is allowed, not required.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def reported(j: Judgement) -> None:
             if seen:
                 j.broken("spec.device.reporting.poison-only",
                          f"{len(seen)} reported frame(s) discarded (they read 0) although "
-                         f"poison_val is {poison:#x}: VIRTIO 1.2 5.5.6.6.2 'MUST NOT modify the "
+                         f"poison_val is {poison:#x}: VIRTIO 1.2 5.5.6.7.2 'MUST NOT modify the "
                          "content of a reported page to a value other than poison_val'", i)
         if acked:
             j.choice("reporting.discard", "discards" if acked & seen else "keeps")

@@ -4,7 +4,7 @@
   per ``tell_host()`` holding at most ``VIRTIO_BALLOON_ARRAY_PFNS_MAX`` (256) ``__virtio32``
   PFNs; a guest page of ``PAGE_SIZE`` contributes ``PAGE_SIZE / 4096`` consecutive PFNs
   (``set_page_pfns``), so a 64 KiB guest fills a buffer with 16 pages.
-* free page hinting (5.5.6.6): an out buffer with the 4-byte command id, then in buffers each
+* free page hinting (5.5.6.5): an out buffer with the 4-byte command id, then in buffers each
   one block of ``VIRTIO_BALLOON_HINT_BLOCK_ORDER`` (``MAX_PAGE_ORDER``), then ``STOP``.
 * free page reporting (5.5.6.7): in buffers of up to ``PAGE_REPORTING_CAPACITY`` (32)
   scatter-gather entries, each a naturally aligned free block.

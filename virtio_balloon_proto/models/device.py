@@ -180,7 +180,7 @@ class ReferenceDevice:
             self.state.violations.append(f"config write past {len(raw)} bytes ignored")
             return
         raw[offset : offset + len(data)] = data
-        # the driver owns actual (5.5.6 D-OP11) and poison_val (5.5.6.5 D-PP2); num_pages and
+        # the driver owns actual (5.5.6 D-OP11) and poison_val (5.5.6.6 D-PP2); num_pages and
         # the hint command id are the device's: a driver write there is ignored
         self.state.actual = int.from_bytes(raw[4:8], "little")
         if self._config_size >= 16:

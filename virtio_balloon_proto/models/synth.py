@@ -96,7 +96,7 @@ class Session:
                   poison_val: int | None = None) -> None:
         """Bring the device up: it offers ``want`` plus ``offer_extra``; the driver takes
         ``want`` (after its own dependency rules).  ``poison_val`` is written to config before
-        DRIVER_OK, as VIRTIO 1.2 5.5.6.5 (D-PP2) and Linux's virtballoon_probe() do."""
+        DRIVER_OK, as VIRTIO 1.2 5.5.6.6 (D-PP2) and Linux's virtballoon_probe() do."""
         o = self.opts
         names = list(want) + (["VERSION_1"] if o.endian == "le" else [])
         wanted = self.prof.mask(names)

@@ -204,7 +204,7 @@ def sc_inflate_host_64k(s: Session) -> None:
 
 def sc_hint_replayed_id(s: Session) -> None:
     """Free page hinting where the driver replays an old command id after the device stopped
-    hinting (STOP in free_page_hint_cmd_id): the pages it then hints are stale (5.5.6.4.2:
+    hinting (STOP in free_page_hint_cmd_id): the pages it then hints are stale (5.5.6.5.2:
     the device MUST ignore them); a new round with a new id follows."""
     _spec_only(s, "hint-replayed-id")
     s.negotiate(["STATS_VQ", "FREE_PAGE_HINT"])

@@ -90,7 +90,7 @@ class BalloonStructs:
             "trailing" / GreedyBytes,
         )
 
-        # free page hint: an out buffer holding one __virtio32 command id (VIRTIO 1.4 5.5.6.6)
+        # free page hint: an out buffer holding one __virtio32 command id (VIRTIO 1.4 5.5.6.5)
         self.hint_cmd = Struct("cmd_id" / u32, "trailing" / GreedyBytes)
 
         # Hybrid (v4 2/7 == v5 2/5): __le64 bitfields.  GCC allocates bitfields from the LSB on
