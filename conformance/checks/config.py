@@ -19,7 +19,7 @@ from .base import Judgement, register
 FIELDS = (
     (0, "num_pages", "spec.device.config.num-pages-target"),
     (4, "actual", "spec.device.config.actual-readback"),
-    (8, "free_page_hint_cmd_id", "spec.device.hint.report-done"),
+    (8, "free_page_hint_cmd_id", "suite.device.hint.cmd-id-readback"),
     (12, "poison_val", "spec.device.poison.hint"),
 )
 STATE_KEYS = {"num_pages": 0, "actual": 4, "hint_cmd_id": 8}
@@ -60,7 +60,7 @@ def _compare(j: Judgement, i: int, off: int, got: bytes, want: dict[int, bytes])
 
 
 @register("spec.device.config.num-pages-target", "spec.device.config.actual-readback",
-          "spec.device.hint.report-done", "spec.device.poison.hint",
+          "suite.device.hint.cmd-id-readback", "spec.device.poison.hint",
           "spec.device.config.little-endian", "spec.driver.config.actual-atomic-write",
           "spec.driver.op.update-actual")
 def config_values(j: Judgement) -> None:
