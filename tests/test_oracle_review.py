@@ -5,6 +5,7 @@ shipped or saved trace with one event changed; the quoted spec text is in each c
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from virtio_balloon_proto.conformance.runner import Runner, check_trace, discover_cases
@@ -171,3 +172,36 @@ def test_hint_cmd_id_readback_is_a_suite_rule_and_report_done_unobservable() -> 
     clauses = {r.clause for r in res.results}
     assert "suite.device.hint.cmd-id-readback" in clauses
     assert "spec.device.hint.report-done" not in clauses
+
+
+# --- B11: poison_val unknown in a window -> poison-only not judged --------------------------------
+def test_poison_only_needs_a_known_poison_val(tmp_path: Path) -> None:
+    sys.path.insert(0, str(HERE))
+    corpus = HERE.parent / "conformance" / "traces"
+    (case,) = discover_cases(corpus, case_globs=["spec/poison-le"])
+    runner = Runner(f"python:{HERE / 'faulty_devices.py'}:DiscardsPoisonedReports",
+                    save_traces=tmp_path)
+    try:
+        live = runner.run_case(case)
+    finally:
+        runner.close()
+    assert "spec.device.reporting.poison-only" in failed(live)
+    lines = (tmp_path / "spec" / "poison-le.jsonl").read_text().splitlines()
+    first_avail = next(n for n, ln in enumerate(lines) if json.loads(ln)["type"] == "avail")
+    window = [lines[0], *lines[first_avail:]]  # starts after DRIVER_OK: no poison_val write
+
+    def strip_config(ln: str) -> str:
+        rec = json.loads(ln)
+        if rec["type"] == "observe" and isinstance(rec.get("value"), dict):
+            rec["value"].pop("config", None)
+        return json.dumps(rec)
+
+    blind = tmp_path / "blind.jsonl"
+    blind.write_text("\n".join(strip_config(ln) for ln in window) + "\n")
+    res = check_trace(blind)
+    assert "spec.device.reporting.poison-only" not in failed(res), res.details_text()
+    assert any("poison_val is not known" in n for n in res.notes), res.notes
+    read = next(n for n, ln in enumerate(lines) if json.loads(ln)["type"] == "config_read")
+    seen = tmp_path / "seen.jsonl"  # the driver's read of poison_val tells it: judged again
+    seen.write_text("\n".join([lines[0], *lines[read:]]) + "\n")
+    assert "spec.device.reporting.poison-only" in failed(check_trace(seen))
