@@ -69,7 +69,8 @@ class KnownFailures:
         raw = read_bounded(p, what="known-failures file", limit=MAX_INPUT)
         try:
             data = tomllib.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        except ValueError as exc:  # TOMLDecodeError, UnicodeDecodeError, and an integer of
+            # more than 4300 digits (tomllib's int() hits Python's int_max_str_digits)
             raise UsageError(f"not a valid TOML file: {exc}", where=str(p)) from None
         except RecursionError:  # tomllib recurses once per nested array/inline table
             raise UsageError("not a valid TOML file: nested too deeply", where=str(p)) from None

@@ -453,3 +453,17 @@ def test_cli_sweep_no_traceback_no_hang(args: list[str], tmp_path: Path) -> None
     r = vbproto(*argv, timeout=60)
     assert "Traceback" not in r.stderr, r.stderr
     assert r.returncode in (0, 1, 2), (r.returncode, r.stderr[-1000:])
+
+
+def test_known_failures_file_with_a_huge_integer_is_a_usage_error(tmp_path: Path) -> None:
+    """Found by tests/test_fuzz.py (known_failures target): tomllib's int() of a 5000-digit
+    value raised a bare ValueError (Python's int_max_str_digits), a traceback."""
+    import pytest
+
+    from virtio_balloon_proto.conformance.known_failures import KnownFailures
+    from virtio_balloon_proto.errors import UsageError
+
+    kf = tmp_path / "kf.toml"
+    kf.write_text("[[failure]]\ncase = " + "9" * 5000 + "\n")
+    with pytest.raises(UsageError, match="not a valid TOML file"):
+        KnownFailures.load(kf)
