@@ -284,3 +284,17 @@ def test_cli_validate_garbage_is_exit_2_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert "not a trace" in r.stderr
+
+
+def test_qemu_log_with_an_absurd_in_num_is_a_trace_error(tmp_path: Path) -> None:
+    """Found by tests/test_fuzz.py (qemu_log target): in_num of 10**20 was an OverflowError
+    traceback (and 10**9 would have allocated a billion-entry tuple)."""
+    from virtio_balloon_proto.errors import TraceError as TE
+    from virtio_balloon_proto.trace.importers import import_qemu_log as imp
+
+    log = tmp_path / "qemu.log"
+    log.write_text("virtio_set_status vdev 0x55 val 15\n"
+                   "virtqueue_pop vq 0x10 elem 0x20 in_num " + "9" * 20 + " out_num 1\n")
+    _header, events = imp(log, profile="spec")
+    with pytest.raises(TE, match="more than a virtqueue's 32768 descriptors"):
+        list(events)

@@ -556,12 +556,16 @@ def import_qemu_log(
             if m:
                 yield from flush()
                 role, idx = role_of(m.group(1), where)
+                in_num, out_num = int(m.group(3)), int(m.group(4))
+                if in_num + out_num > 32768:  # a chain has at most Queue Size (<= 32768) descs
+                    raise TraceError(f"virtqueue_pop in_num {in_num} + out_num {out_num} is more "
+                                     "than a virtqueue's 32768 descriptors", where=where)
                 pending = {
                     "role": role,
                     "queue": idx,
                     "elem": m.group(2).lower(),
-                    "in_num": int(m.group(3)),
-                    "out_num": int(m.group(4)),
+                    "in_num": in_num,
+                    "out_num": out_num,
                     "pfns": [],
                 }
                 continue
