@@ -205,3 +205,14 @@ def test_poison_only_needs_a_known_poison_val(tmp_path: Path) -> None:
     seen = tmp_path / "seen.jsonl"  # the driver's read of poison_val tells it: judged again
     seen.write_text("\n".join([lines[0], *lines[read:]]) + "\n")
     assert "spec.device.reporting.poison-only" in failed(check_trace(seen))
+
+
+# --- B10: used len = bytes on a report whose pages the device kept is untruthful -----------------
+def test_report_used_len_bytes_with_pages_kept_fails_len_written() -> None:
+    res = check_trace(REVIEW / "report-len-bytes-kept.jsonl")
+    assert failed(res) == {"spec.device.used.len-written"}, res.details_text()
+    # the same length from a device that discarded the pages (or a capture, which cannot
+    # tell) stays an allowed choice
+    cap = check_trace(CASES / "verdicts" / "report-used-len-bytes.jsonl")
+    assert cap.outcome() == "pass"
+    assert cap.behaviour["used-len.reporting"] == ["bytes of the buffers"]

@@ -17,7 +17,9 @@ Choices recorded (the spec leaves them open):
   prior to updating the used idx.  The device MAY write more than len bytes to descriptor";
   5.5.6 does not say what a reporting/hinting device writes (it changes page contents, which
   cloud-hypervisor counts as written: virtio-spec #242).  So 0 and any len up to the writable
-  bytes are allowed; spec.device.used.len-written fails only above them.
+  bytes are allowed; spec.device.used.len-written fails above them, and on a reporting chain
+  whose first len bytes' frames the device visibly kept (a ``reported`` observation without
+  them): len > 0 claims it wrote them, and a driver may take that as "zeroed".
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from virtio_balloon_proto.errors import VBProtoError
 from virtio_balloon_proto.pageset import PageSet
 from virtio_balloon_proto.profiles import get_profile
 
-from .base import Chain, Judgement, register
+from .base import Chain, Judgement, first_frames, pageset_of, register
 
 #: the clause a missing acknowledgement breaks, by queue role
 ACK_CLAUSE = {
@@ -71,10 +73,38 @@ def used_lengths(j: Judgement) -> None:
                      f"{ch.role} head {ch.head}: used len {ch.used_len} but the chain has {cap} "
                      "device-writable byte(s) (2.7.8.1: the device MUST write at least len "
                      "bytes)", ch.used_at, expected=f"len <= {cap}", received=ch.used_len)
+        elif cap and ch.role == "reporting" and ch.used_len and (kept := _kept(j, ch)):
+            # len = bytes is truthful only if the device discarded the pages (they read zero):
+            # a driver may take used len as "the device zeroed it" (mst's vhost 4276165a)
+            j.broken("spec.device.used.len-written",
+                     f"reporting head {ch.head}: used len {ch.used_len} says the device wrote "
+                     f"the first {ch.used_len} byte(s), but it kept {len(kept)} of their "
+                     f"frame(s) (first {first_frames(kept)}; 2.7.8.1: 'The device MUST write "
+                     "at least len bytes to descriptor')", ch.used_at,
+                     expected="len 0, or the pages discarded", received=ch.used_len)
         elif cap and ch.role in ("reporting", "free_page"):
             j.choice(f"used-len.{ch.role}",
                      "0" if ch.used_len == 0 else
                      "bytes of the buffers" if ch.used_len == cap else f"{ch.used_len} of {cap}")
+
+
+def _kept(j: Judgement, ch: Chain) -> PageSet:
+    """Frames of the first ``used_len`` device-writable bytes of a reporting chain that the
+    device's next ``reported`` observation does not show discarded (empty: unknown or none)."""
+    after = [ev for i, ev in j.observations("state")
+             if ch.used_at is not None and i > ch.used_at and "reported" in ev.value]
+    seen = pageset_of(after[0].value["reported"]) if after else None
+    if seen is None or ch.used_len is None:
+        return PageSet.empty()
+    left, written = ch.used_len, PageSet.empty()
+    for s in ch.segments or ():
+        if not s.writable or left <= 0:
+            continue
+        n = min(left, s.length)
+        first, last = s.addr // 4096, (s.addr + n - 1) // 4096
+        written = written | PageSet.from_range(first, last - first + 1)
+        left -= n
+    return written - seen
 
 
 @register(*sorted(set(ACK_CLAUSE.values()) | {"spec.device.malformed.acks-buffer",
