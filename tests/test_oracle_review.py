@@ -216,3 +216,18 @@ def test_report_used_len_bytes_with_pages_kept_fails_len_written() -> None:
     cap = check_trace(CASES / "verdicts" / "report-used-len-bytes.jsonl")
     assert cap.outcome() == "pass"
     assert cap.behaviour["used-len.reporting"] == ["bytes of the buffers"]
+
+
+# --- B12 (last item): one-cmd-id-buffer's round ends on the device's new id, not the driver's STOP
+def test_resending_the_current_hint_id_after_the_drivers_stop_is_a_second_buffer(
+        tmp_path: Path) -> None:
+    lines = (HERE.parent / "conformance" / "traces" / "spec" / "hint-le.jsonl").read_text(
+    ).splitlines()
+    assert json.loads(lines[8])["out"] == ["00000080"] and json.loads(lines[20])["type"] == "host"
+    again = [*lines[:20], lines[8], lines[9], *lines[20:]]  # id 0x80000000 once more, no new id
+    path = tmp_path / "resend.jsonl"
+    path.write_text("\n".join(again) + "\n")
+    res = check_trace(path)
+    assert "spec.driver.hint.one-cmd-id-buffer" in failed(res), res.details_text()
+    assert "spec.driver.hint.one-cmd-id-buffer" not in failed(
+        check_trace(HERE.parent / "conformance" / "traces" / "spec" / "hint-le.jsonl"))

@@ -114,8 +114,9 @@ def driver_ids(j: Judgement) -> None:
             if seen[cid] > 1:
                 j.broken("spec.driver.hint.one-cmd-id-buffer",
                          f"command id {cid:#x} sent {seen[cid]} times", ch.index)
-        else:
-            seen.clear()
+        # the driver's own STOP does not start a new round: only the device's new id does
+        # (5.5.6.5.1 "MUST NOT provide more than one output buffer containing the current
+        # command ID"; a resend of the same current id after the driver's STOP is a second one)
     _, problems = hint_rounds(j)
     if any(c.role == "free_page" for c in j.chains):
         j.evaluated("spec.driver.hint.start-with-cmd-id")
