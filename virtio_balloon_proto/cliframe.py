@@ -138,20 +138,12 @@ class Command(click.Command):
             formatter.write_text(self.exit_codes)
 
 
-class Group(click.Group):
+class Group(Command, click.Group):
     """A click group that turns our errors into one line (or JSON) + exit 2 for every
-    subcommand, and whose subcommands are :class:`Command` / :class:`Group`."""
+    subcommand, and whose subcommands are :class:`Command` / :class:`Group`; its help ends
+    with its exit statuses as a :class:`Command`'s does."""
 
     command_class = Command
-
-    def __init__(self, *args: Any, exit_codes: str | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.exit_codes = exit_codes or EXIT_DEFAULT
-
-    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        super().format_epilog(ctx, formatter)
-        with formatter.section("Exit status"):
-            formatter.write_text(self.exit_codes)
 
     def invoke(self, ctx: click.Context) -> Any:
         as_json = False
