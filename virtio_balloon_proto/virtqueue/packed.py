@@ -30,7 +30,7 @@ from construct import (
 
 from ..errors import RingError, UsageError
 from ..findings import Finding
-from ..limits import MAX_CHAIN_DESCRIPTORS, MAX_WALK_DESCRIPTORS
+from ..limits import MAX_WALK_DESCRIPTORS
 from .memory import GuestMemory
 from .split import (
     DEFAULT_MAX_CHAIN_BYTES,
@@ -43,6 +43,7 @@ from .split import (
     Chain,
     ChainDescriptor,
     Segment,
+    chain_cap,
     check_queue_size,
 )
 
@@ -268,9 +269,7 @@ class PackedQueueDevice:
             self._tables.clear()
             self._table_bytes = 0
             self._walk_left = MAX_WALK_DESCRIPTORS
-        cap = min(MAX_CHAIN_DESCRIPTORS, self._walk_left)
-        cap_name = ("MAX_CHAIN_DESCRIPTORS" if cap == MAX_CHAIN_DESCRIPTORS
-                    else f"MAX_WALK_DESCRIPTORS, {MAX_WALK_DESCRIPTORS} for the whole walk")
+        cap, cap_name = chain_cap(self._walk_left)
         budget = self.size if budget is None else budget
         head = position
         out: list[ChainDescriptor] = []

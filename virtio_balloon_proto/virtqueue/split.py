@@ -272,6 +272,16 @@ class UsedElem:
 Segment = tuple[int, int, bool]  # (guest address, length, device-writable)
 
 
+def chain_cap(walk_left: int) -> tuple[int, str]:
+    """How many descriptors the next chain may have (``MAX_CHAIN_DESCRIPTORS``, or fewer when
+    the whole walk's ``MAX_WALK_DESCRIPTORS`` is nearly spent) and the limit's name for the
+    ``spec.driver.ring.chain-len`` finding.  Shared by the split and packed walkers."""
+    cap = min(MAX_CHAIN_DESCRIPTORS, walk_left)
+    if cap == MAX_CHAIN_DESCRIPTORS:
+        return cap, "MAX_CHAIN_DESCRIPTORS"
+    return cap, f"MAX_WALK_DESCRIPTORS, {MAX_WALK_DESCRIPTORS} for the whole walk"
+
+
 class _SplitRing:
     """Where one split ring lives (both sides of it share this)."""
 
@@ -606,9 +616,7 @@ class SplitQueueDevice(_SplitRing):
             self._tables.clear()
             self._table_bytes = 0
             self._walk_left = MAX_WALK_DESCRIPTORS
-        cap = min(MAX_CHAIN_DESCRIPTORS, self._walk_left)
-        cap_name = ("MAX_CHAIN_DESCRIPTORS" if cap == MAX_CHAIN_DESCRIPTORS
-                    else f"MAX_WALK_DESCRIPTORS, {MAX_WALK_DESCRIPTORS} for the whole walk")
+        cap, cap_name = chain_cap(self._walk_left)
         if head >= self.size:
             raise RingError(
                 f"head {head} is not below the queue size {self.size}",
