@@ -1,9 +1,19 @@
-"""QEMU 7.2's virtio-balloon as a :class:`~.dut.DeviceUnderTest` (``--device qemu[:OPTIONS]``).
+"""QEMU's virtio-balloon as a :class:`~.dut.DeviceUnderTest` (``--device qemu[:OPTIONS]``).
 
-OPTIONS (``k=v,k=v``): ``transport=modern|legacy`` and the virtio-balloon-pci properties
-``deflate-on-oom``, ``free-page-reporting``, ``free-page-hint``, ``page-poison``,
-``disable-legacy``, ``disable-modern`` (``on``/``off``).  One QEMU per case (``start`` ...
-``stop``); start-up costs about 70 ms.
+OPTIONS (``k=v,k=v``):
+
+* ``transport=modern|legacy`` (virtio-pci, VIRTIO 1.x 4.1);
+* which QEMU: ``binary=PATH`` (any build; an unpacked ``ROOT/usr/bin/qemu-*`` gets ``-L``
+  for its own firmware) or ``build=10.0`` (the bookworm-backports build fetched by
+  ``python -m virtio_balloon_proto.qemu.builds fetch``); default Debian's
+  ``qemu-system-x86_64`` on PATH;
+* MSI-X: ``vectors=N`` is the device property (QEMU 10.0 gives the balloon MSI-X on new machine
+  types; ``vectors=0`` takes it away; 7.2 has no such property); ``msix=on|off`` says whether
+  the driver enables MSI-X in the function (default: when the function has it, as Linux does);
+* the virtio-balloon-pci properties ``deflate-on-oom``, ``free-page-reporting``,
+  ``free-page-hint``, ``page-poison``, ``disable-legacy``, ``disable-modern`` (``on``/``off``).
+
+One QEMU per case (``start`` ... ``stop``); start-up costs about 70 ms.
 
 What the adapter does with a recorded case, and why:
 
@@ -35,8 +45,9 @@ import numpy as np
 
 from virtio_balloon_proto.errors import PeerError, RingError, UsageError, VBProtoError
 from virtio_balloon_proto.profiles import SPEC, QueueRole
+from virtio_balloon_proto.qemu.builds import find_build
 from virtio_balloon_proto.qemu.device import BACKEND_PATH, DIMM_BASE, WINDOW_SIZE, QemuBalloon
-from virtio_balloon_proto.qemu.process import DEVICE_PROPERTIES, find_qemu
+from virtio_balloon_proto.qemu.process import DEVICE_PROPERTIES, QEMU_BINARY, find_qemu
 
 from .dut import Negotiated, Segment, Setup, Unsupported, Used
 
@@ -94,19 +105,44 @@ class QemuDevice:
             raise UsageError(
                 f"qemu transport={self.transport!r}: expected modern or legacy", field="device"
             )
+        self.binary = str(opts.pop("binary", QEMU_BINARY))
+        if not self.binary:
+            raise UsageError("qemu binary= needs a path or a name on PATH", field="device")
+        #: build=10.0: the unpacked bookworm-backports build in the cache (qemu/builds.py)
+        self.build = str(opts.pop("build", ""))
+        if self.build:
+            if self.binary != QEMU_BINARY:
+                raise UsageError("qemu: give binary= or build=, not both", field="device")
+            # an unfetched build is no device at all: PeerError now (exit 2), naming the fetch
+            # command and why the last fetch failed, not one transport failure per case
+            self.binary = str(find_build(self.build).binary())
+        msix = opts.pop("msix", None)
+        self.msix: bool | None = None if msix is None else _onoff("msix", msix)
+        self.values: tuple[tuple[str, str], ...] = ()
+        if "vectors" in opts:
+            v = str(opts.pop("vectors"))
+            if not v.isdigit() or int(v) > 2048:
+                raise UsageError(f"qemu vectors={v!r}: expected 0-2048", field="device")
+            self.values = (("vectors", str(int(v))),)
         self.properties: dict[str, bool] = {}
         for k, v in opts.items():
             if k not in DEVICE_PROPERTIES:
-                raise UsageError(
-                    f"unknown qemu option {k!r} (transport, {', '.join(DEVICE_PROPERTIES)})",
-                    field="device",
+                known = ", ".join(
+                    ("transport", "binary", "build", "msix", "vectors", *DEVICE_PROPERTIES)
                 )
+                raise UsageError(f"unknown qemu option {k!r} ({known})", field="device")
             self.properties[k] = _onoff(k, v)
         self.timeout = timeout
-        shown = ",".join([f"transport={self.transport}"] + [
-            f"{k}={'on' if v else 'off'}" for k, v in self.properties.items()
-        ])  # fmt: skip
-        self.name = f"qemu:{shown}"
+        shown = [f"transport={self.transport}"]
+        if self.build:
+            shown.append(f"build={self.build}")
+        elif self.binary != QEMU_BINARY:
+            shown.append(f"binary={self.binary}")
+        if self.msix is not None:
+            shown.append(f"msix={'on' if self.msix else 'off'}")
+        shown += [f"{k}={v}" for k, v in self.values]
+        shown += [f"{k}={'on' if v else 'off'}" for k, v in self.properties.items()]
+        self.name = f"qemu:{','.join(shown)}"
         self.session: QemuBalloon | None = None
         self.negotiated: Negotiated | None = None
         #: queue index -> {our head: the case's head}
@@ -136,7 +172,7 @@ class QemuDevice:
             raise UsageError("transport=modern with disable-modern=on", field="device")
         if self.transport == "legacy" and props.get("disable-legacy"):
             raise UsageError("transport=legacy with disable-legacy=on", field="device")
-        find_qemu()  # PeerError with the apt-get line when QEMU is missing
+        find_qemu(self.binary)  # PeerError with the apt-get line when QEMU is missing
         wants = setup.driver_features
         if self.transport == "legacy":
             wants &= 0xFFFFFFFF  # the legacy feature register is 32 bits wide
@@ -151,6 +187,9 @@ class QemuDevice:
                 stats_clock=stats,
                 timeout=self.timeout,
                 window_dimm=True,
+                binary=self.binary,
+                device_values=self.values,
+                msix=self.msix,
             )
             s.start()
             self.session = s

@@ -37,8 +37,8 @@ from ..profiles import SPEC, VERSION_1, QueueRole
 from ..virtqueue.split import SplitQueueDriver, UsedElem, compact_layout, legacy_layout
 from .firmware import write_halt_bios
 from .memory import BumpAllocator, QtestMemory, parse_size
-from .pci import PciFunction, find_balloon
-from .process import QemuOptions, QemuProcess
+from .pci import PciFunction, find_balloon, msix_enable
+from .process import QEMU_BINARY, QemuOptions, QemuProcess
 from .qmp import QmpError
 from .tracelog import TraceLog
 from .transport import QueueAddrs, Transport, open_transport
@@ -96,6 +96,9 @@ class QemuBalloon:
         queue_size: int = 128,
         window_base: int = RING_BASE,
         window_dimm: bool = False,
+        binary: str = QEMU_BINARY,
+        device_values: tuple[tuple[str, str], ...] = (),
+        msix: bool | None = None,
     ) -> None:
         if transport not in ("modern", "legacy"):
             raise UsageError(f"unknown transport {transport!r} (modern or legacy)")
@@ -105,6 +108,13 @@ class QemuBalloon:
         if transport == "modern" and dev.get("disable-modern"):
             raise UsageError("modern transport with disable-modern=on has no modern BAR")
         self.kind = transport
+        self.binary = binary
+        self._device_values = device_values
+        #: enable MSI-X when the function has it (None: if present, as Linux does)
+        self.want_msix = msix
+        #: queue index -> MSI-X vector the device accepted (empty without MSI-X)
+        self.vectors: dict[int, int] = {}
+        self.config_vector: int | None = None
         self.ram_size = parse_size(memory)
         self.stats_clock = stats_clock
         self.queue_size = queue_size
@@ -143,8 +153,10 @@ class QemuBalloon:
                 "-object", f"memory-backend-ram,id=vbwin,size={DIMM_SIZE}",
                 "-device", f"pc-dimm,id=vbdimm,memdev=vbwin,addr={DIMM_BASE:#x}",
             )  # fmt: skip
-        opts = QemuOptions(memory=memory, device=self._device, extra_args=extra)
-        proc = QemuProcess(opts, workdir=self._workdir, timeout=self._timeout)
+        opts = QemuOptions(
+            memory=memory, device=self._device, extra_args=extra, device_values=self._device_values
+        )
+        proc = QemuProcess(opts, workdir=self._workdir, timeout=self._timeout, binary=self.binary)
         if self.stats_clock:
             bios = write_halt_bios(proc.workdir / "halt.bin")
             proc.options = dataclasses.replace(opts, bios=bios, icount=True)
@@ -154,6 +166,17 @@ class QemuBalloon:
         try:
             self.fn = find_balloon(proc.qtest)
             self.transport = open_transport(proc.qtest, self.fn, self.kind)
+            if self.want_msix and self.fn.msix is None:
+                raise PeerError(
+                    f"msix=on, but the balloon at {self.fn.bdf} has no MSI-X "
+                    "capability (QEMU before 10.0, or vectors=0)"
+                )
+            if self.fn.msix is not None and self.want_msix is not False:
+                # one message per vector, each writing its number + 1 into the last page of
+                # the ring area (msix_fired() reads them back)
+                n = self.fn.msix.table_size
+                msix_enable(proc.qtest, self.fn, [(self.msix_slot(v), v + 1) for v in range(n)])
+                self.transport.msix = True
         except BaseException:
             self.stop()
             raise
@@ -229,8 +252,21 @@ class QemuBalloon:
             if lay.end > self.scratch_base:
                 raise UsageError(f"rings of queue {i} (size {size}) do not fit the ring area")
             q = SplitQueueDriver(self.mem, size, lay.desc, lay.avail, lay.used)
-            self.transport.setup_queue(i, QueueAddrs(lay.desc, lay.avail, lay.used, size))
+            vector = None
+            if self.transport.msix:
+                assert self.fn.msix is not None
+                # Linux's vp_find_vqs_msix: vector 0 for config changes, one per queue after
+                # it while the table lasts, else every queue shares vector 1
+                vector = i + 1 if i + 1 < self.fn.msix.table_size else 1
+            got = self.transport.setup_queue(
+                i, QueueAddrs(lay.desc, lay.avail, lay.used, size), vector
+            )
+            if vector is not None:
+                self.vectors[i] = got
             self.queues[i] = q
+        if self.transport.msix:
+            self.config_vector = self.transport.set_config_vector(0)
+            self.mem.fill(self.msix_slot(0), PAGE, 0)
         if driver_ok:
             self.transport.driver_ok()
         status = self.transport.get_status()
@@ -323,6 +359,22 @@ class QemuBalloon:
                     where="QEMU balloon",
                 )
             time.sleep(0.005)
+
+    # --- MSI-X ---------------------------------------------------------------------------
+    def msix_slot(self, vector: int) -> int:
+        """Where MSI-X vector ``vector``'s message writes (4 bytes a vector, ring area's end)."""
+        return self.window_base + RING_AREA - PAGE + 4 * vector
+
+    def msix_fired(self) -> set[int]:
+        """Vectors that signalled since the last call (their slots are cleared again)."""
+        if not self.transport.msix or self.fn.msix is None:
+            return set()
+        n = self.fn.msix.table_size
+        raw = np.frombuffer(self.mem.read(self.msix_slot(0), 4 * n), dtype="<u4")
+        fired = {v for v in range(n) if raw[v] == v + 1}
+        if fired:
+            self.mem.fill(self.msix_slot(0), 4 * n, 0)
+        return fired
 
     # --- guest pages ---------------------------------------------------------------------
     def fill_pages(self, pfn: int, count: int, value: int) -> None:

@@ -32,6 +32,10 @@ PCI_INTERRUPT_PIN = 0x3D
 CMD_IO, CMD_MEM, CMD_MASTER = 0x1, 0x2, 0x4
 STATUS_CAP_LIST = 0x10
 CAP_ID_VENDOR = 0x09
+CAP_ID_MSIX = 0x11
+#: MSI-X Message Control bits (PCI Local Bus 3.0 6.8.2.3)
+MSIX_ENABLE = 1 << 15
+MSIX_FUNCTION_MASK = 1 << 14
 
 #: where BARs go (research/qemu-peer.md: BAR4 at 0xe0000000, BAR0 at 0xc000)
 MEM_WINDOW = 0xE0000000
@@ -70,6 +74,18 @@ class VirtioCap:
     notify_off_multiplier: int = 0  # NOTIFY cap only
 
 
+@dataclass(frozen=True)
+class MsixCap:
+    """An MSI-X capability (PCI Local Bus 3.0 6.8.2): table and PBA location."""
+
+    cap_offset: int
+    table_size: int  # number of vectors
+    table_bar: int
+    table_offset: int
+    pba_bar: int
+    pba_offset: int
+
+
 @dataclass
 class PciFunction:
     bus: int
@@ -83,6 +99,7 @@ class PciFunction:
     bars: dict[int, Bar] = field(default_factory=dict)
     caps: list[VirtioCap] = field(default_factory=list)
     cap_ids: list[tuple[int, int]] = field(default_factory=list)  # (offset, cap id)
+    msix: MsixCap | None = None
 
     @property
     def bdf(self) -> str:
@@ -276,4 +293,39 @@ def find_balloon(qtest: QtestClient, bus: int = 0) -> PciFunction:
     f.bars = assign_bars(cfg, probe_bars(cfg))
     cfg.write16(PCI_COMMAND, cfg.read16(PCI_COMMAND) | CMD_IO | CMD_MEM | CMD_MASTER)
     f.cap_ids, f.caps = walk_capabilities(cfg)
+    f.msix = read_msix(cfg, f.cap_ids)
     return f
+
+
+def read_msix(cfg: PciConfig, cap_ids: list[tuple[int, int]]) -> MsixCap | None:
+    """The function's MSI-X capability, if it has one."""
+    for off, cap_id in cap_ids:
+        if cap_id == CAP_ID_MSIX:
+            control = cfg.read16(off + 2)
+            table = cfg.read32(off + 4)
+            pba = cfg.read32(off + 8)
+            return MsixCap(off, (control & 0x7FF) + 1, table & 7, table & ~7, pba & 7, pba & ~7)
+    return None
+
+
+def msix_enable(qtest: QtestClient, fn: PciFunction, messages: list[tuple[int, int]]) -> None:
+    """Program the first ``len(messages)`` table entries (address, data), unmasked, and set
+    MSI-X Enable (PCI Local Bus 3.0 6.8.2.3): an interrupt then writes ``data`` at ``address``.
+    """
+    m = fn.msix
+    if m is None:
+        raise PeerError(f"device {fn.bdf} has no MSI-X capability")
+    if len(messages) > m.table_size:
+        raise PeerError(f"{len(messages)} MSI-X vectors asked, the table has {m.table_size}")
+    bar = fn.bars.get(m.table_bar)
+    if bar is None or bar.kind != "mem" or bar.addr == 0:
+        raise PeerError(f"MSI-X table BAR{m.table_bar} is not an assigned memory BAR")
+    cfg = PciConfig(qtest, fn.bus, fn.dev, fn.fn)
+    for i, (address, data) in enumerate(messages):
+        entry = bar.addr + m.table_offset + 16 * i
+        qtest.writel(entry, address & 0xFFFFFFFF)
+        qtest.writel(entry + 4, address >> 32)
+        qtest.writel(entry + 8, data)
+        qtest.writel(entry + 12, 0)  # vector control: unmasked
+    control = cfg.read16(m.cap_offset + 2)
+    cfg.write16(m.cap_offset + 2, (control | MSIX_ENABLE) & ~MSIX_FUNCTION_MASK)

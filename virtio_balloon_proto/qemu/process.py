@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import dataclasses
 import os
 import shutil
 import signal
@@ -32,6 +33,10 @@ from .qtest import QtestClient
 
 QEMU_BINARY = "qemu-system-x86_64"
 INSTALL_HINT = "apt-get install -y --no-install-recommends qemu-system-x86"
+INSTALL_HINTS = {
+    QEMU_BINARY: INSTALL_HINT,
+    "qemu-system-ppc64": "apt-get install -y --no-install-recommends qemu-system-ppc",
+}
 
 #: trace events the balloon session parses (tracelog.py); cheap enough to keep on always
 DEFAULT_TRACE_EVENTS: tuple[str, ...] = (
@@ -58,14 +63,40 @@ _PR_SET_PDEATHSIG = 1
 
 
 def find_qemu(binary: str = QEMU_BINARY) -> str:
-    """Path of the QEMU binary, or PeerError saying how to install it."""
+    """Path of the QEMU binary, or PeerError saying how to install it.
+
+    ``binary`` is a name looked up on PATH or a path (``binary=`` of ``--device qemu:``).
+    """
     path = shutil.which(binary)
     if path is None:
+        if os.sep in binary:
+            raise PeerError(
+                f"QEMU binary {binary} does not exist or is not executable", where="QEMU"
+            )
+        hint = INSTALL_HINTS.get(binary, INSTALL_HINT)
         raise PeerError(
-            f"{binary} not found on PATH; install Debian's QEMU with: {INSTALL_HINT}",
-            where="QEMU",
+            f"{binary} not found on PATH; install Debian's QEMU with: {hint}", where="QEMU"
         )
     return path
+
+
+#: firmware directories of an unpacked Debian QEMU tree (its --firmwarepath), relative to the
+#: tree's root; searched by :func:`data_dirs_for` so an unpacked build finds its own ROMs
+_TREE_DATA_DIRS = ("usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu", "usr/share/slof")
+
+
+def data_dirs_for(binary: str) -> tuple[Path, ...]:
+    """``-L`` directories for a QEMU binary unpacked outside ``/usr`` (``ROOT/usr/bin/qemu-*``).
+
+    A system binary (``/usr/bin``) needs none: it has its compiled-in firmware path.
+    """
+    real = Path(binary).resolve()
+    if real.parent.name != "bin" or real.parent.parent.name != "usr":
+        return ()
+    root = real.parent.parent.parent
+    if root == Path("/"):
+        return ()
+    return tuple(root / d for d in _TREE_DATA_DIRS if (root / d).is_dir())
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -120,9 +151,17 @@ class QemuOptions:
     serial: Path | None = None
     trace_events: tuple[str, ...] = DEFAULT_TRACE_EVENTS
     extra_args: tuple[str, ...] = ()
+    #: the balloon's QOM type: virtio-balloon-pci, or virtio-balloon-device on virtio-mmio
+    device_type: str = "virtio-balloon-pci"
+    #: further device properties as given (``vectors=0``): not on/off, not checked here
+    device_values: tuple[tuple[str, str], ...] = ()
+    #: ``-L`` firmware directories (an unpacked QEMU build, see :func:`data_dirs_for`)
+    data_dirs: tuple[Path, ...] = ()
+    #: False: no ``-accel tcg`` (a machine whose default accelerator is already TCG)
+    accel_tcg: bool = True
 
     def device_arg(self) -> str:
-        parts = ["virtio-balloon-pci", "id=balloon0"]
+        parts = [self.device_type, "id=balloon0"]
         for name, on in self.device.items():
             if name not in DEVICE_PROPERTIES:
                 raise UsageError(
@@ -131,6 +170,7 @@ class QemuOptions:
                     field="device",
                 )
             parts.append(f"{name}={'on' if on else 'off'}")
+        parts += [f"{k}={v}" for k, v in self.device_values]
         if self.device.get("free-page-hint"):
             # QEMU refuses free-page-hint=on without an iothread to run the hinting in
             parts.append("iothread=io0")
@@ -145,7 +185,12 @@ class QemuOptions:
             "-mon", "chardev=char0,mode=control",
             "-display", "none",
             "-nodefaults",
-            "-accel", "tcg",
+        ]  # fmt: skip
+        for d in self.data_dirs:
+            args += ["-L", str(d)]
+        if self.accel_tcg:
+            args += ["-accel", "tcg"]
+        args += [
             "-machine", self.machine,
             "-m", _size_arg(self.memory),
             "-smp", str(self.smp),
@@ -246,9 +291,10 @@ class QemuProcess:
                 s.bind(str(path))
                 s.listen(1)
                 listeners.append(s)
-            self.command = self.options.command(
-                self.binary, self.qtest_path, self.qmp_path, self.trace_log
-            )
+            opts = self.options
+            if not opts.data_dirs:
+                opts = dataclasses.replace(opts, data_dirs=data_dirs_for(self.binary))
+            self.command = opts.command(self.binary, self.qtest_path, self.qmp_path, self.trace_log)
             with open(self.stderr_path, "wb") as err:
                 self.proc = subprocess.Popen(
                     self.command,

@@ -24,6 +24,8 @@ DEVICE_NEEDS_RESET = 0x40
 FAILED = 0x80
 
 VERSION_1_BIT = 32
+#: "no MSI-X vector" (VIRTIO 1.x 4.1.5.1.2.1)
+NO_VECTOR = 0xFFFF
 
 
 class _CommonCfg:
@@ -48,7 +50,7 @@ class _CommonCfg:
 
 
 class _Legacy:
-    """Offsets of the legacy I/O BAR (VIRTIO 1.x 4.1.4.8), no MSI-X (QEMU's balloon has none)."""
+    """Offsets of the legacy I/O BAR (VIRTIO 1.x 4.1.4.8)."""
 
     HOST_FEATURES = 0x00
     GUEST_FEATURES = 0x04
@@ -59,6 +61,10 @@ class _Legacy:
     STATUS = 0x12
     ISR = 0x13
     CONFIG = 0x14
+    # with MSI-X enabled in the function (4.1.4.8: "when MSI-X capability is enabled"):
+    CONFIG_VECTOR = 0x14
+    QUEUE_VECTOR = 0x16
+    CONFIG_MSIX = 0x18
 
 
 #: legacy vring alignment (VIRTIO 1.x 2.7.2 "Legacy Interfaces: A Note on Virtqueue Layout")
@@ -81,6 +87,8 @@ class Transport(abc.ABC):
     def __init__(self, qtest: QtestClient, fn: PciFunction) -> None:
         self.qt = qtest
         self.fn = fn
+        #: MSI-X is enabled in the function (msix_enable): vector registers are in use
+        self.msix = False
 
     # --- status --------------------------------------------------------------------------
     @abc.abstractmethod
@@ -141,7 +149,16 @@ class Transport(abc.ABC):
     def queue_max_size(self, index: int) -> int: ...
 
     @abc.abstractmethod
-    def setup_queue(self, index: int, addrs: QueueAddrs) -> None: ...
+    def setup_queue(self, index: int, addrs: QueueAddrs, vector: int | None = None) -> int:
+        """Lay queue ``index`` out and enable it; with MSI-X, map it to ``vector`` first.
+
+        Returns the vector the device read back (VIRTIO 1.x 4.1.5.1.2: NO_VECTOR if it could
+        not allocate one), NO_VECTOR without MSI-X.
+        """
+
+    @abc.abstractmethod
+    def set_config_vector(self, vector: int) -> int:
+        """Map configuration changes to an MSI-X vector; returns the device's read-back."""
 
     @abc.abstractmethod
     def notify(self, index: int) -> None: ...
@@ -236,7 +253,11 @@ class ModernTransport(Transport):
         self._select(index)
         return self.qt.readw(self.common + _CommonCfg.QUEUE_SIZE)
 
-    def setup_queue(self, index: int, addrs: QueueAddrs) -> None:
+    def set_config_vector(self, vector: int) -> int:
+        self.qt.writew(self.common + _CommonCfg.MSIX_CONFIG, vector)
+        return self.qt.readw(self.common + _CommonCfg.MSIX_CONFIG)
+
+    def setup_queue(self, index: int, addrs: QueueAddrs, vector: int | None = None) -> int:
         self._select(index)
         if self.qt.readw(self.common + _CommonCfg.QUEUE_SIZE) == 0:
             raise PeerError(f"queue {index} does not exist (queue_size 0)", field="queue_size")
@@ -251,7 +272,12 @@ class ModernTransport(Transport):
             self.qt.writel(self.common + off + 4, val >> 32)
         off = self.qt.readw(self.common + _CommonCfg.QUEUE_NOTIFY_OFF)
         self._notify_addr[index] = self.notify_base + off * self.notify_mult
+        got = NO_VECTOR
+        if vector is not None:
+            self.qt.writew(self.common + _CommonCfg.QUEUE_MSIX_VECTOR, vector)
+            got = self.qt.readw(self.common + _CommonCfg.QUEUE_MSIX_VECTOR)
         self.qt.writew(self.common + _CommonCfg.QUEUE_ENABLE, 1)
+        return got
 
     def queue_enabled(self, index: int) -> bool:
         self._select(index)
@@ -325,7 +351,13 @@ class LegacyTransport(Transport):
         self.qt.outw(self.io + _Legacy.QUEUE_SEL, index)
         return self.qt.inw(self.io + _Legacy.QUEUE_NUM)
 
-    def setup_queue(self, index: int, addrs: QueueAddrs) -> None:
+    def set_config_vector(self, vector: int) -> int:
+        if not self.msix:
+            raise UsageError("legacy vector registers exist only with MSI-X enabled")
+        self.qt.outw(self.io + _Legacy.CONFIG_VECTOR, vector)
+        return self.qt.inw(self.io + _Legacy.CONFIG_VECTOR)
+
+    def setup_queue(self, index: int, addrs: QueueAddrs, vector: int | None = None) -> int:
         size = self.queue_max_size(index)
         if size == 0:
             raise PeerError(f"queue {index} does not exist (queue_num 0)", field="queue_num")
@@ -342,7 +374,14 @@ class LegacyTransport(Transport):
         pfn = addrs.desc // LEGACY_ALIGN
         if pfn >> 32:
             raise UsageError(f"legacy queue address {addrs.desc:#x} needs more than 32-bit PFN")
+        got = NO_VECTOR
+        if vector is not None:
+            if not self.msix:
+                raise UsageError("legacy vector registers exist only with MSI-X enabled")
+            self.qt.outw(self.io + _Legacy.QUEUE_VECTOR, vector)
+            got = self.qt.inw(self.io + _Legacy.QUEUE_VECTOR)
         self.qt.outl(self.io + _Legacy.QUEUE_PFN, pfn)
+        return got
 
     def notify(self, index: int) -> None:
         self.qt.outw(self.io + _Legacy.QUEUE_NOTIFY, index)
@@ -350,12 +389,18 @@ class LegacyTransport(Transport):
     def isr(self) -> int:
         return self.qt.inb(self.io + _Legacy.ISR)
 
+    @property
+    def config_base(self) -> int:
+        # VIRTIO 1.x 4.1.4.8: the device-specific part follows the two vector registers
+        # when MSI-X is enabled
+        return self.io + (_Legacy.CONFIG_MSIX if self.msix else _Legacy.CONFIG)
+
     def _cfg_read(self, off: int, width: int) -> int:
-        p = self.io + _Legacy.CONFIG + off
+        p = self.config_base + off
         return {1: self.qt.inb, 2: self.qt.inw, 4: self.qt.inl}[width](p)
 
     def _cfg_write(self, off: int, width: int, value: int) -> None:
-        p = self.io + _Legacy.CONFIG + off
+        p = self.config_base + off
         {1: self.qt.outb, 2: self.qt.outw, 4: self.qt.outl}[width](p, value)
 
 
