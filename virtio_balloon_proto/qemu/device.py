@@ -99,6 +99,7 @@ class QemuBalloon:
         binary: str = QEMU_BINARY,
         device_values: tuple[tuple[str, str], ...] = (),
         msix: bool | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         if transport not in ("modern", "legacy"):
             raise UsageError(f"unknown transport {transport!r} (modern or legacy)")
@@ -139,6 +140,7 @@ class QemuBalloon:
         self.scratch_end = window_base + WINDOW_SIZE
         self._scratch = BumpAllocator(self.scratch_base, self.scratch_end)
         self.timings: dict[str, float] = {}
+        self._extra_args = extra_args
 
     # --- lifetime ------------------------------------------------------------------------
     def start(self) -> QemuBalloon:
@@ -154,7 +156,10 @@ class QemuBalloon:
                 "-device", f"pc-dimm,id=vbdimm,memdev=vbwin,addr={DIMM_BASE:#x}",
             )  # fmt: skip
         opts = QemuOptions(
-            memory=memory, device=self._device, extra_args=extra, device_values=self._device_values
+            memory=memory,
+            device=self._device,
+            extra_args=extra + self._extra_args,
+            device_values=self._device_values,
         )
         proc = QemuProcess(opts, workdir=self._workdir, timeout=self._timeout, binary=self.binary)
         if self.stats_clock:

@@ -159,6 +159,8 @@ class QemuOptions:
     data_dirs: tuple[Path, ...] = ()
     #: False: no ``-accel tcg`` (a machine whose default accelerator is already TCG)
     accel_tcg: bool = True
+    #: the accelerator given with ``-accel`` (``kvm`` for a guest that runs; qtest peers: tcg)
+    accel: str = "tcg"
 
     def device_arg(self) -> str:
         parts = [self.device_type, "id=balloon0"]
@@ -189,7 +191,7 @@ class QemuOptions:
         for d in self.data_dirs:
             args += ["-L", str(d)]
         if self.accel_tcg:
-            args += ["-accel", "tcg"]
+            args += ["-accel", self.accel]
         args += [
             "-machine", self.machine,
             "-m", _size_arg(self.memory),

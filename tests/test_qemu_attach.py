@@ -1,0 +1,109 @@
+"""``capture attach``'s snapshot against a real QEMU 7.2 balloon (issue 14 item 3).
+
+Our qtest driver (qemu/device.py) plays the guest: it leaves one used inflate chain and one
+chain in flight, then attach reads the rings through a second QMP monitor, as it would from a
+QEMU someone else runs.  What attach must see is known exactly: the PFNs we wrote, the chain
+QEMU itself reports (``x-query-virtio-queue-element``), the features the registers showed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from virtio_balloon_proto.errors import PeerError, RingError
+from virtio_balloon_proto.profiles import QueueRole
+from virtio_balloon_proto.qemu.attach import (
+    PmemsaveMemory,
+    connect_qmp,
+    ram_regions,
+    snapshot,
+    status_byte,
+    write_snapshot,
+)
+from virtio_balloon_proto.qemu.device import QemuBalloon, pfn_array, stats_buffer
+from virtio_balloon_proto.trace import AvailEvent, FeaturesEvent, StatusEvent, UsedEvent, read_trace
+
+pytestmark = pytest.mark.qemu
+
+
+@pytest.mark.parametrize("transport", ["modern", "legacy"])
+def test_attach_sees_the_chain_in_flight(tmp_path: Path, transport: str) -> None:
+    sock = tmp_path / "attach.sock"
+    with QemuBalloon(transport=transport,
+                     extra_args=("-qmp", f"unix:{sock},server=on,wait=off")) as b:
+        offered, accepted = b.negotiate()
+        b.setup_queues()
+        b.exchange("inflate", [pfn_array(range(0x8000, 0x8010))])  # used: 16 pages
+        inflight = b.post("inflate", [pfn_array(range(0x9000, 0x9004))], notify=False)
+        stats = stats_buffer({0: 7, 4: 123456789})
+        b.post("stats", [stats], notify=False)
+        before = b.query_balloon()
+        qmp = connect_qmp(sock)
+        try:
+            snap = snapshot(qmp)
+            # read-only: nothing moved, and the stopped (-S) VM stays stopped
+            assert b.query_balloon() == before
+            assert qmp.execute("query-status")["running"] is False
+        finally:
+            qmp.close()
+        # the driver's view is unchanged: the chain is still in flight, nothing was used
+        assert b.used("inflate") == []
+    h = snap.header
+    assert (h.features_offered, h.features_negotiated) == (offered, accepted)
+    assert h.virtio_endian == "le" and h.queues[QueueRole.INFLATE] == 0
+    assert h.memory is not None and any(g <= 0x9000 << 12 < g + n for g, n in h.memory)
+    evs = snap.events
+    assert isinstance(evs[0], FeaturesEvent) and evs[0].driver == accepted
+    assert isinstance(evs[1], StatusEvent) and evs[1].value == 0xF - (0 if accepted >> 32 else 8)
+    used = [e for e in evs if isinstance(e, UsedEvent) and e.role is QueueRole.INFLATE]
+    avail = [e for e in evs if isinstance(e, AvailEvent)]
+    assert [(e.id, e.len) for e in used] == [(0, 0)]
+    inflate = [e for e in avail if e.role is QueueRole.INFLATE]
+    assert len(inflate) == 1 and inflate[0].id == inflight.head
+    pfns = np.frombuffer(inflate[0].out_bytes, dtype="<u4").tolist()
+    assert pfns == [0x9000, 0x9001, 0x9002, 0x9003]
+    (st,) = [e for e in avail if e.role is QueueRole.STATS]
+    assert st.out_bytes == stats
+    # QEMU's own reading of the chain agrees with ours, descriptor for descriptor
+    (elem,) = snap.elements[0]
+    assert [(d["addr"], d["len"]) for d in elem["descs"]] == [
+        (d.addr, d.len) for d in inflate[0].descriptors or ()
+    ]
+    # bounded: three rings of three queues and two buffers, nothing else
+    assert snap.reads == 3 * 3 + 2 and snap.bytes_read < 64 << 10
+    out = tmp_path / "snap.jsonl"
+    write_snapshot(snap, out)
+    header, events = read_trace(out)
+    assert header == h and events == evs
+
+
+def test_pmemsave_memory_refuses_what_is_not_ram_or_over_budget(tmp_path: Path) -> None:
+    sock = tmp_path / "a.sock"
+    with QemuBalloon(extra_args=("-qmp", f"unix:{sock},server=on,wait=off")) as b:
+        b.fill_pages(0x100, 1, 0x5A)
+        qmp = connect_qmp(sock)
+        try:
+            regions = ram_regions(qmp)
+            assert regions[0][2] == "pc.ram" and sum(n for _, n, _ in regions) < 256 << 20
+            mem = PmemsaveMemory(qmp, regions, tmp_path, budget=8192)
+            assert mem.read(0x100000, 16) == b"\x5a" * 16
+            with pytest.raises(RingError, match="not inside guest RAM"):
+                mem.read(0xFEC00000, 4)  # the IOAPIC: pmemsave would read MMIO
+            with pytest.raises(RingError, match="budget"):
+                mem.read(0x200000, 8192)
+            with pytest.raises(RingError, match="never writes"):
+                mem.write(0x100000, b"x")
+        finally:
+            qmp.close()
+
+
+def test_attach_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(PeerError, match="cannot connect to QMP socket"):
+        connect_qmp(tmp_path / "nothing.sock", timeout=1)
+    with pytest.raises(PeerError, match="unknown status name"):
+        status_byte({"statuses": ["VIRTIO_CONFIG_S_FROB: ?"]})
+    assert status_byte({"statuses": ["VIRTIO_CONFIG_S_ACKNOWLEDGE: x",
+                                     "VIRTIO_CONFIG_S_DRIVER_OK: y"]}) == 5
