@@ -2,7 +2,8 @@
 
 OPTIONS (``k=v,k=v``):
 
-* ``transport=modern|legacy`` (virtio-pci, VIRTIO 1.x 4.1);
+* ``transport=modern|legacy`` (virtio-pci on q35, VIRTIO 1.x 4.1) or ``mmio|mmio-legacy``
+  (virtio-mmio Version 2 / 1 on ``-M microvm``, 4.2: ``virtio-balloon-device``);
 * which QEMU: ``binary=PATH`` (any build; an unpacked ``ROOT/usr/bin/qemu-*`` gets ``-L``
   for its own firmware) or ``build=10.0`` (the bookworm-backports build fetched by
   ``python -m virtio_balloon_proto.qemu.builds fetch``); default Debian's
@@ -46,7 +47,13 @@ import numpy as np
 from virtio_balloon_proto.errors import PeerError, RingError, UsageError, VBProtoError
 from virtio_balloon_proto.profiles import SPEC, QueueRole
 from virtio_balloon_proto.qemu.builds import find_build
-from virtio_balloon_proto.qemu.device import BACKEND_PATH, DIMM_BASE, WINDOW_SIZE, QemuBalloon
+from virtio_balloon_proto.qemu.device import (
+    DIMM_BASE,
+    MMIO_TRANSPORTS,
+    TRANSPORTS,
+    WINDOW_SIZE,
+    QemuBalloon,
+)
 from virtio_balloon_proto.qemu.process import DEVICE_PROPERTIES, QEMU_BINARY, find_qemu
 
 from .dut import Negotiated, Segment, Setup, Unsupported, Used
@@ -101,9 +108,10 @@ class QemuDevice:
     def __init__(self, spec: str = "", *, timeout: float = 10.0, **options: Any) -> None:
         opts: dict[str, Any] = {**parse_options(spec), **options}
         self.transport = str(opts.pop("transport", "modern"))
-        if self.transport not in ("modern", "legacy"):
+        if self.transport not in TRANSPORTS:
             raise UsageError(
-                f"qemu transport={self.transport!r}: expected modern or legacy", field="device"
+                f"qemu transport={self.transport!r}: expected {', '.join(TRANSPORTS)}",
+                field="device",
             )
         self.binary = str(opts.pop("binary", QEMU_BINARY))
         if not self.binary:
@@ -165,16 +173,23 @@ class QemuDevice:
         if setup.memory_size > DIMM_BASE:
             # guest RAM is one region from 0 below the adapter's window at DIMM_BASE; a case
             # whose RAM reaches beyond it (a guest with RAM at 8 TiB) cannot be laid out here
-            raise Unsupported(f"guest RAM up to {setup.memory_size:#x}: the QEMU adapter runs "
-                              f"guests with RAM below {DIMM_BASE:#x}")
+            raise Unsupported(
+                f"guest RAM up to {setup.memory_size:#x}: the QEMU adapter runs "
+                f"guests with RAM below {DIMM_BASE:#x}"
+            )
         props = self._properties_for(setup)
+        if self.transport in MMIO_TRANSPORTS:
+            # virtio-balloon-device has no PCI properties; the virtio-mmio Version is the choice
+            props = {
+                k: v for k, v in props.items() if k not in ("disable-legacy", "disable-modern")
+            }
         if self.transport == "modern" and props.get("disable-modern"):
             raise UsageError("transport=modern with disable-modern=on", field="device")
         if self.transport == "legacy" and props.get("disable-legacy"):
             raise UsageError("transport=legacy with disable-legacy=on", field="device")
         find_qemu(self.binary)  # PeerError with the apt-get line when QEMU is missing
         wants = setup.driver_features
-        if self.transport == "legacy":
+        if self.transport in ("legacy", "mmio-legacy"):
             wants &= 0xFFFFFFFF  # the legacy feature register is 32 bits wide
         stats = SPEC.has(wants, "STATS_VQ")
         # QEMU's -m has MiB granularity
@@ -422,7 +437,7 @@ class QemuDevice:
         # legacy device has no such bit, QEMU just marks it broken (x-query-virtio-status)
         needs = bool(s.transport.get_status() & 0x40)
         if not needs:
-            st = s.qmp("x-query-virtio-status", {"path": BACKEND_PATH})
+            st = s.qmp("x-query-virtio-status", {"path": s.backend_path})
             needs = isinstance(st, dict) and st.get("broken") is True
         out["needs_reset"] = needs
         return out

@@ -53,8 +53,8 @@ def test_options_and_protocol() -> None:
     assert d.name == "qemu:transport=legacy,deflate-on-oom=on"
     with pytest.raises(UsageError, match="unknown qemu option"):
         QemuDevice("qemu:bogus=1")
-    with pytest.raises(UsageError, match="modern or legacy"):
-        QemuDevice("qemu:transport=mmio")
+    with pytest.raises(UsageError, match="modern, legacy, mmio, mmio-legacy"):
+        QemuDevice("qemu:transport=ccw")
     with pytest.raises(UsageError, match="on or off"):
         QemuDevice("qemu:page-poison=maybe")
     # the runner's factory passes hyphenated keys as keyword arguments

@@ -36,7 +36,8 @@ from ..errors import PeerError, UsageError
 from ..profiles import SPEC, VERSION_1, QueueRole
 from ..virtqueue.split import SplitQueueDriver, UsedElem, compact_layout, legacy_layout
 from .firmware import write_halt_bios
-from .memory import BumpAllocator, QtestMemory, parse_size
+from .memory import BumpAllocator, QtestMemory, parse_size, q35_ram_regions
+from .mmio import MmioTransport, find_mmio_device, microvm_args, microvm_ram_regions
 from .pci import PciFunction, find_balloon, msix_enable
 from .process import QEMU_BINARY, QemuOptions, QemuProcess
 from .qmp import QmpError
@@ -52,6 +53,9 @@ RING_AREA = 1 << 20
 DIMM_BASE = 0x40_0000_0000
 DIMM_SIZE = 16 << 20
 PAGE = 4096
+#: virtio-pci on q35 (modern, legacy) and virtio-mmio on microvm (Version 2, Version 1)
+MMIO_TRANSPORTS = ("mmio", "mmio-legacy")
+TRANSPORTS = ("modern", "legacy", *MMIO_TRANSPORTS)
 BALLOON_PATH = "/machine/peripheral/balloon0"
 BACKEND_PATH = BALLOON_PATH + "/virtio-backend"
 #: balloon-specific feature bits of the spec profile (0-5); transport bits are added per kind
@@ -101,8 +105,8 @@ class QemuBalloon:
         msix: bool | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        if transport not in ("modern", "legacy"):
-            raise UsageError(f"unknown transport {transport!r} (modern or legacy)")
+        if transport not in TRANSPORTS:
+            raise UsageError(f"unknown transport {transport!r} ({', '.join(TRANSPORTS)})")
         dev = dict(device or {})
         if transport == "legacy" and dev.get("disable-legacy"):
             raise UsageError("legacy transport with disable-legacy=on has no I/O BAR")
@@ -131,7 +135,11 @@ class QemuBalloon:
         self.accepted = 0
         self.queues: dict[int, SplitQueueDriver] = {}
         self.window_dimm = window_dimm
-        if window_dimm:
+        self.mmio = transport in MMIO_TRANSPORTS
+        if window_dimm and self.mmio:
+            # microvm has no memory hotplug: the window is 16 MiB of RAM above the case's
+            window_base = (self.ram_size + (1 << 20) - 1) >> 20 << 20
+        elif window_dimm:
             window_base = DIMM_BASE
         if window_base % 4096:
             raise UsageError(f"session window {window_base:#x} is not page aligned")
@@ -147,7 +155,16 @@ class QemuBalloon:
         t0 = time.monotonic()
         memory: int | str = self.ram_size
         extra: tuple[str, ...] = ()
-        if self.window_dimm:
+        machine, device_type = "q35", "virtio-balloon-pci"
+        regions = q35_ram_regions(self.ram_size)
+        if self.mmio:
+            machine, device_type = "microvm", "virtio-balloon-device"
+            extra = microvm_args(self.kind)
+            if self.window_dimm:
+                memory = self.window_base + DIMM_SIZE
+            regions = microvm_ram_regions(parse_size(memory))
+        elif self.window_dimm:
+            regions.append((DIMM_BASE, DIMM_SIZE))
             # -m SIZE,slots=1,maxmem=... reserves the hotplug range above 4 GiB; the DIMM's
             # addr puts the window where no PFN of a case goes (guest RAM stays SIZE)
             memory = f"{self.ram_size >> 20}M,slots=1,maxmem={(DIMM_BASE >> 30) + 64}G"
@@ -157,6 +174,8 @@ class QemuBalloon:
             )  # fmt: skip
         opts = QemuOptions(
             memory=memory,
+            machine=machine,
+            device_type=device_type,
             device=self._device,
             extra_args=extra + self._extra_args,
             device_values=self._device_values,
@@ -169,25 +188,16 @@ class QemuBalloon:
         proc.start()
         self.timings["qemu_start"] = proc.start_seconds
         try:
-            self.fn = find_balloon(proc.qtest)
-            self.transport = open_transport(proc.qtest, self.fn, self.kind)
-            if self.want_msix and self.fn.msix is None:
-                raise PeerError(
-                    f"msix=on, but the balloon at {self.fn.bdf} has no MSI-X "
-                    "capability (QEMU before 10.0, or vectors=0)"
-                )
-            if self.fn.msix is not None and self.want_msix is not False:
-                # one message per vector, each writing its number + 1 into the last page of
-                # the ring area (msix_fired() reads them back)
-                n = self.fn.msix.table_size
-                msix_enable(proc.qtest, self.fn, [(self.msix_slot(v), v + 1) for v in range(n)])
-                self.transport.msix = True
+            if self.mmio:
+                self.transport = MmioTransport(proc.qtest, find_mmio_device(proc.qtest))
+                if self.transport.kind != self.kind:
+                    raise PeerError(f"asked for {self.kind}, QEMU made {self.transport.kind}")
+            else:
+                self._open_pci(proc)
         except BaseException:
             self.stop()
             raise
-        self.mem = QtestMemory(
-            proc.qtest, self.ram_size, [(DIMM_BASE, DIMM_SIZE)] if self.window_dimm else None
-        )
+        self.mem = QtestMemory(proc.qtest, self.ram_size, regions=regions)
         if not self.mem.contains(self.window_base, WINDOW_SIZE):
             self.stop()
             raise UsageError(
@@ -197,6 +207,21 @@ class QemuBalloon:
         self.trace_log = TraceLog(proc.trace_log)
         self.timings["enumerate"] = time.monotonic() - t0 - proc.start_seconds
         return self
+
+    def _open_pci(self, proc: QemuProcess) -> None:
+        self.fn = find_balloon(proc.qtest)
+        self.transport = open_transport(proc.qtest, self.fn, self.kind)
+        if self.want_msix and self.fn.msix is None:
+            raise PeerError(
+                f"msix=on, but the balloon at {self.fn.bdf} has no MSI-X "
+                "capability (QEMU before 10.0, or vectors=0)"
+            )
+        if self.fn.msix is not None and self.want_msix is not False:
+            # one message per vector, each writing its number + 1 into the last page of
+            # the ring area (msix_fired() reads them back)
+            n = self.fn.msix.table_size
+            msix_enable(proc.qtest, self.fn, [(self.msix_slot(v), v + 1) for v in range(n)])
+            self.transport.msix = True
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -229,7 +254,7 @@ class QemuBalloon:
         (modern).  Returns (offered, accepted)."""
         self._p()
         if features is None:
-            features = BALLOON_BITS | (VERSION_1 if self.kind == "modern" else 0)
+            features = BALLOON_BITS | (VERSION_1 if self.kind in ("modern", "mmio") else 0)
         self.queues.clear()
         self.offered, self.accepted = self.transport.negotiate(features)
         return self.offered, self.accepted
@@ -250,10 +275,11 @@ class QemuBalloon:
             if not 0 <= i < n:
                 raise UsageError(f"queue {i} does not exist (device has {n})", field="queue")
             size = self.transport.queue_max_size(i)
-            if self.kind == "modern":
+            legacy = self.kind in ("legacy", "mmio-legacy")
+            if not legacy:
                 size = min(size, self.queue_size)
             base = self.window_base + i * 0x3000
-            lay = legacy_layout(base, size) if self.kind == "legacy" else compact_layout(base, size)
+            lay = legacy_layout(base, size) if legacy else compact_layout(base, size)
             if lay.end > self.scratch_base:
                 raise UsageError(f"rings of queue {i} (size {size}) do not fit the ring area")
             q = SplitQueueDriver(self.mem, size, lay.desc, lay.avail, lay.used)
@@ -417,8 +443,15 @@ class QemuBalloon:
         return self._p().qmp.execute(command, arguments)
 
     @property
+    def backend_path(self) -> str:
+        """QOM path of the VirtIODevice (virtio-balloon-device itself on virtio-mmio)."""
+        return BALLOON_PATH if self.mmio else BACKEND_PATH
+
+    @property
     def vm_ram_size(self) -> int:
         """QEMU's get_current_ram_size(): base RAM plus DIMMs (the window's included)."""
+        if self.mmio and self.window_dimm:
+            return self.window_base + DIMM_SIZE
         return self.ram_size + (DIMM_SIZE if self.window_dimm else 0)
 
     def query_balloon(self) -> int:
@@ -443,7 +476,7 @@ class QemuBalloon:
         return out
 
     def queue_status(self, index: int) -> dict[str, Any]:
-        out = self.qmp("x-query-virtio-queue-status", {"path": BACKEND_PATH, "queue": index})
+        out = self.qmp("x-query-virtio-queue-status", {"path": self.backend_path, "queue": index})
         if not isinstance(out, dict):
             raise PeerError(f"queue status is not an object: {out!r}")
         return out

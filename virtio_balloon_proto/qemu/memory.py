@@ -47,12 +47,19 @@ class QtestMemory:
     """GuestMemory over qtest, bounded to the machine's RAM."""
 
     def __init__(
-        self, qtest: QtestClient, ram_size: int, extra: list[tuple[int, int]] | None = None
+        self,
+        qtest: QtestClient,
+        ram_size: int,
+        extra: list[tuple[int, int]] | None = None,
+        *,
+        regions: list[tuple[int, int]] | None = None,
     ) -> None:
         self.qt = qtest
         self.ram_size = ram_size
-        #: base RAM plus ``extra`` (gpa, size) regions such as a pc-dimm
-        self.regions = q35_ram_regions(ram_size) + list(extra or [])
+        #: (gpa, size) of RAM: ``regions`` as given (another machine's layout), else q35's for
+        #: ``ram_size``; plus ``extra`` regions such as a pc-dimm
+        base = q35_ram_regions(ram_size) if regions is None else list(regions)
+        self.regions = base + list(extra or [])
 
     def contains(self, gpa: int, size: int) -> bool:
         return any(base <= gpa and gpa + size <= base + n for base, n in self.regions)

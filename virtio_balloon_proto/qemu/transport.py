@@ -86,7 +86,7 @@ class Transport(abc.ABC):
 
     def __init__(self, qtest: QtestClient, fn: PciFunction) -> None:
         self.qt = qtest
-        self.fn = fn
+        self.fn: PciFunction | None = fn
         #: MSI-X is enabled in the function (msix_enable): vector registers are in use
         self.msix = False
 
