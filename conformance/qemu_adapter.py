@@ -2,6 +2,8 @@
 
 OPTIONS (``k=v,k=v``):
 
+* ``arch=ppc64``: ``qemu-system-ppc64 -M pseries``, a big-endian guest: the legacy transport
+  (its default there) runs the ``*-be`` cases, config space through RTAS (qemu/spapr.py);
 * ``transport=modern|legacy`` (virtio-pci on q35, VIRTIO 1.x 4.1) or ``mmio|mmio-legacy``
   (virtio-mmio Version 2 / 1 on ``-M microvm``, 4.2: ``virtio-balloon-device``);
 * which QEMU: ``binary=PATH`` (any build; an unpacked ``ROOT/usr/bin/qemu-*`` gets ``-L``
@@ -48,13 +50,14 @@ from virtio_balloon_proto.errors import PeerError, RingError, UsageError, VBProt
 from virtio_balloon_proto.profiles import SPEC, QueueRole
 from virtio_balloon_proto.qemu.builds import find_build
 from virtio_balloon_proto.qemu.device import (
+    ARCHES,
     DIMM_BASE,
     MMIO_TRANSPORTS,
     TRANSPORTS,
     WINDOW_SIZE,
     QemuBalloon,
 )
-from virtio_balloon_proto.qemu.process import DEVICE_PROPERTIES, QEMU_BINARY, find_qemu
+from virtio_balloon_proto.qemu.process import DEVICE_PROPERTIES, find_qemu
 
 from .dut import Negotiated, Segment, Setup, Unsupported, Used
 
@@ -107,20 +110,29 @@ class QemuDevice:
 
     def __init__(self, spec: str = "", *, timeout: float = 10.0, **options: Any) -> None:
         opts: dict[str, Any] = {**parse_options(spec), **options}
-        self.transport = str(opts.pop("transport", "modern"))
+        self.arch = str(opts.pop("arch", "x86_64"))
+        if self.arch not in ARCHES:
+            raise UsageError(
+                f"qemu arch={self.arch!r}: expected {', '.join(ARCHES)}", field="device"
+            )
+        # the point of ppc64 is a big-endian device: legacy virtio is guest-endian there
+        self.transport = str(opts.pop("transport", "legacy" if self.arch == "ppc64" else "modern"))
         if self.transport not in TRANSPORTS:
             raise UsageError(
                 f"qemu transport={self.transport!r}: expected {', '.join(TRANSPORTS)}",
                 field="device",
             )
-        self.binary = str(opts.pop("binary", QEMU_BINARY))
+        default_binary = ARCHES[self.arch]
+        self.binary = str(opts.pop("binary", default_binary))
         if not self.binary:
             raise UsageError("qemu binary= needs a path or a name on PATH", field="device")
         #: build=10.0: the unpacked bookworm-backports build in the cache (qemu/builds.py)
         self.build = str(opts.pop("build", ""))
         if self.build:
-            if self.binary != QEMU_BINARY:
+            if self.binary != default_binary:
                 raise UsageError("qemu: give binary= or build=, not both", field="device")
+            if self.arch != "x86_64":
+                raise UsageError("qemu: build= fetches x86_64 QEMU only", field="device")
             # an unfetched build is no device at all: PeerError now (exit 2), naming the fetch
             # command and why the last fetch failed, not one transport failure per case
             self.binary = str(find_build(self.build).binary())
@@ -141,10 +153,14 @@ class QemuDevice:
                 raise UsageError(f"unknown qemu option {k!r} ({known})", field="device")
             self.properties[k] = _onoff(k, v)
         self.timeout = timeout
+        if self.arch == "ppc64" and self.transport not in ("modern", "legacy"):
+            raise UsageError("qemu arch=ppc64 has virtio-pci only (modern, legacy)", field="device")
         shown = [f"transport={self.transport}"]
+        if self.arch != "x86_64":
+            shown.insert(0, f"arch={self.arch}")
         if self.build:
             shown.append(f"build={self.build}")
-        elif self.binary != QEMU_BINARY:
+        elif self.binary != default_binary:
             shown.append(f"binary={self.binary}")
         if self.msix is not None:
             shown.append(f"msix={'on' if self.msix else 'off'}")
@@ -168,8 +184,15 @@ class QemuDevice:
                 f"QEMU implements only the spec profile, not {setup.profile!r} "
                 "(no PAGE_BITMAP / MISC_VQ in any QEMU release)"
             )
-        if setup.endian != "le":
+        if self.arch == "x86_64" and setup.endian != "le":
             raise Unsupported("QEMU on x86 runs little-endian guests only (endian=be asked)")
+        if self.arch == "ppc64" and self.transport == "legacy" and setup.endian != "be":
+            raise Unsupported(
+                "a legacy device on big-endian pseries is big-endian (VIRTIO 1.2 2.7 legacy: "
+                f"guest-native order), endian={setup.endian} asked"
+            )
+        if self.arch == "ppc64" and self.transport == "modern" and setup.endian != "le":
+            raise Unsupported("VERSION_1 virtio is little-endian on ppc64 too (endian=be asked)")
         if setup.memory_size > DIMM_BASE:
             # guest RAM is one region from 0 below the adapter's window at DIMM_BASE; a case
             # whose RAM reaches beyond it (a guest with RAM at 8 TiB) cannot be laid out here
@@ -203,6 +226,7 @@ class QemuDevice:
                 timeout=self.timeout,
                 window_dimm=True,
                 binary=self.binary,
+                arch=self.arch,
                 device_values=self.values,
                 msix=self.msix,
             )

@@ -41,6 +41,9 @@ from .mmio import MmioTransport, find_mmio_device, microvm_args, microvm_ram_reg
 from .pci import PciFunction, find_balloon, msix_enable
 from .process import QEMU_BINARY, QemuOptions, QemuProcess
 from .qmp import QmpError
+from .spapr import IO_WINDOW as SPAPR_IO_WINDOW
+from .spapr import MEM_WINDOW as SPAPR_MEM_WINDOW
+from .spapr import RtasPciConfig, SpaprBus
 from .tracelog import TraceLog
 from .transport import QueueAddrs, Transport, open_transport
 
@@ -52,6 +55,9 @@ RING_AREA = 1 << 20
 #: pc-dimm at 256 GiB (PFN 0x4000000), far above any RAM a replayed case talks about
 DIMM_BASE = 0x40_0000_0000
 DIMM_SIZE = 16 << 20
+SPAPR_DIMM_SIZE = 256 << 20
+#: --device qemu:arch=... -> default binary (x86_64: q35/microvm; ppc64: pseries, big-endian)
+ARCHES = {"x86_64": QEMU_BINARY, "ppc64": "qemu-system-ppc64"}
 PAGE = 4096
 #: virtio-pci on q35 (modern, legacy) and virtio-mmio on microvm (Version 2, Version 1)
 MMIO_TRANSPORTS = ("mmio", "mmio-legacy")
@@ -100,7 +106,8 @@ class QemuBalloon:
         queue_size: int = 128,
         window_base: int = RING_BASE,
         window_dimm: bool = False,
-        binary: str = QEMU_BINARY,
+        binary: str | None = None,
+        arch: str = "x86_64",
         device_values: tuple[tuple[str, str], ...] = (),
         msix: bool | None = None,
         extra_args: tuple[str, ...] = (),
@@ -113,7 +120,15 @@ class QemuBalloon:
         if transport == "modern" and dev.get("disable-modern"):
             raise UsageError("modern transport with disable-modern=on has no modern BAR")
         self.kind = transport
-        self.binary = binary
+        if arch not in ARCHES:
+            raise UsageError(f"unknown arch {arch!r} ({', '.join(ARCHES)})")
+        if arch == "ppc64" and transport not in ("modern", "legacy"):
+            raise UsageError(f"pseries has virtio-pci only, not {transport!r}")
+        self.arch = arch
+        self.binary = binary or ARCHES[arch]
+        #: pseries DIMMs come in 256 MiB blocks (QEMU's SPAPR_MEMORY_BLOCK_SIZE)
+        self.dimm_size = SPAPR_DIMM_SIZE if arch == "ppc64" else DIMM_SIZE
+        self.big_endian = False  # the guest's order (qtest 'endianness'), known after start
         self._device_values = device_values
         #: enable MSI-X when the function has it (None: if present, as Linux does)
         self.want_msix = msix
@@ -157,6 +172,9 @@ class QemuBalloon:
         extra: tuple[str, ...] = ()
         machine, device_type = "q35", "virtio-balloon-pci"
         regions = q35_ram_regions(self.ram_size)
+        if self.arch == "ppc64":
+            machine = "pseries"
+            regions = [(0, self.ram_size)]
         if self.mmio:
             machine, device_type = "microvm", "virtio-balloon-device"
             extra = microvm_args(self.kind)
@@ -164,12 +182,12 @@ class QemuBalloon:
                 memory = self.window_base + DIMM_SIZE
             regions = microvm_ram_regions(parse_size(memory))
         elif self.window_dimm:
-            regions.append((DIMM_BASE, DIMM_SIZE))
+            regions.append((DIMM_BASE, self.dimm_size))
             # -m SIZE,slots=1,maxmem=... reserves the hotplug range above 4 GiB; the DIMM's
             # addr puts the window where no PFN of a case goes (guest RAM stays SIZE)
             memory = f"{self.ram_size >> 20}M,slots=1,maxmem={(DIMM_BASE >> 30) + 64}G"
             extra = (
-                "-object", f"memory-backend-ram,id=vbwin,size={DIMM_SIZE}",
+                "-object", f"memory-backend-ram,id=vbwin,size={self.dimm_size}",
                 "-device", f"pc-dimm,id=vbdimm,memdev=vbwin,addr={DIMM_BASE:#x}",
             )  # fmt: skip
         opts = QemuOptions(
@@ -182,7 +200,7 @@ class QemuBalloon:
         )
         proc = QemuProcess(opts, workdir=self._workdir, timeout=self._timeout, binary=self.binary)
         if self.stats_clock:
-            bios = write_halt_bios(proc.workdir / "halt.bin")
+            bios = write_halt_bios(proc.workdir / "halt.bin", self.arch)
             proc.options = dataclasses.replace(opts, bios=bios, icount=True)
         self.proc = proc
         proc.start()
@@ -193,6 +211,7 @@ class QemuBalloon:
                 if self.transport.kind != self.kind:
                     raise PeerError(f"asked for {self.kind}, QEMU made {self.transport.kind}")
             else:
+                self.big_endian = proc.qtest.handshake() == "big"
                 self._open_pci(proc)
         except BaseException:
             self.stop()
@@ -209,6 +228,21 @@ class QemuBalloon:
         return self
 
     def _open_pci(self, proc: QemuProcess) -> None:
+        if self.arch == "ppc64":
+            qt = proc.qtest
+            # RTAS argument words live in the ring area's second-to-last page
+            scratch = self.window_base + RING_AREA - 2 * PAGE
+
+            def config(b: int, d: int, f: int) -> RtasPciConfig:
+                return RtasPciConfig(qt, b, d, f, scratch=scratch)
+
+            self.fn = find_balloon(
+                qt, config=config, mem_window=SPAPR_MEM_WINDOW, io_window=SPAPR_IO_WINDOW
+            )
+            self.transport = open_transport(qt, self.fn, self.kind, SpaprBus(qt))
+            self.transport.config_width = 1
+            self.want_msix = False if self.want_msix is None else self.want_msix
+            return
         self.fn = find_balloon(proc.qtest)
         self.transport = open_transport(proc.qtest, self.fn, self.kind)
         if self.want_msix and self.fn.msix is None:
@@ -282,7 +316,9 @@ class QemuBalloon:
             lay = legacy_layout(base, size) if legacy else compact_layout(base, size)
             if lay.end > self.scratch_base:
                 raise UsageError(f"rings of queue {i} (size {size}) do not fit the ring area")
-            q = SplitQueueDriver(self.mem, size, lay.desc, lay.avail, lay.used)
+            # VERSION_1 rings are little-endian; legacy ones take the guest's order (2.7)
+            le = not (legacy and self.big_endian)
+            q = SplitQueueDriver(self.mem, size, lay.desc, lay.avail, lay.used, le)
             vector = None
             if self.transport.msix:
                 assert self.fn.msix is not None
@@ -452,7 +488,7 @@ class QemuBalloon:
         """QEMU's get_current_ram_size(): base RAM plus DIMMs (the window's included)."""
         if self.mmio and self.window_dimm:
             return self.window_base + DIMM_SIZE
-        return self.ram_size + (DIMM_SIZE if self.window_dimm else 0)
+        return self.ram_size + (self.dimm_size if self.window_dimm else 0)
 
     def query_balloon(self) -> int:
         """QEMU's ``actual``: vm_ram_size - config.actual * 4096 (what the *driver* reported)."""

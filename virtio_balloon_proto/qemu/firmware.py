@@ -26,9 +26,32 @@ def halt_bios() -> bytes:
     return bytes(image)
 
 
-def write_halt_bios(path: Path) -> Path:
+#: ppc64 pseries: the firmware image is loaded at guest address 0 and the CPU starts at 0x100,
+#: big-endian, in real mode.  The loop parks the CPU with the H_CEDE hypercall (PAPR; QEMU's
+#: spapr halts the vCPU until an interrupt) after pushing the decrementer ~4 s away; the
+#: decrementer (0x900) and external (0x500) interrupt vectors run the same loop.
+PPC64_CEDE_LOOP = (
+    0x3C807FFF,  # lis   r4, 0x7fff
+    0x7C9603A6,  # mtdec r4
+    0x386000E0,  # li    r3, 0xe0          (H_CEDE)
+    0x44000022,  # sc    1                 (hypercall)
+    0x4BFFFFF0,  # b     .-16
+)
+PPC64_VECTORS = (0x100, 0x500, 0x900, 0x980)
+PPC64_IMAGE_SIZE = 0x1000
+
+
+def halt_bios_ppc64() -> bytes:
+    image = bytearray(PPC64_IMAGE_SIZE)
+    code = b"".join(w.to_bytes(4, "big") for w in PPC64_CEDE_LOOP)
+    for v in PPC64_VECTORS:
+        image[v : v + len(code)] = code
+    return bytes(image)
+
+
+def write_halt_bios(path: Path, arch: str = "x86_64") -> Path:
     try:
-        path.write_bytes(halt_bios())
+        path.write_bytes(halt_bios_ppc64() if arch == "ppc64" else halt_bios())
     except OSError as e:
         raise UsageError(f"cannot write halt firmware to {path}: {e.strerror}") from None
     return path

@@ -7,8 +7,10 @@ through the legacy ports 0xcf8/0xcfc and BARs are sized and assigned by hand, as
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Protocol
 
 from ..errors import PeerError
 from .qtest import QtestClient
@@ -128,6 +130,21 @@ class PciFunction:
         return bar.addr + c.offset
 
 
+class ConfigSpace(Protocol):
+    """Configuration-space accesses of one function (mechanism #1, or RTAS on pseries)."""
+
+    def read8(self, off: int) -> int: ...
+    def read16(self, off: int) -> int: ...
+    def read32(self, off: int) -> int: ...
+    def write8(self, off: int, v: int) -> None: ...
+    def write16(self, off: int, v: int) -> None: ...
+    def write32(self, off: int, v: int) -> None: ...
+
+
+#: (bus, dev, fn) -> the function's configuration space
+ConfigFactory = Callable[[int, int, int], ConfigSpace]
+
+
 class PciConfig:
     """Configuration space of one function via mechanism #1."""
 
@@ -167,12 +184,12 @@ class PciConfig:
         self.qt.outl(CONFIG_DATA, v)
 
 
-def enumerate_bus(qtest: QtestClient, bus: int = 0) -> list[PciFunction]:
+def enumerate_bus(config: ConfigFactory, bus: int = 0) -> list[PciFunction]:
     """Every function present on ``bus`` (vendor id not 0xffff)."""
     found: list[PciFunction] = []
     for dev in range(32):
         for fn in range(8):
-            cfg = PciConfig(qtest, bus, dev, fn)
+            cfg = config(bus, dev, fn)
             ids = cfg.read32(0)
             if ids & 0xFFFF == 0xFFFF:
                 if fn == 0:
@@ -187,7 +204,7 @@ def enumerate_bus(qtest: QtestClient, bus: int = 0) -> list[PciFunction]:
     return found
 
 
-def probe_bars(cfg: PciConfig) -> dict[int, Bar]:
+def probe_bars(cfg: ConfigSpace) -> dict[int, Bar]:
     """Size every BAR of a type-0 header by writing all-ones (PCI 3.0 6.2.5.1)."""
     bars: dict[int, Bar] = {}
     i = 0
@@ -225,9 +242,12 @@ def probe_bars(cfg: PciConfig) -> dict[int, Bar]:
     return bars
 
 
-def assign_bars(cfg: PciConfig, bars: dict[int, Bar]) -> dict[int, Bar]:
-    """Place memory BARs from MEM_WINDOW and I/O BARs from IO_WINDOW, naturally aligned."""
-    mem, io = MEM_WINDOW, IO_WINDOW
+def assign_bars(
+    cfg: ConfigSpace, bars: dict[int, Bar], mem_window: int = MEM_WINDOW, io_window: int = IO_WINDOW
+) -> dict[int, Bar]:
+    """Place memory BARs from ``mem_window`` and I/O BARs from ``io_window`` (PCI addresses),
+    naturally aligned."""
+    mem, io = mem_window, io_window
     out: dict[int, Bar] = {}
     for i, b in sorted(bars.items(), key=lambda kv: -kv[1].size):
         off = PCI_BAR0 + 4 * i
@@ -249,7 +269,7 @@ def assign_bars(cfg: PciConfig, bars: dict[int, Bar]) -> dict[int, Bar]:
     return out
 
 
-def walk_capabilities(cfg: PciConfig) -> tuple[list[tuple[int, int]], list[VirtioCap]]:
+def walk_capabilities(cfg: ConfigSpace) -> tuple[list[tuple[int, int]], list[VirtioCap]]:
     """All capability ids and the virtio vendor capabilities (bounded, loop-safe)."""
     ids: list[tuple[int, int]] = []
     caps: list[VirtioCap] = []
@@ -277,9 +297,24 @@ def walk_capabilities(cfg: PciConfig) -> tuple[list[tuple[int, int]], list[Virti
     return ids, caps
 
 
-def find_balloon(qtest: QtestClient, bus: int = 0) -> PciFunction:
-    """Find the virtio-balloon function, assign its BARs, enable it, read its capabilities."""
-    for f in enumerate_bus(qtest, bus):
+def find_balloon(
+    qtest: QtestClient,
+    bus: int = 0,
+    *,
+    config: ConfigFactory | None = None,
+    mem_window: int = MEM_WINDOW,
+    io_window: int = IO_WINDOW,
+) -> PciFunction:
+    """Find the virtio-balloon function, assign its BARs, enable it, read its capabilities.
+
+    ``config`` reaches configuration space (default: mechanism #1 ports of ``qtest``).
+    """
+    if config is None:
+
+        def config(b: int, d: int, f: int) -> ConfigSpace:
+            return PciConfig(qtest, b, d, f)
+
+    for f in enumerate_bus(config, bus):
         if f.vendor == VENDOR_VIRTIO and f.device in (
             DEVICE_BALLOON_TRANSITIONAL,
             DEVICE_BALLOON_MODERN,
@@ -287,17 +322,17 @@ def find_balloon(qtest: QtestClient, bus: int = 0) -> PciFunction:
             break
     else:
         raise PeerError(f"no virtio-balloon (1af4:1002 or 1af4:1045) on PCI bus {bus}")
-    cfg = PciConfig(qtest, f.bus, f.dev, f.fn)
+    cfg = config(f.bus, f.dev, f.fn)
     sub = cfg.read32(PCI_SUBSYSTEM_VENDOR)
     f.subsys_vendor, f.subsys_id = sub & 0xFFFF, sub >> 16
-    f.bars = assign_bars(cfg, probe_bars(cfg))
+    f.bars = assign_bars(cfg, probe_bars(cfg), mem_window, io_window)
     cfg.write16(PCI_COMMAND, cfg.read16(PCI_COMMAND) | CMD_IO | CMD_MEM | CMD_MASTER)
     f.cap_ids, f.caps = walk_capabilities(cfg)
     f.msix = read_msix(cfg, f.cap_ids)
     return f
 
 
-def read_msix(cfg: PciConfig, cap_ids: list[tuple[int, int]]) -> MsixCap | None:
+def read_msix(cfg: ConfigSpace, cap_ids: list[tuple[int, int]]) -> MsixCap | None:
     """The function's MSI-X capability, if it has one."""
     for off, cap_id in cap_ids:
         if cap_id == CAP_ID_MSIX:

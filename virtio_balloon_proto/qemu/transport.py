@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..errors import PeerError, UsageError
 from .pci import PciFunction, VirtioCfgType
@@ -84,8 +85,12 @@ class Transport(abc.ABC):
 
     kind: str
 
-    def __init__(self, qtest: QtestClient, fn: PciFunction) -> None:
-        self.qt = qtest
+    #: widest device-config access (1 on a big-endian guest: bytes, as Linux's vp_get does)
+    config_width = 4
+
+    def __init__(self, qtest: QtestClient, fn: PciFunction, bus: RegisterBus | None = None) -> None:
+        #: register accesses (qtest itself on x86; a swapping PHB window on pseries)
+        self.qt: RegisterBus = qtest if bus is None else bus
         self.fn: PciFunction | None = fn
         #: MSI-X is enabled in the function (msix_enable): vector registers are in use
         self.msix = False
@@ -182,7 +187,7 @@ class Transport(abc.ABC):
         off = offset
         end = offset + size
         while off < end:
-            w = _width(off, end - off)
+            w = _width(off, end - off, self.config_width)
             out += self._cfg_read(off, w).to_bytes(w, "little")
             off += w
         return bytes(out)
@@ -192,16 +197,33 @@ class Transport(abc.ABC):
             raise UsageError(f"config write {offset:#x}+{len(data)} is outside config space")
         off = 0
         while off < len(data):
-            w = _width(offset + off, len(data) - off)
+            w = _width(offset + off, len(data) - off, self.config_width)
             self._cfg_write(offset + off, w, int.from_bytes(data[off : off + w], "little"))
             off += w
 
 
-def _width(off: int, left: int) -> int:
+def _width(off: int, left: int, widest: int = 4) -> int:
     for w in (4, 2):
-        if off % w == 0 and left >= w:
+        if w <= widest and off % w == 0 and left >= w:
             return w
     return 1
+
+
+class RegisterBus(Protocol):
+    """Port and memory-mapped register accesses (``QtestClient`` has them all)."""
+
+    def inb(self, port: int) -> int: ...
+    def inw(self, port: int) -> int: ...
+    def inl(self, port: int) -> int: ...
+    def outb(self, port: int, value: int) -> None: ...
+    def outw(self, port: int, value: int) -> None: ...
+    def outl(self, port: int, value: int) -> None: ...
+    def readb(self, addr: int) -> int: ...
+    def readw(self, addr: int) -> int: ...
+    def readl(self, addr: int) -> int: ...
+    def writeb(self, addr: int, value: int) -> None: ...
+    def writew(self, addr: int, value: int) -> None: ...
+    def writel(self, addr: int, value: int) -> None: ...
 
 
 class ModernTransport(Transport):
@@ -209,8 +231,8 @@ class ModernTransport(Transport):
 
     kind = "modern"
 
-    def __init__(self, qtest: QtestClient, fn: PciFunction) -> None:
-        super().__init__(qtest, fn)
+    def __init__(self, qtest: QtestClient, fn: PciFunction, bus: RegisterBus | None = None) -> None:
+        super().__init__(qtest, fn, bus)
         self.common = fn.cap_addr(VirtioCfgType.COMMON)
         self.isr_addr = fn.cap_addr(VirtioCfgType.ISR)
         self.device_cfg = fn.cap_addr(VirtioCfgType.DEVICE)
@@ -310,8 +332,8 @@ class LegacyTransport(Transport):
 
     kind = "legacy"
 
-    def __init__(self, qtest: QtestClient, fn: PciFunction) -> None:
-        super().__init__(qtest, fn)
+    def __init__(self, qtest: QtestClient, fn: PciFunction, bus: RegisterBus | None = None) -> None:
+        super().__init__(qtest, fn, bus)
         bar = fn.bars.get(0)
         if bar is None or bar.kind != "io":
             raise PeerError(
@@ -404,9 +426,11 @@ class LegacyTransport(Transport):
         {1: self.qt.outb, 2: self.qt.outw, 4: self.qt.outl}[width](p, value)
 
 
-def open_transport(qtest: QtestClient, fn: PciFunction, kind: str) -> Transport:
+def open_transport(
+    qtest: QtestClient, fn: PciFunction, kind: str, bus: RegisterBus | None = None
+) -> Transport:
     if kind == "modern":
-        return ModernTransport(qtest, fn)
+        return ModernTransport(qtest, fn, bus)
     if kind == "legacy":
-        return LegacyTransport(qtest, fn)
+        return LegacyTransport(qtest, fn, bus)
     raise UsageError(f"unknown virtio-pci transport {kind!r} (modern or legacy)", field="transport")
