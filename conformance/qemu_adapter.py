@@ -57,6 +57,7 @@ from virtio_balloon_proto.qemu.device import (
     WINDOW_SIZE,
     QemuBalloon,
 )
+from virtio_balloon_proto.qemu.hinting import HintHost, IdMap
 from virtio_balloon_proto.qemu.process import DEVICE_PROPERTIES, find_qemu
 
 from .dut import Negotiated, Segment, Setup, Unsupported, Used
@@ -215,6 +216,8 @@ class QemuDevice:
         if self.transport in ("legacy", "mmio-legacy"):
             wants &= 0xFFFFFFFF  # the legacy feature register is 32 bits wide
         stats = SPEC.has(wants, "STATS_VQ")
+        # hinting needs a running VM (QEMU publishes ids only while vm_running)
+        hint = SPEC.has(wants, "FREE_PAGE_HINT")
         # QEMU's -m has MiB granularity
         ram = (max(setup.memory_size, MiB) + MiB - 1) // MiB * MiB
         try:
@@ -222,7 +225,7 @@ class QemuDevice:
                 transport=self.transport,
                 device=props,
                 memory=ram,
-                stats_clock=stats,
+                stats_clock=stats or hint,
                 timeout=self.timeout,
                 window_dimm=True,
                 binary=self.binary,
@@ -234,7 +237,7 @@ class QemuDevice:
             self.session = s
             offered, accepted = s.negotiate(wants)
             s.setup_queues()
-            if stats:
+            if stats or hint:
                 s.cont()
         except (UsageError, RingError) as e:
             self.stop()
@@ -244,6 +247,8 @@ class QemuDevice:
         self._writable = {i: {} for i in roles.values()}
         self._reported = []
         self._stats_interval = False
+        self._ids = IdMap()
+        self._hint = HintHost(s, self.timeout)
         self.negotiated = Negotiated(
             offered=offered,
             accepted=accepted,
@@ -307,7 +312,11 @@ class QemuDevice:
                         f"out segment carries {len(seg.data)} bytes for length {seg.length}",
                         field="data",
                     )
-                raw.append(seg.data)
+                data = seg.data
+                if r is QueueRole.FREE_PAGE:
+                    # the driver echoes the id it read: the case's id, renamed to QEMU's
+                    data = self._ids.echo(data, self._byteorder(s))
+                raw.append(data)
         try:
             if r is QueueRole.REPORTING:
                 self._prefill(s, writable)
@@ -316,7 +325,22 @@ class QemuDevice:
             raise PeerError(f"cannot post the chain: {e}", where=f"avail {role}") from None
         self._heads[q][posted.head] = head
         self._writable[q][posted.head] = writable
+        if r is QueueRole.FREE_PAGE:
+            # QEMU handles the free page queue in its iothread: wait for the used element
+            return self._collect_async(q, posted.head)
         return self._collect(q)
+
+    def _byteorder(self, s: QemuBalloon) -> str:
+        legacy = self.transport in ("legacy", "mmio-legacy")
+        return "big" if legacy and s.big_endian else "little"
+
+    def _collect_async(self, q: int, head: int, wait: float = 1.0) -> list[Used]:
+        got = self._collect(q)
+        deadline = time.monotonic() + wait
+        while head in self._heads[q] and time.monotonic() < deadline:
+            time.sleep(0.001)
+            got += self._collect(q)
+        return got
 
     @staticmethod
     def _check_window(s: QemuBalloon, role: QueueRole, segments: list[Segment]) -> None:
@@ -379,7 +403,7 @@ class QemuDevice:
     # --- config and host side ------------------------------------------------------------
     def config_read(self, offset: int, size: int) -> bytes:
         try:
-            return self._s().config_read(offset, size)
+            return self._ids.config(offset, self._s().config_read(offset, size))
         except UsageError as e:
             raise PeerError(str(e), where="config_read") from None
 
@@ -427,13 +451,42 @@ class QemuDevice:
                 time.sleep(0.002)
             return []
         if kind in ("hint-start", "hint-stop"):
-            raise Unsupported(
-                "QEMU starts free page hinting only from migration's precopy notifier; "
-                "there is no QMP command for it"
-            )
+            return self._hint_request(s, kind, params)
         if kind == "get-unused-pages":
             raise Unsupported("get-unused-pages is the v3 misc queue; QEMU has none")
         raise Unsupported(f"QEMU adapter has no host request {kind!r}")
+
+    def _hint_request(self, s: QemuBalloon, kind: str, params: dict[str, Any]) -> list[Used]:
+        """hint-start: a bandwidth-limited migration makes QEMU publish an id (qemu/hinting.py);
+        hint-stop DONE: the migration is cancelled.  STOP (0) and a second id are not
+        reachable from the host (the module says why): unsupported."""
+        q = s.queue_roles().get(QueueRole.FREE_PAGE)
+        if q is None:
+            raise Unsupported("free page hinting without a negotiated free page queue")
+        cmd_id = params.get("cmd_id")
+        if not isinstance(cmd_id, int) or isinstance(cmd_id, bool) or not 0 <= cmd_id < 1 << 32:
+            raise UsageError(f"{kind} needs a 32-bit cmd_id, got {cmd_id!r}")
+        if kind == "hint-start":
+            if self._hint.migrating:
+                raise Unsupported(
+                    "QEMU publishes a second command id only at its migration's next bitmap "
+                    "sync, which no host action brings about here"
+                )
+            try:
+                self._ids.add(self._hint.start(), cmd_id)
+            except VBProtoError as e:
+                raise PeerError(str(e), where="host_request hint-start") from None
+            return self._collect(q)
+        if cmd_id != 1:
+            raise Unsupported(
+                "QEMU's STOP is transient (set before a migration bitmap sync and replaced by "
+                "a new id or DONE in the same call): the host cannot publish it"
+            )
+        try:
+            self._hint.done()
+        except VBProtoError as e:
+            raise PeerError(str(e), where="host_request hint-stop") from None
+        return self._collect(q)
 
     # --- observation ---------------------------------------------------------------------
     def observe(self) -> dict[str, Any]:
@@ -446,7 +499,7 @@ class QemuDevice:
         out["num_pages"] = int.from_bytes(cfg[0:4], "little")
         out["actual"] = int.from_bytes(cfg[4:8], "little")
         if SPEC.has(s.offered, "FREE_PAGE_HINT"):
-            out["hint_cmd_id"] = int.from_bytes(s.config_read(8, 4), "little")
+            out["hint_cmd_id"] = int.from_bytes(self._ids.config(8, s.config_read(8, 4)), "little")
         stats = s.guest_stats().get("stats", {})
         if isinstance(stats, dict):
             out["stats"] = {

