@@ -216,6 +216,12 @@ class PythonDevice:
     def observe(self) -> dict[str, Any]:
         return self._call("observe", self.inner.observe)  # type: ignore[no-any-return]
 
+    def observe_changes(self) -> dict[str, Any]:
+        """The inner device's ``observe_changes`` (balloon as a delta) when it has one, else its
+        full ``observe``."""
+        fn = getattr(self.inner, "observe_changes", None)
+        return self._call("observe", fn or self.inner.observe)  # type: ignore[no-any-return]
+
     def stop(self) -> None:
         self._call("stop", self.inner.stop)
 

@@ -40,6 +40,7 @@ class BalloonMachine(RuleBasedStateMachine):
         assert neg.accepted == want  # the reference offers every feature of its profile
         self.drv = DriverModel(profile, layout, neg.accepted)
         self.balloon = PageSet.empty()  # what the driver believes is in the balloon
+        self.seen = PageSet.empty()  # the balloon kept from the device's per-step deltas
         self.unused: dict[int, PageSet] = {}
         self.req = 0
         self.request_posted = False
@@ -141,6 +142,13 @@ class BalloonMachine(RuleBasedStateMachine):
     def device_agrees(self) -> None:
         obs = self.dev.observe()
         assert obs["balloon"] == self.balloon.extents()
+        # issue 13: the balloon kept from the per-step deltas equals the recomputed one
+        delta = self.dev.observe_changes()
+        assert {k: v for k, v in delta.items() if k != "balloon_delta"} == {
+            k: v for k, v in obs.items() if k != "balloon"}
+        self.seen = (self.seen - PageSet.from_extents(delta["balloon_delta"]["remove"])
+                     | PageSet.from_extents(delta["balloon_delta"]["add"]))
+        assert self.seen == self.balloon
         for req, pages in self.unused.items():
             assert obs["unused"][f"{req:#x}"] == pages.extents()
             assert obs["unused_done"][f"{req:#x}"] == 1

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from virtio_balloon_proto.pageset import PageSet
+from virtio_balloon_proto.framemap import FrameMap
 
-from .base import Judgement, register
+from .base import Chain, Judgement, register
 
 FIELDS = (
     (0, "num_pages", "spec.device.config.num-pages-target"),
@@ -133,32 +133,38 @@ def actual_accounting(j: Judgement) -> None:
     from virtio_balloon_proto import trace as tr
 
     from_reset = j.from_reset
-    balloon = PageSet.empty()
+    ram = j.ram()
+    balloon = FrameMap(int(ram.lasts[-1]) + 1 if ram else 0)  # O(change) per step (issue 13)
+    #: inflate/deflate chains made available and not yet used, by avail event index
+    pending: dict[int, Chain] = {}
     before = 0  # pages of the balloon from before the window that the window took back
     base: tuple[int, int] | None = None  # (actual, balloon size) at the first write
     for i, ev in enumerate(j.events, start=1):
+        av = j.by_avail.get(i)
+        if av is not None and av.role in ("inflate", "deflate"):
+            pending[i] = av
         if isinstance(ev, tr.UsedEvent) and i in j.by_used:
             ch = j.by_used[i]
             if ch.role not in ("inflate", "deflate"):
                 continue
+            pending.pop(ch.index, None)
             d = j.decoded(ch)
             if d is None:
                 return  # bytes not captured / undecodable: the count is unknown from here on
             if ch.role == "inflate":
-                balloon = balloon | d.pages
+                balloon.add(d.pages)
             else:
+                gone = balloon.remove(d.pages)
                 if not from_reset:
                     # a window: a deflated page it never saw inflated was in the balloon
                     # before the window started
-                    before -= len(d.pages - balloon)
-                balloon = balloon - d.pages
+                    before -= len(d.pages) - gone
         elif isinstance(ev, tr.ConfigEvent) and ev.write and (
                 ev.offset <= 4 and ev.offset + len(ev.data) >= 8):
             actual = int.from_bytes(ev.data[4 - ev.offset: 8 - ev.offset], "little")
             flying_in = flying_out = 0
-            for ch in j.chains:
-                if ch.index < i and (ch.used_at is None or ch.used_at > i) and ch.role in (
-                        "inflate", "deflate"):
+            for ch in pending.values():
+                if ch.index < i:
                     d = j.decoded(ch)
                     n = len(d.pages) if d is not None else 0
                     if ch.role == "inflate":

@@ -17,8 +17,12 @@ are allowed either way and the choice is recorded:
 
 from __future__ import annotations
 
-from virtio_balloon_proto.pageset import PageSet
+from typing import Any
 
+from virtio_balloon_proto.framemap import FrameMap
+from virtio_balloon_proto.pageset import PageSet, union_all
+
+from ..verdicts import Verdict
 from .base import Judgement, first_frames, pageset_of, register
 
 
@@ -56,19 +60,36 @@ def deflate_after_ack(j: Judgement) -> None:
 @register("spec.device.inflate.pfn-4k-units", "spec.device.deflate.pfn-4k-units",
           "v3.device.bmap.tracks-pages", "hybrid.device.bmap.tracks-pages")
 def balloon(j: Judgement) -> None:
+    """The observed balloon against the driver's acknowledged inflates and deflates.
+
+    Incremental (issue 13): what the balloon must hold (``required``), what the device says it
+    holds (``seen``), the frames either way allowed (``uncertain``) and the frames deflated
+    are mutable frame maps updated by each step's pages; only the frames where required and
+    seen differ (``mismatch``) are kept as a set and judged at each observation.  So a step
+    costs O(its pages + mismatches), never O(balloon).  An observation gives the balloon in
+    full (``balloon``: replaces what was seen) or as a change (``balloon_delta`` {add, remove}
+    since the previous observation, or since an empty balloon at the start).
+    """
     from virtio_balloon_proto import trace as tr
 
     obs = j.observations("state")
-    if not any("balloon" in ev.value for _, ev in obs):
+    if not any("balloon" in ev.value or "balloon_delta" in ev.value for _, ev in obs):
         return
     inflate_c, deflate_c = page_clauses(j)
     ram = j.ram()
-    required = PageSet.empty()
-    uncertain = PageSet.empty()
-    deflated = PageSet.empty()
+    span = int(ram.lasts[-1]) + 1 if ram else 0
+    required, seen = FrameMap(span), FrameMap(span)
+    uncertain, deflated = FrameMap(span), FrameMap(span)
+    mismatch = PageSet.empty()  # frames in exactly one of required and seen
     flying: dict[int, PageSet] = {}
     malformed: list[PageSet] = []
     outside = PageSet.empty()
+
+    def touched(where: PageSet) -> None:
+        nonlocal mismatch
+        if where:
+            mismatch = (mismatch - where) | (required.mask(where) ^ seen.mask(where))
+
     for i, ev in enumerate(j.events, start=1):
         ch = j.by_avail.get(i)
         if ch is not None and ch.role in ("inflate", "deflate"):
@@ -82,54 +103,85 @@ def balloon(j: Judgement) -> None:
         if ch is not None and ch.role in ("inflate", "deflate"):
             pages = flying.pop(ch.index, PageSet.empty())
             if j.malformed(ch):
-                uncertain = uncertain | pages
+                uncertain.add(pages)
                 if ch.role == "inflate":
                     malformed.append(pages & ram)
                 else:
-                    required = required - pages
+                    required.remove(pages)
             elif ch.role == "inflate":
-                required = required | (pages & ram)
+                required.add(pages & ram)
                 out = pages - ram
-                uncertain = uncertain | out
+                uncertain.add(out)
                 outside = outside | out
             else:
-                required = required - pages
-                uncertain = uncertain - pages
-                deflated = deflated | pages
-        if isinstance(ev, tr.ObserveEvent) and ev.what == "state" and "balloon" in ev.value:
-            seen = pageset_of(ev.value["balloon"])
-            if seen is None:
+                required.remove(pages)
+                uncertain.remove(pages)
+                deflated.add(pages)
+            touched(pages)
+        if not (isinstance(ev, tr.ObserveEvent) and ev.what == "state"):
+            continue
+        if "balloon" in ev.value:
+            full = pageset_of(ev.value["balloon"])
+            if full is None:
                 j.broken(inflate_c, f"the device's observed balloon is not an extent list: "
                          f"{str(ev.value['balloon'])[:80]}", i)
                 continue
-            maybe = uncertain
-            for p in flying.values():
-                maybe = maybe | p
-            j.evaluated(inflate_c)
-            j.evaluated(deflate_c)
-            missing = required - seen - maybe
-            extra = seen - required - maybe
+            touched(seen.replace(full))
+        elif "balloon_delta" in ev.value:
+            delta = ev.value["balloon_delta"]
+            add = pageset_of(delta.get("add", [])) if isinstance(delta, dict) else None
+            rem = pageset_of(delta.get("remove", [])) if isinstance(delta, dict) else None
+            if add is None or rem is None:
+                j.broken(inflate_c, f"the device's observed balloon change is not two extent "
+                         f"lists (add, remove): {str(delta)[:80]}", i)
+                continue
+            seen.remove(rem)
+            seen.add(add)
+            touched(add | rem)
+        else:
+            continue
+        j.evaluated(inflate_c)
+        j.evaluated(deflate_c)
+        if mismatch and not (_failed(j, inflate_c) and _failed(j, deflate_c)):
+            wrong = mismatch - union_all(flying.values())
+            wrong = wrong - uncertain.mask(wrong)
+            missing = required.mask(wrong)
+            extra = wrong - missing
             if missing:
                 j.broken(inflate_c, f"{len(missing)} frame(s) an acknowledged inflate named are "
                          f"not in the device's balloon (first {first_frames(missing)})", i,
-                         expected=required.extents()[:64], received=seen.extents()[:64])
-            if extra & deflated:
-                bad = extra & deflated
+                         **_sets(j, inflate_c, required, seen))
+            bad = deflated.mask(extra)
+            if bad:
                 j.broken(deflate_c, f"{len(bad)} frame(s) an acknowledged deflate took back are "
                          f"still in the device's balloon (first {first_frames(bad)})", i,
-                         expected=required.extents()[:64], received=seen.extents()[:64])
-            if extra - deflated:
-                bad = extra - deflated
+                         **_sets(j, deflate_c, required, seen))
+            if extra - bad:
+                bad = extra - bad
                 j.broken(inflate_c, f"{len(bad)} frame(s) in the device's balloon that no "
                          f"inflate named (first {first_frames(bad)})", i,
-                         expected=required.extents()[:64], received=seen.extents()[:64])
-            for m in malformed:
-                if m:
-                    j.choice("pfns.malformed-buffer",
-                             "kept whole words" if m <= seen else
-                             "skipped" if m.isdisjoint(seen) else "kept some words")
-            malformed = []
-            if outside:
-                j.choice("pfns.outside-ram",
-                         "ignored" if outside.isdisjoint(seen) else "recorded")
-                outside = PageSet.empty()
+                         **_sets(j, inflate_c, required, seen))
+        for m in malformed:
+            if m:
+                n = seen.count_in(m)
+                j.choice("pfns.malformed-buffer",
+                         "kept whole words" if n == len(m) else
+                         "skipped" if n == 0 else "kept some words")
+        malformed = []
+        if outside:
+            j.choice("pfns.outside-ram",
+                     "ignored" if seen.count_in(outside) == 0 else "recorded")
+            outside = PageSet.empty()
+
+
+def _failed(j: Judgement, clause: str) -> bool:
+    r = j.results.get(clause)
+    return r is not None and r.verdict != Verdict.PASS
+
+
+def _sets(j: Judgement, clause: str, required: FrameMap, seen: FrameMap) -> dict[str, Any]:
+    """expected/received of a failure (O(RAM): built only for a clause's first failure)."""
+    if _failed(j, clause):
+        return {}
+    return {"expected": required.to_pageset().extents()[:64],
+            "received": seen.to_pageset().extents()[:64]}

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..codecs import DecodedBuffer, Segment, decode_buffer
 from ..errors import UsageError, VBProtoError
+from ..framemap import FrameJournal
 from ..pageset import PageAccumulator, PageSet
 from ..profiles import TRANSPORT_FEATURES, get_profile
 from ..wire import WireLayout, encode
@@ -82,7 +83,8 @@ MISC_TRANSITIONS: dict[tuple[MiscState, str], MiscState] = {
 class DeviceState:
     """Everything observable about the device."""
 
-    pages: PageAccumulator = field(default_factory=PageAccumulator)
+    #: the balloon, journaled: ``observe_changes`` reports what changed since it last asked
+    pages: FrameJournal = field(default_factory=FrameJournal)
     num_pages: int = 0
     actual: int = 0
     hint_cmd_id: int = 0
@@ -92,13 +94,14 @@ class DeviceState:
     hinted: PageSet = field(default_factory=PageSet.empty)
     unused: dict[int, PageSet] = field(default_factory=dict)
     unused_done: dict[int, int] = field(default_factory=dict)  # req_id -> DONE count
-    bad_pages: PageSet = field(default_factory=PageSet.empty)  # named but outside RAM
+    bad_pages: PageAccumulator = field(default_factory=PageAccumulator)  # outside RAM
     violations: list[str] = field(default_factory=list)
 
     @property
     def balloon(self) -> PageSet:
-        """Pages in the balloon: inflated (inside RAM) and not deflated since."""
-        return self.pages.value
+        """Pages in the balloon: inflated (inside RAM) and not deflated since (O(RAM): a full
+        export, for checkpoints)."""
+        return self.pages.now.to_pageset()
 
 
 class ReferenceDevice:
@@ -122,6 +125,7 @@ class ReferenceDevice:
         self._misc_req: int | None = None
         self._ram_frames = 0
         self._config_size = 8
+        self._ram_cache: tuple[Any, PageSet] | None = None
 
     # --- DeviceUnderTest ----------------------------------------------------------------------
     def start(self, setup: Setup) -> Negotiated:
@@ -149,7 +153,9 @@ class ReferenceDevice:
         self.accepted = setup.driver_features & offered
         self.queues = {r.value: i for r, i in prof.queue_index(offered, self.accepted).items()}
         self._config_size = prof.config_size(offered)
-        self.state = DeviceState()
+        span = max((-(-(a + n) // 4096) for a, n in setup.memory_regions),
+                   default=-(-setup.memory_size // 4096))
+        self.state = DeviceState(pages=FrameJournal(span))
         self.hint = HintState.STOP
         self.misc = MiscState.NO_BUFFER
         self._stats_held = None
@@ -211,9 +217,14 @@ class ReferenceDevice:
         raise UsageError(f"unknown host request {kind!r}", field="kind")
 
     def observe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"balloon": self.state.balloon.extents()}
+        out.update(self._observed())
+        return out
+
+    def _observed(self) -> dict[str, Any]:
+        """What :meth:`observe` reports besides the balloon."""
         s = self.state
         out: dict[str, Any] = {
-            "balloon": s.balloon.extents(),
             "num_pages": s.num_pages,
             "actual": s.actual,
             "stats": {str(k): v for k, v in sorted(s.stats.items())},
@@ -228,6 +239,20 @@ class ReferenceDevice:
             out["unused_done"] = {f"{k:#x}": v for k, v in sorted(s.unused_done.items())}
         return out
 
+    def observe_changes(self) -> dict[str, Any]:
+        """:meth:`observe` with the balloon as a change: ``balloon_delta`` {``add``, ``remove``:
+        extents} since the previous call (the first call: since ``start``, an empty balloon),
+        instead of ``balloon``; O(frames changed), not O(balloon) (issue 13).  A subclass
+        that observes differently (``observe`` overridden) gets its full ``observe()``."""
+        if type(self).observe is not ReferenceDevice.observe:
+            return self.observe()
+        s = self.state
+        added, removed = s.pages.changes()
+        out: dict[str, Any] = {
+            "balloon_delta": {"add": added.extents(), "remove": removed.extents()}}
+        out.update(self._observed())
+        return out
+
     # --- queues ---------------------------------------------------------------------------------
     def _decode(self, role: str, segs: list[Segment], written: bytes | None = None
                 ) -> DecodedBuffer | None:
@@ -239,18 +264,26 @@ class ReferenceDevice:
             self.state.violations.append(f"{role}: {exc}")
             return None
 
+    def _ram(self) -> PageSet:
+        """Guest RAM as 4 KiB frames (the setup's regions), built once per ``start``."""
+        key = (self._ram_frames, self._setup.memory_regions if self._setup else ())
+        if self._ram_cache is None or self._ram_cache[0] != key:
+            ram = PageSet.from_range(0, self._ram_frames) if self._ram_frames else PageSet.empty()
+            if key[1]:
+                ram = PageSet.empty()
+                for start, size in key[1]:
+                    first, end = -(-start // 4096), (start + size) // 4096
+                    if end > first:
+                        ram = ram | PageSet.from_range(first, end - first)
+            self._ram_cache = (key, ram)
+        return self._ram_cache[1]
+
     def _in_ram(self, pages: PageSet) -> PageSet:
-        ram = PageSet.from_range(0, self._ram_frames) if self._ram_frames else PageSet.empty()
-        if self._setup is not None and self._setup.memory_regions:
-            ram = PageSet.empty()
-            for start, size in self._setup.memory_regions:
-                first, end = -(-start // 4096), (start + size) // 4096
-                if end > first:
-                    ram = ram | PageSet.from_range(first, end - first)
+        ram = self._ram()
         bad = pages - ram
         if bad:
             # QEMU: trace_virtio_balloon_bad_addr() and skip the page
-            self.state.bad_pages = self.state.bad_pages | bad
+            self.state.bad_pages.add(bad)
         return pages & ram
 
     def _on_inflate(self, head: int, segs: list[Segment]) -> list[Used]:

@@ -95,7 +95,13 @@ class DeviceUnderTest(Protocol):
         """Observable state: ``balloon`` (sorted merged [first, count] 4 KiB extents) when the
         device can tell, ``num_pages``, ``actual``, ``stats`` {tag: value}, ``hint_cmd_id``,
         ``reported`` extents, ``unused`` {req_id: extents}; keys a device cannot observe are
-        absent (not compared)."""
+        absent (not compared).
+
+        A device may also have ``observe_changes()``: the same dict, except that the balloon
+        may be given as ``balloon_delta`` {``add``, ``remove``: extents} -- what changed since
+        its previous ``observe_changes()`` call (the first: since ``start``, empty) -- instead
+        of ``balloon``.  The runner then records a delta per step and one full ``observe()``
+        at the end of the case, so a replay costs O(what changed) per step (issue 13)."""
         ...
 
     def stop(self) -> None: ...

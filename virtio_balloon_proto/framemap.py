@@ -1,0 +1,228 @@
+"""Mutable frame sets whose updates cost what changed, not what is held (issue 13).
+
+A :class:`~.pageset.PageSet` is immutable: ``balloon = balloon | pages`` re-merges the whole
+balloon on every inflate, so a replay of B buffers into a balloon of P frames costs O(B * P).
+A :class:`FrameMap` is the mutable counterpart for the replay loop and the oracle: one byte per
+4 KiB frame below ``span`` (guest RAM: what a balloon can legitimately hold), plus a PageSet
+for frames at or above it (what only a broken device or driver names; exact, just slower).
+Adding, removing or looking up a set of ``k`` frames costs O(k) (big extents as slices, small
+ones as one vectorised fancy index); the size is kept as a counter.
+
+:class:`FrameJournal` adds "what changed since I last asked" on top: the reference device
+reports its balloon as a delta per step (``observe_changes``), and a full export only at
+checkpoints.
+
+Memory: one byte per frame up to the highest frame held (a 128 GiB guest: 33.5 MB per map);
+``span`` is where the map starts (it grows, doubling, when a higher frame is added) and is
+capped at :data:`MAX_SPAN` frames (256 GiB of guest RAM); frames above the cap live in the
+PageSet part, so a hostile frame number costs a set entry, never a huge allocation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from .pageset import PageSet, union_all
+
+#: frames held in the byte map at most (256 GiB of 4 KiB frames: 64 MiB of map)
+MAX_SPAN = 1 << 26
+#: an extent at least this long is handled as one slice, shorter ones as a fancy index
+_SLICE_AT = 64
+
+
+def _split(ps: PageSet, span: int) -> tuple[PageSet, PageSet]:
+    """``ps`` as (frames below span, frames at or above span)."""
+    if not ps or span <= 0:
+        return PageSet.empty(), ps
+    if int(ps.lasts[-1]) < span:
+        return ps, PageSet.empty()
+    if int(ps.starts[0]) >= span:
+        return PageSet.empty(), ps
+    return ps.window(0, span), ps.window(span, (1 << 64) - span)
+
+
+def _pieces(ps: PageSet) -> tuple[npt.NDArray[np.intp], list[tuple[int, int]]]:
+    """Frames of the short extents (one intp array, ascending) and the long extents as
+    ``(start, stop)`` slices.  ``ps`` lies below MAX_SPAN (so intp holds every frame)."""
+    starts = ps.starts.astype(np.intp)
+    counts = (ps.lasts - ps.starts).astype(np.intp) + 1
+    big = counts >= _SLICE_AT
+    slices: list[tuple[int, int]] = []
+    if big.any():
+        slices = [(s, s + c) for s, c in zip(starts[big].tolist(), counts[big].tolist(),
+                                              strict=True)]
+        starts, counts = starts[~big], counts[~big]
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.intp), slices
+    # frames = start of each extent repeated count times, plus the offset inside it
+    offs = np.repeat(starts - (np.cumsum(counts) - counts), counts)
+    return offs + np.arange(total, dtype=np.intp), slices
+
+
+class FrameMap:
+    """A mutable set of 4 KiB frames (see module docstring).  ``len()`` is O(1)."""
+
+    __slots__ = ("_count", "_map", "_over", "span")
+
+    def __init__(self, span: int = 0) -> None:
+        # ``span`` is a hint: at most 1 Mi frames are allocated up front, the rest on demand
+        # (guest RAM at 8 TiB must not cost a 64 MiB map for a balloon of a few pages)
+        self.span = max(0, min(int(span), MAX_SPAN, 1 << 20))
+        self._map = np.zeros(self.span, dtype=np.uint8)
+        self._over = PageSet.empty()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count + len(self._over)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    # --- updates ------------------------------------------------------------------------------
+    def _grow(self, ps: PageSet) -> None:
+        """Widen the byte map to cover ``ps`` (up to MAX_SPAN), doubling."""
+        if self.span >= MAX_SPAN or int(ps.lasts[-1]) < self.span:
+            return
+        below = int(np.searchsorted(ps.starts, np.uint64(MAX_SPAN)))  # extents starting below
+        if below == 0:
+            return  # only frames above the cap: the PageSet part takes them
+        top = min(int(ps.lasts[below - 1]) + 1, MAX_SPAN)
+        if top <= self.span:
+            return
+        span = min(MAX_SPAN, max(top, 2 * self.span, 1 << 16))
+        grown = np.zeros(span, dtype=np.uint8)
+        grown[:self.span] = self._map
+        moved = self._over.window(self.span, span - self.span) if self._over else self._over
+        self._map, self.span = grown, span
+        if moved:
+            self._over = self._over - moved
+            self._count += len(moved)
+            for s, n in moved:
+                self._map[s:s + n] = 1
+
+    def add(self, ps: PageSet) -> int:
+        """Put the frames of ``ps`` in; returns how many were not in before."""
+        if ps:
+            self._grow(ps)
+        low, high = _split(ps, self.span)
+        new = 0
+        if low:
+            idx, slices = _pieces(low)
+            if idx.size:
+                new += int(idx.size - np.count_nonzero(self._map[idx]))
+                self._map[idx] = 1
+            for s, e in slices:
+                seg = self._map[s:e]
+                new += (e - s) - int(np.count_nonzero(seg))
+                seg[:] = 1
+        self._count += new
+        if high:
+            before = len(self._over)
+            self._over = self._over | high
+            new += len(self._over) - before
+        return new
+
+    def remove(self, ps: PageSet) -> int:
+        """Take the frames of ``ps`` out; returns how many were in."""
+        low, high = _split(ps, self.span)
+        gone = 0
+        if low:
+            idx, slices = _pieces(low)
+            if idx.size:
+                gone += int(np.count_nonzero(self._map[idx]))
+                self._map[idx] = 0
+            for s, e in slices:
+                seg = self._map[s:e]
+                gone += int(np.count_nonzero(seg))
+                seg[:] = 0
+        self._count -= gone
+        if high and self._over:
+            before = len(self._over)
+            self._over = self._over - high
+            gone += before - len(self._over)
+        return gone
+
+    # --- queries ------------------------------------------------------------------------------
+    def mask(self, ps: PageSet) -> PageSet:
+        """The frames of ``ps`` that are in the map (``ps & self``), in O(len(ps))."""
+        low, high = _split(ps, self.span)
+        parts: list[PageSet] = []
+        if low:
+            idx, slices = _pieces(low)
+            if idx.size:
+                hit = idx[self._map[idx] != 0]
+                if hit.size:
+                    parts.append(PageSet.from_frames(hit.astype(np.uint64)))
+            for s, e in slices:
+                hit = np.flatnonzero(self._map[s:e])
+                if hit.size:
+                    parts.append(PageSet.from_frames((hit + s).astype(np.uint64)))
+        if high and self._over:
+            parts.append(high & self._over)
+        return union_all(parts)
+
+    def count_in(self, ps: PageSet) -> int:
+        """``len(ps & self)`` without building the set."""
+        low, high = _split(ps, self.span)
+        n = 0
+        if low:
+            idx, slices = _pieces(low)
+            if idx.size:
+                n += int(np.count_nonzero(self._map[idx]))
+            for s, e in slices:
+                n += int(np.count_nonzero(self._map[s:e]))
+        if high and self._over:
+            n += len(high & self._over)
+        return n
+
+    def to_pageset(self) -> PageSet:
+        """The whole set as a PageSet: O(span), for checkpoints and messages only."""
+        low = PageSet.empty()
+        if self._count:
+            low = PageSet.from_frames(np.flatnonzero(self._map).astype(np.uint64))
+        return low | self._over if self._over else low
+
+    def replace(self, ps: PageSet) -> PageSet:
+        """Make the map hold exactly ``ps``; returns the frames that changed (a full
+        observation at a checkpoint: O(span + len(ps)))."""
+        cur = self.to_pageset()
+        changed = cur ^ ps
+        self.remove(cur - ps)
+        self.add(ps - cur)
+        return changed
+
+
+class FrameJournal:
+    """A FrameMap that also answers "what changed since the last :meth:`changes` call"."""
+
+    __slots__ = ("_last", "_touched", "now")
+
+    def __init__(self, span: int = 0) -> None:
+        self.now = FrameMap(span)
+        self._last = FrameMap(span)
+        self._touched: list[PageSet] = []
+
+    def add(self, ps: PageSet) -> int:
+        if ps:
+            self._touched.append(ps)
+        return self.now.add(ps)
+
+    def remove(self, ps: PageSet) -> int:
+        if ps:
+            self._touched.append(ps)
+        return self.now.remove(ps)
+
+    def changes(self) -> tuple[PageSet, PageSet]:
+        """(frames added, frames removed) since the previous call (or creation), netted: a
+        frame added and removed again in between is in neither.  O(frames touched)."""
+        if not self._touched:
+            return PageSet.empty(), PageSet.empty()
+        touched = union_all(self._touched)
+        self._touched = []
+        now, before = self.now.mask(touched), self._last.mask(touched)
+        added, removed = now - before, before - now
+        self._last.add(added)
+        self._last.remove(removed)
+        return added, removed
