@@ -100,8 +100,15 @@ class Case:
     header: Any  # trace.TraceHeader
     events: tuple[Any, ...]
     steps: tuple[Step, ...]
-    #: events of the trace that could not be replayed (bytes not captured), with why
+    #: events of the trace that cannot be replayed, with why: ``event N (role): ...`` for a
+    #: buffer whose bytes were not captured (not checkable either), ``event N (host ...)``
+    #: for a host action no device request stands for
     gaps: tuple[str, ...] = ()
+
+    @property
+    def uncheckable(self) -> tuple[str, ...]:
+        """The gaps that are buffers (bytes not captured): not checkable offline either."""
+        return tuple(g for g in self.gaps if "(host " not in g.split(":", 1)[0])
 
 
 def _host_step(ev: Any, index: int) -> Step | None:
@@ -160,6 +167,7 @@ def _device_options(profile: str, features: int) -> dict[str, Any]:
 def load_case(path: str | Path, case_id: str | None = None) -> Case:
     """Read one trace into a case (TraceError names the line of a bad record)."""
     from virtio_balloon_proto import trace as tr
+    from virtio_balloon_proto.trace.lengths import absurd_lengths
 
     p = Path(path)
     header, events = tr.read_trace(p)
@@ -190,7 +198,9 @@ def load_case(path: str | Path, case_id: str | None = None) -> Case:
             except TraceError as exc:
                 # a capture that did not see a buffer's bytes (QEMU's trace has no stats
                 # payload): that buffer cannot be replayed; the rest of the case still can
-                gaps.append(f"event {i} ({role}): {exc.message}; not replayed")
+                why = ", ".join(sorted({f.rule for f in absurd_lengths(header, ev)}))
+                gaps.append(f"event {i} ({role}): {exc.message}"
+                            + (f" (absurd length: {why})" if why else ""))
                 continue
             steps.append(
                 Step(i, "avail", role=role, head=head, segments=segs, findings=tuple(ev.findings))
@@ -205,6 +215,9 @@ def load_case(path: str | Path, case_id: str | None = None) -> Case:
             st = _host_step(ev, i)
             if st is not None:
                 steps.append(st)
+            else:
+                gaps.append(f"event {i} (host {ev.action}): no device request stands for it"
+                            + (f" ({ev.detail})" if ev.detail else ""))
     return Case(
         id=case_id or p.stem,
         path=str(p),
@@ -386,10 +399,10 @@ class Runner:
             step = by_index.get(i)
             if step is None:
                 out.append(ev)
-                if isinstance(ev, tr.AvailEvent):
+                if isinstance(ev, (tr.AvailEvent, tr.HostEvent)):
                     gap = next((g for g in case.gaps if g.startswith(f"event {i} ")), "")
                     out.append(tr.ObserveEvent(
-                        "gap", {"message": gap or f"event {i} not replayed"}))
+                        "gap", {"message": (gap or f"event {i}") + "; not replayed"}))
                 continue
             entry = step.to_json()
             entry["step"] = len(out) + 1  # its event number in the recorded trace
@@ -465,10 +478,10 @@ class Runner:
                                f"{exc}", where=f"case {case.id}") from exc
         result.results = judged.results
         result.behaviour = judged.behaviour
-        result.notes = judged.notes + list(case.gaps)
+        result.notes = judged.notes + [f"{g}; not replayed" for g in case.gaps]
         if case.gaps:
             # never pass silently over what could not be replayed
-            result.reason = (f"{len(case.gaps)} step(s) not replayed (bytes not captured): "
+            result.reason = (f"{len(case.gaps)} step(s) not replayed: "
                              + "; ".join(case.gaps)[:300])
         result.traffic = self._traffic
 
@@ -536,6 +549,11 @@ def check_trace(
                    subject=subject)
     result.results = judged.results
     result.behaviour = judged.behaviour
-    result.notes = judged.notes + list(case.gaps)
+    gaps = case.uncheckable
+    result.notes = judged.notes + [f"{g}; not checkable" for g in gaps]
+    if gaps:
+        # a buffer whose bytes were not captured is named in every output, never passed over
+        result.reason = (f"{len(gaps)} buffer(s) not checkable (bytes not captured): "
+                         + "; ".join(gaps)[:300])
     result.traffic = [s.to_json() for s in case.steps]
     return result

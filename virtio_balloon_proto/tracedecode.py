@@ -17,6 +17,7 @@ from typing import Any
 
 from .codecs import DecodedBuffer, Segment, decode_buffer
 from .errors import TraceError, VBProtoError
+from .findings import Finding
 from .pageset import PageAccumulator, PageSet
 from .trace import (
     AvailEvent,
@@ -27,6 +28,7 @@ from .trace import (
     TraceReader,
     UsedEvent,
 )
+from .trace.lengths import absurd_lengths
 from .virtqueue.split import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_WRITE
 from .wire import WireLayout
 
@@ -81,6 +83,8 @@ class DecodedEvent:
     buffer: DecodedBuffer | None
     used_len: int | None = None
     error: str | None = None
+    #: findings about a buffer that could not be decoded (its lengths, the ring walker's)
+    findings: tuple[Finding, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"line": self.line, "event": self.direction, "role": self.role,
@@ -92,7 +96,9 @@ class DecodedEvent:
         if self.buffer is not None:
             out.update({k: v for k, v in self.buffer.to_json().items() if k != "role"})
         if self.error is not None:
-            out["error"] = self.error
+            out["error"] = self.error.split("\n")[0]
+        if self.buffer is None and self.findings:
+            out["findings"] = [f.to_json() for f in self.findings]
         return out
 
 
@@ -125,6 +131,8 @@ class Summary:
             self.errors += 1
         b = d.buffer
         if b is None:
+            for f in d.findings:
+                self.findings[f.rule] += 1
             return
         for f in b.findings:
             self.findings[f.rule] += 1
@@ -215,7 +223,12 @@ def _decode_event(h: TraceHeader, layout: WireLayout, line: int, ev: Event,
         try:
             segs = segments_of(ev)
         except TraceError as exc:
-            return DecodedEvent(line, role, ev.queue, ev.id, "avail", None, error=exc.message)
+            # not checkable: say so, with what the lengths alone prove (trace/lengths.py)
+            found = tuple(f for f in absurd_lengths(h, ev) if f not in ev.findings)
+            found = (*ev.findings, *found)
+            msg = exc.message + "; not checkable" + "".join(f"\n    ! {f}" for f in found)
+            return DecodedEvent(line, role, ev.queue, ev.id, "avail", None, error=msg,
+                                findings=found)
         if ev.id is not None:
             chains[(role, ev.id)] = segs
         try:

@@ -114,13 +114,17 @@ class Judgement:
 
     @property
     def from_reset(self) -> bool:
-        """Does the trace start at device reset (a status write of 0 or 1 before anything else,
-        or a live run's record)?  If not, it is a window: it may see the device use chains
-        made available before it started."""
+        """Does the trace start at device reset (a live run's record; a format 1.2 window
+        that starts at ``reset``; without a window, a status write of 0 or 1 before anything
+        else)?  If not, it is a window: it may see the device use chains made available
+        before it started."""
         from virtio_balloon_proto.trace import ObserveEvent, StatusEvent
 
         if self.observations("device"):
             return True
+        win = getattr(self.header, "window", None)
+        if win is not None:  # format 1.2: the capture says where it starts
+            return bool(win.start == "reset")
         first = next((ev for ev in self.events if not isinstance(ev, ObserveEvent)), None)
         return isinstance(first, StatusEvent) and first.value in (0, 1)
 
@@ -133,8 +137,10 @@ class Judgement:
 
     @property
     def quiesced(self) -> bool:
-        """Did the recorder give the device every chance to act (an ``end`` observation)?"""
-        return bool(self.observations("end"))
+        """Did the recorder give the device every chance to act (an ``end`` observation, or a
+        format 1.2 window that ends ``quiesced``)?"""
+        win = getattr(self.header, "window", None)
+        return bool(self.observations("end")) or (win is not None and win.end == "quiesced")
 
     @property
     def device_info(self) -> dict[str, Any] | None:
@@ -226,6 +232,7 @@ def build(header: Any, events: Iterable[Any], cat: Catalog, *, strict: bool = Fa
     """Pair every avail with its used entry (by head id; by order per role when the capture
     saw no ids) and index both."""
     from virtio_balloon_proto import trace as tr
+    from virtio_balloon_proto.trace.lengths import absurd_lengths
     from virtio_balloon_proto.tracedecode import segments_of
 
     evs = tuple(events)
@@ -245,7 +252,9 @@ def build(header: Any, events: Iterable[Any], cat: Catalog, *, strict: bool = Fa
                 segs = tuple(segments_of(ev))
             except TraceError as exc:
                 segs, gap = None, exc.message
-            ch = Chain(i, role, ev.queue, head, segs, tuple(ev.findings), gap)
+            found = tuple(ev.findings)
+            found += tuple(f for f in absurd_lengths(header, ev) if f not in found)
+            ch = Chain(i, role, ev.queue, head, segs, found, gap)
             j.chains.append(ch)
             j.by_avail[i] = ch
             outstanding[(role, head)] = ch

@@ -14,7 +14,7 @@ from typing import Any
 
 from virtio_balloon_proto.framemap import FrameMap
 
-from .base import Chain, Judgement, register
+from .base import Chain, Judgement, register, role_of
 
 FIELDS = (
     (0, "num_pages", "spec.device.config.num-pages-target"),
@@ -139,10 +139,21 @@ def actual_accounting(j: Judgement) -> None:
     pending: dict[int, Chain] = {}
     before = 0  # pages of the balloon from before the window that the window took back
     base: tuple[int, int] | None = None  # (actual, balloon size) at the first write
+    stray = {i for i, role, _ in j.stray_used if role in ("inflate", "deflate")}
     for i, ev in enumerate(j.events, start=1):
         av = j.by_avail.get(i)
         if av is not None and av.role in ("inflate", "deflate"):
             pending[i] = av
+        if i in stray:
+            # a used element of a chain made available before the window: its pages are
+            # unknown, so the balloon's size changed by an unknown amount -- count again from
+            # the next write of actual (from a reset, the used id is judged by used.id-is-head)
+            if from_reset:
+                return
+            j.notes.append(f"event {i}: {role_of(ev)} used element from before the window: its "
+                           "pages are unknown; actual is compared again from the next write")
+            base = None
+            continue
         if isinstance(ev, tr.UsedEvent) and i in j.by_used:
             ch = j.by_used[i]
             if ch.role not in ("inflate", "deflate"):

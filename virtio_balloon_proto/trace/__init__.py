@@ -12,7 +12,10 @@ from .io import (
     write_trace,
 )
 from .model import (
+    CAPTURABLE,
     FORMAT,
+    FORMAT_1_2,
+    FORMATS,
     AvailEvent,
     ConfigEvent,
     Event,
@@ -23,11 +26,15 @@ from .model import (
     TraceDescriptor,
     TraceHeader,
     TraceSource,
+    TraceWindow,
     UsedEvent,
 )
 
 __all__ = [
+    "CAPTURABLE",
     "FORMAT",
+    "FORMATS",
+    "FORMAT_1_2",
     "MAX_LINE",
     "AvailEvent",
     "ConfigEvent",
@@ -41,6 +48,7 @@ __all__ = [
     "TraceProblem",
     "TraceReader",
     "TraceSource",
+    "TraceWindow",
     "TraceWriter",
     "UsedEvent",
     "iter_problems",

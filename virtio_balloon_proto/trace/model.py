@@ -24,8 +24,18 @@ FORMAT = "vbproto-trace/1"
 #: (what a conformance run saw the device do); readers accept both, writers use 1.1 only when
 #: a trace carries either
 FORMAT_1_1 = "vbproto-trace/1.1"
-FORMATS = (FORMAT, FORMAT_1_1)
+#: minor version 2 adds the header's ``window`` (where the capture starts and ends, the host
+#: page size, what the source could see); readers accept 1, 1.1 and 1.2, writers use the
+#: lowest version that holds the header
+FORMAT_1_2 = "vbproto-trace/1.2"
+FORMATS = (FORMAT, FORMAT_1_1, FORMAT_1_2)
 Endian = Literal["le", "be"]
+WindowStart = Literal["reset", "mid"]
+WindowEnd = Literal["quiesced", "cut"]
+#: what a source can capture (``TraceWindow.captured``): record types, plus the bytes of
+#: device-readable buffers (``driver-bytes``) and of used buffers (``device-bytes``)
+CAPTURABLE = ("status", "features", "config", "host", "avail", "used", "driver-bytes",
+              "device-bytes")
 
 
 def hex64(v: int) -> str:
@@ -62,6 +72,42 @@ class TraceSource:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceWindow:
+    """Where a capture sits in the device's life (format 1.2, docs/trace-format.md "Windows").
+
+    ``start``: ``reset`` -- the device was reset inside the capture (everything since is in
+    it); ``mid`` -- it was not: the device may hold buffers and balloon pages from before.
+    ``end``: ``quiesced`` -- the device was given every chance to act before the capture ended
+    (a buffer still outstanding will never be used); ``cut`` -- the capture stopped at an
+    arbitrary moment (outstanding buffers are in flight).  ``host_page_size``: the host's page
+    size in bytes where known.  ``captured``: what the source could see (:data:`CAPTURABLE`);
+    None means everything.  A ``null`` out entry of an event still marks one buffer not seen.
+    """
+
+    start: WindowStart = "mid"
+    end: WindowEnd = "cut"
+    host_page_size: int | None = None
+    captured: tuple[str, ...] | None = None
+
+    def sees(self, what: str) -> bool:
+        return self.captured is None or what in self.captured
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"start": self.start, "end": self.end}
+        if self.host_page_size is not None:
+            out["host_page_size"] = self.host_page_size
+        if self.captured is not None:
+            out["captured"] = list(self.captured)
+        return out
+
+    @classmethod
+    def from_json(cls, o: Mapping[str, Any]) -> TraceWindow:
+        cap = o.get("captured")
+        return cls(o["start"], o["end"], o.get("host_page_size"),
+                   None if cap is None else tuple(cap))
+
+
+@dataclass(frozen=True, slots=True)
 class TraceHeader:
     """Everything a decoder needs to know before the first event (PROTOCOL.md sections 1-4)."""
 
@@ -83,6 +129,16 @@ class TraceHeader:
     memory: tuple[tuple[int, int], ...] | None = None
     #: the trace carries observe events (a conformance run's record): written as format 1.1
     observed: bool = field(default=False, compare=False)
+    #: where the capture sits in the device's life (format 1.2); None: not said (a reader
+    #: then guesses the start from the first event and takes the end as cut)
+    window: TraceWindow | None = None
+
+    @property
+    def format(self) -> str:
+        """The lowest format version that holds this header."""
+        if self.window is not None:
+            return FORMAT_1_2
+        return FORMAT_1_1 if (self.memory is not None or self.observed) else FORMAT
 
     @classmethod
     def for_features(
@@ -109,7 +165,7 @@ class TraceHeader:
         prof = get_profile(self.profile)
         out: dict[str, Any] = {
             "type": "header",
-            "format": FORMAT_1_1 if (self.memory is not None or self.observed) else FORMAT,
+            "format": self.format,
             "profile": self.profile,
             "features": {
                 "offered": hex64(self.features_offered),
@@ -127,6 +183,8 @@ class TraceHeader:
         }
         if self.memory is not None:
             out["memory"] = [{"start": hex64(a), "size": hex64(n)} for a, n in self.memory]
+        if self.window is not None:
+            out["window"] = self.window.to_json()
         return out
 
     @property
@@ -138,6 +196,7 @@ class TraceHeader:
     def from_json(cls, o: Mapping[str, Any]) -> TraceHeader:
         f = o["features"]
         mem = o.get("memory")
+        win = o.get("window")
         return cls(
             profile=o["profile"],
             features_offered=_int64(f["offered"]),
@@ -152,7 +211,8 @@ class TraceHeader:
             source=TraceSource.from_json(o["source"]),
             memory=None if mem is None else tuple(
                 (_int64(r["start"]), _int64(r["size"])) for r in mem),
-            observed=o["format"] == FORMAT_1_1,
+            observed=o["format"] != FORMAT,
+            window=None if win is None else TraceWindow.from_json(win),
         )
 
 
@@ -531,6 +591,10 @@ def semantic_problems(header: TraceHeader | None, o: Mapping[str, Any]) -> Itera
                     f"features.{key}_names {names} do not match {f[key]} in profile "
                     f"{o['profile']!r} ({prof.names(_int64(f[key]))})"
                 )
+        if "window" in o and o["format"] != FORMAT_1_2:
+            yield f"window is a {FORMAT_1_2} field; the header says {o['format']!r}"
+        if "memory" in o and o["format"] == FORMAT:
+            yield f"memory is a {FORMAT_1_1} field; the header says {o['format']!r}"
         return
     if header is None or t not in ("avail", "used"):
         return

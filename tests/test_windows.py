@@ -1,0 +1,212 @@
+"""Captures are windows (issue 14 items 1-2): the header's ``window`` (format 1.2), the oracle
+judging within it, absurd lengths as findings, every step not replayed or not checkable named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from virtio_balloon_proto.conformance.catalog import catalog
+from virtio_balloon_proto.conformance.checks import judge
+from virtio_balloon_proto.conformance.report import to_junit
+from virtio_balloon_proto.conformance.runner import Runner, check_trace, discover_cases
+from virtio_balloon_proto.conformance.verdicts import CaseResult, RunResult
+from virtio_balloon_proto.profiles import QueueRole
+from virtio_balloon_proto.trace import (
+    FORMAT_1_2,
+    AvailEvent,
+    ConfigEvent,
+    HostEvent,
+    StatusEvent,
+    TraceDescriptor,
+    TraceHeader,
+    TraceWindow,
+    UsedEvent,
+    read_trace,
+    validate_trace,
+    write_trace,
+)
+from virtio_balloon_proto.trace.lengths import absurd_lengths
+
+HERE = Path(__file__).resolve().parent
+CASES = HERE / "cases" / "windows"
+IN_FLIGHT = CASES / "capture-ends-in-flight.jsonl"
+HUGE = CASES / "stats-huge-len-bytes-not-captured.jsonl"
+CLI = [sys.executable, "-m", "virtio_balloon_proto"]
+
+
+def with_window(src: Path, dst: Path, window: TraceWindow) -> Path:
+    header, events = read_trace(src)
+    write_trace(dst, dataclasses.replace(header, window=window), events)
+    return dst
+
+
+def device_failures(res: CaseResult) -> set[str]:
+    cat = catalog()
+    out = set()
+    for r in res.failures():
+        c = cat.find(r.clause)
+        if c is None or c.side != "driver":
+            out.add(r.clause)
+    return out
+
+
+# --- the format --------------------------------------------------------------------------
+def test_window_round_trips_as_format_1_2_and_old_formats_still_read(tmp_path: Path) -> None:
+    win = TraceWindow("mid", "cut", 65536, ("avail", "used", "driver-bytes"))
+    out = with_window(IN_FLIGHT, tmp_path / "w.jsonl", win)
+    first = json.loads(out.read_text().splitlines()[0])
+    assert first["format"] == FORMAT_1_2
+    assert first["window"] == {"start": "mid", "end": "cut", "host_page_size": 65536,
+                               "captured": ["avail", "used", "driver-bytes"]}
+    header, events = read_trace(out)
+    assert header.window == win
+    assert validate_trace(out) == []
+    # the shared case is format 1: read, no window, written back as format 1
+    old, old_events = read_trace(IN_FLIGHT)
+    assert old.window is None and events == old_events
+    assert old.to_json()["format"] == "vbproto-trace/1"
+
+
+def test_window_needs_format_1_2_and_a_known_start(tmp_path: Path) -> None:
+    lines = with_window(IN_FLIGHT, tmp_path / "w.jsonl", TraceWindow()).read_text().splitlines()
+    rec = json.loads(lines[0])
+    rec["format"] = "vbproto-trace/1.1"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([json.dumps(rec), *lines[1:]]) + "\n")
+    probs = validate_trace(bad)
+    assert [p.line for p in probs] == [1] and "window is a vbproto-trace/1.2 field" in str(probs[0])
+    rec["format"] = FORMAT_1_2
+    rec["window"]["start"] = "boot"
+    bad.write_text("\n".join([json.dumps(rec), *lines[1:]]) + "\n")
+    assert any("window/start" in p.message for p in validate_trace(bad))
+
+
+# --- the oracle judges within the window ---------------------------------------------------------
+def test_in_flight_at_a_cut_end_is_no_verdict_at_a_quiesced_end_a_failure(tmp_path: Path) -> None:
+    cut = check_trace(with_window(IN_FLIGHT, tmp_path / "cut.jsonl", TraceWindow("reset", "cut")))
+    assert cut.outcome() == "pass", cut.details_text()
+    assert any("in flight" in n for n in cut.notes)
+    quiet = check_trace(with_window(IN_FLIGHT, tmp_path / "q.jsonl",
+                                    TraceWindow("reset", "quiesced")))
+    # 5.5.6.1 / 2.7.8: a device that had every chance and never used the buffer
+    assert "spec.device.inflate.acks-buffer" in device_failures(quiet)
+
+
+def _stray_used(window: TraceWindow | None) -> tuple[TraceHeader, list[object]]:
+    header = TraceHeader.for_features("spec", 1 << 32, 1 << 32, window=window)
+    events: list[object] = [
+        StatusEvent(1), StatusEvent(15),
+        UsedEvent(QueueRole.INFLATE, 0, 0, id=5),  # no chain 5 in the trace
+        AvailEvent(QueueRole.INFLATE, 0, (bytes(4),), id=0),
+        UsedEvent(QueueRole.INFLATE, 0, 0, id=0),
+    ]
+    return header, events
+
+
+def test_used_before_the_window_is_not_blamed_but_from_a_reset_it_is() -> None:
+    # the window says where it starts, whatever the first event looks like
+    h, evs = _stray_used(TraceWindow("mid", "cut"))
+    mid = judge(h, evs)
+    assert not [r for r in mid.results if r.verdict.value != "pass"]
+    assert any("before the trace starts" in n for n in mid.notes)
+    h, evs = _stray_used(TraceWindow("reset", "cut"))
+    reset = judge(h, evs)
+    # VIRTIO 1.2 2.7.8: "id indicates the head entry of the descriptor chain describing the
+    # buffer" -- from a reset, no chain 5 was ever made available
+    assert {r.clause for r in reset.results if r.verdict.value == "fail"} == {
+        "spec.device.used.id-is-head"}
+    h, evs = _stray_used(None)  # no window: status 1 first -> from reset (format 1 reading)
+    assert {r.clause for r in judge(h, evs).results if r.verdict.value == "fail"} == {
+        "spec.device.used.id-is-head"}
+
+
+def test_pages_of_a_used_element_before_the_window_are_unknown() -> None:
+    """actual 10 -> an inflate used from before the window (pages unknown) -> actual 13:
+    relative accounting must not blame the driver for 3 pages it cannot see."""
+    header = TraceHeader.for_features("spec", 1 << 32, 1 << 32, window=TraceWindow("mid", "cut"))
+
+    def actual(n: int) -> ConfigEvent:
+        return ConfigEvent(True, 4, n.to_bytes(4, "little"))
+
+    events = [actual(10), UsedEvent(QueueRole.INFLATE, 0, 0, id=7), actual(13),
+              AvailEvent(QueueRole.INFLATE, 0, (bytes.fromhex("00100000"),), id=1),
+              UsedEvent(QueueRole.INFLATE, 0, 0, id=1), actual(14)]
+    res = judge(header, events)
+    verdicts = {r.clause: r.verdict.value for r in res.results}
+    assert verdicts["spec.driver.op.actual-is-balloon-size"] == "pass"
+    assert any("pages are unknown" in n for n in res.notes)
+    # the same trace from a reset: actual 14 with one page acknowledged is wrong (5.5.4)
+    wrong = dataclasses.replace(header, window=TraceWindow("reset", "cut"))
+    verdicts = {r.clause: r.verdict.value for r in judge(wrong, events).results}
+    assert verdicts["spec.device.used.id-is-head"] == "fail"
+
+
+# --- absurd lengths, not checkable, not replayed -------------------------------------------------
+def test_huge_stats_length_is_a_finding_in_decode() -> None:
+    out = subprocess.run([*CLI, "decode", str(HUGE)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "not checkable" in out.stdout and "absurd length" in out.stdout
+    assert "spec.driver.stats.duplicate-tag" in out.stdout
+    js = subprocess.run([*CLI, "decode", "--json", str(HUGE)], capture_output=True, text=True,
+                        check=False)
+    first = json.loads(js.stdout.splitlines()[0])
+    assert first["findings"][0]["rule"] == "spec.driver.stats.duplicate-tag"
+
+
+def test_huge_stats_length_check_names_it_and_never_blames_the_device() -> None:
+    res = check_trace(HUGE)
+    assert device_failures(res) == set(), res.details_text()
+    (dup,) = [r for r in res.failures() if r.clause == "spec.driver.stats.duplicate-tag"]
+    assert "absurd length" in dup.message and "4294967290" in dup.message
+    assert res.reason.startswith("1 buffer(s) not checkable")
+    assert any(n.endswith("not checkable") for n in res.notes)
+    run = RunResult(device="(check)", corpus=str(HUGE), strict=False, started=0.0)
+    run.cases.append(res)
+    junit = to_junit(run)
+    assert 'name="(not checked)"' in junit and "not checkable" in junit
+
+
+def test_run_names_every_step_it_did_not_replay(tmp_path: Path) -> None:
+    header, events = read_trace(HUGE)
+    events.insert(5, HostEvent("other", detail="balloon driver reloaded"))
+    path = tmp_path / "gaps.jsonl"
+    write_trace(path, header, events)
+    (case,) = discover_cases(path)
+    runner = Runner("reference", timeout=5)
+    try:
+        res = runner.run_case(case)
+    finally:
+        runner.close()
+    assert not res.failures(), res.details_text()
+    assert res.reason.startswith("2 step(s) not replayed")
+    assert "event 6 (host other)" in res.reason and "event 7 (stats)" in res.reason
+    assert sum("not replayed" in n for n in res.notes) == 2
+
+
+def test_absurd_lengths_need_the_lengths_not_the_bytes() -> None:
+    h = TraceHeader.for_features("spec", (1 << 32) | 2, (1 << 32) | 2,
+                                 memory=((0, 1 << 30),))
+    desc = (TraceDescriptor(0x1000, 700_000, 0),)
+    ev = AvailEvent(QueueRole.STATS, 2, (None,), descriptors=desc, id=0)
+    assert [f.rule for f in absurd_lengths(h, ev)] == ["spec.driver.stats.duplicate-tag"]
+    small = AvailEvent(QueueRole.STATS, 2, (None,), descriptors=(TraceDescriptor(0x1000, 160, 0),))
+    assert absurd_lengths(h, small) == []
+    # a buffer running past the header's RAM (1 GiB) is outside guest memory (2.7.5)
+    far = AvailEvent(QueueRole.INFLATE, 0, (None,),
+                     descriptors=(TraceDescriptor((1 << 30) - 8, 16, 0),))
+    assert [f.rule for f in absurd_lengths(h, far)] == ["spec.driver.ring.addr-in-memory"]
+    # RAM not in the header: unknown, nothing said
+    assert absurd_lengths(dataclasses.replace(h, memory=None), far) == []
+
+
+@pytest.mark.parametrize("end", ["cut", "quiesced"])
+def test_huge_stats_window_gives_the_same_verdict_either_end(tmp_path: Path, end: str) -> None:
+    res = check_trace(with_window(HUGE, tmp_path / "h.jsonl", TraceWindow("reset", end)))
+    assert device_failures(res) == set(), res.details_text()
