@@ -68,7 +68,8 @@ def test_split_ring_import_decodes_the_right_pages(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     header, evs = read_trace(out)
     assert header.queues[QueueRole.INFLATE] == 0
-    assert evs[0] == UsedEvent(QueueRole.INFLATE, 0, 0, id=0, used_idx=0)
+    assert evs[0] == UsedEvent(QueueRole.INFLATE, 0, 0, id=0, used_idx=0,
+                               note="a chain made available before the window")
     (av,) = [e for e in evs if isinstance(e, AvailEvent)]  # used.idx 1 .. avail.idx 2
     assert av.id == 3 and av.avail_idx == 1
     assert struct.unpack("<2I", av.out_bytes) == (0x9000, 0x9ABC)
@@ -100,8 +101,13 @@ def test_split_ring_import_decodes_the_right_pages(tmp_path: Path) -> None:
         ],
     )
     assert res.exit_code == 0, res.output
-    avs = [e for e in read_trace(out)[1] if isinstance(e, AvailEvent)]
-    assert struct.unpack("<4I", avs[0].out_bytes) == (0x8000, 0x8001, 0x8002, 0x8003)
+    evs = read_trace(out)[1]
+    avs = [e for e in evs if isinstance(e, AvailEvent)]
+    # chain 0 was used before the snapshot: written before its used entry (causal order), and
+    # its bytes are not proof (the driver owns its descriptors again: 2.7.14) -- not captured
+    assert [type(e).__name__ for e in evs] == ["AvailEvent", "UsedEvent", "AvailEvent"]
+    assert avs[0].id == 0 and avs[0].out == (None,)
+    assert struct.unpack("<2I", avs[1].out_bytes) == (0x9000, 0x9ABC)
 
 
 def test_split_ring_import_of_broken_ring_is_one_line_exit_2(tmp_path: Path) -> None:

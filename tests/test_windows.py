@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from virtio_balloon_proto.conformance.catalog import catalog
 from virtio_balloon_proto.conformance.checks import judge
@@ -210,3 +212,59 @@ def test_absurd_lengths_need_the_lengths_not_the_bytes() -> None:
 def test_huge_stats_window_gives_the_same_verdict_either_end(tmp_path: Path, end: str) -> None:
     res = check_trace(with_window(HUGE, tmp_path / "h.jsonl", TraceWindow("reset", end)))
     assert device_failures(res) == set(), res.details_text()
+
+
+# --- property: any window of a correct device's life blames no device ----------------------------
+WINDOW_CASES = ["spec/inflate-le", "spec/deflate-le", "spec/stats-le", "spec/hint-le",
+                "spec/report-le", "spec/poison-le", "v3/unused-pages-le64", "hybrid/inflate-le"]
+
+
+@pytest.fixture(scope="module")
+def correct_lives() -> dict[str, tuple[TraceHeader, list[object]]]:
+    """What the reference device (a correct device) did in each case, as a capture would have
+    seen it: the run's record without its observations."""
+    from virtio_balloon_proto.trace import ObserveEvent
+
+    corpus = HERE.parent / "conformance" / "traces"
+    out = {}
+    runner = Runner("reference", timeout=5)
+    try:
+        for cid in WINDOW_CASES:
+            (case,) = discover_cases(corpus, case_globs=[cid])
+            rec = runner.record(case, CaseResult(case.id, case.profile, case.path))
+            assert rec is not None
+            header, events = rec
+            assert not device_failures_of(judge(header, events)), cid
+            out[cid] = (dataclasses.replace(header, observed=False),
+                        [e for e in events if not isinstance(e, ObserveEvent)])
+    finally:
+        runner.close()
+    return out
+
+
+def device_failures_of(judged: object) -> set[str]:
+    cat = catalog()
+    return {r.clause for r in judged.results  # type: ignore[attr-defined]
+            if r.verdict.value == "fail" and ((c := cat.find(r.clause)) is None
+                                              or c.side != "driver")}
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_window_of_a_correct_device_blames_no_device(
+        correct_lives: dict[str, tuple[TraceHeader, list[object]]], data: st.DataObject) -> None:
+    """Cut a correct device's life at any two events: the window (start ``mid`` unless it
+    starts at the first event, end ``cut``) gets no device failure -- in flight is not "never
+    used", a used element from before the window is not a stray id, actual is relative."""
+    cid = data.draw(st.sampled_from(sorted(correct_lives)), label="case")
+    header, events = correct_lives[cid]
+    a = data.draw(st.integers(0, len(events)), label="start")
+    b = data.draw(st.integers(a, len(events)), label="end")
+    win = TraceWindow("reset" if a == 0 else "mid", "cut")
+    judged = judge(dataclasses.replace(header, window=win), events[a:b])
+    assert device_failures_of(judged) == set(), (cid, a, b, judged.results)
+    # and the driver breaks nothing in the window that it did not break in its whole life
+    whole = {r.clause for r in judge(header, events).results if r.verdict.value != "pass"}
+    part = {r.clause for r in judged.results if r.verdict.value != "pass"}
+    assert part <= whole, (cid, a, b, [r for r in judged.results if r.clause in part - whole])

@@ -135,6 +135,12 @@ class Judgement:
         return [i for i, ev in enumerate(self.events, start=1)
                 if isinstance(ev, HostEvent) and ev.action == action]
 
+    def sees(self, what: str) -> bool:
+        """Could the capture see ``what`` (trace.CAPTURABLE: ``config``, ``status``, ...)?
+        Only a format 1.2 window says it could not."""
+        win = getattr(self.header, "window", None)
+        return win is None or bool(win.sees(what))
+
     @property
     def quiesced(self) -> bool:
         """Did the recorder give the device every chance to act (an ``end`` observation, or a

@@ -13,6 +13,7 @@ ring.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import struct
@@ -24,14 +25,16 @@ from typing import Any
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from ..errors import TraceError, UsageError, VBProtoError
+from ..errors import RingError, TraceError, UsageError, VBProtoError
+from ..findings import Finding
 from ..limits import MAX_JSON, check_int, loads_json, open_regular, read_bounded
 from ..profiles import VERSION_1, QueueRole, get_profile
 from ..virtqueue.filemem import MappedMemory
 from ..virtqueue.memory import GuestMemory
 from ..virtqueue.packed import PackedQueueDevice
-from ..virtqueue.split import SplitQueueDevice
+from ..virtqueue.split import Chain, SplitQueueDevice
 from .io import TraceWriter
+from .lengths import absurd_lengths
 from .model import (
     AvailEvent,
     ConfigEvent,
@@ -40,6 +43,7 @@ from .model import (
     StatusEvent,
     TraceHeader,
     TraceSource,
+    TraceWindow,
     UsedEvent,
 )
 
@@ -176,6 +180,80 @@ def _ring_header(
     return header, r
 
 
+#: a trace record is at most MAX_LINE (64 MiB) of JSON, bytes as hex: a snapshot keeps at most
+#: this many bytes of one chain; a longer chain's bytes are "not captured" (named), not an error
+SNAPSHOT_MAX_CHAIN_BYTES = 16 << 20
+#: what a ring snapshot sees: the rings and the buffers' bytes, no config, status or host
+SNAPSHOT_CAPTURED = ("avail", "used", "driver-bytes")
+
+
+def snapshot_window(host_page_size: int | None = None) -> TraceWindow:
+    """A snapshot of guest memory: the device was not reset inside it (``mid``) and it stops
+    at an arbitrary moment (``cut``)."""
+    return TraceWindow("mid", "cut", host_page_size, SNAPSHOT_CAPTURED)
+
+
+class _SnapshotWalker(SplitQueueDevice):
+    """The split-ring walker without reading buffer bytes: a buffer outside the dump is
+    recorded in ``missing`` (a finding of its chain), not an error ending the import."""
+
+    missing: set[tuple[int, int]]
+
+    def _check_present(self, gpa: int, size: int, where: str) -> None:
+        contains = getattr(self.memory, "contains", None)
+        if contains is not None and not contains(gpa, size):
+            self.missing.add((gpa, size))
+
+
+def _snapshot_chain(walker: _SnapshotWalker, memory: GuestMemory, chain: Chain, role: QueueRole,
+                    queue: int, header: TraceHeader | None) -> AvailEvent:
+    """An avail event of a chain still owned by the device: bytes read where the dump holds
+    them; a buffer outside the dump or past SNAPSHOT_MAX_CHAIN_BYTES is ``null`` with a
+    finding (outside) or a note (too long), and the lengths' own findings are added."""
+    findings = list(chain.findings)
+    descs = []
+    left = SNAPSHOT_MAX_CHAIN_BYTES
+    long_ = False
+    unread: list[str] = []
+    for d in chain.descriptors:
+        if d.indirect:
+            descs.append(d)
+            continue
+        outside = (d.addr, d.len) in walker.missing
+        if outside:
+            findings.append(Finding(
+                "spec.driver.ring.addr-in-memory",
+                f"buffer {d.addr:#x}+{d.len:#x} of chain head {chain.head} is outside the "
+                "memory dump (VIRTIO 1.2 2.7.5: addr is guest-physical): its bytes were not "
+                "captured", field="addr"))
+        if d.writable or outside:
+            descs.append(d)
+            continue
+        if d.len > left:
+            long_ = True
+            descs.append(d)
+            continue
+        try:
+            data: bytes | None = memory.read(d.addr, d.len)
+        except RingError as exc:  # e.g. a capture's read budget: not captured, no rule broken
+            data = None
+            unread.append(exc.message)
+        left -= d.len
+        descs.append(dataclasses.replace(d, data=data))
+    ev = AvailEvent.from_chain(Chain(chain.head, chain.avail_idx, tuple(descs),
+                                     tuple(findings)), role, queue)
+    if long_:
+        unread.append(f"readable buffers past {SNAPSHOT_MAX_CHAIN_BYTES} bytes are not "
+                      "captured (a trace record holds 64 MiB)")
+    if unread:
+        ev = dataclasses.replace(ev, note="; ".join(unread)[:300])
+    if header is not None:
+        extra = tuple(f for f in absurd_lengths(header, ev) if f not in ev.findings)
+        if extra:
+            ev = dataclasses.replace(ev, findings=ev.findings + extra)
+    return ev
+
+
 def split_ring_events(
     memory: GuestMemory,
     *,
@@ -188,21 +266,70 @@ def split_ring_events(
     little_endian: bool = True,
     last_avail: int | None = None,
     used_from: int | None = None,
+    header: TraceHeader | None = None,
 ) -> Iterator[Event]:
-    """Used elements still in the used ring, then the chains the device has not consumed.
+    """The events a snapshot of one split ring proves, in causal order (an avail event always
+    before the used event of the same chain).
 
-    ``last_avail`` (the device's next avail index) defaults to used.idx: every chain between
-    used.idx and avail.idx.  ``used_from`` defaults to ``used.idx - min(size, used.idx)``: the
-    entries the used ring still holds.
+    * ``used_from`` .. used.idx (default: the ``min(size, used.idx)`` entries the used ring
+      still holds): the chains the device returned.
+    * ``last_avail`` .. avail.idx (``last_avail``: the device's next avail index; default
+      used.idx): chains made available.  A device takes avail entries in ring order and has
+      used used.idx chains, so a position below used.idx was taken by the device.  Such a
+      chain is matched with its used entry (same head, in used order) and written before it;
+      the driver owns its descriptors again once it is used (VIRTIO 1.2 2.7.14), so its bytes
+      in the dump are not proof of what it held: they are ``null`` (not captured).
+    * a used entry matching no chain of the snapshot names a chain made available before the
+      window (format 1.2 ``window.start`` = ``mid``: no blame, pages unknown).
+    * positions from used.idx on are walked, their bytes read (the device still owns them).
     """
-    dev = SplitQueueDevice(memory, size, desc, avail, used, little_endian)
-    used_idx = dev.used_idx()
-    start = used_from if used_from is not None else (used_idx - min(size, used_idx)) & 0xFFFF
-    for e in dev.used_entries(start, upto=used_idx):
-        yield UsedEvent(role, queue, e.len, id=e.id, used_idx=e.used_idx)
+    walker = _SnapshotWalker(memory, size, desc, avail, used, little_endian,
+                             resolve_data=False, check_writable=True)
+    walker.missing = set()
+    used_idx = walker.used_idx()
+    avail_idx = walker.avail_idx()
     first = used_idx if last_avail is None else last_avail & 0xFFFF
-    for chain in dev.available(first):
-        yield AvailEvent.from_chain(chain, role, queue)
+    n = (avail_idx - first) & 0xFFFF
+    if n > size:
+        raise RingError(
+            f"avail.idx {avail_idx} is {n} entries past last_avail {first}, more than the "
+            f"queue size {size}", where="avail ring", field="idx",
+            clause="spec.driver.ring.avail-idx-advance")
+    behind = (used_idx - first) & 0xFFFF
+    taken = min(behind, n) if behind <= size else 0  # positions first .. first+taken-1
+    heads = [(p, walker.avail_entry(p)) for p in ((first + k) & 0xFFFF for k in range(taken))]
+    start = used_from if used_from is not None else (used_idx - min(size, used_idx)) & 0xFFFF
+    used_list = list(walker.used_entries(start, upto=used_idx))
+    match: dict[int, int] = {}  # used entry number -> taken position number
+    free = list(range(len(heads)))
+    for u, e in enumerate(used_list):
+        k = next((k for k in free if heads[k][1] == e.id), None)
+        if k is not None:
+            free.remove(k)
+            match[u] = k
+    emitted = 0
+
+    def taken_event(k: int) -> AvailEvent:
+        p, head = heads[k]
+        why = ("used before the snapshot" if k not in free else
+               "taken by the device before the snapshot (position below used.idx), its used "
+               "entry not in the ring")
+        return AvailEvent(role, queue, (None,), (), id=head, avail_idx=p,
+                          note=f"{why}: the driver may have reused its descriptors, so their "
+                               "bytes are not captured")
+
+    for u, e in enumerate(used_list):
+        if u in match:
+            while emitted <= match[u]:
+                yield taken_event(emitted)
+                emitted += 1
+        yield UsedEvent(role, queue, e.len, id=e.id, used_idx=e.used_idx,
+                        note=None if u in match else "a chain made available before the window")
+    while emitted < len(heads):
+        yield taken_event(emitted)
+        emitted += 1
+    for chain in walker.available((first + taken) & 0xFFFF):
+        yield _snapshot_chain(walker, memory, chain, role, queue, header)
 
 
 def import_split_ring(
@@ -224,6 +351,7 @@ def import_split_ring(
 ) -> ImportResult:
     header, r = _ring_header(profile, offered, negotiated, endian, index_model, "split",
                              source, role, queue)
+    header = dataclasses.replace(header, window=snapshot_window())
     events = split_ring_events(
         memory,
         desc=desc,
@@ -234,6 +362,7 @@ def import_split_ring(
         queue=header.queues[r],
         little_endian=endian == "le",
         last_avail=last_avail,
+        header=header,
     )
     return header, events
 
@@ -261,6 +390,9 @@ def import_packed_ring(
     available chains from (position, wrap).  Packed rings imply VERSION_1: little-endian."""
     header, r = _ring_header(profile, offered, negotiated, "le", index_model, "packed",
                              source, role, queue)
+    # a packed ring overwrites a used chain's descriptors with the used element, so the used
+    # entries and the available chains are different chains: used first is causal
+    header = dataclasses.replace(header, window=snapshot_window())
     q = header.queues[r]
     dev = PackedQueueDevice(memory, size, desc, driver_event, device_event)
 
@@ -269,7 +401,9 @@ def import_packed_ring(
             for u in dev.used_entries(used_position, 1 if used_wrap is None else used_wrap):
                 yield UsedEvent(r, q, u.len, id=u.id, used_idx=u.position)
         for chain in dev.available(position, wrap):
-            yield AvailEvent.from_chain(chain, r, q)
+            ev = AvailEvent.from_chain(chain, r, q)
+            extra = tuple(f for f in absurd_lengths(header, ev) if f not in ev.findings)
+            yield dataclasses.replace(ev, findings=ev.findings + extra) if extra else ev
 
     return header, events()
 
@@ -311,6 +445,59 @@ class QueueStatus:
                    num("used-idx", u16), name)
 
 
+@dataclass(frozen=True, slots=True)
+class VirtioStatus:
+    """What an import needs of ``x-query-virtio-status`` (QEMU qapi/virtio.json VirtioStatus):
+    the device's offered features (``host-features``; without the legacy-only bits when
+    VERSION_1 was negotiated: what a modern driver read), the negotiated ones
+    (``guest-features``: what the driver acknowledged) and the device's byte order."""
+
+    offered: int
+    negotiated: int
+    endian: str
+
+    @classmethod
+    def from_json(cls, o: Any, where: str) -> VirtioStatus:
+        if isinstance(o, dict) and isinstance(o.get("return"), dict):
+            o = o["return"]  # a raw QMP reply
+        if not isinstance(o, dict):
+            raise TraceError("virtio status is not a JSON object", where=where)
+
+        # QEMU's names -> bits: the same reading `capture attach` uses (qemu/capture.py)
+        from ..errors import PeerError
+        from ..qemu.capture import features_from_qmp, offered_by_transport
+
+        def word(key: str) -> int:
+            f = o.get(key)
+            if not isinstance(f, dict):
+                raise TraceError(f"virtio status lacks the object {key!r}", where=where)
+            try:
+                w = features_from_qmp(f)
+            except PeerError as exc:
+                raise TraceError(f"{key}: {exc.message}", where=where) from None
+            if not 0 <= w < 1 << 64:
+                raise TraceError(f"{key} is not a 64-bit feature word", where=where)
+            return w
+
+        endian = o.get("device-endian", "little")
+        if endian not in ("little", "big"):
+            raise TraceError(f"device-endian {endian!r} is not little or big", where=where)
+        negotiated = word("guest-features")
+        # what the driver read: a modern transport never shows the legacy-only bits (VIRTIO
+        # 1.2 6.3: NOTIFY_ON_EMPTY 24, ANY_LAYOUT 27, bit 30 "SHOULD NOT be negotiated"),
+        # the legacy register is 32 bits wide; QEMU's host-features has them all
+        offered = offered_by_transport(word("host-features"),
+                                       "modern" if negotiated >> 32 & 1 else "legacy")
+        return cls(offered, negotiated, "le" if endian == "little" else "be")
+
+
+def load_virtio_status(path: str | os.PathLike[str]) -> VirtioStatus:
+    """The ``x-query-virtio-status`` reply (or its ``return`` object) in a JSON file."""
+    raw = read_bounded(path, what="virtio status file", limit=MAX_JSON, error=TraceError)
+    data = loads_json(raw, what="virtio status", error=TraceError, where=str(path))
+    return VirtioStatus.from_json(data, str(path))
+
+
 def load_queue_status(paths: Iterable[str | os.PathLike[str]]) -> list[QueueStatus]:
     """Queue status objects from JSON files (one object, a QMP reply, or a list of them)."""
     out = []
@@ -335,13 +522,21 @@ def import_qemu_core(
     index_model: str = "offered",
     endian: str = "le",
     source: TraceSource | None = None,
+    virtio_status: VirtioStatus | None = None,
+    host_page_size: int | None = None,
 ) -> tuple[TraceHeader, Iterator[Event], MappedMemory]:
     """Events of every queue in ``statuses``: used entries still in each used ring, then the
     chains between QEMU's last-avail-idx and avail.idx.  Queue index -> role follows the
-    profile and the index model (QEMU: ``offered``).  Returns the memory too (close it after
-    the events are consumed)."""
+    profile and the index model (QEMU: ``offered``).  Features: as given, else as QEMU
+    reported them (``virtio_status``: offered = host-features, negotiated = guest-features),
+    else VERSION_1.  Returns the memory too (close it after the events are consumed)."""
     if not statuses:
         raise UsageError("at least one --queue-status file is needed", field="queue-status")
+    if virtio_status is not None:
+        offered = virtio_status.offered if offered is None else offered
+        negotiated = virtio_status.negotiated if negotiated is None else negotiated
+        if not negotiated >> 32 & 1:  # legacy: the ring is in the device's (guest's) order
+            endian = virtio_status.endian
     mem = load_elf_core(core)
     try:
         header = _header(
@@ -351,8 +546,11 @@ def import_qemu_core(
             endian,
             index_model,
             "split",
-            source or TraceSource(provenance=f"QEMU dump-guest-memory core {Path(core).name}"),
+            source or TraceSource(provenance=f"QEMU dump-guest-memory core {Path(core).name}"
+                                  + ("" if virtio_status is not None else
+                                     "; features not reported (no x-query-virtio-status)")),
             {},
+            window=snapshot_window(host_page_size),
         )
         roles = {}
         for st in statuses:
@@ -384,6 +582,7 @@ def import_qemu_core(
                 little_endian=endian == "le",
                 last_avail=st.last_avail_idx,
                 used_from=(st.used_idx - min(st.vring_num, st.used_idx)) & 0xFFFF,
+                header=header,
             )
 
     return header, events(), mem
@@ -427,11 +626,13 @@ def _log_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
             yield n, raw.decode("utf-8", "replace")
 
 
-def _queue_map(path: str | os.PathLike[str]) -> tuple[dict[str, int], bool]:
+def _queue_map(path: str | os.PathLike[str]) -> tuple[dict[str, int], bool, bool]:
     """vq pointer -> queue index: from ``virtio_queue_notify`` lines when present (exact),
-    else by pointer order (QEMU allocates the VirtQueue array in one block, q0 lowest)."""
+    else by pointer order (QEMU allocates the VirtQueue array in one block, q0 lowest); whether
+    it was inferred; whether a status write of 0 (a reset) comes before the first buffer."""
     exact: dict[str, int] = {}
     seen: set[int] = set()
+    reset: bool | None = None
     for _, line in _log_lines(path):
         m = _RE["notify"].search(line)
         if m:
@@ -440,6 +641,11 @@ def _queue_map(path: str | os.PathLike[str]) -> tuple[dict[str, int], bool]:
         m = _RE["pop"].search(line) or _RE["fill"].search(line)
         if m:
             seen.add(int(m.group(1), 16))
+            reset = bool(reset)
+            continue
+        m = _RE["status"].search(line) if reset is None else None
+        if m and int(m.group(2)) == 0:
+            reset = True
     known = {int(p, 16): i for p, i in exact.items()}
     inferred = False
     # a stride from two exactly known queues places the rest exactly
@@ -458,7 +664,7 @@ def _queue_map(path: str | os.PathLike[str]) -> tuple[dict[str, int], bool]:
                 continue
         out[f"{p:#x}"] = k  # pointer order
         inferred = True
-    return out, inferred
+    return out, inferred, bool(reset)
 
 
 def import_qemu_log(
@@ -480,7 +686,7 @@ def import_qemu_log(
     """
     if negotiated is None:
         negotiated = (1 << 1) | (VERSION_1 if endian == "le" else 0)
-    vq_map, inferred = _queue_map(path)
+    vq_map, inferred, reset = _queue_map(path)
     prov = "QEMU -trace log"
     if inferred:
         prov += "; queue indices inferred from vq pointer order (no virtio_queue_notify lines)"
@@ -493,6 +699,11 @@ def import_qemu_log(
         "unknown",
         source or TraceSource(provenance=prov),
         {},
+        # a log sees the device from QEMU's start: it starts at a reset when a status write
+        # of 0 comes before any buffer; it ends wherever the log was taken (cut).  It has
+        # status, config and host lines, and the bytes of PFN buffers only
+        window=TraceWindow("reset" if reset else "mid", "cut", None, (
+            "status", "config", "host", "avail", "used", "driver-bytes")),
     )
     pfn_fmt = "<I" if endian == "le" else ">I"
 
