@@ -278,8 +278,28 @@ _CELL = {
 }
 
 
-def _e(s: Any) -> str:
+def esc(s: Any) -> str:
+    """``s`` (or the JSON of a non-string) escaped for HTML text and quoted attributes."""
     return html.escape(s if isinstance(s, str) else json.dumps(s, default=str, indent=1))
+
+
+_e = esc
+
+
+def page_start(title: str, extra_css: str = "") -> str:
+    """The opening of a self-contained report page up to ``<body>``: the shared style sheet
+    (outcome colours, the scrolling ``.matrix`` box with sticky heads) plus ``extra_css``.
+    This report and the results matrix (matrix_report.py) both start with it."""
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{esc(title)}</title><style>{_CSS}{extra_css}</style></head><body>")
+
+
+def legend_html(counts: dict[str, int]) -> str:
+    """Outcome counts as coloured labels (``pass: 18 fail: 0 ...``)."""
+    return ("<p class='legend'>"
+            + " ".join(f"<span class='{esc(k)}'>{esc(k)}: {v}</span>" for k, v in counts.items())
+            + "</p>")
 
 
 def _size(n: int) -> str:
@@ -443,9 +463,7 @@ def to_html(run: RunResult, cat: Catalog | None = None) -> str:
     counts = run.counts()
     cases: Sequence[CaseResult] = run.cases
     parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>vbproto conformance: {_e(run.device)}</title><style>{_CSS}</style></head><body>",
+        page_start(f"vbproto conformance: {run.device}"),
         "<h1>virtio-balloon conformance report</h1>"
         f"<p>Device <code>{_e(run.device)}</code>, corpus "
         f"<code>{_e(run.corpus)}</code>, vbproto {__version__}, "
@@ -457,11 +475,7 @@ def to_html(run: RunResult, cat: Catalog | None = None) -> str:
             f"<p class='banner'>Partial report: the run was interrupted or is still going "
             f"({len(cases)} of {run.planned} cases).</p>"
         )
-    parts.append(
-        "<p class='legend'>"
-        + " ".join(f"<span class='{k}'>{k}: {v}</span>" for k, v in counts.items())
-        + "</p>"
-    )
+    parts.append(legend_html(counts))
     profile = run.behaviour_lines()
     if profile:
         parts.append("<h2>Behaviour profile</h2><p>Choices the spec leaves to the device "
