@@ -30,6 +30,7 @@ from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from virtio_balloon_proto.errors import PeerError, UsageError, VBProtoError
 from virtio_balloon_proto.framing import EXIT_UNSUPPORTED, FramedProcess, PeerUnsupported
+from virtio_balloon_proto.schemas import shipped_schema
 
 from .dut import DeviceUnderTest, Negotiated, Segment, Setup, Unsupported, Used
 
@@ -46,13 +47,8 @@ DEFAULT_TIMEOUT = 5.0
 SCHEMA_RESOURCE = "stdio-protocol.schema.json"
 
 
-@cache
 def _protocol_schema() -> dict[str, Any]:
-    text = (importlib.resources.files("virtio_balloon_proto.conformance")
-            .joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
-    schema: dict[str, Any] = json.loads(text)
-    Draft202012Validator.check_schema(schema)
-    return schema
+    return shipped_schema(SCHEMA_RESOURCE, "virtio_balloon_proto.conformance")
 
 
 @cache

@@ -26,13 +26,11 @@ matrix, cell by cell (outcome and broken clauses); timings and messages are not 
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import re
 import time
 from collections import Counter
 from collections.abc import Sequence
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,7 @@ from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from virtio_balloon_proto import __version__
 from virtio_balloon_proto.errors import UsageError
+from virtio_balloon_proto.schemas import shipped_schema
 
 from .catalog import Catalog
 from .matrix_columns import ColumnRun
@@ -56,14 +55,9 @@ OUTCOMES = ("pass", "non-strict", "fail", "expected-failure", "unexpected-pass",
 TEXT_CHARS = 300
 
 
-@cache
 def schema() -> dict[str, Any]:
     """The shipped JSON Schema of matrix.json (checked to be a valid 2020-12 schema)."""
-    text = (importlib.resources.files("virtio_balloon_proto.schemas")
-            .joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
-    data: dict[str, Any] = json.loads(text)
-    Draft202012Validator.check_schema(data)
-    return data
+    return shipped_schema(SCHEMA_RESOURCE)
 
 
 def validate(doc: Any, where: str = "matrix") -> None:

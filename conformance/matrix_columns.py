@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from virtio_balloon_proto import __version__
-from virtio_balloon_proto.errors import UsageError, VBProtoError
+from virtio_balloon_proto.errors import PeerError, UsageError, VBProtoError
 
 #: seconds a column gets to finish after SIGTERM before its group gets SIGKILL
 KILL_GRACE = 5.0
@@ -124,7 +124,8 @@ def describe(device: str) -> dict[str, Any]:
     An adapter may describe itself (a ``describe()`` method returning those keys, called
     before any device starts); otherwise: the reference device is vbproto's own build, a QEMU
     spec's build is its binary's ``--version`` line and its transport the ``transport``
-    option.  Bad options raise UsageError here, before any column runs.
+    option.  Bad options raise UsageError here, before any column runs; a QEMU build that is
+    not here (PeerError) is described as unavailable, and its column ends ``error``.
     """
     kind, _, rest = device.partition(":")
     if kind == "reference":
@@ -132,7 +133,12 @@ def describe(device: str) -> dict[str, Any]:
     if kind == "qemu":
         from .qemu_adapter import QemuDevice, parse_options
 
-        dev = QemuDevice(device)
+        try:
+            dev = QemuDevice(device)
+        except PeerError as exc:  # a build not fetched here: that column errors, not the run
+            opts = parse_options(device)
+            return {"build": f"unavailable: {str(exc)[:200]}",
+                    "transport": opts.get("transport", "modern"), "options": opts}
         own = getattr(dev, "describe", None)
         if callable(own):
             info: dict[str, Any] = dict(own())

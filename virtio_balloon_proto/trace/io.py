@@ -16,7 +16,6 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -27,25 +26,21 @@ from ..errors import TraceError, VBProtoError
 from ..io import open_output
 from ..limits import MAX_LINE as MAX_LINE
 from ..limits import loads_json, open_regular
+from ..schemas import shipped_schema
 from .model import Event, TraceHeader, event_from_json, header_from_json, semantic_problems
 
 SCHEMA_RESOURCE = "trace-v1.schema.json"
 _MSG_MAX = 300
 
 
-@cache
 def trace_schema() -> dict[str, Any]:
     """The shipped schema, loaded through importlib.resources (works from a wheel)."""
-    text = resources.files("virtio_balloon_proto.schemas").joinpath(SCHEMA_RESOURCE).read_text()
-    schema: dict[str, Any] = json.loads(text)
-    return schema
+    return shipped_schema(SCHEMA_RESOURCE)
 
 
 @cache
 def _validator() -> Draft202012Validator:
-    schema = trace_schema()
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return Draft202012Validator(trace_schema())
 
 
 def _inline(node: Any, root: dict[str, Any]) -> Any:
