@@ -18,7 +18,7 @@ import click
 
 from virtio_balloon_proto import __version__
 from virtio_balloon_proto.cliframe import Group, install_signal_handlers
-from virtio_balloon_proto.commands import capture, conform, decode, message, trace, vectors
+from virtio_balloon_proto.commands import capture, conform, decode, matrix, message, trace, vectors
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,3 +41,4 @@ for _command in (
     vectors.vectors,
 ):
     main.add_command(_command)
+conform.conform.add_command(matrix.matrix)  # vbproto conform matrix

@@ -144,7 +144,7 @@ def describe(device: str) -> dict[str, Any]:
             info: dict[str, Any] = dict(own())
             info.setdefault("options", parse_options(device))
             return info
-        opts = parse_options(device)
+        opts = parse_options(str(getattr(dev, "name", device)))  # with the defaults it took
         return {"build": _qemu_version(str(getattr(dev, "binary", "") or "")),
                 "transport": str(getattr(dev, "transport", opts.get("transport", "modern"))),
                 "options": opts}
@@ -200,17 +200,24 @@ class RunOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
+def selection_argv(profiles: Sequence[str], case_globs: Sequence[str], strict: bool
+                   ) -> list[str]:
+    """The ``--profile``/``--case``/``--strict`` options that select and judge the cases of a
+    run (``conform run`` and ``conform matrix`` take the same)."""
+    argv: list[str] = []
+    for p in profiles:
+        argv += ["--profile", p]
+    for g in case_globs:
+        argv += ["--case", g]
+    return argv + (["--strict"] if strict else [])
+
+
 def column_command(col: Column, opts: RunOptions, report: Path) -> list[str]:
     """The ``conform run`` command line of one column (never relies on PATH)."""
     argv = [sys.executable, "-m", "virtio_balloon_proto", "conform", "run",
             "--device", col.device, "--corpus", opts.corpus, "--report-json", str(report),
-            "--timeout", repr(opts.timeout)]
-    for p in opts.profiles:
-        argv += ["--profile", p]
-    for g in opts.case_globs:
-        argv += ["--case", g]
-    if opts.strict:
-        argv.append("--strict")
+            "--timeout", repr(opts.timeout),
+            *selection_argv(opts.profiles, opts.case_globs, opts.strict)]
     if col.known_failures:
         argv += ["--known-failures", col.known_failures]
     return argv

@@ -214,13 +214,10 @@ def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
     code = 0 if update_known_failures else run.exit_code()
     run.exit_status = code
     reports.write(run)
-    argv = ["vbproto", "conform", "run", "--device", device, "--corpus", corpus_path]
-    for p in profiles:
-        argv += ["--profile", p]
-    for g in case_globs:
-        argv += ["--case", g]
-    if strict:
-        argv.append("--strict")
+    from virtio_balloon_proto.conformance.matrix_columns import selection_argv
+
+    argv = ["vbproto", "conform", "run", "--device", device, "--corpus", corpus_path,
+            *selection_argv(profiles, case_globs, strict)]
     argv += ["--known-failures", known_path or "known-failures.toml", "--update-known-failures"]
     click.echo(text_summary(run, verbose=verbose, command_hint=shlex.join(argv)), err=to_stdout)
     if update_known_failures and known_path:
