@@ -164,7 +164,13 @@ def test_sigterm_leaves_partial_reports(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(3)
+    # the report exists from the run's first moment; once it does, the run is past start-up
+    # (a fixed sleep raced the interpreter's start-up on a loaded machine)
+    deadline = time.monotonic() + 60
+    while not report.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert report.exists(), "the run never wrote its first report"
+    time.sleep(1)  # into the first case, where the hang testee blocks
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
