@@ -46,6 +46,11 @@ class HintState(StrEnum):
 HINT_TRANSITIONS: dict[tuple[HintState, str], HintState] = {
     (HintState.STOP, "start"): HintState.REQUESTED,
     (HintState.DONE, "start"): HintState.REQUESTED,
+    # a new request while a round runs or is requested: QEMU's virtio_balloon_free_page_start()
+    # sets REQUESTED whatever the state; hints still coming under the old id are then ignored
+    # (VIRTIO 1.2 5.5.6.5.2: pages provided with an id other than the current one)
+    (HintState.START, "start"): HintState.REQUESTED,
+    (HintState.REQUESTED, "start"): HintState.REQUESTED,
     (HintState.REQUESTED, "echo"): HintState.START,
     (HintState.REQUESTED, "stop"): HintState.STOP,
     (HintState.START, "driver-stop"): HintState.STOP,
