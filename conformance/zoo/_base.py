@@ -14,7 +14,8 @@ from virtio_balloon_proto.codecs import Segment
 from virtio_balloon_proto.models.device import ReferenceDevice
 from virtio_balloon_proto.models.interface import Negotiated, Setup, Used
 
-__all__ = ["DeadDevice", "ReferenceDevice", "Segment", "ZooDevice", "pfn_segment", "pfns_of"]
+__all__ = ["DeadDevice", "ReferenceDevice", "Segment", "ZooDevice", "chain_pfns", "pfn_segment",
+           "pfns_of"]
 
 
 def pfns_of(seg: Segment, little_endian: bool) -> list[int]:
@@ -23,6 +24,15 @@ def pfns_of(seg: Segment, little_endian: bool) -> list[int]:
     order: Literal["little", "big"] = "little" if little_endian else "big"
     n = len(seg.data) // 4
     return [int.from_bytes(seg.data[4 * i : 4 * i + 4], order) for i in range(n)]
+
+
+def chain_pfns(segments: list[Segment], little_endian: bool) -> list[int]:
+    """The whole 32-bit PFNs of a chain's device-readable bytes taken as one buffer, as QEMU
+    reads them (``iov_to_buf(elem->out_sg, elem->out_num, offset, &pfn, 4)``: a PFN may
+    straddle two descriptors; a trailing partial word is not a PFN)."""
+    data = b"".join(s.data for s in segments if not s.writable)
+    order: Literal["little", "big"] = "little" if little_endian else "big"
+    return [int.from_bytes(data[4 * i : 4 * i + 4], order) for i in range(len(data) // 4)]
 
 
 def pfn_segment(template: Segment, pfns: list[int], little_endian: bool) -> Segment:

@@ -12,7 +12,7 @@ from virtio_balloon_proto.models.device import CMD_ID_STOP, HintState
 from virtio_balloon_proto.models.interface import Negotiated, Setup, Used
 from virtio_balloon_proto.pageset import PageSet
 
-from ._base import Segment, ZooDevice, pfn_segment, pfns_of
+from ._base import Segment, ZooDevice, chain_pfns, pfn_segment
 
 HOST_PAGE_FRAMES = 16  # balloon (4 KiB) pages in a 64 KiB host page
 FULL = (1 << HOST_PAGE_FRAMES) - 1
@@ -145,13 +145,9 @@ class _HostPages(ZooDevice):
 
     def avail(self, role: str, head: int, segments: list[Segment]) -> list[Used]:
         if role in ("inflate", "deflate"):
-            le = self.layout.little_endian
-            for seg in segments:
-                if seg.writable:
-                    continue
-                for pfn in pfns_of(seg, le):
-                    if self.in_ram(pfn << 12, 4096):
-                        (self._inflate_page if role == "inflate" else self._deflate_page)(pfn)
+            for pfn in chain_pfns(segments, self.layout.little_endian):
+                if self.in_ram(pfn << 12, 4096):
+                    (self._inflate_page if role == "inflate" else self._deflate_page)(pfn)
         return super().avail(role, head, segments)
 
     def _inflate_page(self, pfn: int) -> None:
@@ -205,11 +201,12 @@ class QemuPfnSignExtension(ZooDevice):
     name = "qemu-4.0-pfn-sign-extension"
 
     def avail(self, role: str, head: int, segments: list[Segment]) -> list[Used]:
-        if role in ("inflate", "deflate"):
+        readable = [s for s in segments if not s.writable]
+        if role in ("inflate", "deflate") and readable:
             le = self.layout.little_endian
-            segments = [s if s.writable else
-                        pfn_segment(s, [p for p in pfns_of(s, le) if p < 1 << 31], le)
-                        for s in segments]
+            kept = pfn_segment(readable[0], [p for p in chain_pfns(segments, le)
+                                             if p < 1 << 31], le)
+            segments = [kept, *(s for s in segments if s.writable)]
         return super().avail(role, head, segments)
 
 
