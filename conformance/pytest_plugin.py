@@ -7,7 +7,10 @@ run once the package is installed.  It does nothing unless ``--vbproto-device`` 
            [--vbproto-profile spec] [--vbproto-case 'spec.*'] [--vbproto-timeout 5]
            [--vbproto-known-failures FILE]
 
-adds one pytest test per case (``vbproto[<case id>]``) to the session.  A case whose
+adds one pytest test per case (``vbproto[<case id>]``) to the session.  With
+``--vbproto-fuzz N`` [``--vbproto-fuzz-seed S``] [``--vbproto-fuzz-out DIR``] it adds one more,
+``vbproto-fuzz[N sequences]``: N generated sequences (``vbproto fuzz``), failing with each
+minimal finding and the command that replays it.  A case whose
 verdict is ``fail`` fails the test with the per-clause differences; ``unsupported`` and
 ``skipped`` become pytest skips; a failure listed in the known-failures file becomes an xfail,
 and an unexpected pass of a listed failure fails (like protobuf's failure list).
@@ -45,6 +48,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--vbproto-case", action="append", default=None, metavar="GLOB")
     group.addoption("--vbproto-timeout", action="store", type=float, default=5.0, metavar="S")
     group.addoption("--vbproto-known-failures", action="store", default=None, metavar="FILE")
+    group.addoption(
+        "--vbproto-fuzz",
+        action="store",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also fuzz the device: N generated sequences judged by the oracle (vbproto fuzz); "
+        "one test, failing with each minimal finding and its replay command",
+    )
+    group.addoption("--vbproto-fuzz-seed", action="store", type=int, default=0, metavar="S")
+    group.addoption("--vbproto-fuzz-out", action="store", default=None, metavar="DIR",
+                    help="write the fuzz findings here (traces + replay commands)")
     group.addoption(
         "--vbproto-strict",
         action="store_true",
@@ -105,6 +120,10 @@ def pytest_collection_modifyitems(
         config.stash[_SESSION_KEY] = state
     for case in state.cases:
         items.append(_CaseItem.from_parent(session, name=f"vbproto[{case.id}]", case=case))
+    n = config.getoption("--vbproto-fuzz")
+    if n:
+        items.append(_FuzzItem.from_parent(session, name=f"vbproto-fuzz[{n} sequences]",
+                                           sequences=n))
 
 
 class _CaseItem(pytest.Item):
@@ -139,3 +158,43 @@ class _CaseItem(pytest.Item):
 
 class _CaseFailed(Exception):
     pass
+
+
+class _FuzzItem(pytest.Item):
+    """``--vbproto-fuzz N``: one test that runs N generated sequences against the device
+    (conformance/fuzz/) and fails with every minimal finding and the command replaying it."""
+
+    def __init__(self, *, sequences: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sequences = sequences
+        self.add_marker(pytest.mark.vbproto)
+
+    def runtest(self) -> None:
+        from .fuzz import Campaign
+        from .fuzz.output import text_report, write_finding, write_summary
+
+        out = self.config.getoption("--vbproto-fuzz-out")
+        device = self.config.getoption(_OPT_DEVICE)
+        campaign = Campaign(device, seed=self.config.getoption("--vbproto-fuzz-seed"),
+                            timeout=self.config.getoption("--vbproto-timeout"))
+        try:
+            campaign.run(sequences=self.sequences)
+        finally:
+            campaign.close()
+        for f in campaign.findings.values():
+            if out:
+                write_finding(out, f, campaign.device_spec)
+        if out:
+            write_summary(out, campaign)
+        if campaign.findings or campaign.stats.errors:
+            raise _CaseFailed(text_report(campaign))
+        if campaign.stats.unsupported == campaign.stats.sequences:
+            pytest.skip("every generated sequence was unsupported: " + text_report(campaign))
+
+    def repr_failure(self, excinfo: Any, style: Any = None) -> str:
+        if isinstance(excinfo.value, _CaseFailed):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"vbproto fuzz, {self.sequences} sequences"

@@ -167,10 +167,19 @@ def _device_options(profile: str, features: int) -> dict[str, Any]:
 def load_case(path: str | Path, case_id: str | None = None) -> Case:
     """Read one trace into a case (TraceError names the line of a bad record)."""
     from virtio_balloon_proto import trace as tr
-    from virtio_balloon_proto.trace.lengths import absurd_lengths
 
     p = Path(path)
     header, events = tr.read_trace(p)
+    return case_from_trace(header, events, case_id or p.stem, str(p))
+
+
+def case_from_trace(header: Any, events: Iterable[Any], case_id: str, path: str = "") -> Case:
+    """A case from a trace already in memory (``load_case`` without the file; the fuzzer's
+    generated sequences): the same setup and replay steps ``load_case`` gives the same trace."""
+    from virtio_balloon_proto import trace as tr
+    from virtio_balloon_proto.trace.lengths import absurd_lengths
+
+    events = list(events)
     setup = Setup(
         profile=header.profile,
         driver_features=header.features_negotiated,
@@ -219,8 +228,8 @@ def load_case(path: str | Path, case_id: str | None = None) -> Case:
                 gaps.append(f"event {i} (host {ev.action}): no device request stands for it"
                             + (f" ({ev.detail})" if ev.detail else ""))
     return Case(
-        id=case_id or p.stem,
-        path=str(p),
+        id=case_id,
+        path=path,
         profile=header.profile,
         setup=setup,
         header=header,
