@@ -29,6 +29,7 @@ def reported(j: Judgement) -> None:
     unknown_noted = False
     offered = PageSet.empty()
     acked = PageSet.empty()
+    before = PageSet.empty()  # frames already shown discarded by an earlier observation
     for i, ev in enumerate(j.events, start=1):
         if isinstance(ev, tr.ConfigEvent) and (ev.write or poison is None):
             # the driver's write sets it; a read only tells it when nothing else did
@@ -73,11 +74,15 @@ def reported(j: Judgement) -> None:
                                "spec.device.reporting.poison-only not judged")
                 unknown_noted = True
         elif "PAGE_POISON" in j.negotiated and poison != 0:
+            # judged when a frame is first shown discarded: one discarded while poison_val
+            # was still 0 (the driver wrote it later) was changed to the poison_val of then
+            new = seen - before
             j.evaluated("spec.device.reporting.poison-only")
-            if seen:
+            if new:
                 j.broken("spec.device.reporting.poison-only",
-                         f"{len(seen)} reported frame(s) discarded (they read 0) although "
+                         f"{len(new)} reported frame(s) discarded (they read 0) although "
                          f"poison_val is {poison:#x}: VIRTIO 1.2 5.5.6.7.2 'MUST NOT modify the "
                          "content of a reported page to a value other than poison_val'", i)
+        before = seen
         if acked:
             j.choice("reporting.discard", "discards" if acked & seen else "keeps")
