@@ -183,7 +183,29 @@ def transport(j: Judgement) -> None:
                 for f in j.wire_findings(last)):
             j.broken("spec.device.stats.ignores-unknown-tag",
                      f"device failed on a stats buffer with unknown tags: {msg}", i)
+        at = _invalid_reset_before(j, i)
+        if at is not None:
+            # the device chose an error state on an invalid buffer (allowed: error_state);
+            # what fails after it is not the device's fault: VIRTIO 1.2 2.1.1 "The driver
+            # SHOULD NOT rely on completion of operations of a device if DEVICE_NEEDS_RESET
+            # is set" (the replay could not go on, e.g. no free descriptor was left)
+            j.notes.append(f"event {i}: {msg} -- not judged: the device entered an error "
+                           f"state on an invalid buffer (event {at}) before")
+            continue
         j.broken("suite.device.transport", msg, i)
+
+
+def _invalid_reset_before(j: Judgement, i: int) -> int | None:
+    """The event of a ``needs_reset`` observation before ``i`` that followed an invalid buffer
+    (outside guest RAM, or breaking a driver MUST), if any."""
+    at = next((k for k, ev in j.observations("state")
+               if k < i and ev.value.get("needs_reset")), None)
+    if at is None:
+        return None
+    last = max((c for c in j.chains if c.index < at), key=lambda c: c.index, default=None)
+    if last is not None and (_outside_ram(j, last) or j.malformed(last)):
+        return at
+    return None
 
 
 def numbering_map(profile: str, offered: int, accepted: int, model: str) -> dict[str, int]:
