@@ -163,3 +163,26 @@ class OfferedNumbering(ReferenceDevice):
         self.queues = {r.value: i for r, i in
                        prof.queue_index(neg.offered, neg.accepted, "offered").items()}
         return Negotiated(neg.offered, neg.accepted, dict(self.queues), neg.config_size)
+
+
+# --- error state -----------------------------------------------------------------------------
+class NeedsResetOnBadReport(ReferenceDevice):
+    """QEMU 7.2 on a report naming memory outside guest RAM: virtio_error() sets
+    DEVICE_NEEDS_RESET and the device uses no buffer again; the adapter then runs out of free
+    descriptors and cannot post the next chain (raised here as the adapter does)."""
+
+    def start(self, setup: Setup) -> Negotiated:
+        self.broken = False
+        return super().start(setup)
+
+    def avail(self, role: str, head: int, segments: list[Segment]) -> list[Used]:
+        if self.broken:
+            raise RuntimeError("cannot post the chain: no free descriptor")
+        ram = self._ram_frames << 12
+        if role == "reporting" and any(s.addr + s.length > ram for s in segments):
+            self.broken = True
+            return []
+        return super().avail(role, head, segments)
+
+    def observe(self) -> dict[str, object]:
+        return {**super().observe(), "needs_reset": self.broken}

@@ -27,6 +27,12 @@ from .program import Avail, ConfigRead, ConfigWrite, Host, Program, to_case
 from .shrink import Budget, shrink
 
 
+#: feature -> the device option the runner derives from it (runner._device_options)
+OPTION_OF = {"DEFLATE_ON_OOM": "deflate-on-oom", "FREE_PAGE_HINT": "free-page-hint",
+             "PAGE_POISON": "page-poison", "PAGE_REPORTING": "free-page-reporting",
+             "MUST_TELL_HOST": "must-tell-host", "STATS_VQ": "stats-vq"}
+
+
 @dataclass
 class Finding:
     """One (clause, shape): the minimal program that breaks the clause, and how often and
@@ -233,8 +239,29 @@ class Campaign:
             if self._unsupported_kind[kind] >= 3 and kind not in self.disabled_kinds:
                 self.disabled_kinds.add(kind)
                 self.stats.narrowed.append(f"{kind}: {reason}")
+                if kind == "host:hint-start":  # no hinting rounds without the host's start
+                    self.options = replace(self.options, hinting=False)
             return
         env, o = program.env, self.options
+        # a feature the device does not have (by its name or its device option's)
+        low = reason.lower()
+        missing = sorted(f for f in env.offered if f in reason
+                         or OPTION_OF[f] in low)
+        if missing:
+            self.options = replace(o, features=o.features - set(missing))
+            self.stats.narrowed.append(f"{', '.join(missing)}: {reason}")
+            return
+        for cond, change, what, words in (
+                (env.endian == "be", {"big_endian": False}, "big-endian guests", ("endian",)),
+                (len(env.memory) > 1, {"high_ram": False}, "RAM above 4 GiB",
+                 ("ram", "memory")),
+                (env.page_size != 4096, {"large_pages": False}, "64 KiB pages", ("page",)),
+                (not env.modern, {"legacy": False}, "legacy drivers", ("legacy", "version_1"))):
+            if cond and getattr(o, next(iter(change))) and any(w in low for w in words):
+                self.options = replace(o, **change)  # type: ignore[arg-type]
+                self.stats.narrowed.append(f"{what}: {reason}")
+                return
+        # the reason names nothing we know: narrow the first unusual dimension the sequence has
         for cond, change, what in (
                 (env.endian == "be", {"big_endian": False}, "big-endian guests"),
                 (len(env.memory) > 1, {"high_ram": False}, "RAM above 4 GiB"),
@@ -244,7 +271,3 @@ class Campaign:
                 self.options = replace(o, **change)  # type: ignore[arg-type]
                 self.stats.narrowed.append(f"{what}: {reason}")
                 return
-        missing = sorted(f for f in env.wanted if f in reason)
-        if missing:
-            self.options = replace(o, features=o.features - set(missing))
-            self.stats.narrowed.append(f"{', '.join(missing)}: {reason}")
