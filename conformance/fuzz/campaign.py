@@ -26,7 +26,6 @@ from .gen import GenOptions, generate
 from .program import Avail, ConfigRead, ConfigWrite, Host, Program, to_case
 from .shrink import Budget, shrink
 
-
 #: feature -> the device option the runner derives from it (runner._device_options)
 OPTION_OF = {"DEFLATE_ON_OOM": "deflate-on-oom", "FREE_PAGE_HINT": "free-page-hint",
              "PAGE_POISON": "page-poison", "PAGE_REPORTING": "free-page-reporting",

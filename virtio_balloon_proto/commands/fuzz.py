@@ -36,8 +36,8 @@ def _features(text: str | None) -> frozenset[str] | None:
 @click.command("fuzz", cls=Command, exit_codes=EXIT_CODES)
 @click.option("--device", "device", default="reference", show_default=True,
               help="reference | python:module:Class | stdio:'CMD ...' | qemu[:OPTS]")
-@click.option("--profile", type=click.Choice(["spec"]), default="spec", show_default=True,
-              help="protocol profile (the generator speaks the spec profile)")
+@click.option("--profile", type=click.Choice(["spec", "v3", "hybrid"]), default="spec",
+              show_default=True, help="protocol profile (the generator speaks spec only)")
 @click.option("--features", default=None, metavar="F,F",
               help="device features the device may be asked to offer (default: all of "
                    "MUST_TELL_HOST, STATS_VQ, DEFLATE_ON_OOM, FREE_PAGE_HINT, PAGE_POISON, "
@@ -78,9 +78,12 @@ def fuzz_cmd(device: str, profile: str, features: str | None, steps: int | None,
         write_finding,
         write_summary,
     )
+    from virtio_balloon_proto.errors import UsageError
     from virtio_balloon_proto.io import check_writable
 
-    del profile  # one choice today; the option is the interface other profiles will use
+    if profile != "spec":
+        raise UsageError(f"the fuzzer generates spec-profile traffic only, not {profile!r}",
+                         field="profile")
     feats = _features(features)
     opts = GenOptions() if feats is None else GenOptions(features=feats)
     if out is not None:
