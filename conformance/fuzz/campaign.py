@@ -74,6 +74,7 @@ class Stats:
     unsupported: int = 0
     errors: int = 0  # sequences our side could not run (a trace or judge error: a bug of ours)
     shrink_replays: int = 0
+    flaky: int = 0  # findings whose minimal sequence did not break the clause again
     narrowed: list[str] = field(default_factory=list)
     error_messages: list[str] = field(default_factory=list)
 
@@ -208,7 +209,15 @@ class Campaign:
         small = shrink(program, fails, budget)
         used = self.shrink_budget - max(budget.left, 0)
         res = self.judge(small, "minimal")
-        msg = self.broken(res).get(clause, (level, message))[1]
+        if res.status is not None or clause not in self.broken(res):
+            # the minimal sequence does not break the clause again: not reproducible (a
+            # device that did not start in time, a timing-dependent answer)
+            self.stats.flaky += 1
+            if len(self.stats.error_messages) < 20:
+                self.stats.error_messages.append(
+                    f"sequence {k}: {clause} did not reproduce ({message[:200]})")
+            return
+        msg = self.broken(res)[clause][1]
         key = (clause, shape_of(small))
         if key in self.findings:
             self.findings[key].hits += 1

@@ -67,6 +67,7 @@ def summary(c: Campaign) -> dict[str, Any]:
         "sequences_per_second": round(st.sequences / st.seconds, 2) if st.seconds else 0.0,
         "unsupported": st.unsupported,
         "errors": st.errors,
+        "flaky": st.flaky,
         "error_messages": st.error_messages,
         "narrowed": st.narrowed,
         "shrink_replays": st.shrink_replays,
