@@ -34,6 +34,7 @@ from virtio_balloon_proto.conformance.runner import Runner, load_case
 from virtio_balloon_proto.conformance.zoo.registry import ZOO, find
 from virtio_balloon_proto.trace import write_trace
 
+pytest_plugins = ["pytester"]
 HERE = Path(__file__).resolve().parent
 SELFCHECK = pytest.mark.skipif(
     not os.environ.get("VBPROTO_FUZZ_SELFCHECK"),
@@ -185,6 +186,21 @@ def test_cli_bad_usage_is_one_line_exit_2() -> None:
                         "NOPE", "--json"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "NOPE" in json.loads(r.stdout)["error"]
+
+
+def test_pytest_plugin_fuzzes_a_device(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    e = find("libkrun-ignores-config-writes")
+    out = tmp_path / "found"
+    bad = pytester.runpytest_subprocess(
+        "--vbproto-device", f"python:{e.target()}", "--vbproto-case", "none",
+        "--vbproto-fuzz", "20", "--vbproto-fuzz-out", str(out), "-p", "no:cacheprovider")
+    bad.assert_outcomes(failed=1)
+    bad.stdout.fnmatch_lines([f"*{e.clause}*", "*replay: vbproto conform run*"])
+    assert any(out.glob(f"{e.clause}--*.jsonl"))
+    good = pytester.runpytest_subprocess(
+        "--vbproto-device", "reference", "--vbproto-case", "none", "--vbproto-fuzz", "20",
+        "-p", "no:cacheprovider")
+    good.assert_outcomes(passed=1)
 
 
 # --- the default run: seconds, fixed seed ---------------------------------------------------
