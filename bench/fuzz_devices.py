@@ -4,6 +4,7 @@ that make only allowed choices, and steps per second.
     python bench/fuzz_devices.py zoo [--seeds 5] [--limit 2000]      # median sequences/seconds
     python bench/fuzz_devices.py choice [--sequences 10000]          # findings (want: none)
     python bench/fuzz_devices.py speed [--device qemu] [--seconds 60]
+    python bench/fuzz_devices.py table --only LOG...                 # markdown of logged runs
 
 Each result is one JSON line on stdout (and appended to --log FILE), so a long run that is
 stopped keeps what it measured.  docs/fuzzing-devices.md and bench/RESULTS.md quote the runs.
@@ -92,9 +93,37 @@ def speed(args: argparse.Namespace) -> None:
           "findings": [f.to_json() for f in c.findings.values()]}, args.log)
 
 
+def table(args: argparse.Namespace) -> None:
+    """Markdown tables of logged results (``--log`` files given as ``--only``)."""
+    rows = [json.loads(line) for path in args.only or [] for line in open(path) if line.strip()]
+    zoo_rows = [r for r in rows if r["part"] == "zoo"]
+    if zoo_rows:
+        print("| zoo device | clause | found (seeds) | median sequences | median seconds | "
+              "worst sequences |")
+        print("|---|---|---:|---:|---:|---:|")
+        for r in zoo_rows:
+            worst = max((x["sequences"] for x in r["runs"] if x["found"]), default=None)
+            print(f"| `{r['id']}` | `{r['clause']}` | {r['found']}/{r['seeds']} | "
+                  f"{r['median_sequences']} | {r['median_seconds']} | {worst} |")
+    ch = [r for r in rows if r["part"] == "choice"]
+    if ch:
+        print("\n| device (allowed choices only) | sequences | steps | steps/s | findings |")
+        print("|---|---:|---:|---:|---:|")
+        for r in ch:
+            print(f"| `{r['device'].split(':')[-1]}` | {r['sequences']} | {r['steps']} | "
+                  f"{r['steps_per_second']} | {len(r['findings'])} |")
+    sp = [r for r in rows if r["part"] == "speed"]
+    if sp:
+        print("\n| device | seconds | sequences | steps | steps/s | sequences/s |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for r in sp:
+            print(f"| `{r['device']}` | {r['seconds']} | {r['sequences']} | {r['steps']} | "
+                  f"{r['steps_per_second']} | {r['sequences_per_second']} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["zoo", "choice", "speed"])
+    ap.add_argument("part", choices=["zoo", "choice", "speed", "table"])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--limit", type=int, default=2000)
     ap.add_argument("--shrink", type=int, default=150)
@@ -105,7 +134,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--log", default=None)
     args = ap.parse_args()
-    {"zoo": zoo, "choice": choice, "speed": speed}[args.part](args)
+    {"zoo": zoo, "choice": choice, "speed": speed, "table": table}[args.part](args)
 
 
 if __name__ == "__main__":
