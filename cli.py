@@ -18,7 +18,16 @@ import click
 
 from virtio_balloon_proto import __version__
 from virtio_balloon_proto.cliframe import Group, install_signal_handlers
-from virtio_balloon_proto.commands import capture, conform, decode, matrix, message, trace, vectors
+from virtio_balloon_proto.commands import (
+    capture,
+    conform,
+    decode,
+    fuzz,
+    matrix,
+    message,
+    trace,
+    vectors,
+)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,6 +48,7 @@ for _command in (
     decode.analyze_cmd,
     capture.capture,
     vectors.vectors,
+    fuzz.fuzz_cmd,
 ):
     main.add_command(_command)
 conform.conform.add_command(matrix.matrix)  # vbproto conform matrix

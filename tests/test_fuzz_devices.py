@@ -36,10 +36,7 @@ from virtio_balloon_proto.trace import write_trace
 
 pytest_plugins = ["pytester"]
 HERE = Path(__file__).resolve().parent
-#: ``vbproto fuzz`` as a child process (the command hung on the root group and its frame)
-FUZZ = [sys.executable, "-c", "import sys; from virtio_balloon_proto.cli import main; "
-        "from virtio_balloon_proto.commands.fuzz import fuzz_cmd; main.add_command(fuzz_cmd); "
-        "sys.argv[0] = 'vbproto'; main()", "fuzz"]
+FUZZ = [sys.executable, "-m", "virtio_balloon_proto", "fuzz"]
 SELFCHECK = pytest.mark.skipif(
     not os.environ.get("VBPROTO_FUZZ_SELFCHECK"),
     reason="fuzz self-check (minutes): set VBPROTO_FUZZ_SELFCHECK=1 (docs/fuzzing-devices.md)")
