@@ -10,6 +10,8 @@ are allowed either way and the choice is recorded:
   5.5.6): the spec says nothing about its PFNs.  ``kept whole words`` (QEMU, crosvm) or
   ``skipped`` (Firecracker, cloud-hypervisor); the buffer must still be returned
   (spec.device.malformed.acks-buffer, queues.py).
+  A chain that also has a device-writable descriptor is judged the same way (5.5.6 describes
+  the inflateq buffer as the device-readable array only).
 * ``pfns.outside-ram``: PFNs that name no guest RAM (the header's ``memory`` regions): the spec
   does not say; QEMU skips them (trace bad_addr), others log.  ``ignored`` or ``recorded``.
 * chains still in flight at an observation may or may not have been processed yet.
@@ -102,7 +104,7 @@ def balloon(j: Judgement) -> None:
         ch = j.by_used.get(i)
         if ch is not None and ch.role in ("inflate", "deflate"):
             pages = flying.pop(ch.index, PageSet.empty())
-            if j.malformed(ch):
+            if j.malformed(ch) or _writable(ch):
                 uncertain.add(pages)
                 if ch.role == "inflate":
                     malformed.append(pages & ram)
@@ -172,6 +174,15 @@ def balloon(j: Judgement) -> None:
             j.choice("pfns.outside-ram",
                      "ignored" if seen.count_in(outside) == 0 else "recorded")
             outside = PageSet.empty()
+
+
+def _writable(ch: Any) -> bool:
+    """A PFN chain with a device-writable descriptor.  VIRTIO 1.2 5.5.6: "the descriptor
+    describing the resulting 32-bit array is added to the inflateq" -- a device-readable array;
+    the spec does not say what a device does with a chain that also has a writable descriptor,
+    so its PFNs are allowed either way (QEMU reads only the readable part; Firecracker and
+    cloud-hypervisor skip write-only descriptors): choice ``pfns.malformed-buffer``."""
+    return any(s.writable for s in ch.segments or ())
 
 
 def _failed(j: Judgement, clause: str) -> bool:
