@@ -63,17 +63,18 @@ def zoo(args: argparse.Namespace) -> None:
 
 
 def choice(args: argparse.Namespace) -> None:
-    from test_fuzz_devices import CHOICE_DEVICES
+    from test_fuzz_devices import CHOICE_DEVICES, choice_options
 
     from virtio_balloon_proto.conformance.fuzz import Campaign
 
     for dev in CHOICE_DEVICES:
         if args.only and not any(o in dev for o in args.only):
             continue
-        c = Campaign(dev, seed=args.seed)
+        c = Campaign(dev, seed=args.seed, options=choice_options(dev))
         st = c.run(sequences=args.sequences)
         c.close()
-        emit({"part": "choice", "device": dev, "seed": args.seed, "sequences": st.sequences,
+        emit({"part": "choice", "device": dev, "seed": args.seed,
+              "features": sorted(choice_options(dev).features), "sequences": st.sequences,
               "steps": st.steps, "seconds": round(st.seconds, 1),
               "steps_per_second": round(st.steps_per_second, 1), "errors": st.errors,
               "findings": [f.to_json() for f in c.findings.values()]}, args.log)

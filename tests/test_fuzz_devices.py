@@ -71,6 +71,16 @@ CHOICE_DEVICES = ["reference"] + [
 ] + [f"python:{HERE / 'oracle_devices.py'}:{c}" for c in (
     "KnowsTags0To9", "SkipsMalformedPfns", "Config16", "Config20",
     "ReportLenIsBytes", "OfferedNumbering")]
+ALL_FEATURES = GenOptions().features
+#: the features each choice device is fuzzed with (default: all).  ReportLenIsBytes is
+#: cloud-hypervisor's choice and cloud-hypervisor offers no PAGE_POISON: with a non-zero
+#: poison_val the reference code it builds on keeps reported pages, and a used len > 0 then
+#: claims bytes it did not write (2.7.8.1) -- a defect of that combination, not of the oracle
+CHOICE_FEATURES = {"ReportLenIsBytes": ALL_FEATURES - {"PAGE_POISON"}}
+
+
+def choice_options(device: str) -> GenOptions:
+    return GenOptions(features=CHOICE_FEATURES.get(device.rsplit(":", 1)[-1], ALL_FEATURES))
 
 
 def _env(**kw: object) -> Env:
@@ -273,6 +283,21 @@ def test_poison_only_judges_a_discard_against_the_poison_val_of_its_time() -> No
         faulty, Program(_env(offered=both, wanted=both), (poison, report)))
 
 
+def test_pfns_of_a_chain_with_a_writable_descriptor_may_be_skipped() -> None:
+    pfns = b"".join((0x3000 + i).to_bytes(4, "little") for i in range(4))
+    chain = (Segment(0x1066000, 16, False, pfns), Segment.into(0x1066800, 16))
+    p = Program(_env(), (Avail("inflate", chain, "pfns:writable"),))
+    for device, choice in (("reference", "kept whole words"), (
+            f"python:{HERE / 'oracle_devices.py'}:SkipsMalformedPfns", "skipped")):
+        runner = Runner(device)
+        try:
+            res = runner.run_case(to_case(p))
+        finally:
+            runner.close()
+        assert res.outcome() == "pass", res.details_text()
+        assert res.behaviour["pfns.malformed-buffer"] == [choice]
+
+
 def test_what_fails_after_an_allowed_error_state_is_not_the_devices_failure() -> None:
     rep = frozenset({"PAGE_REPORTING"})
     outside = Avail("reporting", (Segment.into(1 << 30, 4096),), "report:outside-ram")
@@ -299,7 +324,7 @@ def test_what_fails_after_an_allowed_error_state_is_not_the_devices_failure() ->
 @pytest.mark.fuzz_selfcheck
 @pytest.mark.parametrize("device", CHOICE_DEVICES)
 def test_selfcheck_no_finding_in_10000_sequences(device: str) -> None:
-    c = Campaign(device, seed=1)
+    c = Campaign(device, seed=1, options=choice_options(device))
     try:
         st = c.run(sequences=10_000)
     finally:
