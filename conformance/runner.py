@@ -523,7 +523,15 @@ class Runner:
         return run
 
 
+def _is_extents(v: list[Any] | tuple[Any, ...]) -> bool:
+    """A list of [int, int] pairs: already JSON (one level of checks, not a call per int)."""
+    return all(type(x) is list and len(x) == 2 and type(x[0]) is int and type(x[1]) is int
+               for x in v)
+
+
 def _jsonable(v: Any) -> Any:
+    if type(v) is list and _is_extents(v):
+        return list(v)
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):

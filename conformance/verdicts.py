@@ -200,16 +200,17 @@ def _short(value: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_PRINTABLE = bytes(b if 32 <= b < 127 else 0x2E for b in range(256))
+
+
 def hexdump(data: bytes, limit: int = 4096) -> str:
     """Classic 16-bytes-a-line hex dump (offset, hex, ASCII); long buffers are cut at
     ``limit`` bytes with a note, so a report never balloons."""
-    lines = []
-    shown = data[:limit]
-    for off in range(0, len(shown), 16):
-        chunk = shown[off : off + 16]
-        hexpart = " ".join(f"{b:02x}" for b in chunk)
-        text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
-        lines.append(f"{off:08x}  {hexpart:<47}  |{text}|")
+    shown = bytes(data[:limit])
+    text = shown.translate(_PRINTABLE).decode("ascii")
+    # bytes.hex(" ") and translate run in C: a 7 GiB trace's traffic log is 7,168 of these
+    lines = [f"{off:08x}  {shown[off:off + 16].hex(' '):<47}  |{text[off:off + 16]}|"
+             for off in range(0, len(shown), 16)]
     if len(data) > limit:
         lines.append(f"... {len(data) - limit} more bytes")
     return "\n".join(lines)

@@ -80,3 +80,20 @@ def test_a_hostile_frame_number_costs_no_allocation() -> None:
     fm.add(PageSet.from_range((1 << 63) - 10, 10))  # far above MAX_SPAN: the PageSet part
     assert fm.span == 0 and len(fm) == 10
     assert fm.remove(PageSet.from_range(0, 1 << 62) | PageSet.from_range(1 << 62, 1 << 62)) == 10
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=ops, b=ops, probe=extents)
+def test_differs_is_the_symmetric_difference_within(a: list, b: list, probe: list) -> None:
+    maps, models = [FrameMap(0), FrameMap(1000)], [PageSet.empty(), PageSet.empty()]
+    for k, seq in enumerate((a, b)):
+        for op, ext in seq:
+            if op == "add":
+                maps[k].add(_ps(ext))
+                models[k] = models[k] | _ps(ext)
+            elif op == "remove":
+                maps[k].remove(_ps(ext))
+                models[k] = models[k] - _ps(ext)
+    q = _ps(probe)
+    assert maps[0].differs(maps[1], q) == (models[0] ^ models[1]) & q
+    assert maps[0].to_pageset() == models[0] and maps[1].to_pageset() == models[1]

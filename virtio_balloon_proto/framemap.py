@@ -88,7 +88,9 @@ class FrameMap:
         below = int(np.searchsorted(ps.starts, np.uint64(MAX_SPAN)))  # extents starting below
         if below == 0:
             return  # only frames above the cap: the PageSet part takes them
-        top = min(int(ps.lasts[below - 1]) + 1, MAX_SPAN)
+        self._widen(min(int(ps.lasts[below - 1]) + 1, MAX_SPAN))
+
+    def _widen(self, top: int) -> None:
         if top <= self.span:
             return
         span = min(MAX_SPAN, max(top, 2 * self.span, 1 << 16))
@@ -177,6 +179,29 @@ class FrameMap:
             n += len(high & self._over)
         return n
 
+    def differs(self, other: FrameMap, where: PageSet) -> PageSet:
+        """The frames of ``where`` in exactly one of ``self`` and ``other`` -- in O(len(where)),
+        and without building a set when there are none (the usual answer)."""
+        self._widen(other.span)
+        other._widen(self.span)
+        low, high = _split(where, self.span)
+        hits: list[npt.NDArray[np.intp]] = []
+        if low:
+            idx, slices = _pieces(low)
+            if idx.size:
+                d = idx[self._map[idx] != other._map[idx]]
+                if d.size:
+                    hits.append(d)
+            for s, e in slices:
+                d = np.flatnonzero(self._map[s:e] != other._map[s:e])
+                if d.size:
+                    hits.append(d + s)
+        out = PageSet.from_frames(np.concatenate(hits).astype(np.uint64)) if hits else None
+        if high and (self._over or other._over):
+            x = (high & self._over) ^ (high & other._over)
+            out = x if out is None else out | x
+        return out if out is not None else PageSet.empty()
+
     def to_pageset(self) -> PageSet:
         """The whole set as a PageSet: O(span), for checkpoints and messages only."""
         low = PageSet.empty()
@@ -221,8 +246,11 @@ class FrameJournal:
             return PageSet.empty(), PageSet.empty()
         touched = union_all(self._touched)
         self._touched = []
-        now, before = self.now.mask(touched), self._last.mask(touched)
-        added, removed = now - before, before - now
+        changed = self.now.differs(self._last, touched)
+        if not changed:
+            return PageSet.empty(), PageSet.empty()
+        added = self.now.mask(changed)
+        removed = changed - added
         self._last.add(added)
         self._last.remove(removed)
         return added, removed

@@ -25,6 +25,8 @@ import stat
 import sys
 from typing import Any, BinaryIO
 
+import orjson
+
 from .errors import UsageError, VBProtoError
 
 #: one message file (``message decode @FILE``, stdin), one memory image, one status file
@@ -96,6 +98,20 @@ def loads_json(raw: bytes | str, *, what: str, error: type[VBProtoError] = Usage
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
     if len(data) > max_bytes:
         raise error(f"{what} is {len(data)} bytes, over the limit of {max_bytes} (MAX_JSON)",
+                    where=where)
+    # fast path (issue 13: a trace line in ~1/100 of the stdlib's time): orjson is strict
+    # JSON, refuses NaN/Infinity, overflowing floats, integers beyond 64 bits (so within
+    # MAX_INT_DIGITS) and invalid UTF-8 or lone surrogates; whatever it refuses goes the
+    # stdlib way below, which accepts surrogate escapes and names each problem as before
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if data.count(b"[") + data.count(b"{") <= max_depth or json_depth(
+                obj, max_depth) <= max_depth:
+            return obj
+        raise error(f"{what} nests deeper than the limit of {max_depth} (MAX_JSON_DEPTH)",
                     where=where)
     try:
         text = data.decode("utf-8")

@@ -90,7 +90,11 @@ def balloon(j: Judgement) -> None:
     def touched(where: PageSet) -> None:
         nonlocal mismatch
         if where:
-            mismatch = (mismatch - where) | (required.mask(where) ^ seen.mask(where))
+            now = required.differs(seen, where)
+            if mismatch:
+                mismatch = (mismatch - where) | now
+            elif now:
+                mismatch = now
 
     for i, ev in enumerate(j.events, start=1):
         ch = j.by_avail.get(i)
