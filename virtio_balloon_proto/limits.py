@@ -85,6 +85,10 @@ def _parse_int(text: str) -> int:
     return int(text)
 
 
+_BIG_INT = re.compile(rb"(?:^|[:\[,])\s*-?\d{20}")
+_NOT_FAST = object()
+
+
 def loads_json(raw: bytes | str, *, what: str, error: type[VBProtoError] = UsageError,
                max_bytes: int = MAX_JSON, max_depth: int = MAX_JSON_DEPTH,
                where: str | None = None) -> Any:
@@ -104,10 +108,12 @@ def loads_json(raw: bytes | str, *, what: str, error: type[VBProtoError] = Usage
     # MAX_INT_DIGITS) and invalid UTF-8 or lone surrogates; whatever it refuses goes the
     # stdlib way below, which accepts surrogate escapes and names each problem as before
     try:
-        obj = orjson.loads(data)
+        # orjson reads an integer beyond 64 bits as a float: such a number (20+ digits after
+        # ':', '[' or ',') takes the stdlib path, which keeps it exact
+        obj = _NOT_FAST if _BIG_INT.search(data) else orjson.loads(data)
     except orjson.JSONDecodeError:
-        pass
-    else:
+        obj = _NOT_FAST
+    if obj is not _NOT_FAST:
         if data.count(b"[") + data.count(b"{") <= max_depth or json_depth(
                 obj, max_depth) <= max_depth:
             return obj
