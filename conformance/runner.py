@@ -323,6 +323,7 @@ class Runner:
         reference: DeviceFactory | None = None,
         cat: Catalog | None = None,
         save_traces: str | Path | None = None,
+        traffic: bool = True,
     ) -> None:
         self.device_spec = device if isinstance(device, str) else getattr(device, "name", "device")
         self.device: DeviceUnderTest = (
@@ -333,6 +334,9 @@ class Runner:
         self.known = known_failures or KnownFailures([])
         self.catalog = cat or catalog()
         self.save_traces = Path(save_traces) if save_traces is not None else None
+        #: keep each case's traffic log (hex dumps, for reports); off, a 128 GiB guest's
+        #: replay does not hold ~5 KB of text per buffer (issue 13)
+        self.traffic = traffic
         del reference
 
     def close(self) -> None:
@@ -413,9 +417,11 @@ class Runner:
                     out.append(tr.ObserveEvent(
                         "gap", {"message": (gap or f"event {i}") + "; not replayed"}))
                 continue
-            entry = step.to_json()
-            entry["step"] = len(out) + 1  # its event number in the recorded trace
-            self._traffic.append(entry)
+            entry: dict[str, Any] = {}
+            if self.traffic:
+                entry = step.to_json()
+                entry["step"] = len(out) + 1  # its event number in the recorded trace
+                self._traffic.append(entry)
             try:
                 if step.kind == "avail":
                     outstanding[(step.role, step.head)] = step.role
@@ -441,10 +447,11 @@ class Runner:
                     outstanding.pop((role, u.id), None)
                     out.append(tr.UsedEvent(QueueRole(role), qmap.get(role, neg.queues.get(
                         role, 0)), u.length, u.id, bytes(u.written) if u.written else None))
-                entry["device"] = [
-                    {"id": u.id, "len": u.length,
-                     **({"written": hexdump(bytes(u.written))} if u.written else {})}
-                    for u in used]
+                if self.traffic:
+                    entry["device"] = [
+                        {"id": u.id, "len": u.length,
+                         **({"written": hexdump(bytes(u.written))} if u.written else {})}
+                        for u in used]
                 state = dict(observe())
                 deltas = deltas or "balloon_delta" in state
                 if step.kind in ("config_write", "host") and neg.config_size:
@@ -553,12 +560,14 @@ class _suppress:
 
 # --------------------------------------------------------------------------- offline check
 def check_trace(
-    path: str | Path, *, cat: Catalog | None = None, strict: bool = False, subject: str = "both"
+    path: str | Path, *, cat: Catalog | None = None, strict: bool = False, subject: str = "both",
+    traffic: bool = True,
 ) -> CaseResult:
     """Judge a recorded trace (no device involved): the same checks as a live run.
 
     ``subject="device"`` judges only the device (driver breakages become notes), as
-    ``conform run`` does for the suite's own driver traffic.
+    ``conform run`` does for the suite's own driver traffic.  ``traffic=False``: no traffic
+    log (hex dumps of every buffer) in the result, for callers that do not print it.
     """
     case = load_case(path)
     result = CaseResult(case.id, case.profile, case.path)
@@ -572,5 +581,5 @@ def check_trace(
         # a buffer whose bytes were not captured is named in every output, never passed over
         result.reason = (f"{len(gaps)} buffer(s) not checkable (bytes not captured): "
                          + "; ".join(gaps)[:300])
-    result.traffic = [s.to_json() for s in case.steps]
+    result.traffic = [s.to_json() for s in case.steps] if traffic else []
     return result

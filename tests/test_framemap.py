@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from virtio_balloon_proto import framemap
-from virtio_balloon_proto.framemap import FrameJournal, FrameMap
+from virtio_balloon_proto.framemap import FrameJournal, FrameMap, extent_list
 from virtio_balloon_proto.pageset import PageSet
 
 # frames 0..5000 with a map capped at 3000: both parts and the boundary are exercised; extents
@@ -42,6 +42,7 @@ def test_framemap_equals_pageset_at_every_step(span: int, seq: list, probe: list
             model = model - ps
         assert len(fm) == len(model)
         assert fm.to_pageset() == model
+        assert extent_list(model) == model.extents()
         assert fm.mask(q) == q & model
         assert fm.count_in(q) == len(q & model)
         assert fm.span <= 3000

@@ -72,7 +72,7 @@ def conform_check(trace_file: str, as_json: bool, strict: bool) -> None:
 
     from virtio_balloon_proto.conformance.runner import check_trace
 
-    res = check_trace(trace_file, strict=strict)
+    res = check_trace(trace_file, strict=strict, traffic=as_json)  # text shows no traffic
     outcome = res.outcome(strict)
     nothing = None
     if not res.results and outcome not in ("fail", "error"):
@@ -198,7 +198,7 @@ def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
         # report is a valid one
         reports.write(partial, skip_streams=True)
         runner = Runner(device, timeout=timeout, strict=strict, known_failures=known,
-                        save_traces=save_traces)
+                        save_traces=save_traces, traffic=bool(outputs))
         partial.device = runner.device_spec
         run = runner.run(cases, corpus=corpus_path, on_case=on_case)
     except (KeyboardInterrupt, Interrupted):  # SIGINT, SIGTERM (see _install_signal_handlers)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..codecs import DecodedBuffer, Segment, decode_buffer
 from ..errors import UsageError, VBProtoError
-from ..framemap import FrameJournal
+from ..framemap import FrameJournal, extent_list
 from ..pageset import PageAccumulator, PageSet
 from ..profiles import TRANSPORT_FEATURES, get_profile
 from ..wire import WireLayout, encode
@@ -222,7 +222,7 @@ class ReferenceDevice:
         raise UsageError(f"unknown host request {kind!r}", field="kind")
 
     def observe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"balloon": self.state.balloon.extents()}
+        out: dict[str, Any] = {"balloon": extent_list(self.state.balloon)}
         out.update(self._observed())
         return out
 
@@ -254,7 +254,7 @@ class ReferenceDevice:
         s = self.state
         added, removed = s.pages.changes()
         out: dict[str, Any] = {
-            "balloon_delta": {"add": added.extents(), "remove": removed.extents()}}
+            "balloon_delta": {"add": extent_list(added), "remove": extent_list(removed)}}
         out.update(self._observed())
         return out
 
