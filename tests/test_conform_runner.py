@@ -155,7 +155,9 @@ def test_offline_check(tmp_path: Path) -> None:
 def test_reports_and_interrupted_run(tmp_path: Path) -> None:
     cases = [load_case(d.spec_trace(tmp_path / f"c{i}.jsonl"), f"c{i}") for i in range(3)]
     out = {k: tmp_path / f"r.{k}" for k in ("json", "xml", "html")}
-    writer = ReportWriter(None, str(out["json"]), str(out["xml"]), str(out["html"]))
+    # every=0: rewrite after every case (the CLI's default rewrites at most every 2 s and writes
+    # on the interrupt itself: tests/test_report_rewrites.py, test_conform_cli.py)
+    writer = ReportWriter(None, str(out["json"]), str(out["xml"]), str(out["html"]), every=0)
     calls = 0
 
     def on_case(runres, caseres):  # type: ignore[no-untyped-def]

@@ -85,7 +85,7 @@ def _parse_int(text: str) -> int:
     return int(text)
 
 
-_BIG_INT = re.compile(rb"(?:^|[:\[,])\s*-?\d{20}")
+_BIG_INT = re.compile(rb"[:\[,]\s*-?\d{20}")  # a class first: 7x faster than with "^|"
 _NOT_FAST = object()
 
 
@@ -110,7 +110,8 @@ def loads_json(raw: bytes | str, *, what: str, error: type[VBProtoError] = Usage
     try:
         # orjson reads an integer beyond 64 bits as a float: such a number (20+ digits after
         # ':', '[' or ',') takes the stdlib path, which keeps it exact
-        obj = _NOT_FAST if _BIG_INT.search(data) else orjson.loads(data)
+        big = _BIG_INT.search(data) or _BIG_INT.match(b"," + data.lstrip())  # or top level
+        obj = _NOT_FAST if big else orjson.loads(data)
     except orjson.JSONDecodeError:
         obj = _NOT_FAST
     if obj is not _NOT_FAST:

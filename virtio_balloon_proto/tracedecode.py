@@ -18,6 +18,7 @@ from typing import Any
 from .codecs import DecodedBuffer, Segment, decode_buffer
 from .errors import TraceError, VBProtoError
 from .findings import Finding
+from .framemap import extent_list
 from .pageset import PageAccumulator, PageSet
 from .trace import (
     AvailEvent,
@@ -184,10 +185,10 @@ class Summary:
         return {
             "messages": dict(sorted(self.messages.items())),
             "pages_per_queue": dict(sorted(self.pages.items())),
-            "net_balloon": {"frames": len(self.balloon), "pages": self.balloon.extents()},
-            "unused_reports": {f"{k:#x}": {"frames": len(v), "pages": v.extents()}
+            "net_balloon": {"frames": len(self.balloon), "pages": extent_list(self.balloon)},
+            "unused_reports": {f"{k:#x}": {"frames": len(v), "pages": extent_list(v)}
                                for k, v in sorted(self.unused.items())},
-            "reported": {"frames": len(self.reported), "pages": self.reported.extents()},
+            "reported": {"frames": len(self.reported), "pages": extent_list(self.reported)},
             "hinted": {"frames": len(self.hinted), "stale_frames": len(self.stale_hinted)},
             "stats": {"buffers": self.stats_buffers,
                       "last": {str(k): v for k, v in sorted(self.stats.items())}},
