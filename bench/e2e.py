@@ -172,7 +172,7 @@ res = runner.run_case(case)
 wall, cpu = time.perf_counter() - w, time.process_time() - c
 runner.close()
 steps = sum(1 for s in case.steps if s.kind == "avail")
-print(json.dumps({"status": res.status.value, "buffers": steps, "wall": wall, "cpu": cpu,
+print(json.dumps({"status": res.outcome(False), "buffers": steps, "wall": wall, "cpu": cpu,
                   "device_wall": inside[0], "device_cpu": inside[1]}))
 """
 
