@@ -140,11 +140,14 @@ def run_atheris(name: str, runs: int, seconds: float, slow: float,
                 crash_dir: Path, workdir: Path) -> tuple[int, float, list[str]]:
     corpus = workdir / name
     corpus.mkdir(parents=True, exist_ok=True)
+    max_len = t.MAX_LEN[name]
     for s in t.SEEDS[name]():
-        (corpus / hashlib.sha1(s).hexdigest()).write_bytes(s)
+        if len(s) <= max_len:  # a longer seed would be cut anywhere by libFuzzer
+            (corpus / hashlib.sha1(s).hexdigest()).write_bytes(s)
     crash_dir.mkdir(parents=True, exist_ok=True)
     argv = [f"-runs={runs}", f"-max_total_time={int(seconds)}", f"-timeout={max(1, int(slow))}",
             f"-artifact_prefix={crash_dir}/{name}-", "-rss_limit_mb=2048",
+            f"-max_len={max_len}",
             "-print_final_stats=1", str(corpus)]
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, __file__, "--atheris-child", name, "--", *argv],
