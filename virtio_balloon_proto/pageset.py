@@ -4,28 +4,37 @@ Every balloon payload names pages: PFN arrays (``__virtio32`` frame numbers, PRO
 v3 bitmaps (bit ``n`` is page ``start_pfn + n``), hybrid pfn+order records and free-page
 ranges.  A PageSet is what they all decode to and what every encoder starts from.
 
-Representation: two read-only ``uint64`` numpy arrays, ``starts`` and ``lasts`` (inclusive),
-holding sorted, merged, non-adjacent extents.  Inclusive ends keep frame ``2**64 - 1``
-representable without overflow.  Every operation is a handful of whole-array numpy calls; no
-Python loop runs per frame (per extent only where the caller asks for Python objects:
-``extents()``, ``to_text()``, iteration).
+Two forms, one set (equality, hashing and every operation ignore which one holds it):
 
-Measured against pyroaring (bench/RESULTS.md): extents win on the balloon's shapes (long runs:
-an inflate of 7 GiB is a few hundred extents, a bitmap of free pages a few thousand) and need
-no compiled dependency; roaring only wins on random sparse sets, which no driver produces.
+* **extents** (:mod:`.extentarrays`): sorted, merged, non-adjacent inclusive extents in two
+  read-only ``uint64`` arrays -- the balloon's usual shapes (an inflate of 7 GiB is a few
+  hundred extents, a bitmap of free pages a few thousand).  Measured against pyroaring
+  (bench/RESULTS.md), extents win on them and need no compiled dependency.
+* **extents + bit blocks** (:mod:`.bitblocks`): where pages alternate (a bitmap of ``0x55``
+  bytes is one extent per page, 16 bytes per bit on the wire), the dense part is held as
+  512-frame blocks of bits and the rest as extents that touch none of those blocks.  The
+  producers (:meth:`PageSet.from_bitmap`, the wire decoders, set algebra) pick the form by
+  :func:`~.bitblocks.dense_is_cheaper`, so memory follows the input (issue 12: <= 16x).
+
+Counting, membership, ``min``/``max``, the text form and set algebra work on either form
+without expanding it; ``starts``/``lasts``/``counts`` and the encoders expand blocks into
+extents on demand (cached), which is what their callers asked for.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
+from . import bitblocks as bb
+from . import extentarrays as xa
+from .bitblocks import Blocks
 from .errors import DecodeError, EncodeError, UsageError
+from .extentarrays import MAX_FRAME, U64, WordOrder
 
 __all__ = [
     "MAX_FRAME",
@@ -35,18 +44,9 @@ __all__ = [
     "count_duplicates",
 ]
 
-#: The largest frame number a PageSet holds (frames are uint64).
-MAX_FRAME = (1 << 64) - 1
-
 #: Default cap on arrays a PageSet materialises (frames, bits, blocks): 2**28 entries is a
 #: 1 TiB guest in 4 KiB frames and 2 GiB of uint64 - beyond that the caller must opt in.
 DEFAULT_LIMIT = 1 << 28
-
-U64 = npt.NDArray[np.uint64]
-WordOrder = Literal["little", "big", "le", "be"]
-
-_EMPTY = np.zeros(0, dtype=np.uint64)
-_EMPTY.flags.writeable = False
 
 
 class Extent(NamedTuple):
@@ -70,136 +70,6 @@ class FramesWithDuplicates:
     duplicates: int
     duplicated: PageSet
 
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _ro(a: npt.NDArray[Any]) -> U64:
-    # callers pass freshly computed arrays (fancy indexing and arithmetic copy), so freezing
-    # them in place cannot affect anyone else's data
-    out = np.ascontiguousarray(a, dtype=np.uint64)
-    out.flags.writeable = False
-    return out
-
-
-def _as_uint64(arr: Any, field: str) -> U64:
-    """Convert ``arr`` (any integer array or iterable of ints) to a 1-D uint64 array.
-
-    Refuses negatives, floats, bools and values above 2**64-1 with a UsageError naming
-    ``field`` instead of letting numpy wrap or truncate them.
-    """
-    if isinstance(arr, np.ndarray):
-        a: npt.NDArray[Any] = arr
-    else:
-        if isinstance(arr, (bytes, bytearray, memoryview, str)):
-            raise UsageError("expected integers, got bytes/str", field=field)
-        seq = arr if isinstance(arr, (list, tuple)) else _listify(arr, field)
-        try:
-            a = np.asarray(seq)
-            if a.dtype.kind not in "iu":
-                # numpy turns ints beyond int64 mixed with others into float64 (lossy) and
-                # bools into ints: redo as objects, which the exact check below inspects
-                a = np.asarray(seq, dtype=object)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise UsageError(f"not an array of integers: {exc}", field=field) from None
-    if a.dtype == object:
-        # Python ints beyond int64 (or mixed with negatives) land here; check them exactly.
-        flat = a.reshape(-1)
-        for i, v in enumerate(flat.tolist()):
-            if type(v) is not int:
-                raise UsageError(f"entry {i} is {type(v).__name__}, not int", field=field)
-            if not 0 <= v <= MAX_FRAME:
-                raise UsageError(f"entry {i} = {v} outside 0..2**64-1", field=field)
-        return flat.astype(np.uint64).reshape(a.shape)
-    if a.size == 0:
-        return np.zeros(a.shape, dtype=np.uint64)
-    if a.dtype.kind == "u":
-        return a.astype(np.uint64, copy=False)
-    if a.dtype.kind == "i":
-        lo = int(a.min())
-        if lo < 0:
-            i = int(np.argmin(a))
-            raise UsageError(f"entry {i} = {lo} is negative", field=field)
-        return a.astype(np.uint64)
-    raise UsageError(f"expected integers, got dtype {a.dtype}", field=field)
-
-
-def _listify(arr: Any, field: str) -> list[Any]:
-    try:
-        return list(arr)
-    except TypeError:
-        raise UsageError(
-            f"expected an iterable of integers, got {type(arr).__name__}", field=field
-        ) from None
-
-
-_ORDER_ALIASES = {"little": "little", "big": "big", "le": "little", "be": "big"}
-
-
-def _check_word(word_size: int, word_order: str) -> int:
-    """Validate a bitmap word layout; word_order is 'little'/'big' (or the wire layer's
-    'le'/'be')."""
-    if word_size not in (32, 64):
-        raise UsageError(f"word size must be 32 or 64 bits, not {word_size!r}", field="word_size")
-    if word_order not in _ORDER_ALIASES:
-        raise UsageError(
-            f"word order must be 'little' or 'big', not {word_order!r}", field="word_order"
-        )
-    return word_size // 8
-
-
-def _merge(starts: U64, lasts: U64) -> tuple[U64, U64]:
-    """Sort and merge overlapping/adjacent inclusive extents (vectorised)."""
-    n = starts.size
-    if n == 0:
-        return _EMPTY, _EMPTY
-    if n > 1 and not bool(np.all(starts[1:] >= starts[:-1])):
-        order = np.argsort(starts, kind="stable")
-        starts = starts[order]
-        lasts = lasts[order]
-    runmax = np.maximum.accumulate(lasts)
-    prev = runmax[:-1]
-    nxt = starts[1:]
-    # a new extent begins where start > prev_max + 1; written without prev_max + 1 (which
-    # wraps at 2**64-1): nxt > prev and nxt - 1 > prev (nxt >= 1 whenever nxt > prev).
-    new = (nxt > prev) & ((nxt - np.uint64(1)) > prev)
-    del prev, nxt
-    if bool(new.all()):  # already canonical (a decoded bitmap's runs): no index arrays
-        return starts, runmax
-    brk = np.flatnonzero(new)
-    first_idx = np.concatenate(([0], brk + 1))
-    last_idx = np.concatenate((brk, [n - 1]))
-    return starts[first_idx], runmax[last_idx]
-
-
-def _runs_from_sorted(s: npt.NDArray[Any]) -> tuple[U64, U64, npt.NDArray[np.bool_]]:
-    """Extents of a sorted frame array (duplicates allowed); also the ``diff == 0`` mask."""
-    n = s.size
-    d = np.diff(s)
-    dup = d == 0
-    brk = np.flatnonzero(d > 1)
-    first_idx = np.empty(brk.size + 1, dtype=np.intp)
-    first_idx[0] = 0
-    first_idx[1:] = brk + 1
-    last_idx = np.empty(brk.size + 1, dtype=np.intp)
-    last_idx[:-1] = brk
-    last_idx[-1] = n - 1
-    return (
-        s[first_idx].astype(np.uint64, copy=False),
-        s[last_idx].astype(np.uint64, copy=False),
-        dup,
-    )
-
-
-def _frames_1d(arr: Any, field: str) -> npt.NDArray[Any]:
-    """Validated 1-D frame array, kept in its own unsigned dtype when it has one: sorting the
-    le32 PFNs of an inflate as uint32 is about twice as fast as sorting them as uint64."""
-    if isinstance(arr, np.ndarray) and arr.dtype.kind == "u" and arr.ndim == 1:
-        return arr
-    a = _as_uint64(arr, field)
-    if a.ndim != 1:
-        raise UsageError(f"expected a 1-D array of frames, got shape {a.shape}", field=field)
-    return a
 
 
 #: Frame arrays at least this long whose span is at most DENSE_SPAN_FACTOR times their
@@ -237,59 +107,94 @@ def _dense_path(a: npt.NDArray[Any]) -> FramesWithDuplicates | None:
     return FramesWithDuplicates(pages, ndup, dupped)
 
 
-# --------------------------------------------------------------------------- text form
-
-_TEXT_RE = re.compile(r"(?:\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*)?")
-_ITEM_RE = re.compile(r"(\d+)(?:-(\d+))?")
-
-
-def _text_error_offset(text: str) -> tuple[int, str]:
-    """Where the text form first goes wrong and what was expected there (error path only)."""
-    i = 0
-    n = len(text)
-    while True:
-        m = re.compile(r"\d+").match(text, i)
-        if m is None:
-            return i, "a decimal frame number"
-        i = m.end()
-        if i < n and text[i] == "-":
-            i += 1
-            m = re.compile(r"\d+").match(text, i)
-            if m is None:
-                return i, "a decimal frame number after '-'"
-            i = m.end()
-        if i == n:
-            return i, "end of text"  # pragma: no cover - only reached if the regex disagreed
-        if text[i] != ",":
-            return i, "',' or '-' or end of text"
-        i += 1
-
-
 # --------------------------------------------------------------------------- PageSet
 
 
 class PageSet:
-    """An immutable set of 4 KiB frame numbers (uint64), stored as merged extents."""
+    """An immutable set of 4 KiB frame numbers (uint64): merged extents, plus bit blocks
+    where pages alternate (see the module docstring)."""
 
-    __slots__ = ("_lasts", "_starts")
+    __slots__ = ("_blk", "_full", "_lasts", "_starts")
 
+    #: extents; when ``_blk`` is set, only those outside every block of ``_blk``
     _starts: U64
     _lasts: U64
+    _blk: Blocks | None
+    #: the whole set as extents, once asked for (only ever set when ``_blk`` is)
+    _full: tuple[U64, U64] | None
 
     # ---- construction -------------------------------------------------------------
 
     def __init__(self) -> None:
         """The empty set; use the ``from_*`` constructors for anything else."""
-        self._starts = _EMPTY
-        self._lasts = _EMPTY
+        self._starts = xa.EMPTY
+        self._lasts = xa.EMPTY
+        self._blk = None
+        self._full = None
 
     @classmethod
     def _trusted(cls, starts: U64, lasts: U64) -> PageSet:
         """Wrap arrays already sorted, merged and non-adjacent (no checks)."""
         self = cls.__new__(cls)
-        self._starts = _ro(starts)
-        self._lasts = _ro(lasts)
+        self._starts = xa.ro(starts)
+        self._lasts = xa.ro(lasts)
+        self._blk = None
+        self._full = None
         return self
+
+    @classmethod
+    def _from_parts(cls, starts: U64, lasts: U64, blk: Blocks | None) -> PageSet:
+        """Extents (merged, touching no block of ``blk``) plus blocks, in the cheaper form."""
+        if blk is None:
+            return cls._trusted(starts, lasts)
+        if not bb.dense_is_cheaper(bb.run_count(blk), len(blk)):
+            return cls._trusted(*bb.runs_to_extents(starts, lasts, blk))
+        self = cls._trusted(starts, lasts)
+        self._blk = blk
+        return self
+
+    @classmethod
+    def from_le_bits(cls, bits: npt.NDArray[np.uint8], base: int, nbits: int) -> PageSet:
+        """Frames ``base + i`` for each set bit ``i < nbits`` of a little-endian bit string
+        (bit ``i`` is bit ``i % 8`` of byte ``i // 8``: a v3 bitmap of le words), in
+        whichever form is smaller.  DecodeError if a set bit lies beyond frame 2**64-1."""
+        raw = np.asarray(bits, dtype=np.uint8).reshape(-1)
+        nbits = min(nbits, raw.size * 8)
+        full, rem = divmod(nbits, 8)
+        k = bb.last_nonzero(raw[:full])
+        top = k * 8 + int(raw[k]).bit_length() - 1 if k >= 0 else -1
+        if rem and raw[full] & ((1 << rem) - 1):
+            top = full * 8 + (int(raw[full]) & ((1 << rem) - 1)).bit_length() - 1
+        if top < 0:
+            return cls()
+        if base + top > MAX_FRAME:
+            raise DecodeError(f"bitmap marks frames up to {base + top}, beyond 2**64-1",
+                              field="base")
+        blk = bb.from_le_bits(raw, base, top + 1)
+        return cls._from_parts(xa.EMPTY, xa.EMPTY, blk)
+
+    @property
+    def is_dense(self) -> bool:
+        """True when part of the set is held as bit blocks (a fact about memory only)."""
+        return self._blk is not None
+
+    def _iter_runs(self) -> Iterator[tuple[U64, U64]]:
+        """The canonical extents in pieces (one piece for the extents form)."""
+        if self._blk is None:
+            yield self._starts, self._lasts
+        elif self._full is not None:
+            yield self._full
+        else:
+            yield from bb.iter_runs(self._starts, self._lasts, self._blk)
+
+    def _extents(self) -> tuple[U64, U64]:
+        """The whole set as extents (expanded once, then cached)."""
+        if self._blk is None:
+            return self._starts, self._lasts
+        if self._full is None:
+            s, last = bb.runs_to_extents(self._starts, self._lasts, self._blk)
+            self._full = (xa.ro(s), xa.ro(last))
+        return self._full
 
     @classmethod
     def empty(cls) -> PageSet:
@@ -316,20 +221,20 @@ class PageSet:
     @classmethod
     def from_frames_counted(cls, arr: Any) -> FramesWithDuplicates:
         """Like :meth:`from_frames`, also counting repeated frames (one sort serves both)."""
-        a = _frames_1d(arr, "frames")
+        a = xa.frames_1d(arr, "frames")
         if a.size == 0:
             return FramesWithDuplicates(cls(), 0, cls())
         dense = _dense_path(a)
         if dense is not None:
             return dense
         s = np.sort(a) if a.size > 1 and not bool(np.all(a[1:] >= a[:-1])) else a
-        starts, lasts, dup = _runs_from_sorted(s)
+        starts, lasts, dup = xa.runs_from_sorted(s)
         ndup = int(np.count_nonzero(dup))
         if ndup:
             # frames seen more than once: already sorted, so their runs directly (recursing
             # through from_frames went one level deeper per copy: 500 copies of one PFN
             # raised RecursionError)
-            d_starts, d_lasts, _ = _runs_from_sorted(s[1:][dup])
+            d_starts, d_lasts, _ = xa.runs_from_sorted(s[1:][dup])
             dupped = cls._trusted(d_starts, d_lasts)
         else:
             dupped = cls()
@@ -338,8 +243,8 @@ class PageSet:
     @classmethod
     def from_starts_counts(cls, starts: Any, counts: Any) -> PageSet:
         """Array form of :meth:`from_extents`: any order, overlaps allowed, counts >= 1."""
-        s = _as_uint64(starts, "starts").reshape(-1)
-        c = _as_uint64(counts, "counts").reshape(-1)
+        s = xa.as_uint64(starts, "starts").reshape(-1)
+        c = xa.as_uint64(counts, "counts").reshape(-1)
         if s.shape != c.shape:
             raise UsageError(f"{s.size} starts but {c.size} counts", field="counts")
         if c.size and int(c.min()) == 0:
@@ -354,7 +259,7 @@ class PageSet:
                 field=f"extents[{i}]",
             )
         lasts = s + (c - np.uint64(1))
-        return cls._trusted(*_merge(s, lasts))
+        return cls._trusted(*xa.merge(s, lasts))
 
     @classmethod
     def from_extents(cls, extents: Any) -> PageSet:
@@ -377,12 +282,12 @@ class PageSet:
                     raise UsageError(
                         f"extent {i} is not a [first, count] pair: {e!r}", field=f"extents[{i}]"
                     )
-            a = _as_uint64(seq, "extents")
+            a = xa.as_uint64(seq, "extents")
         if a.size == 0:
             return cls()
         if a.ndim != 2 or a.shape[1] != 2:
             raise UsageError(f"extents must have shape (n, 2), got {a.shape}", field="extents")
-        u = _as_uint64(a, "extents")
+        u = xa.as_uint64(a, "extents")
         return cls.from_starts_counts(u[:, 0], u[:, 1])
 
     @classmethod
@@ -393,8 +298,8 @@ class PageSet:
         """
         if not isinstance(text, str):
             raise UsageError("page text must be a str", field="text")
-        if _TEXT_RE.fullmatch(text) is None:
-            off, what = _text_error_offset(text)
+        if xa.TEXT_RE.fullmatch(text) is None:
+            off, what = xa.text_error_offset(text)
             got = repr(text[off]) if off < len(text) else "end of text"
             raise UsageError(
                 f"malformed page list: expected {what} at character {off}, got {got}",
@@ -405,7 +310,7 @@ class PageSet:
             return cls()
         firsts: list[int] = []
         lasts: list[int] = []
-        for m in _ITEM_RE.finditer(text):
+        for m in xa.ITEM_RE.finditer(text):
             if max(len(m.group(1)), len(m.group(2) or "")) > 20:  # > 2**64-1 for sure; and
                 raise UsageError(  # int() of over 4,300 digits is a ValueError
                     f"frame above 2**64-1 at character {m.start()}", field="text",
@@ -427,7 +332,7 @@ class PageSet:
             firsts.append(a)
             lasts.append(b)
         return cls._trusted(
-            *_merge(np.array(firsts, dtype=np.uint64), np.array(lasts, dtype=np.uint64))
+            *xa.merge(np.array(firsts, dtype=np.uint64), np.array(lasts, dtype=np.uint64))
         )
 
     @classmethod
@@ -448,7 +353,7 @@ class PageSet:
         rest are ignored).  A trailing partial word is read from the bytes present (in a
         big-endian word those are its high-order bits); callers that care report it.
         """
-        wbytes = _check_word(word_size, word_order)
+        wbytes = xa.check_word(word_size, word_order)
         if not isinstance(base, int) or not 0 <= base <= MAX_FRAME:
             raise UsageError(f"base {base!r} outside 0..2**64-1", field="base")
         if not isinstance(unit, int) or unit < 1:
@@ -469,11 +374,13 @@ class PageSet:
                 raise DecodeError(
                     f"nbits {nbits} exceeds the {raw.size * 8} bits present", field="bitmap"
                 )
-        if _ORDER_ALIASES[word_order] == "big" and raw.size:
+        if xa.ORDER_ALIASES[word_order] == "big" and raw.size:
             rem = raw.size % wbytes
             if rem:
                 raw = np.concatenate((raw, np.zeros(wbytes - rem, dtype=np.uint8)))
             raw = raw.reshape(-1, wbytes)[:, ::-1].reshape(-1)
+        if unit == 1:  # straight from the packed bits: no byte per bit, blocks if dense
+            return cls.from_le_bits(raw, base, raw.size * 8 if nbits is None else nbits)
         flags = np.unpackbits(raw, bitorder="little")
         if nbits is not None:
             flags = flags[:nbits]
@@ -504,48 +411,52 @@ class PageSet:
         return cls._trusted(b + rs * u, b + re_ * u - np.uint64(1))
 
     # ---- accessors ------------------------------------------------------------------
+    # ---- accessors ------------------------------------------------------------------
 
     @property
     def starts(self) -> U64:
         """First frame of each extent (read-only uint64, sorted)."""
-        return self._starts
+        return self._extents()[0]
 
     @property
     def lasts(self) -> U64:
         """Last frame (inclusive) of each extent (read-only uint64)."""
-        return self._lasts
+        return self._extents()[1]
 
     @property
     def counts(self) -> U64:
         """Frames per extent (uint64; wraps to 0 only for the full 2**64-frame range)."""
-        return self._lasts - self._starts + np.uint64(1)
+        s, last = self._extents()
+        return last - s + np.uint64(1)
 
     @property
     def n_extents(self) -> int:
-        return int(self._starts.size)
+        if self._full is not None:
+            return int(self._full[0].size)
+        return bb.merged_run_count(self._starts, self._lasts, self._blk)
 
     def page_count(self) -> int:
         """Number of frames as a Python int (no 2**63 limit, unlike ``len``)."""
+        n = bb.popcount(self._blk) if self._blk is not None else 0
         if self._starts.size == 0:
-            return 0
-        return int((self._lasts - self._starts).sum(dtype=np.uint64)) + self._starts.size
+            return n
+        return n + int((self._lasts - self._starts).sum(dtype=np.uint64)) + self._starts.size
 
     def __len__(self) -> int:
         return self.page_count()
 
     def __bool__(self) -> bool:
-        return self._starts.size > 0
+        return self._starts.size > 0 or self._blk is not None
 
     def __iter__(self) -> Iterator[Extent]:
-        for s, last in zip(self._starts.tolist(), self._lasts.tolist(), strict=True):
-            yield Extent(s, last - s + 1)
+        for starts, lasts in self._iter_runs():
+            for s, last in zip(starts.tolist(), lasts.tolist(), strict=True):
+                yield Extent(s, last - s + 1)
 
     def extents(self) -> list[list[int]]:
         """The JSON form: sorted, merged ``[[first, count], ...]`` of Python ints."""
-        return [
-            [s, last - s + 1]
-            for s, last in zip(self._starts.tolist(), self._lasts.tolist(), strict=True)
-        ]
+        return [[s, last - s + 1] for starts, lasts in self._iter_runs()
+                for s, last in zip(starts.tolist(), lasts.tolist(), strict=True)]
 
     def to_text(self) -> str:
         """Canonical text form: ``a-b`` for runs, ``a`` for single frames, ``,``-joined."""
@@ -554,41 +465,47 @@ class PageSet:
     def iter_text(self, chunk: int = 1 << 15) -> Iterator[str]:
         """:meth:`to_text` in pieces of at most ``chunk`` runs each (concatenated, they are
         the text): a set of millions of runs can be printed without holding its text."""
-        for i in range(0, self._starts.size, chunk):
-            part = ",".join(
-                str(s) if s == last else f"{s}-{last}"
-                for s, last in zip(self._starts[i:i + chunk].tolist(),
-                                   self._lasts[i:i + chunk].tolist(), strict=True)
-            )
-            yield part if i == 0 else "," + part
+        first = True
+        for starts, lasts in self._iter_runs():
+            for i in range(0, starts.size, chunk):
+                part = ",".join(
+                    str(s) if s == last else f"{s}-{last}"
+                    for s, last in zip(starts[i:i + chunk].tolist(),
+                                       lasts[i:i + chunk].tolist(), strict=True)
+                )
+                yield part if first else "," + part
+                first = False
 
     def min(self) -> int:
-        if not self._starts.size:
+        if not self:
             raise UsageError("min() of an empty page set", field="pages")
-        return int(self._starts[0])
+        lo = [int(self._starts[0])] if self._starts.size else []
+        return min(lo + ([bb.min_frame(self._blk)] if self._blk is not None else []))
 
     def max(self) -> int:
-        if not self._starts.size:
+        if not self:
             raise UsageError("max() of an empty page set", field="pages")
-        return int(self._lasts[-1])
+        hi = [int(self._lasts[-1])] if self._starts.size else []
+        return max(hi + ([bb.max_frame(self._blk)] if self._blk is not None else []))
 
     def __contains__(self, frame: object) -> bool:
         if isinstance(frame, (bool, np.bool_)) or not isinstance(frame, (int, np.integer)):
             return False
         f = int(frame)
-        if not 0 <= f <= MAX_FRAME or not self._starts.size:
+        if not 0 <= f <= MAX_FRAME or not self:
             return False
-        i = int(np.searchsorted(self._starts, np.uint64(f), side="right")) - 1
-        return i >= 0 and f <= int(self._lasts[i])
+        return bool(self.contains_frames(np.array([f], dtype=np.uint64))[0])
 
     def contains_frames(self, frames: Any) -> npt.NDArray[np.bool_]:
         """Vectorised membership for an array of frames."""
-        f = _as_uint64(frames, "frames")
-        if not self._starts.size:
-            return np.zeros(f.shape, dtype=bool)
-        i = np.searchsorted(self._starts, f, side="right").astype(np.intp) - 1
-        ok = i >= 0
-        return ok & (f <= self._lasts[np.maximum(i, 0)])
+        f = xa.as_uint64(frames, "frames")
+        out = np.zeros(f.shape, dtype=bool)
+        if self._starts.size:
+            i = np.searchsorted(self._starts, f, side="right").astype(np.intp) - 1
+            out |= (i >= 0) & (f <= self._lasts[np.maximum(i, 0)])
+        if self._blk is not None:
+            out |= bb.contains(self._blk, f.reshape(-1)).reshape(f.shape)
+        return out
 
     def to_frames(self, limit: int = DEFAULT_LIMIT, dtype: Any = np.uint64) -> U64:
         """All frames as a sorted array (refuses more than ``limit`` frames).
@@ -606,13 +523,14 @@ class PageSet:
             return np.zeros(0, dtype=dt)
         if dt != np.uint64 and self.max() > np.iinfo(dt).max:
             raise UsageError(f"frame {self.max()} does not fit {dt}", field="pages")
-        counts = (self._lasts - self._starts + np.uint64(1)).astype(np.intp)
+        starts, lasts = self._extents()
+        counts = (lasts - starts + np.uint64(1)).astype(np.intp)
         out = np.ones(total, dtype=dt)
-        out[0] = self._starts[0]
+        out[0] = starts[0]
         if counts.size > 1:
             pos = np.cumsum(counts[:-1])
             # the step from the last frame of one extent to the first of the next
-            out[pos] = self._starts[1:] - self._lasts[:-1]
+            out[pos] = starts[1:] - lasts[:-1]
         return np.cumsum(out, dtype=dt)
 
     def window(self, first: int, count: int) -> PageSet:
@@ -624,35 +542,56 @@ class PageSet:
     def _coerce(self, other: object) -> PageSet | None:
         return other if isinstance(other, PageSet) else None
 
+    def _binop(self, o: PageSet, op: str) -> PageSet:
+        """``op`` on two sets of which at least one holds blocks: both are re-cut onto the
+        union of their blocks, then extents meet extents and bits meet bits (the two parts
+        of each side cover disjoint frames, so the operation splits)."""
+        universe = bb.union_idx(self._blk, o._blk)
+        as_, al, arows = bb.spread(self._starts, self._lasts, self._blk, universe)
+        bs, bl, brows = bb.spread(o._starts, o._lasts, o._blk, universe)
+        es, el = _extent_op(op, as_, al, bs, bl)
+        if op == "or":
+            arows |= brows
+        elif op == "and":
+            arows &= brows
+        else:
+            arows &= ~brows
+        del brows
+        return PageSet._from_parts(es, el, bb.make(universe, arows))
+
     def __or__(self, other: object) -> PageSet:
         o = self._coerce(other)
         if o is None:
             return NotImplemented
-        if not o._starts.size:
+        if not o:
             return self
-        if not self._starts.size:
+        if not self:
             return o
-        return PageSet._trusted(
-            *_merge(
-                np.concatenate((self._starts, o._starts)),
-                np.concatenate((self._lasts, o._lasts)),
-            )
-        )
+        if self._blk is not None or o._blk is not None:
+            return self._binop(o, "or")
+        return PageSet._trusted(*_extent_op("or", self._starts, self._lasts, o._starts,
+                                            o._lasts))
 
     def __and__(self, other: object) -> PageSet:
         o = self._coerce(other)
         if o is None:
             return NotImplemented
-        return PageSet._trusted(*_intersect(self._starts, self._lasts, o._starts, o._lasts))
+        if not o or not self:
+            return PageSet()
+        if self._blk is not None or o._blk is not None:
+            return self._binop(o, "and")
+        return PageSet._trusted(*xa.intersect(self._starts, self._lasts, o._starts, o._lasts))
 
     def __sub__(self, other: object) -> PageSet:
         o = self._coerce(other)
         if o is None:
             return NotImplemented
-        if not o._starts.size or not self._starts.size:
+        if not o or not self:
             return self
-        cs, cl = _complement(o._starts, o._lasts)
-        return PageSet._trusted(*_intersect(self._starts, self._lasts, cs, cl))
+        if self._blk is not None or o._blk is not None:
+            return self._binop(o, "sub")
+        return PageSet._trusted(*_extent_op("sub", self._starts, self._lasts, o._starts,
+                                            o._lasts))
 
     def __xor__(self, other: object) -> PageSet:
         o = self._coerce(other)
@@ -675,19 +614,27 @@ class PageSet:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PageSet):
             return NotImplemented
-        return bool(
-            np.array_equal(self._starts, other._starts)
-            and np.array_equal(self._lasts, other._lasts)
-        )
+        if self._blk is None and other._blk is None:
+            return bool(
+                np.array_equal(self._starts, other._starts)
+                and np.array_equal(self._lasts, other._lasts)
+            )
+        if self.page_count() != other.page_count():
+            return False
+        return _same_runs(self._iter_runs(), other._iter_runs())
 
     def __hash__(self) -> int:
-        return hash((self._starts.tobytes(), self._lasts.tobytes()))
+        # the same for both forms of one set (so not the arrays' bytes)
+        if not self:
+            return hash(())
+        return hash((self.page_count(), self.n_extents, self.min(), self.max()))
 
     def __repr__(self) -> str:
-        if self._starts.size <= 8:
+        n = self.n_extents
+        if n <= 8:
             return f"PageSet.from_text({self.to_text()!r})"
         return (
-            f"<PageSet {self.page_count()} frames in {self._starts.size} extents, "
+            f"<PageSet {self.page_count()} frames in {n} extents, "
             f"{self.min()}..{self.max()}>"
         )
 
@@ -709,7 +656,7 @@ class PageSet:
         set.  Frames outside the window are an EncodeError unless ``clip`` is true; with
         ``unit > 1`` every block must be wholly in or out of the set.
         """
-        wbytes = _check_word(word_size, word_order)
+        wbytes = xa.check_word(word_size, word_order)
         if not isinstance(base, int) or not 0 <= base <= MAX_FRAME:
             raise UsageError(f"base {base!r} outside 0..2**64-1", field="base")
         if not isinstance(nbits, int) or not 0 <= nbits <= limit:
@@ -731,15 +678,16 @@ class PageSet:
                 f"frame {outside.min()} lies outside the bitmap window [{base}, {base + span})",
                 field="bitmap",
             )
-        s = inside._starts - np.uint64(base)
-        e = inside._lasts - np.uint64(base) + np.uint64(1)  # exclusive, < 2**64 here
+        in_s, in_l = inside._extents()
+        s = in_s - np.uint64(base)
+        e = in_l - np.uint64(base) + np.uint64(1)  # exclusive, < 2**64 here
         if unit > 1:
             u = np.uint64(unit)
             bad = ((s % u) != 0) | ((e % u) != 0)
             if bool(bad.any()):
                 i = int(np.argmax(bad))
                 raise EncodeError(
-                    f"extent at frame {int(inside._starts[i])} does not cover whole "
+                    f"extent at frame {int(in_s[i])} does not cover whole "
                     f"{unit}-frame blocks",
                     field="bitmap",
                 )
@@ -751,7 +699,7 @@ class PageSet:
         marks[e.astype(np.intp)] = -1
         flags = np.cumsum(marks[:-1], dtype=np.int8).view(np.uint8)
         packed = np.packbits(flags, bitorder="little")
-        if _ORDER_ALIASES[word_order] == "big" and packed.size:
+        if xa.ORDER_ALIASES[word_order] == "big" and packed.size:
             packed = packed.reshape(-1, wbytes)[:, ::-1].reshape(-1)
         return packed.tobytes()
 
@@ -774,119 +722,49 @@ class PageSet:
         """
         if not isinstance(max_order, int) or not 0 <= max_order <= 63:
             raise UsageError(f"max_order must be 0..63, not {max_order!r}", field="max_order")
-        if not self._starts.size:
+        if not self:
             return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint8)
         if self.max() >= 1 << 63:
             raise UsageError("aligned_blocks() needs frames below 2**63", field="pages")
-        one = np.uint64(1)
-        m = np.uint64(max_order)
-        s = self._starts
-        e = self._lasts + one  # exclusive; <= 2**63, no overflow
-        size_m = one << m
-        a_up = ((s + (size_m - one)) >> m) << m  # first 2**M boundary >= s
-        b_dn = (e >> m) << m  # last 2**M boundary <= e
-        has_b = a_up <= e
-        # no 2**M boundary in [s, e]: cut at the most aligned point X of [s, e] - the common
-        # prefix of s and e followed by their highest differing bit set (s < X <= e)
-        x = np.where(has_b, a_up, s)
-        nb = ~has_b
-        if bool(nb.any()):
-            sn = s[nb]
-            en = e[nb]
-            h = _highest_bit(sn ^ en)
-            x[nb] = ((en >> (h + one)) << (h + one)) | (one << h)
-        y = np.where(has_b, b_dn, x)  # where the tail starts
-        head = x - s  # < 2**M; set bits ascending give the head blocks
-        tail = e - y  # <= 2**M; set bits descending give the tail blocks
-        nmid = np.where(has_b, (b_dn - a_up) >> m, np.uint64(0))
-        total = (
-            int(nmid.sum(dtype=np.uint64)) + int(_popcount(head).sum()) + int(_popcount(tail).sum())
-        )
-        if total > limit:
-            raise UsageError(
-                f"{total} blocks exceed the limit of {limit} for aligned_blocks()",
-                field="max_order",
-            )
-        out_s: list[U64] = []
-        out_o: list[npt.NDArray[np.uint8]] = []
-        for k in range(max_order + 1):
-            kk = np.uint64(k)
-            bit = one << kk
-            hs = (head & bit) != 0
-            if bool(hs.any()):
-                out_s.append(s[hs] + (head[hs] & (bit - one)))
-                out_o.append(np.full(int(hs.sum()), k, dtype=np.uint8))
-            ts = (tail & bit) != 0
-            if bool(ts.any()):
-                hi_mask = ~((bit << one) - one) if k < 63 else np.uint64(0)
-                out_s.append(y[ts] + (tail[ts] & hi_mask))
-                out_o.append(np.full(int(ts.sum()), k, dtype=np.uint8))
-        nm = int(nmid.sum(dtype=np.uint64))
-        if nm:
-            cnt = nmid.astype(np.intp)
-            rep_a = np.repeat(a_up, cnt)
-            # index of each middle block within its extent
-            offs = np.arange(nm, dtype=np.uint64) - np.repeat(
-                (np.cumsum(cnt) - cnt).astype(np.uint64), cnt
-            )
-            out_s.append(rep_a + (offs << m))
-            out_o.append(np.full(nm, max_order, dtype=np.uint8))
-        if not out_s:  # pragma: no cover - a non-empty set always yields blocks
-            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint8)
-        bs = np.concatenate(out_s)
-        bo = np.concatenate(out_o)
-        order = np.argsort(bs, kind="stable")
-        return bs[order], bo[order]
+        s, last = self._extents()
+        return xa.aligned_blocks(s, last, max_order, limit)
 
 
-def _highest_bit(a: U64) -> U64:
-    """Index of the highest set bit of each (non-zero) uint64, by binary search on shifts."""
-    h = np.zeros(a.shape, dtype=np.uint64)
-    d = a.copy()
-    for k in (32, 16, 8, 4, 2, 1):
-        kk = np.uint64(k)
-        big = (d >> kk) != 0
-        h[big] += kk
-        d[big] >>= kk
-    return h
+def _extent_op(op: str, as_: U64, al: U64, bs: U64, bl: U64) -> tuple[U64, U64]:
+    """``or``/``and``/``sub`` of two merged extent lists."""
+    if op == "or":
+        if not bs.size:
+            return as_, al
+        if not as_.size:
+            return bs, bl
+        return xa.merge(np.concatenate((as_, bs)), np.concatenate((al, bl)))
+    if op == "and":
+        return xa.intersect(as_, al, bs, bl)
+    if not bs.size or not as_.size:
+        return as_, al
+    cs, cl = xa.complement(bs, bl)
+    return xa.intersect(as_, al, cs, cl)
 
 
-def _popcount(a: U64) -> npt.NDArray[np.intp]:
-    """Set bits per uint64 (vectorised SWAR; numpy < 2.0 has no bitwise_count)."""
-    a = a - ((a >> np.uint64(1)) & np.uint64(0x5555555555555555))
-    a = (a & np.uint64(0x3333333333333333)) + ((a >> np.uint64(2)) & np.uint64(0x3333333333333333))
-    a = (a + (a >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    return ((a * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.intp)
-
-
-def _complement(starts: U64, lasts: U64) -> tuple[U64, U64]:
-    """The gaps between (and around) extents, inside 0..2**64-1."""
-    one = np.uint64(1)
-    gs = np.concatenate(([np.uint64(0)], lasts + one))  # lasts+1 wraps only for the top frame
-    gl = np.concatenate((starts - one, [np.uint64(MAX_FRAME)]))  # starts-1 wraps only for 0
-    keep = np.ones(gs.size, dtype=bool)
-    if starts[0] == 0:
-        keep[0] = False
-    if lasts[-1] == np.uint64(MAX_FRAME):
-        keep[-1] = False
-    return gs[keep], gl[keep]
-
-
-def _intersect(as_: U64, al: U64, bs: U64, bl: U64) -> tuple[U64, U64]:
-    """Intersection of two merged extent lists: every overlapping pair, found with two
-    searchsorted calls; the pieces come out sorted and (as both inputs are merged and
-    non-adjacent) never adjacent, so no merge pass is needed."""
-    if not as_.size or not bs.size:
-        return _EMPTY, _EMPTY
-    lo = np.searchsorted(bl, as_, side="left")  # first b with last >= a.start
-    hi = np.searchsorted(bs, al, side="right")  # b with start <= a.last
-    cnt = np.maximum(hi - lo, 0)
-    total = int(cnt.sum())
-    if total == 0:
-        return _EMPTY, _EMPTY
-    ai = np.repeat(np.arange(as_.size), cnt)
-    bj = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(lo, cnt)
-    return np.maximum(as_[ai], bs[bj]), np.minimum(al[ai], bl[bj])
+def _same_runs(a: Iterator[tuple[U64, U64]], b: Iterator[tuple[U64, U64]]) -> bool:
+    """Whether two streams of extent pieces (cut at different places) are the same extents."""
+    bufs: list[list[U64]] = [[xa.EMPTY, xa.EMPTY], [xa.EMPTY, xa.EMPTY]]
+    its = (a, b)
+    while True:
+        for k in (0, 1):
+            while bufs[k][0].size == 0:
+                nxt = next(its[k], None)
+                if nxt is None:
+                    break
+                bufs[k] = [nxt[0], nxt[1]]
+        na, nb = bufs[0][0].size, bufs[1][0].size
+        if na == 0 or nb == 0:
+            return na == nb
+        n = min(na, nb)
+        if not (np.array_equal(bufs[0][0][:n], bufs[1][0][:n])
+                and np.array_equal(bufs[0][1][:n], bufs[1][1][:n])):
+            return False
+        bufs = [[x[n:] for x in buf] for buf in bufs]
 
 
 def count_duplicates(frames: Any) -> int:
@@ -899,8 +777,14 @@ def union_all(sets: Iterable[PageSet]) -> PageSet:
     ss = [p for p in sets if p]
     if not ss:
         return PageSet()
+    dense = [p for p in ss if p.is_dense]
+    if dense:  # the dense ones fold (their blocks stay blocks); the rest merge at once
+        out = union_all(p for p in ss if not p.is_dense)
+        for p in dense:
+            out = out | p
+        return out
     return PageSet._trusted(
-        *_merge(np.concatenate([p.starts for p in ss]), np.concatenate([p.lasts for p in ss]))
+        *xa.merge(np.concatenate([p.starts for p in ss]), np.concatenate([p.lasts for p in ss]))
     )
 
 

@@ -84,6 +84,13 @@ def bitmap_positions(
 _RUN_CHUNK = 1 << 20
 
 
+def to_le_bits(data: bytes, word_size: int, word_order: str, nbits: int | None = None
+               ) -> NDArray[np.uint8]:
+    """The bitmap as a little-endian bit string (bit n = byte n // 8, bit n % 8), bits at
+    or past ``nbits`` cleared (and whole bytes past it dropped)."""
+    return _trimmed(data, word_size, word_order, nbits)
+
+
 def _trimmed(data: bytes, word_size: int, word_order: str, nbits: int | None
              ) -> NDArray[np.uint8]:
     le = _to_le_bytes(data, word_size, word_order)

@@ -206,13 +206,19 @@ class Decoded:
     starts: U64 | None = None
     counts: U64 | None = None
     role: str = "inflate"
+    #: the pages as a set, for messages decoded straight to one (a v3 bitmap of 4 KiB bits,
+    #: hybrid bitmap records: their runs are the bits, so ``starts``/``counts`` stay None
+    #: rather than cost 16 bytes per run -- issue 12's 178x and 345x)
+    pageset: PageSet | None = None
 
     @property
     def carries_pages(self) -> bool:
-        return self.starts is not None
+        return self.starts is not None or self.pageset is not None
 
     def pages(self) -> PageSet:
         """The set of 4 KiB frames the message denotes (duplicates merged)."""
+        if self.pageset is not None:
+            return self.pageset
         if self.starts is None or self.counts is None:
             return PageSet.empty()
         if self.kind == "pfns":  # one frame each: the frames path (counting sort when dense)
@@ -453,9 +459,22 @@ def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
                          field="bitmap"))
     nbits = 8 * min(int(h.bmap_len), present)
     unit = 1 << (ps - 12)
-    # runs of set bits, not one entry per bit: memory follows the runs (16 bytes each), not
-    # the 8 pages per bitmap byte (a 4 MiB all-ones bitmap is one run, not 32 Mi entries)
-    first, run = bulk.bitmap_runs(bitmap, layout.word_size, layout.word_order, nbits)
+    pages: PageSet | None = None
+    if unit == 1:
+        # bit n is frame start_pfn + n on every queue: the set straight from the packed bits
+        # (runs as extents, or bit blocks where runs are short: memory follows the input)
+        le = bulk.to_le_bits(bitmap, layout.word_size, layout.word_order, nbits)
+        try:
+            pages = PageSet.from_le_bits(le, int(h.start_pfn), nbits)
+        except DecodeError:
+            raise DecodeError("start_pfn + bitmap exceed the 64-bit frame space",
+                              field="start_pfn", offset=16) from None
+        del le
+        first = run = np.zeros(0, dtype=np.uint64)
+    else:
+        # runs of set bits, not one entry per bit: memory follows the runs (16 bytes each),
+        # not the 8 pages per bitmap byte
+        first, run = bulk.bitmap_runs(bitmap, layout.word_size, layout.word_order, nbits)
     if present > h.bmap_len:
         beyond = (bulk.bitmap_popcount(bitmap, layout.word_size, layout.word_order)
                   - bulk.bitmap_popcount(bitmap, layout.word_size, layout.word_order, nbits))
@@ -463,11 +482,13 @@ def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
             f.append(Finding("v3.driver.bmap.bits-beyond-len",
                              f"{beyond} bit(s) set past bmap_len ({h.bmap_len} bytes); not "
                              "counted as pages", field="bitmap", offset=BMAP_HDR_SIZE + h.bmap_len))
-    if first.size == 0 and role in ("inflate", "deflate"):
+    if (not pages if pages is not None else first.size == 0) and role in ("inflate", "deflate"):
         f.append(Finding("v3.driver.bmap.empty", f"no page in this {role} message",
                          field="bitmap"))
     last = int(first[-1] + run[-1]) - 1 if first.size else -1  # no page: nothing can overflow
-    if role == "misc":
+    if pages is not None:  # set_page_bitmap(): 4 KiB balloon PFNs, one per bit
+        starts = counts = None
+    elif role == "misc":
         # send_unused_pages_info(): start_pfn and bits are real PFNs of PAGE_SIZE; a run of
         # k bits is k whole pages: one extent
         if first.size and (h.start_pfn + last + 1) * unit > 1 << 64:
@@ -475,12 +496,6 @@ def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
                               field="start_pfn", offset=16)
         starts = (np.uint64(h.start_pfn) + first) * np.uint64(unit)
         counts = run * np.uint64(unit)
-    elif unit == 1:
-        # set_page_bitmap(): bits are page_to_balloon_pfn() (4 KiB units), one per page
-        if first.size and h.start_pfn + last + unit > 1 << 64:
-            raise DecodeError("start_pfn + bitmap exceed the 64-bit frame space",
-                              field="start_pfn", offset=16)
-        starts, counts = np.uint64(h.start_pfn) + first, run
     else:
         # pages larger than 4 KiB: each bit names a page of ``unit`` frames that may overlap
         # the next bit's page, so bits stay separate (overlaps are a finding)
@@ -496,6 +511,8 @@ def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
                              f"this message ({unit} frames per bit)", field="bitmap"))
     msg = BitmapMessage(int(h.cmd), ps, int(h.flag), int(h.reserved), int(h.req_id),
                         int(h.start_pfn), int(h.bmap_len), tuple(segs[i:]), header_tail)
+    if pages is not None:
+        return Decoded("bmap", msg, layout, tuple(f), None, None, role, pageset=pages)
     return Decoded("bmap", msg, layout, tuple(f), starts, counts, role)
 
 

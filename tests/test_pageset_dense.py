@@ -1,0 +1,130 @@
+"""The bit-block (dense) form of a PageSet is the same set as its extents form (issue 12).
+
+Every set is built twice: as extents, and re-cut so that a random choice of 512-frame blocks
+is held as bits (whatever the density rule would pick).  Both must be equal, hash alike, count,
+print and answer membership alike, and every operation between any two forms must give the
+set the extents algebra gives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from virtio_balloon_proto import bitblocks as bb
+from virtio_balloon_proto.pageset import MAX_FRAME, PageSet
+from virtio_balloon_proto.wire import WireLayout, decode
+
+# frames near 0, near a block edge and at the very top of the frame space
+_BASES = st.sampled_from([0, 5, 509, 1 << 20, (1 << 40) - 3, MAX_FRAME - 5000])
+
+
+@st.composite
+def extents_sets(draw: st.DrawFn) -> PageSet:
+    base = draw(_BASES)
+    ext = draw(st.lists(st.tuples(st.integers(0, 4000), st.integers(1, 700)), max_size=12))
+    pattern = draw(st.sampled_from([None, 0x55, 0xAA, 0x3C, 0x01]))
+    ps = PageSet.from_extents([[base + a, min(n, MAX_FRAME - base - a + 1)] for a, n in ext
+                               if base + a <= MAX_FRAME])
+    if pattern is not None:  # an alternating stretch: one extent per page
+        off = draw(st.integers(0, 600))
+        nbytes = draw(st.integers(1, 200))
+        if base + off + 8 * nbytes - 1 <= MAX_FRAME:
+            bits = np.full(nbytes, pattern, dtype=np.uint8)
+            pos = np.flatnonzero(np.unpackbits(bits, bitorder="little")).astype(np.uint64)
+            ps = ps | PageSet.from_frames(pos + np.uint64(base + off))
+    return ps
+
+
+def force_dense(ps: PageSet, data: st.DataObject) -> PageSet:
+    """The same set with a random subset of blocks (touched or not) held as bits."""
+    if not ps:
+        return ps
+    lo, hi = ps.min() >> 9, ps.max() >> 9
+    cand = sorted({lo, hi, *data.draw(st.lists(st.integers(lo, hi), max_size=10))})
+    universe = np.array(data.draw(st.lists(st.sampled_from(cand), min_size=1, unique=True)),
+                        dtype=np.uint64)
+    universe.sort()
+    es, el, rows = bb.spread(ps.starts, ps.lasts, None, universe)
+    out = PageSet._trusted(es, el)
+    out._blk = bb.make(universe, rows)
+    return out
+
+
+def same(a: PageSet, b: PageSet) -> None:
+    assert a == b and b == a
+    assert hash(a) == hash(b)
+    assert a.extents() == b.extents()
+    assert a.to_text() == b.to_text()
+    assert a.page_count() == b.page_count() and bool(a) == bool(b)
+    assert a.n_extents == b.n_extents == len(b.extents())
+    if a:
+        assert (a.min(), a.max()) == (b.min(), b.max())
+
+
+@settings(max_examples=150, deadline=None)
+@given(p=extents_sets(), q=extents_sets(), data=st.data())
+def test_dense_and_extents_forms_agree(p: PageSet, q: PageSet, data: st.DataObject) -> None:
+    dp, dq = force_dense(p, data), force_dense(q, data)
+    same(dp, p)
+    assert np.array_equal(dp.starts, p.starts) and np.array_equal(dp.counts, p.counts)
+    probe = [f for e in p.extents()[:4] for f in (e[0] - 1, e[0], e[0] + e[1] - 1, e[0] + e[1])
+             if 0 <= f <= MAX_FRAME]
+    assert [f in dp for f in probe] == [f in p for f in probe]
+    assert dp.contains_frames(np.array(probe, dtype=np.uint64)).tolist() == [f in p
+                                                                            for f in probe]
+    for x, y in ((dp, dq), (dp, q), (p, dq)):
+        same(x | y, p | q)
+        same(x & y, p & q)
+        same(x - y, p - q)
+        same(x ^ y, p ^ q)
+        assert x.issubset(y) == p.issubset(q) and x.isdisjoint(y) == p.isdisjoint(q)
+    if p and p.max() < 1 << 63:
+        base = p.min()
+        n = p.max() - base + 1
+        if n <= 1 << 16:
+            assert dp.to_bitmap(base, n) == p.to_bitmap(base, n)
+            bits = np.frombuffer(p.to_bitmap(base, n), dtype=np.uint8)
+            same(PageSet.from_le_bits(bits, base, n), p)
+
+
+@settings(max_examples=100, deadline=None)
+@given(pattern=st.binary(min_size=1, max_size=64), reps=st.integers(1, 64),
+       base=st.integers(0, 5000), order=st.sampled_from(["little", "big"]))
+def test_from_bitmap_picks_a_form_and_keeps_the_set(pattern: bytes, reps: int, base: int,
+                                                    order: str) -> None:
+    raw = (pattern * reps)[: len(pattern) * reps // 8 * 8 or 8].ljust(8, b"\0")
+    ps = PageSet.from_bitmap(raw, base, 64, order)  # type: ignore[arg-type]
+    le = np.frombuffer(raw, dtype=np.uint8)
+    if order == "big":
+        le = le.reshape(-1, 8)[:, ::-1].reshape(-1)
+    frames = np.flatnonzero(np.unpackbits(le, bitorder="little")).astype(np.uint64) + base
+    same(ps, PageSet.from_frames(frames))
+
+
+def test_alternating_bitmap_is_held_as_blocks_and_stays_small() -> None:
+    """4 MiB of 0x55: 16 Mi one-page extents (256 MiB as extents) are 4.5 MiB of blocks."""
+    n = 4 << 20
+    ps = PageSet.from_bitmap(b"\x55" * n, 64)
+    assert ps.is_dense and ps._blk is not None
+    assert ps._blk.bits.nbytes + ps._blk.idx.nbytes <= 1.2 * n
+    assert ps.page_count() == 4 * n and ps.n_extents == 4 * n
+    assert (ps.min(), ps.max()) == (64, 64 + 8 * n - 2)
+    assert 66 in ps and 67 not in ps
+    text = "".join(ps.iter_text(chunk=1 << 12))
+    assert text.startswith("64,66,68,") and text.endswith(f",{64 + 8 * n - 2}")
+    # an all-ones bitmap is one extent, not blocks
+    assert not PageSet.from_bitmap(b"\xff" * n, 0).is_dense
+
+
+def test_v3_decode_of_alternating_bitmap_keeps_pages_and_findings() -> None:
+    """The wire decoder hands the dense form over; pages and findings are what the extents
+    path gave (lossless): every other frame from start_pfn, no finding."""
+    hdr = bytes.fromhex("00000c00000000000000000000000000") + (64).to_bytes(8, "little")
+    body = b"\x55" * 4096
+    d = decode("bmap", [hdr + len(body).to_bytes(8, "little"), body],
+               WireLayout("le", 64, "le", 4096), profile="v3", role="inflate")
+    ps = d.pages()
+    assert ps.is_dense and d.findings == ()
+    assert ps == PageSet.from_frames(np.arange(64, 64 + 8 * 4096, 2, dtype=np.uint64))
