@@ -173,6 +173,13 @@ class PageSet:
         blk = bb.from_le_bits(raw, base, top + 1)
         return cls._from_parts(xa.EMPTY, xa.EMPTY, blk)
 
+    @classmethod
+    def from_blocks(cls, idx: npt.NDArray[np.uint64], rows: npt.NDArray[np.uint8]) -> PageSet:
+        """Frames ``idx[r] * 512 + j`` for each set bit ``j`` (bit ``j % 8`` of byte
+        ``j // 8``) of row ``r`` of ``rows`` ((n, 64) uint8); ``idx`` sorted, unique, below
+        2**55.  In whichever form is smaller."""
+        return cls._from_parts(xa.EMPTY, xa.EMPTY, bb.make(idx.astype(np.uint64), rows))
+
     @property
     def is_dense(self) -> bool:
         """True when part of the set is held as bit blocks (a fact about memory only)."""

@@ -580,46 +580,115 @@ def _decode_hybrid(data: bytes, layout: WireLayout, role: str) -> Decoded:
                          f"(first: record {k}, start_pfn {int(start[k]):#x}, order "
                          f"{int(order[k])})", field=f"records[{k}].start_pfn",
                          offset=RESP_HDR_SIZE + 8 * int(heads[k])))
-    # plain pfn+order records
     plain = blen == 0
+    bm = np.flatnonzero(~plain)
+    nbits = blen * np.uint64(8)
+    # the frames each record can name: 2^order for a plain record, bmap_len * 8 blocks of
+    # 2^order for a bitmap record (< 2^61, see below: no overflow)
+    ends = start + np.where(plain, unit, nbits * unit)
+    order_ = np.argsort(start, kind="stable")
+    disjoint = bool(np.all(start[order_][1:] >= np.maximum.accumulate(ends[order_])[:-1]))
+    pages: PageSet | None = None
+    if disjoint and bm.size:
+        # records name disjoint frames, so no page is named twice (no finding to count) and
+        # the order-0 bitmap records -- one frame per bit -- go to bit blocks straight from
+        # their words: alternating bits would cost 16 bytes of extent per bit (issue 12)
+        dense = bm[order[bm] == 0]
+        other = np.concatenate((np.flatnonzero(plain), bm[order[bm] != 0]))
+        s_o, c_o = _hybrid_extents(words, heads, other, start, unit, blen)
+        pages = PageSet.from_starts_counts(s_o, c_o) | _hybrid_bits(words, heads, dense,
+                                                                     start, blen)
+        starts = counts = None
+    else:
+        starts, counts = _hybrid_extents(words, heads, np.arange(heads.size), start, unit, blen)
+        ov = _overlaps(starts, counts)
+        if ov:
+            f.append(Finding("hybrid.driver.pages.no-duplicate",
+                             f"{ov} block(s) overlap another block of this message",
+                             field="records"))
+    msg = HybridMessage(int(h.cmd), int(h.flag), int(h.id), int(h.data_len), words, heads,
+                        trailing, little)
+    return Decoded("hybrid", msg, layout, tuple(f), starts, counts, role, pageset=pages)
+
+
+def _record_words(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp],
+                  blen: U64) -> U64:
+    """(n, 8) bitmap words of the records ``recs`` (indices into ``heads``), bits at or past
+    each record's bmap_len * 8 cleared, missing words zero."""
+    bl = blen[recs].astype(np.int64)
+    nw = (bl + 7) >> 3  # 1..8 words each
+    out = np.zeros((recs.size, 8), dtype=np.uint64)
+    h = heads[recs]
+    for k in range(8):
+        sel = np.flatnonzero(nw > k)
+        if not sel.size:
+            break
+        valid = np.clip(bl[sel] * 8 - 64 * k, 0, 64).astype(np.uint64)
+        mask = np.where(valid >= np.uint64(64), np.uint64(0xFFFFFFFFFFFFFFFF),
+                        (np.uint64(1) << (valid & np.uint64(63))) - np.uint64(1))
+        out[sel, k] = words[h[sel] + 1 + k] & mask
+    return out
+
+
+def _hybrid_extents(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp],
+                    start: U64, unit: U64, blen: U64) -> tuple[U64, U64]:
+    """The pages of records ``recs`` as (first frame, count) in record order: a plain
+    record is one block; in a bitmap record consecutive set bits are consecutive blocks,
+    one extent per run (runs never cross from one record into the next)."""
+    plain = recs[blen[recs] == 0]
+    bm = recs[blen[recs] != 0]
     starts_l = [start[plain]]
     counts_l = [unit[plain]]
-    # bitmap records: bit i marks the block at start_pfn + i * 2^order.  Consecutive set bits
-    # are consecutive blocks: decoded as runs (one extent per run, not one per bit), from
-    # the records' bitmap words laid end to end with a zero word after each record, so that
-    # no run crosses from one record into the next
-    bm = np.flatnonzero(~plain)
     if bm.size:
-        blen_bm = blen[bm]
-        nw = ((blen_bm + np.uint64(7)) >> np.uint64(3)).astype(np.intp)  # 1..8 words each
-        pad_start = np.cumsum(nw + 1) - (nw + 1)  # first word of each record, padded
-        rec_of_word = np.repeat(np.arange(bm.size), nw)
-        within = np.arange(rec_of_word.size) - np.repeat(np.cumsum(nw) - nw, nw)
-        # bits at or past bmap_len * 8 are not blocks (the last word may be partial)
-        valid = np.clip(blen_bm[rec_of_word].astype(np.int64) * 8 - within * 64, 0, 64)
-        mask = np.where(valid >= 64, np.uint64(0xFFFFFFFFFFFFFFFF),
-                        (np.uint64(1) << valid.astype(np.uint64)) - np.uint64(1))
-        stream = np.zeros(int(pad_start[-1] + nw[-1] + 1), dtype="<u8")
-        stream[pad_start[rec_of_word] + within] = words[heads[bm][rec_of_word] + 1 + within] & mask
-        del valid, mask, within
+        # the records' words laid end to end with a zero word after each record
+        stream = np.zeros((bm.size, 9), dtype="<u8")
+        stream[:, :8] = _record_words(words, heads, bm, blen)
         first, run = bulk.bitmap_runs(stream.tobytes(), 64, "le")
-        del stream, rec_of_word
-        r = np.searchsorted(pad_start.astype(np.uint64) * np.uint64(64), first, side="right") - 1
-        first -= pad_start[r].astype(np.uint64) * np.uint64(64)  # block index in its record
+        del stream
+        r = (first // np.uint64(9 * 64)).astype(np.intp)
+        first -= r.astype(np.uint64) * np.uint64(9 * 64)  # block index in its record
         u = unit[bm][r]
         # no overflow possible, so no check: start_pfn < 2^52, a block is at most 2^51 frames
         # (page_shift <= 63) and a bit index is < 8 * 63, so start + (bit + 1) * block < 2^61
         starts_l.append(start[bm][r] + first * u)
         counts_l.append(run * u)
-    starts = np.concatenate(starts_l).astype(np.uint64)
-    counts = np.concatenate(counts_l).astype(np.uint64)
-    ov = _overlaps(starts, counts)
-    if ov:
-        f.append(Finding("hybrid.driver.pages.no-duplicate",
-                         f"{ov} block(s) overlap another block of this message", field="records"))
-    msg = HybridMessage(int(h.cmd), int(h.flag), int(h.id), int(h.data_len), words, heads,
-                        trailing, little)
-    return Decoded("hybrid", msg, layout, tuple(f), starts, counts, role)
+    return (np.concatenate(starts_l).astype(np.uint64),
+            np.concatenate(counts_l).astype(np.uint64))
+
+
+def _hybrid_bits(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp],
+                 start: U64, blen: U64) -> PageSet:
+    """The frames of order-0 bitmap records ``recs`` (bit i is frame start_pfn + i), as a
+    set built from the words: each record's 512 bits shifted into the two 512-frame blocks
+    they can touch, blocks shared by records OR-ed together."""
+    if not recs.size:
+        return PageSet()
+    w = _record_words(words, heads, recs, blen)
+    s = start[recs]
+    off = (s & np.uint64(511)).astype(np.intp)
+    q, b = off >> 6, (off & 63).astype(np.uint64)
+    win = np.zeros((recs.size, 16), dtype=np.uint64)
+    rix = np.arange(recs.size)
+    back = np.where(b == 0, np.uint64(0), np.uint64(64) - b) & np.uint64(63)
+    for k in range(8):
+        win[rix, q + k] |= w[:, k] << b
+        win[rix, q + k + 1] |= np.where(b == 0, np.uint64(0), w[:, k] >> back)
+    del w
+    blk = np.repeat(s >> np.uint64(9), 2)
+    blk[1::2] += np.uint64(1)
+    keep = np.flatnonzero(win.reshape(-1, 8).any(axis=1))  # a record often fills one block
+    blk, pairs = blk[keep], win.reshape(-1, 8)[keep]
+    del win
+    if blk.size == 0:
+        return PageSet()
+    if blk.size > 1 and not bool(np.all(blk[1:] >= blk[:-1])):
+        o = np.argsort(blk, kind="stable")
+        blk, pairs = blk[o], pairs[o]
+    uniq = np.flatnonzero(np.concatenate(([True], blk[1:] != blk[:-1])))
+    if uniq.size < blk.size:  # records sharing a block
+        pairs = np.bitwise_or.reduceat(pairs, uniq, axis=0)
+    bits: NDArray[np.uint8] = np.ascontiguousarray(pairs, dtype="<u8").view(np.uint8)
+    return PageSet.from_blocks(blk[uniq], bits.reshape(-1, 64))
 
 
 def _decode_stats(data: bytes, layout: WireLayout, profile: str) -> Decoded:
