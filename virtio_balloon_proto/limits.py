@@ -49,6 +49,23 @@ MAX_CHAIN_DESCRIPTORS = 4096
 #: input even when every chain of a full ring names the same large indirect table
 MAX_WALK_DESCRIPTORS = 1 << 17
 
+#: bytes ``message encode`` / ``message_from_json`` may produce per byte of the JSON that
+#: asked for them, above :data:`MAX_ENCODE_FLOOR`: the ``pages`` form is a description
+#: (``{"pages": [[0, 13700000]]}``, 32 bytes, asked for 13.7 M PFNs = 55 MB), so its output
+#: is capped in proportion to it
+MAX_ENCODE_RATIO = 64
+#: output any ``pages`` JSON may ask for: 1 MiB, one v3 message of 32 buffers of 8 pages
+#: (4 KiB pages) or 262,144 PFNs (1,024 full 256-PFN buffers); a whole inflate is encoded
+#: with ``codecs.encode_pages``, which splits it into messages
+MAX_ENCODE_FLOOR = 1 << 20
+
+
+def encode_budget(input_bytes: int) -> int:
+    """Bytes an encoder may produce for ``input_bytes`` of JSON: MAX_ENCODE_FLOOR +
+    MAX_ENCODE_RATIO per byte, never over MAX_INPUT (what the decoder would read back)."""
+    return min(MAX_INPUT, MAX_ENCODE_FLOOR + MAX_ENCODE_RATIO * max(0, input_bytes))
+
+
 def json_depth(obj: Any, limit: int = 1 << 30) -> int:
     """The deepest nesting of lists/dicts in a parsed document (iterative: no recursion);
     stops counting once ``limit`` is passed."""
@@ -254,6 +271,8 @@ def dumps_strict(obj: Any, **kw: Any) -> str:
 
 __all__ = [
     "MAX_CHAIN_DESCRIPTORS",
+    "MAX_ENCODE_FLOOR",
+    "MAX_ENCODE_RATIO",
     "MAX_FRAME",
     "MAX_INPUT",
     "MAX_INT_DIGITS",
@@ -264,6 +283,7 @@ __all__ = [
     "check_int",
     "clean_text",
     "dumps_strict",
+    "encode_budget",
     "json_depth",
     "json_safe",
     "loads_json",

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from ..errors import DecodeError, EncodeError, UsageError
 from ..findings import Finding
-from ..limits import MAX_INPUT
+from ..limits import MAX_ENCODE_FLOOR, MAX_ENCODE_RATIO, MAX_INPUT, encode_budget
 from ..pageset import PageSet
 from ..profiles import get_profile
 from . import bulk
@@ -1004,17 +1004,36 @@ def message_from_json(kind: str, obj: Any, layout: WireLayout | None = None,
     raise UsageError(f"unknown message kind {kind!r}", field="kind")
 
 
+def _json_bytes(obj: Any) -> int:
+    """Length of ``obj`` as compact JSON (what asked for the output); MAX_INPUT if it is not
+    JSON (a library caller's objects: then only MAX_INPUT caps the output)."""
+    import json
+
+    try:
+        return len(json.dumps(obj, separators=(",", ":")))
+    except (TypeError, ValueError):
+        return MAX_INPUT
+
+
+def _over_budget(what: str, nbytes: int, budget: int) -> EncodeError:
+    return EncodeError(
+        f"{what} would be {nbytes} bytes: over the limit of {budget} bytes for this input "
+        f"(MAX_ENCODE_FLOOR {MAX_ENCODE_FLOOR} + MAX_ENCODE_RATIO {MAX_ENCODE_RATIO} per byte of "
+        "JSON); encode a whole inflate with codecs.encode_pages", field="pages")
+
+
 def _from_pages(kind: str, pages: Any, layout: WireLayout, role: str) -> Message:
     ps = PageSet.from_extents(pages)
     # sizes are checked on the extents, before one uint64 per page is allocated: a 30-byte
-    # {"pages": [[0, 200000000]]} took 3 GB and ended in a MemoryError traceback
+    # {"pages": [[0, 200000000]]} took 3 GB and ended in a MemoryError traceback; and the
+    # output is capped in proportion to the JSON (32 bytes made 13.7 M PFNs)
+    budget = encode_budget(_json_bytes(pages))
     if kind == "pfns":
         if ps and ps.max() > 0xFFFFFFFF:
             raise EncodeError("a PFN above 2^32-1 cannot go in a __virtio32 array", field="pages")
-        if 4 * len(ps) > MAX_INPUT:
-            raise EncodeError(f"{len(ps)} PFNs are {4 * len(ps)} bytes: over the limit of "
-                              f"{MAX_INPUT} bytes for one message (MAX_INPUT); a driver sends "
-                              "at most 256 per buffer", field="pages")
+        if 4 * len(ps) > budget:
+            raise _over_budget(f"{len(ps)} PFNs (a driver sends at most 256 per buffer)",
+                               4 * len(ps), budget)
         return PfnArray(ps.to_frames().astype(np.uint32))
     if kind == "bmap":
         fpp = layout.frames_per_page
@@ -1023,6 +1042,8 @@ def _from_pages(kind: str, pages: Any, layout: WireLayout, role: str) -> Message
                 ps.min(), ps.max() - ps.max() % fpp)
             w = layout.word_size
             span = (hi - lo // w * w) // w * w + w  # as nbits below, from the extents
+            if span // 8 > budget:
+                raise _over_budget(f"a bitmap of the span of {span} bits", span // 8, budget)
             if span // 8 > BMAP_BUFFERS_MAX * 8 * layout.page_size:
                 raise EncodeError(
                     f"the pages span {span} bits; one v3 message covers at most "
@@ -1061,7 +1082,12 @@ def _from_pages(kind: str, pages: Any, layout: WireLayout, role: str) -> Message
         return BitmapMessage(0, layout.page_shift, 0, 0, 0, base, nbits // 8, bufs)
     if kind == "hybrid":
         # the plain pfn+order form (every bmap_len 0); codecs.hybrid chooses bitmap words too
-        starts, orders = ps.aligned_blocks(max_order=51)
+        try:
+            starts, orders = ps.aligned_blocks(max_order=51, limit=budget // 8)
+        except UsageError as exc:
+            if "exceed the limit" not in str(exc):
+                raise
+            raise _over_budget("the records", 8 * (budget // 8 + 1), budget) from None
         if starts.size and int(starts.max()) > bulk.START_MASK:
             raise EncodeError(f"frame {int(starts.max())} does not fit a record's 52-bit "
                               "start_pfn", field="pages")
