@@ -139,6 +139,20 @@ def negotiated_from_json(raw: Any, step: str) -> Negotiated:
     )
 
 
+def _checked_used(raw: Any, step: str) -> list[Used]:
+    """An in-process device's used buffers, checked as a stdio testee's ``used`` answer is."""
+    if not isinstance(raw, (list, tuple)):
+        raise PeerError(f"expected a list of Used, got {type(raw).__name__}", where=step)
+    as_json = []
+    for i, u in enumerate(raw):
+        if not isinstance(u, Used) or not isinstance(u.written, (bytes, bytearray)):
+            raise PeerError(f"used[{i}] is {type(u).__name__}, not Used with bytes written",
+                            where=step)
+        as_json.append({"id": u.id, "len": u.length, "written": bytes(u.written).hex()})
+    validate_result({"used": as_json}, "used_result", step)
+    return used_from_json(as_json, step)
+
+
 def _text(v: Any, limit: int = 300) -> str:
     """A testee's free text for a report: a string (or the JSON of anything else), cut to
     ``limit`` characters; control characters and lone surrogates are escaped by the reports."""
@@ -191,26 +205,44 @@ class PythonDevice:
         except Exception as exc:  # the device's own bug: report, do not crash the run
             raise PeerError(f"device raised {type(exc).__name__}: {exc}", where=step) from None
 
+    # every answer goes through the checks a stdio testee's answer does (the protocol schema's
+    # result definitions and the typed conversions): an in-process device is a peer too
     def start(self, setup: Setup) -> Negotiated:
         if self._hung and self.factory is not None:
             self.inner = self.factory()  # a fresh instance: the old one is stuck in a thread
             self._hung = False
-        return self._call("start", self.inner.start, setup)  # type: ignore[no-any-return]
+        neg = self._call("start", self.inner.start, setup)
+        if not isinstance(neg, Negotiated):
+            raise PeerError(f"start returned {type(neg).__name__}, not Negotiated", where="start")
+        return negotiated_from_json({"offered": neg.offered, "accepted": neg.accepted,
+                                     "queues": neg.queues, "config_size": neg.config_size},
+                                    "start")
 
     def avail(self, role: str, head: int, segments: list[Segment]) -> list[Used]:
-        return self._call(f"avail {role} head {head}", self.inner.avail, role, head, segments)  # type: ignore[no-any-return]
+        step = f"avail {role} head {head}"
+        return _checked_used(self._call(step, self.inner.avail, role, head, segments), step)
 
     def config_read(self, offset: int, size: int) -> bytes:
-        return self._call(f"config_read {offset}+{size}", self.inner.config_read, offset, size)  # type: ignore[no-any-return]
+        step = f"config_read {offset}+{size}"
+        data = self._call(step, self.inner.config_read, offset, size)
+        if not isinstance(data, (bytes, bytearray)):
+            raise PeerError(f"config_read returned {type(data).__name__}, not bytes", where=step)
+        return bytes(data)
 
     def config_write(self, offset: int, data: bytes) -> None:
         self._call(f"config_write {offset}", self.inner.config_write, offset, data)
 
     def host_request(self, kind: str, params: dict[str, Any]) -> list[Used]:
-        return self._call(f"host_request {kind}", self.inner.host_request, kind, params)  # type: ignore[no-any-return]
+        step = f"host_request {kind}"
+        return _checked_used(self._call(step, self.inner.host_request, kind, params), step)
 
     def observe(self) -> dict[str, Any]:
-        return self._call("observe", self.inner.observe)  # type: ignore[no-any-return]
+        result = self._call("observe", self.inner.observe)
+        if not isinstance(result, dict):
+            raise PeerError(f"observe returned {type(result).__name__}, not a dict",
+                            where="observe")
+        validate_result(result, "observe_result", "observe")
+        return result
 
     def observe_changes(self) -> dict[str, Any]:
         """The inner device's ``observe_changes`` (balloon as a delta) when it has one, else its

@@ -130,6 +130,19 @@ def test_forked_child_of_a_serving_testee_dies_with_the_run(corpus: Path, tmp_pa
     assert len(pidfile.read_text().split()) >= 2  # the testee and its child were recorded
 
 
+@pytest.mark.parametrize("mode", ["setsid-exit", "setsid-serve"])
+def test_double_forked_setsid_grandchild_dies_with_the_run(mode: str, corpus: Path,
+                                                          tmp_path: Path) -> None:
+    """A testee whose grandchild setsid()s (its own session: out of reach of killpg) and is
+    orphaned: the runner (a child subreaper that tags its testees' environment) kills it,
+    whether the testee then exits or goes on serving.  _run asserts no recorded pid lives."""
+    proc, _, _, pidfile = _run(mode, corpus, tmp_path)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    pids = pidfile.read_text().split()
+    assert len(pids) >= 2  # the testee and its setsid grandchild(ren) were recorded
+    assert proc.returncode == (1 if mode == "setsid-exit" else 0), proc.stderr[-2000:]
+
+
 def test_junit_escapes_control_characters_and_surrogates(corpus: Path, tmp_path: Path) -> None:
     _run("surrogate", corpus, tmp_path)
     xml_text = (tmp_path / "r.xml").read_text(encoding="utf-8")
@@ -145,3 +158,30 @@ def test_unsupported_with_control_characters_and_surrogates(corpus: Path, tmp_pa
     assert "Traceback" not in proc.stderr, proc.stderr
     assert {c["outcome"] for c in report["cases"]} == {"unsupported"}
     assert "\\ud83d" in (tmp_path / "r.xml").read_text(encoding="utf-8")
+
+
+def test_python_adapter_answers_are_schema_checked_like_stdio_answers() -> None:
+    """Every spoiled answer of an in-process device (an extent ["x", 1], NaN, 2^64, a used id
+    over 16 bits, a dict where Used or Negotiated belongs, a queue index of -1, hex text where
+    bytes belong) fails its case with suite.device.transport naming the step -- the checks a
+    stdio testee's answer gets -- while the untouched reference passes."""
+    import hostile_python_devices as hp
+
+    from virtio_balloon_proto.conformance.runner import Runner, discover_cases
+
+    corpus = Path(__file__).resolve().parents[1] / "conformance" / "traces"
+    cases = discover_cases(corpus, case_globs=["spec/inflate-le"])
+    assert cases
+    for cls in [None, *hp.HOSTILE]:
+        spec = (f"python:{Path(hp.__file__)}:{cls.__name__}" if cls else
+                "python:virtio_balloon_proto.models.device:ReferenceDevice")
+        runner = Runner(spec)
+        try:
+            results = [runner.run_case(c) for c in cases]
+        finally:
+            runner.close()
+        failed = [(v.clause, v.message) for r in results for v in r.failures()]
+        if cls is None:
+            assert failed == []
+            continue
+        assert failed and {c for c, _ in failed} == {"suite.device.transport"}, (cls, failed)

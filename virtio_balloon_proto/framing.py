@@ -16,8 +16,10 @@ import select
 import signal
 import struct
 import subprocess
+import sys
 import tempfile
 import time
+import uuid
 from typing import IO, Any, BinaryIO
 
 from .errors import PeerError, UsageError
@@ -71,6 +73,72 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+#: environment variable that tags every descendant of a child we spawn (inherited through
+#: fork, exec and setsid alike) with that child's token
+TAG_VARIABLE = "VBPROTO_PEER_TAG"
+PR_SET_CHILD_SUBREAPER = 36
+_subreaper = False
+
+
+def become_subreaper() -> bool:
+    """Make this process the child subreaper of its descendants (Linux ``prctl``): a
+    descendant orphaned by its parent's exit is re-parented to us, not to init, so it stays
+    in our tree -- findable, killable and reaped here.  False where unsupported."""
+    global _subreaper
+    if not _subreaper and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            _subreaper = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return _subreaper
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Live processes whose environment carries ``TAG_VARIABLE=tag`` (from /proc: Linux)."""
+    needle = f"{TAG_VARIABLE}={tag}".encode() + b"\0"
+    out = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{entry.name}/environ", "rb") as f:
+                    env = f.read()
+                if (b"\0" + env).find(b"\0" + needle) >= 0:
+                    out.append(int(entry.name))
+    return out
+
+
+def kill_tagged(tag: str, rounds: int = 5) -> int:
+    """SIGKILL every process tagged ``tag`` -- the descendants that left the child's process
+    group (``setsid()``, a double fork) -- until none is left; reap those that are ours (as
+    subreaper, the orphans are).  Returns how many were killed."""
+    killed: set[int] = set()
+    for _ in range(rounds):
+        pids = [p for p in tagged_pids(tag) if p != os.getpid()]
+        alive = [p for p in pids if _state(p) not in ("Z", "X", "")]
+        if not alive:
+            break
+        for p in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGKILL)
+            killed.add(p)
+        time.sleep(0.01)
+    for p in killed:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(p, os.WNOHANG)
+    return len(killed)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 class FramedProcess:
     """A child process answering frames on its stdout to frames on its stdin."""
 
@@ -87,6 +155,7 @@ class FramedProcess:
         self.field = field
         self.proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
+        self._tag = ""
 
     @property
     def running(self) -> bool:
@@ -94,10 +163,15 @@ class FramedProcess:
 
     def spawn(self) -> None:
         self._stderr = tempfile.TemporaryFile()
+        # its own session (killpg reaches its group) and a tag in its environment (reaches
+        # what left the group); we are subreaper, so orphans stay in our tree
+        become_subreaper()
+        self._tag = uuid.uuid4().hex
+        env = {**os.environ, TAG_VARIABLE: self._tag}
         try:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=self._stderr,
-                                         bufsize=0, start_new_session=True)
+                                         bufsize=0, start_new_session=True, env=env)
         except OSError as exc:
             self._stderr.close()
             self._stderr = None
@@ -130,6 +204,8 @@ class FramedProcess:
                     proc.wait(timeout=0.2)
             code = proc.poll()
             kill_group(proc.pid)
+            if self._tag:
+                kill_tagged(self._tag)
             if code is None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=2)
@@ -141,7 +217,9 @@ class FramedProcess:
         return code
 
     def reap_strays(self) -> None:
-        """End of a case: if the child has exited, kill what it left behind in its group."""
+        """End of a case: if the child has exited, kill what it left behind (in its group or
+        out of it: :meth:`kill`).  A child that still serves keeps its descendants until the
+        run ends (:meth:`close`)."""
         if self.proc is not None and self.proc.poll() is not None:
             self.kill()
 

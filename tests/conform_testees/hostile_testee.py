@@ -86,6 +86,23 @@ def main() -> int:
                     stdout.flush()
                     time.sleep(0.1)
                 continue
+            if MODE in ("setsid-exit", "setsid-serve"):
+                # double fork: a grandchild in a session of its own (out of our process
+                # group, so killpg misses it), orphaned by its parent's exit
+                pid = os.fork()
+                if pid == 0:
+                    gpid = os.fork()
+                    if gpid == 0:
+                        os.setsid()
+                        os.closerange(0, 3)
+                        record(os.getpid())
+                        time.sleep(3600)
+                        os._exit(0)
+                    os._exit(0)
+                os.waitpid(pid, 0)
+                time.sleep(0.2)  # the grandchild records itself
+                if MODE == "setsid-exit":
+                    return 4
             if MODE == "fork-exit":  # a grandchild holding our stdout; we exit
                 pid = os.fork()
                 if pid == 0:
