@@ -82,7 +82,6 @@ def message() -> None:
 def message_decode(profile: str, kind: str, endian: str, word_size: str, word_order: str | None,
                    page_size: int, role: str, as_json: bool, source: str) -> None:
     """Decode SOURCE (HEX, @FILE or -) as one message of --kind."""
-    import json
 
     from virtio_balloon_proto.wire import decode
 
@@ -92,12 +91,13 @@ def message_decode(profile: str, kind: str, endian: str, word_size: str, word_or
     d = decode(kind, segments, wire_layout(endian, word_size, word_order, page_size),
                profile=profile, role=role)
     if as_json:
-        click.echo(json.dumps(d.to_json()))
+        # streamed: millions of runs (or hybrid records) are never one object or one string
+        for piece in d.iter_json():
+            click.echo(piece, nl=False)
+        click.echo()
         return
     click.echo(f"{kind} ({profile}, {endian}):")
-    for k, v in d.fields().items():
-        if isinstance(v, list) and len(v) > 16:
-            v = f"[{len(v)} items]"
+    for k, v in d.brief_fields(max_items=16).items():
         click.echo(f"  {k:12} {v}")
     if d.carries_pages:
         ps = d.pages()

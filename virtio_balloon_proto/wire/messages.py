@@ -13,7 +13,9 @@ rules talk about (no bitmap buffer longer than ``8 * PAGE_SIZE``, at most 32 of 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,10 +129,12 @@ class HybridMessage:
     heads: NDArray[np.intp]  # indices of record heads in ``words``
     trailing: bytes = b""
 
-    def records(self) -> list[HybridRecord]:
-        start, shift, blen = bulk.hybrid_fields(self.words[self.heads], self._little)
+    def records(self, lo: int = 0, hi: int | None = None) -> list[HybridRecord]:
+        """The records (``lo:hi`` of them: a long message can be read in slices)."""
+        heads = self.heads[lo:hi]
+        start, shift, blen = bulk.hybrid_fields(self.words[heads], self._little)
         out = []
-        for k, h in enumerate(self.heads.tolist()):
+        for k, h in enumerate(heads.tolist()):
             nw = (int(blen[k]) + 7) // 8
             out.append(
                 HybridRecord(
@@ -238,6 +242,63 @@ class Decoded:
             out["pages"] = self.extents()
         out["findings"] = [f.to_json() for f in self.findings]
         return out
+
+    def brief_fields(self, max_items: int = 16) -> dict[str, Any]:
+        """:meth:`fields` with every list longer than ``max_items`` shown as ``"[N items]"``
+        (hybrid records are counted, not built: 100,000 records are 85 MB of dicts)."""
+        m = self.message
+        if isinstance(m, HybridMessage) and m.heads.size > max_items:
+            out = message_fields(_no_records(m))
+            out["records"] = f"[{m.heads.size} items]"
+            return out
+        return {k: f"[{len(v)} items]" if isinstance(v, list) and len(v) > max_items else v
+                for k, v in self.fields().items()}
+
+    def iter_json(self, chunk: int = 4096) -> Iterator[str]:
+        """``json.dumps(self.to_json())`` in pieces, never holding the whole: the pages (and
+        hybrid records) are written ``chunk`` at a time, so a message of millions of runs
+        prints in memory that follows its input, not its text."""
+        m = self.message
+        hybrid = isinstance(m, HybridMessage)
+        fields = message_fields(_no_records(m)) if isinstance(m, HybridMessage) else self.fields()
+        if hybrid:
+            fields["records"] = _HOLE_RECORDS
+        obj: dict[str, Any] = {"kind": self.kind, "fields": fields}
+        if self.carries_pages:
+            obj["pages"] = _HOLE_PAGES
+        obj["findings"] = [f.to_json() for f in self.findings]
+        text = json.dumps(obj)
+        for piece in re.split(f"({re.escape(json.dumps(_HOLE_RECORDS))}|"
+                              f"{re.escape(json.dumps(_HOLE_PAGES))})", text):
+            if piece == json.dumps(_HOLE_RECORDS) and isinstance(m, HybridMessage):
+                yield "["
+                for i in range(0, int(m.heads.size), chunk):
+                    part = json.dumps(message_fields(_no_records(m, i, i + chunk))["records"])
+                    yield part[1:-1] if i == 0 else ", " + part[1:-1]
+                yield "]"
+            elif piece == json.dumps(_HOLE_PAGES):
+                yield "["
+                first = True
+                for starts, lasts in self.pages()._iter_runs():
+                    for i in range(0, starts.size, chunk):
+                        part = ", ".join(f"[{a}, {b - a + 1}]" for a, b in zip(
+                            starts[i:i + chunk].tolist(), lasts[i:i + chunk].tolist(),
+                            strict=True))
+                        yield part if first else ", " + part
+                        first = False
+                yield "]"
+            else:
+                yield piece
+
+
+_HOLE_RECORDS = "\0records\0"
+_HOLE_PAGES = "\0pages\0"
+
+
+def _no_records(m: HybridMessage, lo: int = 0, hi: int = 0) -> HybridMessage:
+    """``m`` with only records ``lo:hi`` (the fields around them unchanged)."""
+    return HybridMessage(m.cmd, m.flag, m.id, m.data_len, m.words, m.heads[lo:hi], m.trailing,
+                         m._little)
 
 
 def _overlaps(starts: U64, counts: U64) -> int:
