@@ -153,6 +153,21 @@ def _checked_used(raw: Any, step: str) -> list[Used]:
     return used_from_json(as_json, step)
 
 
+def _checked_observe(result: Any) -> dict[str, Any]:
+    """An in-process device's observation, checked as a stdio testee's is (``balloon_delta``'s
+    ``add``/``remove`` as extents too)."""
+    if not isinstance(result, dict):
+        raise PeerError(f"observe returned {type(result).__name__}, not a dict", where="observe")
+    validate_result(result, "observe_result", "observe")
+    delta = result.get("balloon_delta")
+    if delta is not None:
+        if not isinstance(delta, dict):
+            raise PeerError("balloon_delta must be an object", where="observe")
+        for key in ("add", "remove"):
+            validate_result(delta.get(key, []), "extents", "observe")
+    return result
+
+
 def _text(v: Any, limit: int = 300) -> str:
     """A testee's free text for a report: a string (or the JSON of anything else), cut to
     ``limit`` characters; control characters and lone surrogates are escaped by the reports."""
@@ -237,18 +252,13 @@ class PythonDevice:
         return _checked_used(self._call(step, self.inner.host_request, kind, params), step)
 
     def observe(self) -> dict[str, Any]:
-        result = self._call("observe", self.inner.observe)
-        if not isinstance(result, dict):
-            raise PeerError(f"observe returned {type(result).__name__}, not a dict",
-                            where="observe")
-        validate_result(result, "observe_result", "observe")
-        return result
+        return _checked_observe(self._call("observe", self.inner.observe))
 
     def observe_changes(self) -> dict[str, Any]:
         """The inner device's ``observe_changes`` (balloon as a delta) when it has one, else its
         full ``observe``."""
         fn = getattr(self.inner, "observe_changes", None)
-        return self._call("observe", fn or self.inner.observe)  # type: ignore[no-any-return]
+        return _checked_observe(self._call("observe", fn or self.inner.observe))
 
     def stop(self) -> None:
         self._call("stop", self.inner.stop)

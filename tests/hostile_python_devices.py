@@ -19,6 +19,11 @@ class ExtentX(ReferenceDevice):
         return {**super().observe(), "balloon": [["x", 1]]}
 
 
+class DeltaX(ReferenceDevice):
+    def observe_changes(self) -> dict[str, Any]:
+        return {**super().observe_changes(), "balloon_delta": {"add": [[1, "x"]], "remove": []}}
+
+
 class NanPages(ReferenceDevice):
     def observe(self) -> dict[str, Any]:
         return {**super().observe(), "num_pages": float("nan")}
@@ -57,5 +62,5 @@ class ConfigText(ReferenceDevice):
         return super().config_read(offset, size).hex()
 
 
-HOSTILE = [ExtentX, NanPages, BigActual, UsedIdTooBig, UsedNotUsed, StartDict, BadQueue,
+HOSTILE = [ExtentX, DeltaX, NanPages, BigActual, UsedIdTooBig, UsedNotUsed, StartDict, BadQueue,
            ConfigText]
