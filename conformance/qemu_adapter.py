@@ -21,7 +21,8 @@ One QEMU per case (``start`` ... ``stop``); start-up costs about 70 ms.
 What the adapter does with a recorded case, and why:
 
 * Guest RAM is the case's ``memory_size`` exactly, so a PFN past it is outside RAM for QEMU
-  too.  The adapter's rings and out-buffers live in a 16 MiB pc-dimm at 256 GiB, out of the
+  too; a case with RAM in several regions (``memory_regions``) gets its regions past the first
+  as pc-dimms at their addresses on q35 (phys-bits raised past TCG's 40 when needed).  The adapter's rings and out-buffers live in a 16 MiB pc-dimm at 256 GiB, out of the
   way of any page a case names; a case that does name a page there is reported unsupported
   rather than letting QEMU discard the adapter's own rings.  Recorded driver addresses of
   out-buffers are therefore not reused: what matters to the device is the bytes.
@@ -194,13 +195,7 @@ class QemuDevice:
             )
         if self.arch == "ppc64" and self.transport == "modern" and setup.endian != "le":
             raise Unsupported("VERSION_1 virtio is little-endian on ppc64 too (endian=be asked)")
-        if setup.memory_size > DIMM_BASE:
-            # guest RAM is one region from 0 below the adapter's window at DIMM_BASE; a case
-            # whose RAM reaches beyond it (a guest with RAM at 8 TiB) cannot be laid out here
-            raise Unsupported(
-                f"guest RAM up to {setup.memory_size:#x}: the QEMU adapter runs "
-                f"guests with RAM below {DIMM_BASE:#x}"
-            )
+        ram_size, dimms = self._ram_layout(setup)
         props = self._properties_for(setup)
         if self.transport in MMIO_TRANSPORTS:
             # virtio-balloon-device has no PCI properties; the virtio-mmio Version is the choice
@@ -219,7 +214,7 @@ class QemuDevice:
         # hinting needs a running VM (QEMU publishes ids only while vm_running)
         hint = SPEC.has(wants, "FREE_PAGE_HINT")
         # QEMU's -m has MiB granularity
-        ram = (max(setup.memory_size, MiB) + MiB - 1) // MiB * MiB
+        ram = (max(ram_size, MiB) + MiB - 1) // MiB * MiB
         try:
             s = QemuBalloon(
                 transport=self.transport,
@@ -228,6 +223,7 @@ class QemuDevice:
                 stats_clock=stats or hint,
                 timeout=self.timeout,
                 window_dimm=True,
+                ram_dimms=dimms,
                 binary=self.binary,
                 arch=self.arch,
                 device_values=self.values,
@@ -257,6 +253,37 @@ class QemuDevice:
             config_size=SPEC.config_size(offered),
         )
         return self.negotiated
+
+    def _ram_layout(self, setup: Setup) -> tuple[int, tuple[tuple[int, int], ...]]:
+        """Base RAM from 0 and further regions (as pc-dimms on q35) for the case's memory."""
+        regions = sorted(setup.memory_regions or ((0, setup.memory_size),))
+        base, rest = regions[0], regions[1:]
+        if base[0] != 0:
+            raise Unsupported(f"guest RAM starting at {base[0]:#x}: QEMU's starts at 0")
+        lowmem = 0xB0000000  # q35 keeps base RAM below this
+        if rest and (self.arch != "x86_64" or self.transport in MMIO_TRANSPORTS):
+            raise Unsupported(
+                "guest RAM in several regions needs q35 (pc-dimms): "
+                f"{self.arch} {self.transport} has one"
+            )
+        if base[1] > lowmem and rest:
+            raise Unsupported(f"base RAM of {base[1]:#x} with further regions")
+        for a, n in rest:
+            if a < 1 << 32 or a % (2 << 20) or n % (2 << 20):
+                raise Unsupported(
+                    f"guest RAM region {a:#x}+{n:#x}: a pc-dimm needs 2 MiB alignment above 4 GiB"
+                )
+            if _overlaps(a, n, DIMM_BASE, WINDOW_SIZE + (1 << 20)):
+                raise Unsupported(
+                    f"guest RAM region {a:#x}+{n:#x} overlaps the QEMU "
+                    f"adapter's window at {DIMM_BASE:#x}"
+                )
+        if not rest and base[1] > DIMM_BASE:
+            raise Unsupported(
+                f"guest RAM up to {base[1]:#x}: the QEMU adapter runs guests "
+                f"with RAM below {DIMM_BASE:#x}"
+            )
+        return base[1], tuple(rest)
 
     def _properties_for(self, setup: Setup) -> dict[str, bool]:
         props = dict(self.properties)

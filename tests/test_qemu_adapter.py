@@ -14,6 +14,7 @@ import pytest
 from virtio_balloon_proto.conformance.adapters import open_device
 from virtio_balloon_proto.conformance.dut import DeviceUnderTest, Segment, Setup, Unsupported
 from virtio_balloon_proto.conformance.qemu_adapter import QemuDevice, parse_options
+from virtio_balloon_proto.conformance.runner import Runner, discover_cases
 from virtio_balloon_proto.errors import PeerError, UsageError
 from virtio_balloon_proto.profiles import VERSION_1
 from virtio_balloon_proto.qemu.device import pfn_array
@@ -180,3 +181,23 @@ def test_spec_corpus_passes_with_known_failures(transport: str) -> None:
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert "CONFORMANCE PASSED" in res.stdout and " pass" in res.stdout
+
+
+def test_guest_ram_in_several_regions_runs_on_q35_dimms() -> None:
+    """RAM at 0, 4 GiB and 8 TiB (spec/inflate-high-ram-le): the regions past the first become
+    pc-dimms (phys-bits raised past TCG's 40), so the case runs instead of being unsupported."""
+    _require_qemu()
+    repo = Path(__file__).resolve().parent.parent
+    (case,) = discover_cases(
+        repo / "conformance" / "traces", case_globs=["spec/inflate-high-ram-le"]
+    )
+    assert len(case.setup.memory_regions) == 3
+    runner = Runner("qemu")
+    try:
+        result = runner.run_case(case)
+    finally:
+        runner.close()
+    assert result.outcome() == "pass", result.details_text()
+    mmio = QemuDevice("qemu:transport=mmio")
+    with pytest.raises(Unsupported, match="several regions"):
+        mmio.start(case.setup)

@@ -111,6 +111,7 @@ class QemuBalloon:
         device_values: tuple[tuple[str, str], ...] = (),
         msix: bool | None = None,
         extra_args: tuple[str, ...] = (),
+        ram_dimms: tuple[tuple[int, int], ...] = (),
     ) -> None:
         if transport not in TRANSPORTS:
             raise UsageError(f"unknown transport {transport!r} ({', '.join(TRANSPORTS)})")
@@ -164,6 +165,10 @@ class QemuBalloon:
         self._scratch = BumpAllocator(self.scratch_base, self.scratch_end)
         self.timings: dict[str, float] = {}
         self._extra_args = extra_args
+        #: further guest RAM as pc-dimms at given addresses (q35 only): (gpa, size)
+        self.ram_dimms = tuple(ram_dimms)
+        if self.ram_dimms and (self.mmio or arch != "x86_64" or not window_dimm):
+            raise UsageError("RAM beyond one region needs q35 with the window DIMM (x86_64)")
 
     # --- lifetime ------------------------------------------------------------------------
     def start(self) -> QemuBalloon:
@@ -185,11 +190,25 @@ class QemuBalloon:
             regions.append((DIMM_BASE, self.dimm_size))
             # -m SIZE,slots=1,maxmem=... reserves the hotplug range above 4 GiB; the DIMM's
             # addr puts the window where no PFN of a case goes (guest RAM stays SIZE)
-            memory = f"{self.ram_size >> 20}M,slots=1,maxmem={(DIMM_BASE >> 30) + 64}G"
+            top = max([DIMM_BASE + self.dimm_size] + [a + n for a, n in self.ram_dimms])
+            slots = 1 + len(self.ram_dimms)
+            memory = f"{self.ram_size >> 20}M,slots={slots},maxmem={(top >> 30) + 64}G"
             extra = (
                 "-object", f"memory-backend-ram,id=vbwin,size={self.dimm_size}",
                 "-device", f"pc-dimm,id=vbdimm,memdev=vbwin,addr={DIMM_BASE:#x}",
             )  # fmt: skip
+            for i, (gpa, size) in enumerate(self.ram_dimms):
+                # a case's RAM region away from 0 (VIRTIO leaves the guest's layout open)
+                extra += (
+                    "-object", f"memory-backend-ram,id=vbram{i},size={size}",
+                    "-device", f"pc-dimm,id=vbramdimm{i},memdev=vbram{i},addr={gpa:#x}",
+                )  # fmt: skip
+                regions.append((gpa, size))
+            if top > 1 << 40:
+                # TCG's qemu64 CPU has 40 physical address bits (1 TiB); an Intel vendor id,
+                # for an AMD one QEMU moves device memory above the 1 TiB HyperTransport hole
+                bits = min(52, top.bit_length() + 1)
+                extra += ("-cpu", f"qemu64,vendor=GenuineIntel,phys-bits={bits}")
         opts = QemuOptions(
             memory=memory,
             machine=machine,
@@ -488,7 +507,8 @@ class QemuBalloon:
         """QEMU's get_current_ram_size(): base RAM plus DIMMs (the window's included)."""
         if self.mmio and self.window_dimm:
             return self.window_base + DIMM_SIZE
-        return self.ram_size + (self.dimm_size if self.window_dimm else 0)
+        extra = sum(n for _, n in self.ram_dimms)
+        return self.ram_size + extra + (self.dimm_size if self.window_dimm else 0)
 
     def query_balloon(self) -> int:
         """QEMU's ``actual``: vm_ram_size - config.actual * 4096 (what the *driver* reported)."""
