@@ -22,8 +22,9 @@ What the adapter does with a recorded case, and why:
 
 * Guest RAM is the case's ``memory_size`` exactly, so a PFN past it is outside RAM for QEMU
   too; a case with RAM in several regions (``memory_regions``) gets its regions past the first
-  as pc-dimms at their addresses on q35 (phys-bits raised past TCG's 40 when needed).  The adapter's rings and out-buffers live in a 16 MiB pc-dimm at 256 GiB, out of the
-  way of any page a case names; a case that does name a page there is reported unsupported
+  as pc-dimms at their addresses on q35 (phys-bits raised past TCG's 40 when needed).  The
+  adapter's rings and out-buffers live in a 16 MiB pc-dimm at 256 GiB, out of the way of any
+  page a case names; a case that does name a page there is reported unsupported
   rather than letting QEMU discard the adapter's own rings.  Recorded driver addresses of
   out-buffers are therefore not reused: what matters to the device is the bytes.
   Device-writable segments (free-page reporting/hint ranges) keep their recorded address and

@@ -81,6 +81,5 @@ def test_ppc64_column_runs_every_big_endian_spec_case() -> None:
     assert unsupported == ["spec/hint-replayed-id-be", "spec/must-tell-host-be"], unsupported
     assert res["spec/hint-be"].outcome() == "expected-failure"  # qemu-7.2.toml: the STOP deviation
     assert sum(r.outcome() == "pass" for r in res.values()) >= 12
-    assert "own timer" in {
-        v for r in res.values() for v in r.behaviour.get("stats.request-trigger", [])
-    }
+    # stats polling ran on virtual time (the CEDE firmware): every stats case was judged
+    assert all(res[k].outcome() == "pass" for k in res if "/stats" in k)

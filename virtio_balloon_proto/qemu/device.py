@@ -36,32 +36,30 @@ from ..errors import PeerError, UsageError
 from ..profiles import SPEC, VERSION_1, QueueRole
 from ..virtqueue.split import SplitQueueDriver, UsedElem, compact_layout, legacy_layout
 from .firmware import write_halt_bios
-from .memory import BumpAllocator, QtestMemory, parse_size, q35_ram_regions
-from .mmio import MmioTransport, find_mmio_device, microvm_args, microvm_ram_regions
-from .pci import PciFunction, find_balloon, msix_enable
+from .machines import (
+    DIMM_BASE,
+    DIMM_SIZE,
+    MMIO_TRANSPORTS,
+    SPAPR_DIMM_SIZE,
+    TRANSPORTS,
+    machine_layout,
+    open_pci,
+)
+from .memory import BumpAllocator, QtestMemory, parse_size
+from .mmio import MmioTransport, find_mmio_device
+from .pci import PciFunction, msix_enable
 from .process import QEMU_BINARY, QemuOptions, QemuProcess
 from .qmp import QmpError
-from .spapr import IO_WINDOW as SPAPR_IO_WINDOW
-from .spapr import MEM_WINDOW as SPAPR_MEM_WINDOW
-from .spapr import RtasPciConfig, SpaprBus
 from .tracelog import TraceLog
-from .transport import QueueAddrs, Transport, open_transport
+from .transport import QueueAddrs, Transport
 
 RING_BASE = 0x100000
 #: session window: rings in the first MiB, out-buffers in the remaining 14 MiB
 WINDOW_SIZE = 15 << 20
 RING_AREA = 1 << 20
-#: where the session window goes when it must be out of a recorded trace's way: a 16 MiB
-#: pc-dimm at 256 GiB (PFN 0x4000000), far above any RAM a replayed case talks about
-DIMM_BASE = 0x40_0000_0000
-DIMM_SIZE = 16 << 20
-SPAPR_DIMM_SIZE = 256 << 20
 #: --device qemu:arch=... -> default binary (x86_64: q35/microvm; ppc64: pseries, big-endian)
 ARCHES = {"x86_64": QEMU_BINARY, "ppc64": "qemu-system-ppc64"}
 PAGE = 4096
-#: virtio-pci on q35 (modern, legacy) and virtio-mmio on microvm (Version 2, Version 1)
-MMIO_TRANSPORTS = ("mmio", "mmio-legacy")
-TRANSPORTS = ("modern", "legacy", *MMIO_TRANSPORTS)
 BALLOON_PATH = "/machine/peripheral/balloon0"
 BACKEND_PATH = BALLOON_PATH + "/virtio-backend"
 #: balloon-specific feature bits of the spec profile (0-5); transport bits are added per kind
@@ -173,48 +171,21 @@ class QemuBalloon:
     # --- lifetime ------------------------------------------------------------------------
     def start(self) -> QemuBalloon:
         t0 = time.monotonic()
-        memory: int | str = self.ram_size
-        extra: tuple[str, ...] = ()
-        machine, device_type = "q35", "virtio-balloon-pci"
-        regions = q35_ram_regions(self.ram_size)
-        if self.arch == "ppc64":
-            machine = "pseries"
-            regions = [(0, self.ram_size)]
-        if self.mmio:
-            machine, device_type = "microvm", "virtio-balloon-device"
-            extra = microvm_args(self.kind)
-            if self.window_dimm:
-                memory = self.window_base + DIMM_SIZE
-            regions = microvm_ram_regions(parse_size(memory))
-        elif self.window_dimm:
-            regions.append((DIMM_BASE, self.dimm_size))
-            # -m SIZE,slots=1,maxmem=... reserves the hotplug range above 4 GiB; the DIMM's
-            # addr puts the window where no PFN of a case goes (guest RAM stays SIZE)
-            top = max([DIMM_BASE + self.dimm_size] + [a + n for a, n in self.ram_dimms])
-            slots = 1 + len(self.ram_dimms)
-            memory = f"{self.ram_size >> 20}M,slots={slots},maxmem={(top >> 30) + 64}G"
-            extra = (
-                "-object", f"memory-backend-ram,id=vbwin,size={self.dimm_size}",
-                "-device", f"pc-dimm,id=vbdimm,memdev=vbwin,addr={DIMM_BASE:#x}",
-            )  # fmt: skip
-            for i, (gpa, size) in enumerate(self.ram_dimms):
-                # a case's RAM region away from 0 (VIRTIO leaves the guest's layout open)
-                extra += (
-                    "-object", f"memory-backend-ram,id=vbram{i},size={size}",
-                    "-device", f"pc-dimm,id=vbramdimm{i},memdev=vbram{i},addr={gpa:#x}",
-                )  # fmt: skip
-                regions.append((gpa, size))
-            if top > 1 << 40:
-                # TCG's qemu64 CPU has 40 physical address bits (1 TiB); an Intel vendor id,
-                # for an AMD one QEMU moves device memory above the 1 TiB HyperTransport hole
-                bits = min(52, top.bit_length() + 1)
-                extra += ("-cpu", f"qemu64,vendor=GenuineIntel,phys-bits={bits}")
+        lay = machine_layout(
+            arch=self.arch,
+            kind=self.kind,
+            ram_size=self.ram_size,
+            window_dimm=self.window_dimm,
+            window_base=self.window_base,
+            dimm_size=self.dimm_size,
+            ram_dimms=self.ram_dimms,
+        )
         opts = QemuOptions(
-            memory=memory,
-            machine=machine,
-            device_type=device_type,
+            memory=lay.memory,
+            machine=lay.machine,
+            device_type=lay.device_type,
             device=self._device,
-            extra_args=extra + self._extra_args,
+            extra_args=lay.extra + self._extra_args,
             device_values=self._device_values,
         )
         proc = QemuProcess(opts, workdir=self._workdir, timeout=self._timeout, binary=self.binary)
@@ -235,7 +206,7 @@ class QemuBalloon:
         except BaseException:
             self.stop()
             raise
-        self.mem = QtestMemory(proc.qtest, self.ram_size, regions=regions)
+        self.mem = QtestMemory(proc.qtest, self.ram_size, regions=list(lay.regions))
         if not self.mem.contains(self.window_base, WINDOW_SIZE):
             self.stop()
             raise UsageError(
@@ -247,23 +218,11 @@ class QemuBalloon:
         return self
 
     def _open_pci(self, proc: QemuProcess) -> None:
-        if self.arch == "ppc64":
-            qt = proc.qtest
-            # RTAS argument words live in the ring area's second-to-last page
-            scratch = self.window_base + RING_AREA - 2 * PAGE
-
-            def config(b: int, d: int, f: int) -> RtasPciConfig:
-                return RtasPciConfig(qt, b, d, f, scratch=scratch)
-
-            self.fn = find_balloon(
-                qt, config=config, mem_window=SPAPR_MEM_WINDOW, io_window=SPAPR_IO_WINDOW
-            )
-            self.transport = open_transport(qt, self.fn, self.kind, SpaprBus(qt))
-            self.transport.config_width = 1
-            self.want_msix = False if self.want_msix is None else self.want_msix
-            return
-        self.fn = find_balloon(proc.qtest)
-        self.transport = open_transport(proc.qtest, self.fn, self.kind)
+        # on pseries the RTAS argument words live in the ring area's second-to-last page
+        scratch = self.window_base + RING_AREA - 2 * PAGE
+        self.fn, self.transport = open_pci(proc.qtest, self.arch, self.kind, scratch)
+        if self.arch != "x86_64":
+            return  # no MSI-X on pseries here (7.2's balloon has none)
         if self.want_msix and self.fn.msix is None:
             raise PeerError(
                 f"msix=on, but the balloon at {self.fn.bdf} has no MSI-X "
@@ -581,3 +540,17 @@ def to_extents(sorted_pfns: Sequence[int]) -> list[tuple[int, int]]:
     starts = np.concatenate(([0], breaks))
     ends = np.concatenate((breaks, [a.size]))
     return [(int(a[s]), int(e - s)) for s, e in zip(starts, ends, strict=True)]
+
+
+__all__ = [
+    "BACKEND_PATH",
+    "DIMM_BASE",
+    "DIMM_SIZE",
+    "MMIO_TRANSPORTS",
+    "TRANSPORTS",
+    "QemuBalloon",
+    "extents_from_trace",
+    "pfn_array",
+    "stats_buffer",
+    "to_extents",
+]
