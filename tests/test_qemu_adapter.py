@@ -192,12 +192,14 @@ def test_guest_ram_in_several_regions_runs_on_q35_dimms() -> None:
         repo / "conformance" / "traces", case_globs=["spec/inflate-high-ram-le"]
     )
     assert len(case.setup.memory_regions) == 3
-    runner = Runner("qemu")
+    with pytest.raises(Unsupported, match="dimms=on"):
+        QemuDevice("qemu").start(case.setup)
+    runner = Runner("qemu:dimms=on")
     try:
         result = runner.run_case(case)
     finally:
         runner.close()
     assert result.outcome() == "pass", result.details_text()
-    mmio = QemuDevice("qemu:transport=mmio")
+    mmio = QemuDevice("qemu:transport=mmio,dimms=on")
     with pytest.raises(Unsupported, match="several regions"):
         mmio.start(case.setup)
