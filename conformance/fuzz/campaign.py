@@ -126,8 +126,10 @@ class Campaign:
     def judge(self, program: Program, case_id: str = "fuzz") -> CaseResult:
         """Replay ``program`` into the device and judge it (``conform run`` on its trace)."""
         case = to_case(program, case_id)
-        self.stats.steps += len(case.steps)
-        return self.runner.run_case(case)
+        res = self.runner.run_case(case)
+        # the steps really replayed (a sequence the device calls unsupported stops early)
+        self.stats.steps += len(res.traffic) if res.traffic else 0
+        return res
 
     def broken(self, res: CaseResult) -> dict[str, tuple[str, str]]:
         """clause -> (level, message) of every broken clause in a result."""
