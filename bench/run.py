@@ -421,6 +421,10 @@ def render(rows: list[Row], roar: list[tuple[str, str, float, float]], info: dic
     return "\n".join(lines) + "\n"
 
 
+#: bench/RESULTS.md from this line on is written by other scripts and kept by this one
+KEEP_MARKER = "<!-- below: sections of other bench scripts, kept by bench/run.py -->"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("--repeats", type=int, default=7)
@@ -439,7 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     text = render(rows, roar, info)
     print(text)
     if not args.quick:
-        args.out.write_text(text)
+        # sections below the marker are written by others (e2e, fuzz_devices): kept as they are
+        old = args.out.read_text() if args.out.exists() else ""
+        kept = old[old.find(KEEP_MARKER):] if KEEP_MARKER in old else ""
+        args.out.write_text(text + ("\n" + kept if kept else ""))
         print(f"wrote {args.out}", file=sys.stderr)
     return 0 if all(r.passed for r in rows if not r.note) else 1
 
