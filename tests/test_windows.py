@@ -268,3 +268,28 @@ def test_any_window_of_a_correct_device_blames_no_device(
     whole = {r.clause for r in judge(header, events).results if r.verdict.value != "pass"}
     part = {r.clause for r in judged.results if r.verdict.value != "pass"}
     assert part <= whole, (cid, a, b, [r for r in judged.results if r.clause in part - whole])
+
+
+def test_split_ring_snapshot_case_passes_check() -> None:
+    """Issue 14 "Done when": a split-ring snapshot of a correct device (chain 0 used, chain 3
+    in flight), as `trace import split-ring --last-avail 0` writes it, passes conform check:
+    the used chain is not checkable (its bytes are not proof), chain 3 is in flight."""
+    res = check_trace(CASES / "split-ring-snapshot-one-used-one-in-flight.jsonl")
+    assert res.outcome() == "pass", res.details_text()
+    assert res.reason.startswith("1 buffer(s) not checkable")
+    assert any("in flight" in n and "inflate head 3" in n for n in res.notes)
+
+
+def test_decode_summary_names_the_window_and_used_elements_from_before_it(
+        tmp_path: Path) -> None:
+    header, events = read_trace(CASES / "split-ring-snapshot-one-used-one-in-flight.jsonl")
+    path = tmp_path / "w.jsonl"
+    write_trace(path, header, [UsedEvent(QueueRole.INFLATE, 0, 0, id=2), *events])
+    out = subprocess.run([*CLI, "decode", "--summary", "--json", str(path)],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)["summary"]
+    assert s["window"] == {"start": "mid", "end": "cut",
+                           "captured": ["avail", "used", "driver-bytes"]}
+    # head 2 names no chain of the window (its pages are unknown); head 0's chain is in it
+    assert s["used_before_window"] == {"inflate": 1}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,6 @@ from virtio_balloon_proto.trace import (
 )
 from virtio_balloon_proto.trace.importers import (
     VirtioStatus,
-    import_qemu_core,
     import_qemu_log,
     import_split_ring,
     load_memory,
@@ -210,16 +211,15 @@ def test_qemu_core_snapshot_with_reported_features_passes_check(tmp_path: Path) 
         vstatus = qb.qmp("x-query-virtio-status", {"path": dev["path"]})
         qb.qmp("dump-guest-memory", {"paging": False, "protocol": f"file:{core}"})
         offered, accepted = qb.offered, qb.accepted
-    from virtio_balloon_proto.trace.importers import QueueStatus
-
-    sts = [QueueStatus.from_json(s, "status") for s in statuses]
-    header, events, mem = import_qemu_core(
-        core, sts, profile="spec", virtio_status=VirtioStatus.from_json(vstatus, "qmp"))
-    try:
-        out = tmp_path / "t.jsonl"
-        write_trace(out, header, list(events))
-    finally:
-        mem.close()
+    (tmp_path / "q.json").write_text(json.dumps(statuses))
+    (tmp_path / "v.json").write_text(json.dumps(vstatus))
+    out = tmp_path / "t.jsonl"
+    base = [sys.executable, "-m", "virtio_balloon_proto", "trace", "import", "qemu-core",
+            str(core), "--queue-status", str(tmp_path / "q.json"), "--profile", "spec"]
+    run = subprocess.run([*base, "--virtio-status", str(tmp_path / "v.json"), "-o", str(out)],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    header = read_trace(out)[0]
     assert (header.features_offered, header.features_negotiated) == (offered, accepted)
     assert header.window is not None and header.window.start == "mid"
     evs = read_trace(out)[1]
@@ -228,3 +228,44 @@ def test_qemu_core_snapshot_with_reported_features_passes_check(tmp_path: Path) 
     assert res.outcome() == "pass", res.details_text()
     assert any("in flight" in n for n in res.notes)
     assert [e.role for e in evs if isinstance(e, UsedEvent)] == [QueueRole.INFLATE]
+    # without what QEMU reported, the provenance says the features are assumed
+    # (and its queue 2, the stats queue, has no role: only inflate and deflate are imported)
+    (tmp_path / "q01.json").write_text(json.dumps(statuses[:2]))
+    bare = tmp_path / "bare.jsonl"
+    run = subprocess.run([*base[:-4], "--queue-status", str(tmp_path / "q01.json"),
+                          "--profile", "spec", "-o", str(bare)],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "features assumed" in (read_trace(bare)[0].source.provenance or "")
+
+
+def test_packed_snapshot_is_a_window_and_a_buffer_outside_memory_a_finding(
+        tmp_path: Path) -> None:
+    """A packed ring (2.8): one chain used, one in flight, one stats-sized buffer outside
+    memory -- the import goes on, names what it could not read, and blames no device."""
+    from virtio_balloon_proto.trace.importers import import_packed_ring
+    from virtio_balloon_proto.virtqueue.memory import MemoryImage
+    from virtio_balloon_proto.virtqueue.packed import PackedQueueDevice, PackedQueueDriver
+
+    mem = MemoryImage([(BASE, bytearray(0x10000))])
+    drv = PackedQueueDriver(mem, 4, DESC)
+    mem.write(0x12000, struct.pack("<4I", 0x8000, 0x8001, 0x8002, 0x8003))
+    mem.write(0x12100, struct.pack("<2I", 0x9000, 0x9001))
+    first = drv.add_chain([(0x12000, 16, False)])
+    PackedQueueDevice(mem, 4, DESC).push_used(0, 1, first, 0)
+    drv.add_chain([(0x12100, 8, False)])
+    drv.add_chain([(0x40000000, 64, False)])  # outside the 64 KiB of memory
+    header, events = import_packed_ring(mem, desc=DESC, size=4, role="inflate", profile="spec",
+                                        position=1, wrap=1, used_position=0, used_wrap=1)
+    out = tmp_path / "packed.jsonl"
+    write_trace(out, header, list(events))
+    assert header.window is not None and header.window.start == "mid"
+    evs = read_trace(out)[1]
+    assert [type(e).__name__ for e in evs] == ["UsedEvent", "AvailEvent", "AvailEvent"]
+    pending, outside = evs[1], evs[2]
+    assert isinstance(pending, AvailEvent) and pending.out_bytes == struct.pack("<2I", 0x9000,
+                                                                               0x9001)
+    assert isinstance(outside, AvailEvent) and outside.out == (None,)
+    assert [f.rule for f in outside.findings] == ["spec.driver.ring.addr-in-memory"]
+    assert device_failures(out) == set()
+    assert "not checkable" in check_trace(out).reason

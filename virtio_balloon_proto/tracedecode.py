@@ -125,6 +125,11 @@ class Summary:
     findings: Counter[str] = field(default_factory=Counter)
     errors: int = 0
     targets: list[int] = field(default_factory=list)
+    #: the header's window (format 1.2), as JSON; None: not said
+    window: dict[str, Any] | None = None
+    #: used elements naming no chain of the trace, by role: chains made available before the
+    #: window (or a device's stray id): their pages are unknown, not in ``balloon``
+    before_window: Counter[str] = field(default_factory=Counter)
 
     def add(self, d: DecodedEvent) -> None:
         self.messages[f"{d.role}/{d.direction}"] += 1
@@ -195,6 +200,8 @@ class Summary:
             "host_targets": self.targets,
             "findings": dict(sorted(self.findings.items())),
             "errors": self.errors,
+            "window": self.window,
+            "used_before_window": dict(sorted(self.before_window.items())),
         }
 
 
@@ -204,7 +211,17 @@ def decode_trace(reader: TraceReader, roles: set[str] | None = None,
     h = reader.header
     layout = layout_of(h)
     chains: dict[tuple[str, int], list[Segment]] = {}
+    if summary is not None and h.window is not None:
+        summary.window = h.window.to_json()
+    outstanding: set[tuple[str, int]] = set()  # chains made available, decodable or not
     for line, ev in reader.numbered_events():
+        if isinstance(ev, AvailEvent) and ev.id is not None:
+            outstanding.add((ev.role.value, ev.id))
+        elif isinstance(ev, UsedEvent) and ev.id is not None:
+            if (ev.role.value, ev.id) in outstanding:
+                outstanding.discard((ev.role.value, ev.id))
+            elif summary is not None:
+                summary.before_window[ev.role.value] += 1
         if isinstance(ev, HostEvent) and summary is not None and ev.num_pages is not None:
             summary.targets.append(ev.num_pages)
         if summary is not None:

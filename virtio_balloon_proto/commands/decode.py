@@ -107,7 +107,14 @@ def decode_cmd(trace_file: str, as_json: bool, queues: tuple[str, ...], summary:
         click.echo(f"  stats          {s['stats']['buffers']} buffers, last {s['stats']['last']}")
     click.echo(f"  findings       {s['findings'] or 'none'}")
     if s["errors"]:
-        click.echo(f"  undecodable    {s['errors']} buffer(s)")
+        click.echo(f"  undecodable    {s['errors']} buffer(s) (not checkable)")
+    if s["window"] is not None:
+        w = s["window"]
+        click.echo(f"  window         starts {w['start']}, ends {w['end']}"
+                   + (f", captured {','.join(w['captured'])}" if "captured" in w else ""))
+    if s["used_before_window"]:
+        click.echo(f"  before window  used {s['used_before_window']} (pages unknown: not in "
+                   "the net balloon)")
 
 
 @click.command(cls=Command, name="analyze")

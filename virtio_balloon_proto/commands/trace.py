@@ -236,12 +236,16 @@ def trace_import_packed(
     type=click.Path(dir_okay=False),
     help="JSON from x-query-virtio-queue-status (repeatable; a list is fine)",
 )
+@click.option("--virtio-status", "virtio_status", type=click.Path(dir_okay=False),
+              help="JSON from x-query-virtio-status: the offered and negotiated features as "
+                   "QEMU reports them (--offered/--negotiated override)")
 @click.option("--endian", type=click.Choice(["le", "be"]), default="le", show_default=True,
               help="guest byte order (legacy rings)")
 @_feature_options
 def trace_import_qemu_core(
     core: str,
     status: tuple[str, ...],
+    virtio_status: str | None,
     endian: str,
     out: str,
     profile: str,
@@ -253,6 +257,7 @@ def trace_import_qemu_core(
     from virtio_balloon_proto.trace.importers import (
         import_qemu_core,
         load_queue_status,
+        load_virtio_status,
         write_import,
     )
 
@@ -263,6 +268,7 @@ def trace_import_qemu_core(
         **_feature_kwargs(offered, negotiated, index_model, "offered"),
         endian=endian,
         source=_trace_source(click.get_current_context(), f"QEMU core {core}"),
+        virtio_status=None if virtio_status is None else load_virtio_status(virtio_status),
     )
     with mem:
         _done(out, write_import(out, header, events))

@@ -193,10 +193,12 @@ def snapshot_window(host_page_size: int | None = None) -> TraceWindow:
     return TraceWindow("mid", "cut", host_page_size, SNAPSHOT_CAPTURED)
 
 
-class _SnapshotWalker(SplitQueueDevice):
-    """The split-ring walker without reading buffer bytes: a buffer outside the dump is
-    recorded in ``missing`` (a finding of its chain), not an error ending the import."""
+class _Lenient:
+    """A ring walker that does not read buffer bytes (``resolve_data=False``): a buffer
+    outside the dump is recorded in ``missing`` (a finding of its chain), not an error ending
+    the import.  Ring structure errors (heads, loops, tables) still end it."""
 
+    memory: GuestMemory
     missing: set[tuple[int, int]]
 
     def _check_present(self, gpa: int, size: int, where: str) -> None:
@@ -205,7 +207,15 @@ class _SnapshotWalker(SplitQueueDevice):
             self.missing.add((gpa, size))
 
 
-def _snapshot_chain(walker: _SnapshotWalker, memory: GuestMemory, chain: Chain, role: QueueRole,
+class _SnapshotWalker(_Lenient, SplitQueueDevice):
+    pass
+
+
+class _PackedSnapshotWalker(_Lenient, PackedQueueDevice):
+    pass
+
+
+def _snapshot_chain(walker: _Lenient, memory: GuestMemory, chain: Chain, role: QueueRole,
                     queue: int, header: TraceHeader | None) -> AvailEvent:
     """An avail event of a chain still owned by the device: bytes read where the dump holds
     them; a buffer outside the dump or past SNAPSHOT_MAX_CHAIN_BYTES is ``null`` with a
@@ -240,8 +250,8 @@ def _snapshot_chain(walker: _SnapshotWalker, memory: GuestMemory, chain: Chain, 
             unread.append(exc.message)
         left -= d.len
         descs.append(dataclasses.replace(d, data=data))
-    ev = AvailEvent.from_chain(Chain(chain.head, chain.avail_idx, tuple(descs),
-                                     tuple(findings)), role, queue)
+    ev = AvailEvent.from_chain(dataclasses.replace(chain, descriptors=tuple(descs),
+                                                   findings=tuple(findings)), role, queue)
     if long_:
         unread.append(f"readable buffers past {SNAPSHOT_MAX_CHAIN_BYTES} bytes are not "
                       "captured (a trace record holds 64 MiB)")
@@ -394,16 +404,17 @@ def import_packed_ring(
     # entries and the available chains are different chains: used first is causal
     header = dataclasses.replace(header, window=snapshot_window())
     q = header.queues[r]
-    dev = PackedQueueDevice(memory, size, desc, driver_event, device_event)
+    dev = _PackedSnapshotWalker(memory, size, desc, driver_event, device_event,
+                                resolve_data=False)
+    dev.missing = set()
 
     def events() -> Iterator[Event]:
         if used_position is not None:
             for u in dev.used_entries(used_position, 1 if used_wrap is None else used_wrap):
-                yield UsedEvent(r, q, u.len, id=u.id, used_idx=u.position)
+                yield UsedEvent(r, q, u.len, id=u.id, used_idx=u.position,
+                                note="a chain made available before the window")
         for chain in dev.available(position, wrap):
-            ev = AvailEvent.from_chain(chain, r, q)
-            extra = tuple(f for f in absurd_lengths(header, ev) if f not in ev.findings)
-            yield dataclasses.replace(ev, findings=ev.findings + extra) if extra else ev
+            yield _snapshot_chain(dev, memory, chain, r, q, header)
 
     return header, events()
 
@@ -512,6 +523,16 @@ def load_queue_status(paths: Iterable[str | os.PathLike[str]]) -> list[QueueStat
     return out
 
 
+def _say_features(source: TraceSource, *, reported: bool) -> TraceSource:
+    """The provenance says when the features are a default, not what the source reported."""
+    if reported:
+        return source
+    return dataclasses.replace(source, provenance=(
+        (source.provenance + "; " if source.provenance else "")
+        + "features assumed (VERSION_1): give --virtio-status (x-query-virtio-status) or "
+          "--negotiated"))
+
+
 def import_qemu_core(
     core: str | os.PathLike[str],
     statuses: Sequence[QueueStatus],
@@ -546,9 +567,9 @@ def import_qemu_core(
             endian,
             index_model,
             "split",
-            source or TraceSource(provenance=f"QEMU dump-guest-memory core {Path(core).name}"
-                                  + ("" if virtio_status is not None else
-                                     "; features not reported (no x-query-virtio-status)")),
+            _say_features(source or TraceSource(
+                provenance=f"QEMU dump-guest-memory core {Path(core).name}"),
+                reported=virtio_status is not None or negotiated is not None),
             {},
             window=snapshot_window(host_page_size),
         )
