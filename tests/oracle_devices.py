@@ -186,3 +186,35 @@ class NeedsResetOnBadReport(ReferenceDevice):
 
     def observe(self) -> dict[str, object]:
         return {**super().observe(), "needs_reset": self.broken}
+
+
+# --- free page hinting: the device owns free_page_hint_cmd_id (VIRTIO 1.2 5.5.6.5) ------------
+class StopsHintingAfterEcho(ReferenceDevice):
+    """Sets free_page_hint_cmd_id to STOP itself once the driver echoed the id, and ignores
+    what is hinted after (allowed: 5.5.6.5 "... or when the device updates
+    free_page_hint_cmd_id ... to contain either VIRTIO_BALLOON_CMD_ID_STOP or ..._DONE")."""
+
+    def _on_free_page(self, head: int, segs: list[Segment]) -> list[Used]:
+        out = super()._on_free_page(head, segs)
+        if self.hint.value == "start":
+            self.state.hint_cmd_id = 0
+            self._hint("stop")
+        return out
+
+
+class TakesHintsAfterStop(ReferenceDevice):
+    """QEMU 7.2..10.0 (S_START): reads STOP once the driver echoed the id, yet keeps taking
+    pages hinted under the old id (breaks 5.5.6.5.2 "MUST ignore pages that are provided with a
+    command ID that does not match the current value in free_page_hint_cmd_id")."""
+
+    def _observed(self) -> dict[str, object]:
+        out = dict(super()._observed())
+        if self.hint.value == "start":
+            out["hint_cmd_id"] = 0
+        return out
+
+    def config_read(self, offset: int, size: int) -> bytes:
+        raw = super().config_read(offset, size)
+        if self.hint.value == "start" and offset <= 8 and offset + size >= 12:
+            raw = raw[:8 - offset] + bytes(4) + raw[12 - offset:]
+        return raw

@@ -24,9 +24,32 @@ def _swapped(v: int) -> int:
     return int.from_bytes(v.to_bytes(4, "little"), "big")
 
 
-def hint_rounds(j: Judgement) -> tuple[dict[int, bool], list[tuple[int, str]]]:
+def _observed_cmd_id(ev: object) -> int | None:
+    """The device's free_page_hint_cmd_id in a live run's ``state`` observation, if shown."""
+    value = getattr(ev, "value", None)
+    if getattr(ev, "what", None) != "state" or not isinstance(value, dict):
+        return None
+    v = value.get("hint_cmd_id")
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v & 0xFFFFFFFF
+    cfg = value.get("config")
+    if isinstance(cfg, str) and len(cfg) >= 24:
+        try:
+            return int.from_bytes(bytes.fromhex(cfg[16:24]), "little")
+        except ValueError:
+            return None
+    return None
+
+
+def hint_rounds(j: Judgement, device_view: bool = False
+                ) -> tuple[dict[int, bool], list[tuple[int, str]]]:
     """Walk the free page queue: chain index -> "its pages are under the current id", and the
-    driver-side problems found [(event, message)]."""
+    driver-side problems found [(event, message)].
+
+    ``device_view``: the current id is also what a live run's ``state`` observations show (a
+    device may change it on its own, 5.5.6.5, without the driver reading it) -- for judging the
+    device (5.5.6.5.2 "MUST ignore pages ... command ID that does not match the current value
+    in free_page_hint_cmd_id"), never the driver, which knows only what it read."""
     from virtio_balloon_proto import trace as tr
 
     published: int | None = None  # the device's current id, once the trace shows it
@@ -43,6 +66,10 @@ def hint_rounds(j: Judgement) -> tuple[dict[int, bool], list[tuple[int, str]]]:
                 ev.offset <= 8 and ev.offset + len(ev.data) >= 12):
             # the driver read the device's current id (config is little-endian, 5.5.4.1)
             new = last_read = int.from_bytes(ev.data[8 - ev.offset: 12 - ev.offset], "little")
+        elif device_view and isinstance(ev, tr.ObserveEvent):
+            seen = _observed_cmd_id(ev)
+            if seen is not None and seen != published:
+                new = seen
         if new is not None:
             published = new
             ever.add(new)
@@ -145,7 +172,7 @@ def device_hints(j: Judgement) -> None:
 
     if not any(ev.what == "state" and "hinted" in ev.value for _, ev in j.observations("state")):
         return
-    under, _ = hint_rounds(j)
+    under, _ = hint_rounds(j, device_view=True)
     allowed = PageSet.empty()
     for i, ev in enumerate(j.events, start=1):
         ch = j.by_avail.get(i)
