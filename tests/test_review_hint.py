@@ -69,3 +69,14 @@ def test_live_device_that_takes_hints_after_its_stop_fails_ignore_stale(tmp_path
     assert _failed(live) == {"spec.device.hint.ignore-stale-cmd-id"}, live.details_text()
     saved = check_trace(tmp_path / "spec" / "hint-le.jsonl", subject="device")
     assert _failed(saved) == {"spec.device.hint.ignore-stale-cmd-id"}, saved.details_text()
+
+
+def test_config_little_endian_cites_the_real_sentence() -> None:
+    from virtio_balloon_proto.conformance.catalog import catalog
+
+    c = catalog().get("spec.device.config.little-endian")
+    # VIRTIO 1.2 5.5.4, subparagraph "Legacy Interface: Device configuration layout" (there is
+    # no section 5.5.4.1); the normative subject is "transitional devices and drivers"
+    assert "5.5.4.1" not in (c.ref or "")
+    assert c.text.startswith("When using the legacy interface, transitional devices and drivers "
+                             "MUST format the fields in struct virtio_balloon_config")

@@ -51,8 +51,9 @@ def _compare(j: Judgement, i: int, off: int, got: bytes, want: dict[int, bytes])
             j.evaluated("spec.device.config.little-endian")
             j.broken("spec.device.config.little-endian",
                      f"config {name} is byte-swapped ({g.hex()} for {w.hex()}): VIRTIO 1.2 "
-                     "5.5.4.1 'The device MUST format the fields in struct virtio_balloon_config "
-                     "according to the little-endian format' (even for legacy devices)", i,
+                     "5.5.4 (legacy) 'transitional devices and drivers MUST format the fields in "
+                     "struct virtio_balloon_config according to the little-endian format' (le32 "
+                     "without legacy too)", i,
                      expected=w.hex(), received=g.hex())
             continue
         if foff == 8:

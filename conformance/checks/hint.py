@@ -64,7 +64,7 @@ def hint_rounds(j: Judgement, device_view: bool = False
             new = ev.cmd_id
         elif isinstance(ev, tr.ConfigEvent) and not ev.write and (
                 ev.offset <= 8 and ev.offset + len(ev.data) >= 12):
-            # the driver read the device's current id (config is little-endian, 5.5.4.1)
+            # the driver read the device's current id (config is little-endian, 5.5.4)
             new = last_read = int.from_bytes(ev.data[8 - ev.offset: 12 - ev.offset], "little")
         elif device_view and isinstance(ev, tr.ObserveEvent):
             seen = _observed_cmd_id(ev)
