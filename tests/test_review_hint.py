@@ -80,3 +80,21 @@ def test_config_little_endian_cites_the_real_sentence() -> None:
     assert "5.5.4.1" not in (c.ref or "")
     assert c.text.startswith("When using the legacy interface, transitional devices and drivers "
                              "MUST format the fields in struct virtio_balloon_config")
+
+
+def test_descriptor_outside_ram_is_not_judged_with_access_platform() -> None:
+    """VIRTIO 1.2 6.1: only "If VIRTIO_F_ACCESS_PLATFORM is not offered, then a driver MUST pass
+    only physical addresses to the device"; with it, addr is a bus address (an IOVA such as
+    intel-iommu's 0xfffff000 lies outside guest RAM) -- review.md item 2a."""
+    from virtio_balloon_proto.profiles import QueueRole
+    from virtio_balloon_proto.trace import AvailEvent, TraceDescriptor, TraceHeader
+    from virtio_balloon_proto.trace.lengths import absurd_lengths
+
+    iova = AvailEvent(QueueRole.INFLATE, 0, (None,),
+                      descriptors=(TraceDescriptor(0xFFFFF000, 4, 0),), id=5)
+    plain = TraceHeader.for_features("spec", (1 << 32) | 2, (1 << 32) | 2,
+                                     memory=((0, 128 << 20),))
+    assert [f.rule for f in absurd_lengths(plain, iova)] == ["spec.driver.ring.addr-in-memory"]
+    iommu = TraceHeader.for_features("spec", (3 << 32) | 2, (3 << 32) | 2,
+                                     memory=((0, 128 << 20),))
+    assert absurd_lengths(iommu, iova) == []

@@ -11,7 +11,10 @@ bytes are, and saying so must not wait for bytes that will never come:
 * a descriptor whose bytes ``[addr, addr + len)`` are not inside the guest RAM the header
   lists (format 1.1 ``memory``): 2.7.5 "addr: Address (guest-physical)" -- a buffer outside
   guest memory cannot be read or written (``spec.driver.ring.addr-in-memory``).  Without
-  ``memory`` in the header the RAM is unknown and nothing is said.
+  ``memory`` in the header the RAM is unknown and nothing is said; nor when the device offers
+  VIRTIO_F_ACCESS_PLATFORM: then ``addr`` is a bus address the platform translates (an IOVA may
+  lie anywhere), and the only rule is 6.1 "If VIRTIO_F_ACCESS_PLATFORM is not offered, then a
+  driver MUST pass only physical addresses to the device".
 
 The codec judges the bytes when they were captured; these findings are for when they were not
 (a captured stats buffer that long is judged entry by entry by the stats decoder instead).
@@ -23,6 +26,7 @@ from ..findings import Finding
 from ..profiles import QueueRole
 from .model import AvailEvent, TraceHeader
 
+VIRTIO_F_ACCESS_PLATFORM = 1 << 33
 VIRTQ_DESC_F_WRITE = 2
 VIRTQ_DESC_F_INDIRECT = 4
 #: 16-bit tags, 10-byte entries (VIRTIO 1.2 5.5.6.3 struct virtio_balloon_stat)
@@ -59,7 +63,8 @@ def absurd_lengths(header: TraceHeader, ev: AvailEvent) -> list[Finding]:
                 "tag twice (VIRTIO 1.2 5.5.6.3.1: 'one struct virtio_balloon_stat entry for "
                 "each statistic'); its bytes were not captured, so it is not checked further",
                 field="len"))
-    if header.memory is not None and ev.descriptors is not None:
+    bus_addresses = bool(header.features_offered & VIRTIO_F_ACCESS_PLATFORM)
+    if header.memory is not None and ev.descriptors is not None and not bus_addresses:
         for d in ev.descriptors:
             if not _in_ram(header.memory, d.addr, d.len):
                 out.append(Finding(
