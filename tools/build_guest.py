@@ -66,6 +66,7 @@ def init_script(modules: list[str] | tuple[str, ...]) -> str:
 /bin/busybox mkdir -p /proc /sys /tmp
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev
 for m in {" ".join(modules)}; do
     /bin/busybox insmod /lib/modules/$m.ko || echo "insmod $m failed"
 done
@@ -75,7 +76,8 @@ for w in $(/bin/busybox cat /proc/cmdline); do
         v=${{w#vbproto.eat=}}
         /bin/busybox sleep ${{v%,*}}
         /bin/busybox dd if=/dev/zero of=/eat bs=1048576 count=${{v#*,}} 2>/dev/null
-        echo VBPROTO-EAT-DONE
+        echo VBPROTO-EAT-DONE $(/bin/busybox ls -l /eat)
+        /bin/busybox grep -E 'MemTotal|MemFree' /proc/meminfo
         /bin/busybox sleep 2
         /bin/busybox rm -f /eat
         echo VBPROTO-EAT-FREED;;

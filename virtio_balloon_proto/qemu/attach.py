@@ -22,6 +22,7 @@ in the trace's provenance.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
@@ -35,7 +36,15 @@ from typing import Any
 
 from ..errors import PeerError, RingError, UsageError
 from ..profiles import QueueRole
-from ..trace import Event, FeaturesEvent, StatusEvent, TraceHeader, TraceSource, TraceWriter
+from ..trace import (
+    Event,
+    FeaturesEvent,
+    HostEvent,
+    StatusEvent,
+    TraceHeader,
+    TraceSource,
+    TraceWriter,
+)
 from ..trace.importers import split_ring_events
 from .capture import features_from_qmp, offered_by_transport
 from .channel import LineChannel
@@ -200,21 +209,70 @@ def snapshot(
     budget: int = DEFAULT_BUDGET,
     workdir: Path | None = None,
     command: str | None = None,
+    record: float = 0.0,
+    record_log: Path | None = None,
 ) -> Snapshot:
-    """One consistent window of every balloon queue (see the module docstring)."""
+    """One consistent window of every balloon queue (see the module docstring).
+
+    ``record`` > 0: after the rings are read and before the VM resumes, QEMU's balloon trace
+    events are switched on (their log pointed at ``record_log``) for ``record`` seconds; the
+    recorded buffers follow the snapshot's events (qemu-log importer), so nothing the guest
+    did between the two is lost."""
+    if record < 0 or record > 3600:
+        raise UsageError(f"record must be 0-3600 s, not {record}", field="record")
+    if record and record_log is None:
+        raise UsageError("recording needs a log file (record_log)", field="record_log")
     path = path or find_balloon(qmp)
     running = bool(qmp.execute("query-status").get("running"))
     t0 = time.monotonic()
     if pause and running:
         qmp.execute("stop")
+    recording = False
     try:
         with tempfile.TemporaryDirectory(prefix="vbproto-attach-", dir=workdir) as tmp:
             snap = _read(qmp, path, profile, budget, Path(tmp), pause or not running, command)
+        if record and record_log is not None:
+            _set_recording(qmp, record_log, True)
+            recording = True
     finally:
         if pause and running:
             qmp.execute("cont")
     snap.paused_seconds = time.monotonic() - t0 if pause and running else 0.0
+    if recording and record_log is not None:
+        try:
+            time.sleep(record)
+        finally:
+            _set_recording(qmp, record_log, False)
+        snap.events.extend(_recorded(snap, record_log, profile))
+        snap.header = dataclasses.replace(snap.header, source=dataclasses.replace(
+            snap.header.source, provenance=f"{snap.header.source.provenance}; then "
+            f"{record:g} s of QEMU trace events (trace-event-set-state, HMP logfile "
+            f"{record_log})"))
     return snap
+
+
+#: what a recording switches on (and off again): the events the qemu-log importer reads
+RECORD_EVENTS = ("virtio_balloon_*", "virtqueue_pop", "virtqueue_fill", "virtio_queue_notify",
+                 "virtio_set_status")
+
+
+def _set_recording(qmp: QmpClient, log: Path, on: bool) -> None:
+    if on:
+        qmp.execute("human-monitor-command", {"command-line": f"logfile {log}"})
+    for name in RECORD_EVENTS:
+        qmp.execute("trace-event-set-state", {"name": name, "enable": on})
+
+
+def _recorded(snap: Snapshot, log: Path, profile: str) -> list[Event]:
+    from ..trace.importers import import_qemu_log
+
+    h = snap.header
+    _, events = import_qemu_log(log, profile=profile, offered=h.features_offered,
+                                negotiated=h.features_negotiated, endian=h.virtio_endian)
+    out: list[Event] = [HostEvent("other", note=f"QEMU trace events recorded from here "
+                                                 f"({log.name})")]
+    out.extend(events)
+    return out
 
 
 def _read(qmp: QmpClient, path: str, profile: str, budget: int, tmp: Path,

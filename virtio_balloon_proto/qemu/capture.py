@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import PeerError, UsageError
 from ..profiles import SPEC, TRANSPORT_FEATURES, QueueRole
 from ..trace import (
@@ -36,12 +38,13 @@ from ..trace import (
     FeaturesEvent,
     HostEvent,
     StatusEvent,
+    TraceDescriptor,
     TraceHeader,
     TraceSource,
     TraceWriter,
     UsedEvent,
 )
-from .device import BACKEND_PATH, pfn_array
+from .device import BACKEND_PATH
 from .memory import QtestMemory, parse_size
 from .process import QEMU_BINARY, QemuOptions, QemuProcess, find_qemu
 from .tracelog import TraceBuffer, TraceLog
@@ -263,13 +266,32 @@ def _events(
     offered: int,
     negotiated: int,
     host: list[tuple[int, HostEvent]],
+    *,
+    endian: str = "le",
+    chains: dict[int, AvailEvent] | None = None,
+    stats_polling: bool = False,
+    reports: dict[int, list[tuple[int, int]]] | None = None,
 ) -> list[Event]:
-    """Merge trace-log records and host actions in log order."""
+    """Merge trace-log records and host actions in log order.
+
+    ``chains``: pop line -> the chain read from guest RAM for that buffer (descriptors and
+    bytes, qemu/guestcap.py); ``reports``: pop line -> (gpa, len) of a reporting buffer's
+    descriptors from QEMU's discard lines.  PFN arrays are written in ``endian`` order."""
+    chains = chains or {}
+    reports = reports or {}
     # negotiation happened just before the status write that sets FEATURES_OK (legacy drivers:
     # DRIVER_OK, they never set FEATURES_OK)
     feat_bit = 8 if negotiated >> 32 & 1 else DRIVER_OK
     feat_line = next((ln for ln, v in log.status_lines if v & feat_bit), 0)
     timed: list[tuple[int, int, Event]] = [(feat_line, 0, FeaturesEvent(offered, negotiated, True))]
+    if stats_polling:
+        # QEMU returns the stats buffer it holds when its polling timer fires: that is the
+        # host's stats request, logged as the buffer's used element
+        for b in log.buffers:
+            if (b.queue is not None and roles.get(b.queue) is QueueRole.STATS
+                    and b.used_line is not None):
+                timed.append((b.used_line, 2, HostEvent(
+                    "stats-request", note="QEMU's guest-stats-polling-interval timer")))
     for line, value in log.status_lines:
         timed.append((line, 1, StatusEvent(value)))
     for line, ev in host:
@@ -284,8 +306,31 @@ def _events(
         if b.queue is None or b.queue not in roles:
             continue
         role = roles[b.queue]
+        if b.line in chains:
+            c = chains[b.line]
+            timed.append((b.line, 3, dataclasses.replace(
+                c, note=f"descriptors and bytes read from guest RAM (QMP pmemsave) while QEMU "
+                        f"held the buffer popped at trace line {b.line}")))
+            if b.used_len is not None and b.used_line is not None:
+                timed.append((b.used_line, 3, UsedEvent(role, b.queue, b.used_len, id=c.id)))
+            continue
+        if b.line in reports and len(reports[b.line]) == b.in_num and b.in_num:
+            ext = reports[b.line]
+            descs = tuple(
+                TraceDescriptor(gpa, n, 2 | (1 if k + 1 < len(ext) else 0), None, None, None,
+                                None)
+                for k, (gpa, n) in enumerate(ext))
+            timed.append((b.line, 3, AvailEvent(
+                role, b.queue, (), tuple(n for _, n in ext), descriptors=descs,
+                note=f"addresses from QEMU's ram_block_discard_range lines after trace line "
+                     f"{b.line} (host address - RAM block base); flags inferred (WRITE, NEXT "
+                     "but the last)")))
+            if b.used_len is not None and b.used_line is not None:
+                timed.append((b.used_line, 3, UsedEvent(role, b.queue, b.used_len)))
+            continue
         if role in (QueueRole.INFLATE, QueueRole.DEFLATE):
-            out: tuple[bytes | None, ...] = (pfn_array(b.pfns),)
+            words = np.asarray(b.pfns, dtype=np.int64).astype("<u4" if endian == "le" else ">u4")
+            out: tuple[bytes | None, ...] = (words.tobytes(),)
             note = f"PFNs rebuilt from QEMU trace lines {b.line}+; descriptors not traced"
             if b.out_num != 1:
                 out = (None,) * b.out_num
