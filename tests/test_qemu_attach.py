@@ -107,3 +107,31 @@ def test_attach_errors_are_one_line(tmp_path: Path) -> None:
         status_byte({"statuses": ["VIRTIO_CONFIG_S_FROB: ?"]})
     assert status_byte({"statuses": ["VIRTIO_CONFIG_S_ACKNOWLEDGE: x",
                                      "VIRTIO_CONFIG_S_DRIVER_OK: y"]}) == 5
+
+
+def test_cli_capture_attach(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    sock = tmp_path / "cli.sock"
+    out = tmp_path / "cli.jsonl"
+    with QemuBalloon(extra_args=("-qmp", f"unix:{sock},server=on,wait=off")) as b:
+        b.negotiate()
+        b.setup_queues()
+        b.post("deflate", [pfn_array([0x8000, 0x8001])], notify=False)
+        r = subprocess.run([sys.executable, "-m", "virtio_balloon_proto", "capture", "attach",
+                            "--qmp", str(sock), "-o", str(out), "--json"],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["wrote"] == str(out) and rep["in_flight"] == 1 and rep["status"] == 0xF
+    _, events = read_trace(out)
+    (d,) = [e for e in events if isinstance(e, AvailEvent) and e.role is QueueRole.DEFLATE]
+    assert d.out_bytes == pfn_array([0x8000, 0x8001])
+    # no QEMU there: one line, exit 2
+    r = subprocess.run([sys.executable, "-m", "virtio_balloon_proto", "capture", "attach",
+                        "--qmp", str(tmp_path / "none.sock"), "-o", str(out)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "cannot connect to QMP socket" in r.stderr

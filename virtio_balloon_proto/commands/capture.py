@@ -72,3 +72,59 @@ def capture_qemu_guest(kernel: str, initrd: str, memory: str, balloon_to: str, t
                f"{moved['inflate']} PFNs inflated, {moved['deflate']} deflated")
     for k, v in cap.timings.items():
         click.echo(f"  {k:24} {v:.2f} s")
+
+
+@capture.command("attach")
+@click.option("--qmp", "qmp_socket", type=click.Path(dir_okay=False), required=True,
+              help="QMP socket of a running QEMU (-qmp unix:PATH,server=on,wait=off)")
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), required=True,
+              help="trace file to write (atomically)")
+@click.option("--path", "qom_path", default=None,
+              help="QOM path of the balloon's virtio backend (default: the one x-query-virtio "
+                   "lists)")
+@click.option("--profile", default="spec", show_default=True, help="protocol profile")
+@click.option("--no-pause", is_flag=True,
+              help="read the rings of a running VM (not atomic; default: stop, read, cont)")
+@click.option("--record", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
+              help="then record N seconds of QEMU balloon trace events")
+@click.option("--record-log", type=click.Path(dir_okay=False), default=None,
+              help="where QEMU writes the recorded events (default: OUT.qemu.log); HMP "
+                   "'logfile' points QEMU's -D log there")
+@click.option("--budget", type=click.IntRange(4096, 1 << 30), default=64 << 20,
+              show_default=True, help="most bytes read from guest RAM")
+@json_option('print {"wrote", "events", "queues", "in_flight", "bytes_read", "reads", '
+             '"paused_seconds", "status"}', expose=False)
+def capture_attach(qmp_socket: str, out: str, qom_path: str | None, profile: str,
+                   no_pause: bool, record: float, record_log: str | None, budget: int) -> None:
+    """Snapshot the balloon queues of a QEMU you already run, read-only, through QMP."""
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from virtio_balloon_proto.io import check_writable
+    from virtio_balloon_proto.profiles import get_profile
+    from virtio_balloon_proto.qemu.attach import connect_qmp, snapshot, write_snapshot
+    from virtio_balloon_proto.trace import AvailEvent
+
+    get_profile(profile)
+    check_writable(out)
+    log = Path(record_log) if record_log else Path(f"{out}.qemu.log")
+    qmp = connect_qmp(qmp_socket)
+    try:
+        snap = snapshot(qmp, path=qom_path, profile=profile, pause=not no_pause, budget=budget,
+                        command=shlex.join(["vbproto", *sys.argv[1:]]), record=record,
+                        record_log=log.resolve() if record else None)
+    finally:
+        qmp.close()
+    n = write_snapshot(snap, out)
+    in_flight = sum(len(v) for v in snap.elements.values())
+    if json_mode():
+        emit_json({"wrote": out, "events": n, "queues": len(snap.statuses),
+                   "in_flight": in_flight, "bytes_read": snap.bytes_read, "reads": snap.reads,
+                   "paused_seconds": round(snap.paused_seconds, 3), "status": snap.status})
+        return
+    avail = sum(isinstance(e, AvailEvent) for e in snap.events)
+    click.echo(f"wrote {out}: {n} events from {len(snap.statuses)} queues of {snap.path} "
+               f"(status {snap.status:#x}); {in_flight} chain(s) in flight, {avail} avail "
+               f"event(s); {snap.bytes_read} bytes in {snap.reads} pmemsave read(s); VM paused "
+               f"{snap.paused_seconds:.3f} s")
