@@ -10,6 +10,7 @@ from virtio_balloon_proto.cliframe import (
     json_option,
 )
 from virtio_balloon_proto.commands.common import (
+    PROFILES,
     group,
 )
 
@@ -82,7 +83,8 @@ def capture_qemu_guest(kernel: str, initrd: str, memory: str, balloon_to: str, t
 @click.option("--path", "qom_path", default=None,
               help="QOM path of the balloon's virtio backend (default: the one x-query-virtio "
                    "lists)")
-@click.option("--profile", default="spec", show_default=True, help="protocol profile")
+@click.option("--profile", type=PROFILES, default="spec", show_default=True,
+              help="protocol profile (QEMU: spec)")
 @click.option("--no-pause", is_flag=True,
               help="read the rings of a running VM (not atomic; default: stop, read, cont)")
 @click.option("--record", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
@@ -102,11 +104,9 @@ def capture_attach(qmp_socket: str, out: str, qom_path: str | None, profile: str
     from pathlib import Path
 
     from virtio_balloon_proto.io import check_writable
-    from virtio_balloon_proto.profiles import get_profile
     from virtio_balloon_proto.qemu.attach import connect_qmp, snapshot, write_snapshot
     from virtio_balloon_proto.trace import AvailEvent
 
-    get_profile(profile)
     check_writable(out)
     log = Path(record_log) if record_log else Path(f"{out}.qemu.log")
     qmp = connect_qmp(qmp_socket)
