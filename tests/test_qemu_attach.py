@@ -54,6 +54,9 @@ def test_attach_sees_the_chain_in_flight(tmp_path: Path, transport: str) -> None
     h = snap.header
     assert (h.features_offered, h.features_negotiated) == (offered, accepted)
     assert h.virtio_endian == "le" and h.queues[QueueRole.INFLATE] == 0
+    # format 1.2: a window from mid-life, cut with chains in flight; no config space read
+    assert h.window is not None and (h.window.start, h.window.end) == ("mid", "cut")
+    assert h.window.sees("driver-bytes") and not h.window.sees("config")
     assert h.memory is not None and any(g <= 0x9000 << 12 < g + n for g, n in h.memory)
     evs = snap.events
     assert isinstance(evs[0], FeaturesEvent) and evs[0].driver == accepted

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import resource
 import socket
 import tempfile
 import time
@@ -43,6 +44,7 @@ from ..trace import (
     StatusEvent,
     TraceHeader,
     TraceSource,
+    TraceWindow,
     TraceWriter,
 )
 from ..trace.importers import split_ring_events
@@ -55,6 +57,9 @@ DEFAULT_BUDGET = 64 << 20
 #: one buffer larger than this is not read (its bytes stay uncaptured)
 MAX_BUFFER = 16 << 20
 VERSION_1_BIT = 32
+#: what a snapshot sees (format 1.2 window ``captured``): features and status from QMP, the
+#: rings and the driver's buffer bytes from memory
+SNAPSHOT_SEES = ("features", "status", "avail", "used", "driver-bytes")
 _MTREE_RAM = re.compile(
     r"^\s*([0-9a-f]+)-([0-9a-f]+) \(prio -?\d+, (ram|rom|ramd|i/o|romd)\): (\S+)", re.M
 )
@@ -244,7 +249,11 @@ def snapshot(
         finally:
             _set_recording(qmp, record_log, False)
         snap.events.extend(_recorded(snap, record_log, profile))
-        snap.header = dataclasses.replace(snap.header, source=dataclasses.replace(
+        window = snap.header.window or TraceWindow("mid", "cut")
+        snap.header = dataclasses.replace(snap.header, window=dataclasses.replace(
+            # the recording sees every config access (get/set_config trace lines) and host
+            # action QEMU logs from then on
+            window, captured=(*SNAPSHOT_SEES, "config")), source=dataclasses.replace(
             snap.header.source, provenance=f"{snap.header.source.provenance}; then "
             f"{record:g} s of QEMU trace events (trace-event-set-state, HMP logfile "
             f"{record_log})"))
@@ -292,6 +301,9 @@ def _read(qmp: QmpClient, path: str, profile: str, budget: int, tmp: Path,
     header = TraceHeader.for_features(
         profile, offered, negotiated, index_model="offered", virtio_endian=endian,
         memory=tuple((g, n) for g, n, _ in regions),
+        # a window into the device's life: not from reset, ends with buffers in flight; what
+        # QMP + memory reads see (config space is not read: num_pages/actual unknown)
+        window=TraceWindow("mid", "cut", resource.getpagesize(), SNAPSHOT_SEES),
         source=TraceSource(
             command=command,
             provenance=(
@@ -311,7 +323,7 @@ def _read(qmp: QmpClient, path: str, profile: str, budget: int, tmp: Path,
         role = header.role_of(q)
         if role is None or int(qs["vring-desc"]) == 0:
             continue
-        events.extend(_queue_events(mem, qs, role, q, endian))
+        events.extend(_queue_events(mem, qs, role, q, endian, header))
         raw_idx = mem.read(int(qs["vring-avail"]) + 2, 2)
         avail_idx = int.from_bytes(raw_idx, "little" if endian == "le" else "big")
         elements[q] = _elements(qmp, path, qs, avail_idx)
@@ -320,7 +332,7 @@ def _read(qmp: QmpClient, path: str, profile: str, budget: int, tmp: Path,
 
 
 def _queue_events(mem: PmemsaveMemory, qs: dict[str, Any], role: QueueRole, q: int,
-                  endian: str) -> Iterator[Event]:
+                  endian: str, header: TraceHeader) -> Iterator[Event]:
     num = int(qs["vring-num"])
     used_idx = int(qs["used-idx"])
     # read each ring whole once (the walker's small reads then hit the cache)
@@ -333,7 +345,7 @@ def _queue_events(mem: PmemsaveMemory, qs: dict[str, Any], role: QueueRole, q: i
     yield from split_ring_events(
         mem, desc=desc, avail=avail, used=used, size=num, role=role, queue=q,
         little_endian=endian == "le", last_avail=used_idx,
-        used_from=(used_idx - min(num, used_idx)) & 0xFFFF,
+        used_from=(used_idx - min(num, used_idx)) & 0xFFFF, header=header,
     )
 
 
