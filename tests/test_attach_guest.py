@@ -52,6 +52,9 @@ def test_attach_window_decodes_to_the_pages_the_guest_inflated(tmp_path: Path) -
         proc.qmp.execute("qom-set", {"path": "/machine/peripheral/balloon0",
                                      "property": "guest-stats-polling-interval", "value": 1})
         time.sleep(2.5)  # the driver has answered a poll: QEMU holds a filled stats buffer
+        # MemTotal as QEMU parsed it from that buffer (constant until the balloon moves)
+        stats = proc.qmp.execute("qom-get", {"path": "/machine/peripheral/balloon0",
+                                             "property": "guest-stats"})["stats"]
         # the "user" balloons the guest while we are attached and recording
         timer = threading.Timer(1.0, proc.qmp.execute, ("balloon", {"value": target}))
         qmp = connect_qmp(sock)
@@ -61,8 +64,6 @@ def test_attach_window_decodes_to_the_pages_the_guest_inflated(tmp_path: Path) -
                             command="vbproto capture attach --record 6")
             timer.join()
             assert int(proc.qmp.execute("query-balloon")["actual"]) == target
-            stats = proc.qmp.execute("qom-get", {"path": "/machine/peripheral/balloon0",
-                                                 "property": "guest-stats"})["stats"]
             out = tmp_path / "window.jsonl"
             write_snapshot(snap, out)
             summ = Summary()
@@ -75,8 +76,9 @@ def test_attach_window_decodes_to_the_pages_the_guest_inflated(tmp_path: Path) -
             assert len(inflated) == (ram - target) >> 12  # 32768 pages, none twice
             # independent of the trace: QEMU discarded those pages, they read as zero
             mem = PmemsaveMemory(qmp, snap.regions, tmp_path)
-            for pfn in list(inflated)[:: len(inflated) // 16][:16]:
-                assert mem.read(pfn << 12, 4096) == bytes(4096)
+            frames = inflated.to_frames()
+            for pfn in frames[:: len(frames) // 16][:16].tolist():
+                assert mem.read(int(pfn) << 12, 4096) == bytes(4096)
         finally:
             qmp.close()
     # the stats buffer QEMU held when we attached: the same values QEMU parsed from it
