@@ -252,8 +252,8 @@ tr:first-child>*{border-top-width:1px}tr>:first-child{border-left-width:1px}
 font-weight:normal;font-family:monospace;white-space:nowrap;background:#fafafa}
 .matrix th.corner{z-index:3;vertical-align:bottom;font-family:inherit}
 .matrix th.case{writing-mode:vertical-rl;transform:rotate(180deg);font-family:monospace;
-font-weight:normal;white-space:nowrap;padding:4px 0;min-width:1.3em;font-size:.85em;line-height:1.1}
-.matrix td{min-width:1.1em;padding:1px 1px}
+font-weight:normal;white-space:nowrap;padding:4px 2px;min-width:1.6em}
+.matrix td{min-width:1.6em;padding:1px 2px}
 .pass{background:#c8f0c8}.fail{background:#f6b3b3}.non-strict{background:#fbe3a6}
 .unsupported{background:#d8d8f0}.skipped{background:#eee}.error{background:#e0a0e0}
 .expected-failure{background:#f4d0b0}.unexpected-pass{background:#ff7070}

@@ -1,5 +1,5 @@
-"""The committed real-guest captures beyond x86 Linux 6.1 (issue 14 item 4) decode to what the
-guest did and pass ``conform check``: zero broken clauses, and only explained findings.
+"""The committed real-guest captures beyond x86 Linux 6.1 (issue 14 item 4, in
+conformance/real-guests/) decode to what the guest did and pass ``conform check``: zero broken clauses, and only explained findings.
 
 Made by ``python3 tools/make_real_captures.py`` (the ``guest`` marker's test below re-makes
 them; CI only decodes and checks the committed files, in ~2 s).  Explained findings:
@@ -27,7 +27,7 @@ from virtio_balloon_proto.trace import AvailEvent, HostEvent, TraceReader, read_
 from virtio_balloon_proto.tracedecode import Summary, decode_trace
 
 REPO = Path(__file__).resolve().parent.parent
-REAL = REPO / "conformance" / "traces" / "real"
+REAL = REPO / "conformance" / "real-guests"
 EXPLAINED = {"spec.device.stats.ignores-unknown-tag"}
 CAPTURES = {
     "qemu-7.2-linux-6.12-stats-reporting-oom": "Linux 6.12",

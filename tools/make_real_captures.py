@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Make the real-guest captures under conformance/traces/real/ (issue 14 item 4).
+"""Make the real-guest captures under conformance/real-guests/ (issue 14 item 4).
 
-    python3 tools/make_real_captures.py [--out conformance/traces/real] [--only NAME...]
+    python3 tools/make_real_captures.py [--out conformance/real-guests] [--only NAME...]
         [--accel tcg|kvm] [--guest-dir guest]
 
 Fetches the guests with tools/build_guest.py (Debian packages through a private apt config
@@ -67,7 +67,7 @@ def build(guest_dir: Path, name: str) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=REPO / "conformance" / "traces" / "real")
+    ap.add_argument("--out", type=Path, default=REPO / "conformance" / "real-guests")
     ap.add_argument("--guest-dir", type=Path, default=REPO / "guest")
     ap.add_argument("--accel", choices=("tcg", "kvm"), default="tcg")
     ap.add_argument("--only", nargs="*", default=None)

@@ -1,5 +1,5 @@
 """Real guests beyond x86 Linux 6.1 (issue 14 item 4): one scenario runner for every capture
-committed under ``conformance/traces/real/``.
+committed under ``conformance/real-guests/``.
 
 A scenario boots a Debian kernel + busybox initramfs (``tools/build_guest.py``) under KVM or
 TCG, on x86 (virtio-pci) or s390x (virtio-ccw, ``qemu-system-s390x`` from an unpacked
