@@ -1,5 +1,6 @@
 """The committed real-guest captures beyond x86 Linux 6.1 (issue 14 item 4, in
-conformance/real-guests/) decode to what the guest did and pass ``conform check``: zero broken clauses, and only explained findings.
+conformance/real-guests/) decode to what the guest did and pass ``conform check``: zero
+broken clauses, and only explained findings.
 
 Made by ``python3 tools/make_real_captures.py`` (the ``guest`` marker's test below re-makes
 them; CI only decodes and checks the committed files, in ~2 s).  Explained findings:
