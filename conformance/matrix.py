@@ -26,7 +26,6 @@ matrix, cell by cell (outcome and broken clauses); timings and messages are not 
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections import Counter
@@ -38,6 +37,7 @@ from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from virtio_balloon_proto import __version__
 from virtio_balloon_proto.errors import UsageError
+from virtio_balloon_proto.limits import loads_json, read_bounded
 from virtio_balloon_proto.schemas import shipped_schema
 
 from .catalog import Catalog
@@ -226,7 +226,9 @@ def _diff(rows: list[dict[str, Any]], behaviour: list[dict[str, Any]],
 def load_matrix(path: str | Path) -> dict[str, Any]:
     """A matrix.json, schema-checked (UsageError naming the file otherwise)."""
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        # bounded and strict: a regular file of at most MAX_INPUT bytes, JSON depth capped
+        doc = loads_json(read_bounded(path, what="matrix file"), what="matrix file",
+                         where=str(path))
     except FileNotFoundError:
         raise UsageError("matrix file not found", where=str(path)) from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:

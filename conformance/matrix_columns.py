@@ -35,6 +35,7 @@ from typing import Any
 
 from virtio_balloon_proto import __version__
 from virtio_balloon_proto.errors import PeerError, UsageError, VBProtoError
+from virtio_balloon_proto.limits import read_bounded
 
 #: seconds a column gets to finish after SIGTERM before its group gets SIGKILL
 KILL_GRACE = 5.0
@@ -75,7 +76,8 @@ def load_columns(path: str | Path) -> tuple[list[Column], tuple[str, str] | None
     p = Path(path)
     where = str(p)
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        # a regular file of at most MAX_INPUT bytes: /dev/zero or a FIFO is refused, not read
+        raw = tomllib.loads(read_bounded(p, what="matrix columns file").decode("utf-8"))
     except FileNotFoundError:
         raise UsageError("matrix columns file not found", where=where) from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as exc:
@@ -217,6 +219,8 @@ def column_command(col: Column, opts: RunOptions, report: Path) -> list[str]:
     argv = [sys.executable, "-m", "virtio_balloon_proto", "conform", "run",
             "--device", col.device, "--corpus", opts.corpus, "--report-json", str(report),
             "--timeout", repr(opts.timeout),
+            # after every case: a column that dies outright keeps every case it finished
+            "--report-every", "0",
             *selection_argv(opts.profiles, opts.case_globs, opts.strict)]
     if col.known_failures:
         argv += ["--known-failures", col.known_failures]

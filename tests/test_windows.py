@@ -293,3 +293,13 @@ def test_decode_summary_names_the_window_and_used_elements_from_before_it(
                            "captured": ["avail", "used", "driver-bytes"]}
     # head 2 names no chain of the window (its pages are unknown); head 0's chain is in it
     assert s["used_before_window"] == {"inflate": 1}
+
+
+def test_a_window_without_used_elements_judges_no_acknowledgement(tmp_path: Path) -> None:
+    """qa: a quiesced window that did not capture used elements blamed the device for a chain
+    it never saw used; what was not captured is not checkable (issue 14), never a failure."""
+    seen = ("status", "features", "config", "host", "avail", "driver-bytes")
+    res = check_trace(with_window(IN_FLIGHT, tmp_path / "nu.jsonl",
+                                  TraceWindow("reset", "quiesced", captured=seen)))
+    assert "spec.device.inflate.acks-buffer" not in device_failures(res), res.details_text()
+    assert any("used elements not captured" in n for n in res.notes)

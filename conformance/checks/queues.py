@@ -121,6 +121,11 @@ def acks(j: Judgement) -> None:
             c.role == "misc" and c.segments is not None and bool(c.writable)
             and all(s.writable for s in c.segments))
 
+    if not j.sees("used"):
+        # a format 1.2 window that did not capture used elements: an unused chain says nothing
+        # about the device (issue 14: what was not captured is not checkable, never blamed)
+        j.notes.append("used elements not captured (trace window): acknowledgements not judged")
+        return
     if not j.quiesced:
         flying = [c for c in j.chains if not c.used and not held(c)]
         if flying:  # issue 14: chains in flight at a cut end are reported as in flight

@@ -134,6 +134,11 @@ def _progress(enabled: bool) -> Callable[[Any, Any], None]:
               help="write a self-contained HTML report to FILE (- for stdout)")
 @click.option("--timeout", default=5.0, show_default=True, type=float,
               callback=seconds, help="per-step timeout in seconds (0 < T <= 86400)")
+@click.option("--report-every", "report_every", default=2.0, show_default=True,
+              type=click.FloatRange(0, 86400),
+              help="rewrite the reports after a case at most every S seconds (0: after every "
+              "case, so a run killed outright loses no finished case); always at the end and "
+              "on SIGINT/SIGTERM")
 @click.option("--save-traces", "save_traces", default=None, type=click.Path(file_okay=False),
               help="write what the device did in each case as a trace (DIR/<case>.jsonl), "
               "for `conform check` to re-judge")
@@ -142,7 +147,8 @@ def _progress(enabled: bool) -> Callable[[Any, Any], None]:
 def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
                 case_globs: tuple[str, ...], known_path: str | None, update_known_failures: bool,
                 strict: bool, report_json: str | None, junit: str | None, html_path: str | None,
-                timeout: float, save_traces: str | None, verbose: bool, as_json: bool) -> None:
+                timeout: float, report_every: float, save_traces: str | None, verbose: bool,
+                as_json: bool) -> None:
     """Replay the corpus into a device and judge what it did, clause by clause (the same
     checks as `conform check`)."""
     import os
@@ -181,7 +187,7 @@ def conform_run(device: str, corpus: str | None, profiles: tuple[str, ...],
                          where=known_path)
     known = KnownFailures.load(known_path) if known_path else KnownFailures([])
     cat = catalog()
-    reports = ReportWriter(cat, report_json, junit, html_path)
+    reports = ReportWriter(cat, report_json, junit, html_path, every=report_every)
     progress = _progress(sys.stderr.isatty())
     partial = RunResult(device=device, corpus=corpus_path, strict=strict, planned=len(cases),
                         known_failures=known_path, started=time.time())

@@ -12,6 +12,7 @@ from collections import deque
 from typing import Any
 
 from ..errors import PeerError
+from ..limits import loads_json
 from .channel import LineChannel
 
 
@@ -34,9 +35,11 @@ class QmpClient:
     def _next_message(self, timeout: float | None = None) -> dict[str, Any]:
         line = self._ch.readline(timeout)
         try:
-            msg = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise self._ch.fail(f"QMP sent invalid JSON ({e.msg}): {line[:200]!r}") from None
+            # the shared strict loader: nesting depth and integer size capped (a line of ten
+            # million '[' is one clear error, not a RecursionError)
+            msg = loads_json(line, what="QMP message", error=PeerError)
+        except PeerError as e:
+            raise self._ch.fail(f"QMP sent invalid JSON ({e}): {line[:200]!r}") from None
         if not isinstance(msg, dict):
             raise self._ch.fail(f"QMP sent a non-object: {line[:200]!r}")
         return msg
