@@ -48,3 +48,18 @@ def test_qmp_client_refuses_endless_nesting() -> None:
     t.join()
     ours.close()
     assert "invalid JSON" in str(e.value)
+
+
+@pytest.mark.parametrize("args", [
+    ["capture", "attach", "--qmp", "/nonexistent", "-o", "x.jsonl", "--record", "nan"],
+    ["conform", "run", "--report-every", "nan"],
+    ["analyze", "--density", "nan"],
+])
+def test_a_range_option_refuses_nan(tmp_path: Path, args: list[str]) -> None:
+    """qa: `capture attach --record nan` passed the range check (nan compares false) and died
+    in time.sleep(nan) with QEMU's trace events already on."""
+    p = subprocess.run([*VBPROTO, *args, "--json"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "not a number" in json.loads(p.stdout.strip().splitlines()[-1])["error"]
+    assert "Traceback" not in p.stderr

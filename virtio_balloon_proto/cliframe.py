@@ -115,6 +115,18 @@ def seconds(_ctx: click.Context, param: click.Parameter, value: float) -> float:
     return value
 
 
+class FiniteRange(click.FloatRange):
+    """click's FloatRange that also refuses ``nan`` (every comparison with nan is false, so a
+    plain range lets it through to ``time.sleep(nan)`` and friends)."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        out = super().convert(value, param, ctx)
+        if isinstance(out, float) and out != out:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return out
+
+
 def _error_fields(exc: VBProtoError) -> dict[str, Any]:
     return {"field": exc.field, "offset": exc.offset, "clause": exc.clause, "where": exc.where,
             "class": type(exc).__name__}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from virtio_balloon_proto.cliframe import (
+    FiniteRange,
     emit_json,
     json_mode,
     json_option,
@@ -87,7 +88,7 @@ def capture_qemu_guest(kernel: str, initrd: str, memory: str, balloon_to: str, t
               help="protocol profile (QEMU: spec)")
 @click.option("--no-pause", is_flag=True,
               help="read the rings of a running VM (not atomic; default: stop, read, cont)")
-@click.option("--record", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
+@click.option("--record", type=FiniteRange(0, 3600), default=0.0, show_default=True,
               help="then record N seconds of QEMU balloon trace events")
 @click.option("--record-log", type=click.Path(dir_okay=False), default=None,
               help="where QEMU writes the recorded events (default: OUT.qemu.log); HMP "

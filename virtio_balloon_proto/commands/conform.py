@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from virtio_balloon_proto.cliframe import (
+    FiniteRange,
     Interrupted,
     json_option,
     seconds,
@@ -135,7 +136,7 @@ def _progress(enabled: bool) -> Callable[[Any, Any], None]:
 @click.option("--timeout", default=5.0, show_default=True, type=float,
               callback=seconds, help="per-step timeout in seconds (0 < T <= 86400)")
 @click.option("--report-every", "report_every", default=2.0, show_default=True,
-              type=click.FloatRange(0, 86400),
+              type=FiniteRange(0, 86400),
               help="rewrite the reports after a case at most every S seconds (0: after every "
               "case, so a run killed outright loses no finished case); always at the end and "
               "on SIGINT/SIGTERM")

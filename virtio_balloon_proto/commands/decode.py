@@ -9,6 +9,7 @@ import click
 
 from virtio_balloon_proto.cliframe import (
     Command,
+    FiniteRange,
     json_option,
 )
 from virtio_balloon_proto.commands.common import (
@@ -124,7 +125,7 @@ def decode_cmd(trace_file: str, as_json: bool, queues: tuple[str, ...], summary:
               default=None, help="synthetic shape instead of --pages (default: sparse)")
 @click.option("--frames", type=click.IntRange(1, 1 << 28), default=2_097_152, show_default=True,
               help="guest size in 4 KiB frames (8 GiB by default)")
-@click.option("--density", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True,
+@click.option("--density", type=FiniteRange(0.0, 1.0), default=0.1, show_default=True,
               help="fraction of the guest in the shape")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="random seed of the synthetic shape")
