@@ -138,3 +138,69 @@ def test_cli_capture_attach(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "cannot connect to QMP socket" in r.stderr
+
+
+def test_cli_attach_records_a_quiet_device_and_keeps_an_interrupted_recording(
+    tmp_path: Path,
+) -> None:
+    """QA 15/21: an idle guest logs nothing during ``--record`` -- that is a quiet window, not
+    "was QEMU run with -trace?" (attach switches the events on itself); SIGTERM during the
+    recording keeps the snapshot and what was recorded (exit 130, one JSON object, partial)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from virtio_balloon_proto.trace import HostEvent
+
+    sock = tmp_path / "rec.sock"
+    quiet, cut = tmp_path / "quiet.jsonl", tmp_path / "cut.jsonl"
+    cmd = [sys.executable, "-m", "virtio_balloon_proto", "capture", "attach", "--json",
+           "--qmp", str(sock)]
+    with QemuBalloon(extra_args=("-qmp", f"unix:{sock},server=on,wait=off")) as b:
+        b.negotiate()
+        b.setup_queues()
+        r = subprocess.run([*cmd, "-o", str(quiet), "--record", "0.5"], capture_output=True,
+                           text=True, timeout=60, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert json.loads(r.stdout)["wrote"] == str(quiet)
+        _, events = read_trace(quiet)
+        (note,) = [e for e in events if isinstance(e, HostEvent)]
+        assert "none logged" in (note.note or "")
+        p = subprocess.Popen([*cmd, "-o", str(cut), "--record", "60"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        log = Path(f"{cut}.qemu.log")
+        deadline = time.monotonic() + 30
+        while not log.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        b.exchange("inflate", [pfn_array([0x8100])])  # recorded before the signal
+        time.sleep(0.3)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    rep = json.loads(out)
+    assert rep["partial"] is True and rep["exit_code"] == 130 and rep["wrote"] == str(cut)
+    header, events = read_trace(cut)
+    assert header.window is not None and header.window.end == "cut"
+    recorded = [e for e in events if isinstance(e, AvailEvent) and e.role is QueueRole.INFLATE]
+    assert [np.frombuffer(e.out_bytes, "<u4").tolist() for e in recorded] == [[0x8100]]
+
+
+def test_attach_before_any_negotiation_shows_the_modern_offer(tmp_path: Path) -> None:
+    """QA 16: with status 0 (no driver yet) the offered word was the legacy 32-bit view
+    (no VERSION_1) of a transitional device; it is the modern interface's, and says so."""
+    sock = tmp_path / "s0.sock"
+    with QemuBalloon(extra_args=("-qmp", f"unix:{sock},server=on,wait=off")) as b:
+        qmp = connect_qmp(sock)
+        try:
+            snap = snapshot(qmp)
+        finally:
+            qmp.close()
+        offered_modern, _ = b.negotiate()  # what the modern registers show, read afterwards
+    h = snap.header
+    assert h.features_negotiated == 0 and h.features_offered >> 32 & 1
+    assert not h.features_offered & (1 << 24 | 1 << 27 | 1 << 30)  # legacy-only bits
+    assert h.features_offered == offered_modern
+    assert "no driver had negotiated" in (h.source.provenance or "")

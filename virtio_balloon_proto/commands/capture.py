@@ -120,9 +120,15 @@ def capture_attach(qmp_socket: str, out: str, qom_path: str | None, profile: str
     n = write_snapshot(snap, out)
     in_flight = sum(len(v) for v in snap.elements.values())
     if json_mode():
-        emit_json({"wrote": out, "events": n, "queues": len(snap.statuses),
-                   "in_flight": in_flight, "bytes_read": snap.bytes_read, "reads": snap.reads,
-                   "paused_seconds": round(snap.paused_seconds, 3), "status": snap.status})
+        doc = {"wrote": out, "events": n, "queues": len(snap.statuses),
+               "in_flight": in_flight, "bytes_read": snap.bytes_read, "reads": snap.reads,
+               "paused_seconds": round(snap.paused_seconds, 3), "status": snap.status}
+        if snap.stopped_by is not None:
+            doc.update(partial=True, exit_code=130)
+        emit_json(doc)
+    if snap.stopped_by is not None:  # interrupted while recording: written, now exit 130
+        raise snap.stopped_by
+    if json_mode():
         return
     avail = sum(isinstance(e, AvailEvent) for e in snap.events)
     click.echo(f"wrote {out}: {n} events from {len(snap.statuses)} queues of {snap.path} "

@@ -178,6 +178,9 @@ class Snapshot:
     bytes_read: int
     reads: int
     regions: list[tuple[int, int, str]]
+    #: the signal (KeyboardInterrupt or the CLI's Interrupted) that cut a recording short; the
+    #: snapshot and the events recorded until then are kept, the caller writes them and re-raises
+    stopped_by: BaseException | None = None
 
 
 _STATUS_BITS = {"ACKNOWLEDGE": 1, "DRIVER": 2, "DRIVER_OK": 4, "FEATURES_OK": 8,
@@ -244,11 +247,17 @@ def snapshot(
             qmp.execute("cont")
     snap.paused_seconds = time.monotonic() - t0 if pause and running else 0.0
     if recording and record_log is not None:
+        t1 = time.monotonic()
         try:
             time.sleep(record)
+        except BaseException as e:  # SIGINT/SIGTERM: keep the snapshot and what was recorded
+            snap.stopped_by = e
         finally:
             _set_recording(qmp, record_log, False)
-        snap.events.extend(_recorded(snap, record_log, profile))
+        recorded = time.monotonic() - t1
+        snap.events.extend(_recorded(snap, record_log, profile, recorded))
+        if snap.stopped_by is not None:
+            record = recorded
         window = snap.header.window or TraceWindow("mid", "cut")
         snap.header = dataclasses.replace(snap.header, window=dataclasses.replace(
             # the recording sees every config access (get/set_config trace lines) and host
@@ -272,15 +281,19 @@ def _set_recording(qmp: QmpClient, log: Path, on: bool) -> None:
         qmp.execute("trace-event-set-state", {"name": name, "enable": on})
 
 
-def _recorded(snap: Snapshot, log: Path, profile: str) -> list[Event]:
+def _recorded(snap: Snapshot, log: Path, profile: str, seconds: float) -> list[Event]:
     from ..trace.importers import import_qemu_log
 
     h = snap.header
+    # an idle guest logs nothing: an empty recording is a valid (quiet) window, not an error
     _, events = import_qemu_log(log, profile=profile, offered=h.features_offered,
-                                negotiated=h.features_negotiated, endian=h.virtio_endian)
-    out: list[Event] = [HostEvent("other", note=f"QEMU trace events recorded from here "
-                                                 f"({log.name})")]
-    out.extend(events)
+                                negotiated=h.features_negotiated, endian=h.virtio_endian,
+                                quiet_ok=True)
+    recorded = list(events)
+    out: list[Event] = [HostEvent("other", note=(
+        f"QEMU trace events recorded from here for {seconds:.3g} s ({log.name})"
+        + ("" if recorded else ": none logged (a quiet device)")))]
+    out.extend(recorded)
     return out
 
 
@@ -288,9 +301,13 @@ def _read(qmp: QmpClient, path: str, profile: str, budget: int, tmp: Path,
           stopped: bool, command: str | None) -> Snapshot:
     st = qmp.execute("x-query-virtio-status", {"path": path})
     negotiated = features_from_qmp(st["guest-features"])
-    modern = bool(negotiated >> VERSION_1_BIT & 1)
-    offered = offered_by_transport(features_from_qmp(st["host-features"]),
-                                   "modern" if modern else "legacy")
+    host = features_from_qmp(st["host-features"])
+    # the driver's negotiation says which interface it uses; before any (status 0, nothing
+    # negotiated) a device offering VERSION_1 is shown as its modern interface sees it, and the
+    # provenance says so (QA: it was the legacy 32-bit view, without VERSION_1)
+    unnegotiated = negotiated == 0
+    modern = bool((host if unnegotiated else negotiated) >> VERSION_1_BIT & 1)
+    offered = offered_by_transport(host, "modern" if modern else "legacy")
     endian = _endian(st, negotiated)
     regions = ram_regions(qmp)
     mem = PmemsaveMemory(qmp, regions, tmp, budget)
@@ -311,6 +328,9 @@ def _read(qmp: QmpClient, path: str, profile: str, budget: int, tmp: Path,
                 f"QEMU {_version(qmp)}; vbproto capture attach: QMP x-query-virtio-queue-status "
                 f"+ pmemsave of rings and buffers, device {path}, "
                 + ("VM paused while read" if stopped else "VM running while read (not atomic)")
+                + ("; no driver had negotiated features: offered is the "
+                   f"{'modern' if modern else 'legacy'} interface's view" if unnegotiated
+                   else "")
             ).strip(),
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         ),

@@ -697,6 +697,7 @@ def import_qemu_log(
     index_model: str = "offered",
     endian: str = "le",
     source: TraceSource | None = None,
+    quiet_ok: bool = False,
 ) -> ImportResult:
     """The device's view from a QEMU trace log (PROTOCOL.md, research/qemu-peer.md section 3).
 
@@ -704,6 +705,9 @@ def import_qemu_log(
     (one per PFN, in array order) rebuild its PFN array as ``__virtio32`` bytes.  The log has no
     descriptor addresses and no bytes of other queues: those buffers get ``null`` out/in
     entries.  Defaults: QEMU's own feature set (STATS_VQ|VERSION_1) and its index model.
+
+    A log with no virtio trace line at all raises TraceError (it is not a QEMU trace log),
+    unless ``quiet_ok``: the caller switched the events on itself, so silence is a quiet device.
     """
     if negotiated is None:
         negotiated = (1 << 1) | (VERSION_1 if endian == "le" else 0)
@@ -813,7 +817,7 @@ def import_qemu_log(
                 yield other
                 anything = True
         yield from flush()
-        if not vq_map and not anything:
+        if not vq_map and not anything and not quiet_ok:
             # no pop/fill/notify/status/config line: not a QEMU trace log (an empty file, a
             # binary, a log of other trace events), not a trace of a quiet device -- it was
             # written as an empty trace, exit 0
