@@ -227,12 +227,8 @@ def capture_guest(
         snapshot = _ring_snapshot(proc, ram)
         timings["deflate"] = balloon(ram, f"QMP balloon value={ram}")
         console = serial.read_text(errors="replace") if serial.exists() else ""
-        proc.qmp.quit()
-        if proc.proc is not None:
-            proc.proc.wait(timeout=10)
+        proc.quit_and_wait()
         log.update()
-    except subprocess.TimeoutExpired:
-        raise PeerError(f"QEMU did not exit after quit{proc.diagnose()}") from None
     finally:
         command = list(proc.command)
         proc.close()

@@ -28,7 +28,6 @@ import itertools
 import re
 import resource
 import shlex
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -311,12 +310,8 @@ def run_scenario(
         timings["deflate"] = balloon(ram, f"QMP balloon value={ram}")
         grab_stats("after deflate")
         text = _read(console)
-        proc.qmp.quit()
-        if proc.proc is not None:
-            proc.proc.wait(timeout=10)
+        proc.quit_and_wait()
         log.update()
-    except subprocess.TimeoutExpired:
-        raise PeerError(f"QEMU did not exit after quit{proc.diagnose()}") from None
     finally:
         command = list(proc.command)
         proc.close()

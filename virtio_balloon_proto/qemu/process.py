@@ -355,6 +355,17 @@ class QemuProcess:
                     where="QEMU",
                 )
 
+    def quit_and_wait(self, timeout: float = 10.0) -> None:
+        """QMP ``quit`` and wait for the process to exit (a guest capture's orderly end, so
+        QEMU flushes its trace log).  Raises PeerError if it has not exited in ``timeout`` s."""
+        self.qmp.quit()
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise PeerError(f"QEMU did not exit after quit{self.diagnose()}") from None
+
     def close(self, *, graceful: bool = True) -> None:
         """Quit QEMU (QMP ``quit``, then SIGKILL by PID) and remove the work dir if ours."""
         proc = self.proc
