@@ -61,6 +61,15 @@ class Chain:
     used_at: int | None = None
     used_len: int | None = None
     used_data: bytes | None = None
+    #: the used entry carried no id (a capture that saw none) and was paired with the oldest of
+    #: several outstanding chains of its role: a guess -- without VIRTIO_F_IN_ORDER the device
+    #: may use buffers in any order (2.7.9 / 2.8.8 "In-order use of descriptors")
+    guessed: bool = False
+    #: the event of a device reset (status 0) that dropped this chain before it was used:
+    #: VIRTIO 1.2 2.4.1 "A device MUST NOT send notifications or interact with the queues
+    #: after indicating completion of the reset by reinitializing device status to 0, until
+    #: the driver re-initializes the device" -- it will never be used, and need not be
+    reset_at: int | None = None
 
     @property
     def writable(self) -> int:
@@ -90,6 +99,8 @@ class Judgement:
     by_used: dict[int, Chain] = field(default_factory=dict)
     #: used events that name no outstanding chain: (event index, role, head)
     stray_used: list[tuple[int, str, int | None]] = field(default_factory=list)
+    #: events of device resets (a status write of 0) inside the trace: each starts a new life
+    resets: list[int] = field(default_factory=list)
     _decoded: dict[int, DecodedBuffer | None] = field(default_factory=dict)
     _wire: dict[int, list[Any]] = field(default_factory=dict)
 
@@ -264,20 +275,29 @@ def build(header: Any, events: Iterable[Any], cat: Catalog, *, strict: bool = Fa
             j.chains.append(ch)
             j.by_avail[i] = ch
             outstanding[(role, head)] = ch
+        elif isinstance(ev, tr.StatusEvent) and ev.value == 0:
+            # a device reset: what was outstanding is dropped, never used (Chain.reset_at)
+            for ch in outstanding.values():
+                ch.reset_at = i
+            outstanding.clear()
+            j.resets.append(i)
         elif isinstance(ev, tr.UsedEvent):
             role = role_of(ev)
             head = ev.id
+            guessed = False
             if head is None:
-                # no descriptor ids (a QEMU trace log): the device returns this role's chains in
-                # order, so pair with the oldest one still outstanding
+                # no descriptor ids (a QEMU trace log): pair with the oldest chain of the role
+                # still outstanding -- a guess when there are several (Chain.guessed)
                 oldest = [k for k in outstanding if k[0] == role]
                 if oldest:
                     head = oldest[0][1]
+                    guessed = len(oldest) > 1
             if head is None or (role, head) not in outstanding:
                 j.stray_used.append((i, role, head))
                 continue
             ch = outstanding.pop((role, head))
             ch.used_at, ch.used_len, ch.used_data = i, ev.len, ev.data
+            ch.guessed = guessed
             j.by_used[i] = ch
     return j
 

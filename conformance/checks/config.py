@@ -90,6 +90,10 @@ def config_values(j: Judgement) -> None:
     last_ack: int | None = None
     last_actual_write: int | None = None
     for i, ev in enumerate(j.events, start=1):
+        if isinstance(ev, tr.StatusEvent) and ev.value == 0:
+            # a device reset: the spec does not say which config values survive it (QEMU keeps
+            # num_pages and actual), so each field is unknown until set again
+            want.clear()
         if isinstance(ev, tr.HostEvent):
             if ev.action == "set-target" and ev.num_pages is not None:
                 want[0] = (ev.num_pages & 0xFFFFFFFF).to_bytes(4, "little")
@@ -168,7 +172,15 @@ def actual_accounting(j: Judgement) -> None:
     before = 0  # pages of the balloon from before the window that the window took back
     base: tuple[int, int] | None = None  # (actual, balloon size) at the first write
     stray = {i for i, role, _ in j.stray_used if role in ("inflate", "deflate")}
+    resets = set(j.resets)
     for i, ev in enumerate(j.events, start=1):
+        if i in resets:
+            # a device reset starts a new life: what was in flight is dropped (2.4.1) and the
+            # driver counts from an empty balloon (Linux: vb->num_pages = 0 at probe)
+            from_reset, before, base = True, 0, None
+            balloon = FrameMap(int(ram.lasts[-1]) + 1 if ram else 0)
+            pending.clear()
+            continue
         av = j.by_avail.get(i)
         if av is not None and av.role in ("inflate", "deflate"):
             pending[i] = av
@@ -186,6 +198,13 @@ def actual_accounting(j: Judgement) -> None:
             ch = j.by_used[i]
             if ch.role not in ("inflate", "deflate"):
                 continue
+            if ch.guessed:
+                # no used ids in the capture and several chains outstanding: which one the
+                # device used is unknown (no order without IN_ORDER), so is the balloon's size
+                j.notes.append(f"event {i}: {ch.role} used element without an id while several "
+                               "chains were outstanding: the balloon's size is unknown from "
+                               "here on (spec.driver.op.actual-is-balloon-size not judged)")
+                return
             pending.pop(ch.index, None)
             d = j.decoded(ch)
             if d is None:

@@ -37,8 +37,18 @@ def page_clauses(j: Judgement) -> tuple[str, str]:
 
 @register("spec.driver.op.no-deflate-before-inflate-ack")
 def deflate_after_ack(j: Judgement) -> None:
+    if not j.sees("used"):
+        # a format 1.2 window without used elements: every inflate would look unacknowledged
+        # (issue 14: what was not captured is never blamed)
+        if any(c.role == "deflate" for c in j.chains):
+            j.notes.append("used elements not captured (trace window): "
+                           "spec.driver.op.no-deflate-before-inflate-ack not judged")
+        return
     inflight: dict[int, PageSet] = {}
+    resets = set(j.resets)
     for i in range(1, len(j.events) + 1):
+        if i in resets:
+            inflight.clear()  # dropped by the reset (2.4.1): never acknowledged, not in flight
         ch = j.by_avail.get(i)
         if ch is not None and ch.role in ("inflate", "deflate"):
             d = j.decoded(ch)
@@ -57,6 +67,12 @@ def deflate_after_ack(j: Judgement) -> None:
         done = j.by_used.get(i)
         if done is not None:
             inflight.pop(done.index, None)
+            if done.guessed:
+                # no used ids in the capture: any of the inflates made available before may be
+                # the one the device used (no order without IN_ORDER), so none is certainly
+                # still unacknowledged
+                for idx in [k for k in inflight if k < i]:
+                    del inflight[idx]
 
 
 @register("spec.device.inflate.pfn-4k-units", "spec.device.deflate.pfn-4k-units",

@@ -46,10 +46,17 @@ def used_ids(j: Judgement) -> None:
     for ch in j.chains:
         if ch.used:
             j.evaluated("spec.device.used.id-is-head")
+    if j.stray_used and not j.sees("avail"):
+        # a format 1.2 window that did not capture avail elements: every used element names a
+        # chain the trace could not show (issue 14: what was not captured is never blamed)
+        j.notes.append("avail elements not captured (trace window): used ids not judged")
+        return
     window = not j.from_reset
     for i, role, head in j.stray_used:
-        if window and not any(c.role == role and c.head == head and c.index < i
-                              for c in j.chains):
+        # after a device reset inside the trace everything is known again (2.4.1: no queue
+        # activity after a reset until the driver re-initializes the device)
+        if window and not any(r < i for r in j.resets) and not any(
+                c.role == role and c.head == head and c.index < i for c in j.chains):
             # the window starts mid-life: this chain was made available before it
             j.notes.append(f"event {i}: used id {head} on {role} names a chain made available "
                            "before the trace starts (not judged)")
@@ -126,8 +133,13 @@ def acks(j: Judgement) -> None:
         # about the device (issue 14: what was not captured is not checkable, never blamed)
         j.notes.append("used elements not captured (trace window): acknowledgements not judged")
         return
+    dropped = [c for c in j.chains if c.reset_at is not None]
+    if dropped:
+        j.notes.append("dropped by a device reset before being used (VIRTIO 1.2 2.4.1; not "
+                       "judged): " + ", ".join(f"{c.role} head {c.head} (event {c.index}, reset "
+                                              f"at event {c.reset_at})" for c in dropped[:8]))
     if not j.quiesced:
-        flying = [c for c in j.chains if not c.used and not held(c)]
+        flying = [c for c in j.chains if not c.used and not held(c) and c.reset_at is None]
         if flying:  # issue 14: chains in flight at a cut end are reported as in flight
             j.notes.append("in flight when the trace ends (not judged): " + ", ".join(
                 f"{c.role} head {c.head} (event {c.index})" for c in flying[:8]))
@@ -137,8 +149,8 @@ def acks(j: Judgement) -> None:
         return
     broken_at = error_state(j)
     for c in j.chains:
-        if c.segments is None or held(c):
-            continue  # not replayed / held by design until the host asks
+        if c.segments is None or held(c) or c.reset_at is not None:
+            continue  # not replayed / held by design until the host asks / dropped by a reset
         if broken_at is not None and (c.used_at is None or c.used_at > broken_at) and (
                 c.index <= broken_at or not c.used):
             continue  # the device is in an error state (judged by error_state)

@@ -36,12 +36,21 @@ def entries(j: Judgement, ch: Chain) -> dict[int, int]:
 
 @register("spec.driver.stats.one-buffer")
 def one_buffer(j: Judgement) -> None:
+    if not j.sees("used"):
+        # a format 1.2 window without used elements: a buffer the device used unseen would
+        # look held forever (issue 14: what was not captured is never blamed)
+        if any(c.role == "stats" for c in j.chains):
+            j.notes.append("used elements not captured (trace window): "
+                           "spec.driver.stats.one-buffer not judged")
+        return
     for ch in j.chains:
         if ch.role != "stats":
             continue
         j.evaluated("spec.driver.stats.one-buffer")
+        # a buffer a device reset dropped is no longer available (2.4.1)
         held = [c for c in j.chains if c.role == "stats" and c.index < ch.index
-                and (c.used_at is None or c.used_at > ch.index)]
+                and (c.used_at is None or c.used_at > ch.index)
+                and (c.reset_at is None or c.reset_at > ch.index)]
         if held:
             j.broken("spec.driver.stats.one-buffer",
                      f"a second stats buffer (head {ch.head}) while head {held[0].head} (event "
@@ -78,7 +87,11 @@ def values(j: Judgement) -> None:
     from virtio_balloon_proto import trace as tr
 
     stats = [c for c in j.chains if c.role == "stats"]
-    legacy_first = bool(stats) and "VERSION_1" not in j.negotiated and j.from_reset
+    # the first buffer after device initialization: after the trace's start at reset, and
+    # after every device reset inside the trace
+    starts = ([0] if j.from_reset else []) + j.resets
+    firsts = {min((c.index for c in stats if c.index > r), default=0) for r in starts} - {0}
+    legacy_first = bool(firsts) and "VERSION_1" not in j.negotiated
     for i, ev in enumerate(j.events, start=1):
         if not (isinstance(ev, tr.ObserveEvent) and ev.what == "state"
                 and isinstance(ev.value.get("stats"), dict)):
@@ -93,11 +106,11 @@ def values(j: Judgement) -> None:
         if not posted:
             continue
         consumed = [c for c in posted if c.used_at is not None and c.used_at < i]
-        if legacy_first and consumed and consumed[-1] is stats[0]:
+        if legacy_first and consumed and consumed[-1].index in firsts:
             # 5.5.6.3.3 "When using the legacy interface, the device SHOULD ignore all values
             # in the first buffer in the statsq supplied by the driver after device
             # initialization": its values are not judged; whether it did is the profile's
-            sent = entries(j, stats[0])
+            sent = entries(j, consumed[-1])
             j.evaluated("spec.device.stats.legacy-ignore-first")
             j.choice("stats.legacy-first-buffer",
                      "recorded" if sent and any(seen.get(t) == v for t, v in sent.items())
