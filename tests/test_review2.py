@@ -1,12 +1,15 @@
 """Regressions from the second spec audit (/work/wt/review2.md): false failures on what a capture
-window did not see, on id-less captures and across a device reset inside a trace.  Each trace
-is a shipped corpus trace with events dropped or a few events written by hand; each test also
-shows the real breakage still fails."""
+window did not see, on id-less captures, across a device reset inside a trace, and a false pass
+of a too-short hint command id.  Each trace is a shipped corpus trace with events dropped or a
+few events written by hand; each test also shows the real breakage still fails."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +142,26 @@ def test_a_device_reset_drops_what_was_in_flight(tmp_path: Path) -> None:
     late = [*one, StatusEvent(0), *init, UsedEvent(INF, 0, 0, id=0)]
     res = hand_trace(tmp_path, "late.jsonl", late)
     assert "spec.device.used.id-is-head" in failed(res), res.details_text()
+
+
+# --- a too-short hint command id: decode's error is the oracle's failure -----------------------
+def test_a_two_byte_hint_command_id_fails_len_4(tmp_path: Path) -> None:
+    """5.5.6.5.1 "The driver MUST use an output buffer size of 4 bytes for all output buffers
+    submitted to the free_page_vq": the decoder refuses a 2-byte one naming the clause, and
+    `conform check` passed it."""
+    header, evs = read_trace(SPEC / "hint-le.jsonl")
+    out: list[Any] = []
+    done = False
+    for e in evs:
+        if not done and isinstance(e, AvailEvent) and e.role == QueueRole.FREE_PAGE:
+            e = dataclasses.replace(e, out=(e.out[0][:2],), descriptors=None)  # type: ignore[index]
+            done = True
+        out.append(e)
+    path = tmp_path / "hint-short.jsonl"
+    write_trace(path, header, out)
+    res = check_trace(path)
+    assert "spec.driver.hint.len-4" in failed(res), res.details_text()
+    dec = subprocess.run([sys.executable, "-m", "virtio_balloon_proto", "decode", "--json",
+                          str(path)], capture_output=True, text=True, check=False)
+    assert "spec.driver.hint.len-4" in dec.stdout
+    assert json.loads(json.dumps(res.to_json()))["outcome"] == "fail"

@@ -21,6 +21,7 @@ from typing import Any
 
 from virtio_balloon_proto.codecs import DecodedBuffer, Segment, decode_buffer
 from virtio_balloon_proto.errors import TraceError, VBProtoError
+from virtio_balloon_proto.findings import Finding
 from virtio_balloon_proto.pageset import PageSet
 from virtio_balloon_proto.profiles import get_profile
 
@@ -102,6 +103,8 @@ class Judgement:
     #: events of device resets (a status write of 0) inside the trace: each starts a new life
     resets: list[int] = field(default_factory=list)
     _decoded: dict[int, DecodedBuffer | None] = field(default_factory=dict)
+    #: decode errors that name a clause (a buffer too short for its header, ...), by avail
+    _errors: dict[int, VBProtoError] = field(default_factory=dict)
     _wire: dict[int, list[Any]] = field(default_factory=dict)
 
     # --- the trace ------------------------------------------------------------------------
@@ -187,8 +190,10 @@ class Judgement:
                 try:
                     res = decode_buffer(self.profile, chain.role, list(chain.segments),
                                         self.layout(), features=self.header.features_negotiated)
-                except VBProtoError:
+                except VBProtoError as exc:
                     res = None
+                    if exc.clause is not None:
+                        self._errors[chain.index] = exc
             self._decoded[chain.index] = res
         return self._decoded[chain.index]
 
@@ -200,6 +205,11 @@ class Judgement:
             d = self.decoded(chain)
             if d is not None:
                 found += list(d.findings)
+            elif (err := self._errors.get(chain.index)) is not None:
+                # bytes the decoder refused for breaking a rule (a 2-byte hint command id:
+                # spec.driver.hint.len-4) break that rule as much as a finding does -- exactly
+                # the error `vbproto decode` prints for the same buffer
+                found.append(Finding(str(err.clause), err.message, err.field, err.offset))
             self._wire[chain.index] = found
         return self._wire[chain.index]
 
