@@ -62,10 +62,19 @@ def _layout(p: Params) -> Any:
     return WireLayout(endian, p.pick((64, 32)), p.pick(("le", "be")), p.pick(PAGE_SIZES))
 
 
+_FDS: dict[str, int] = {}
+
+
 def _file(data: bytes, name: str) -> Path:
-    _TMP.mkdir(exist_ok=True)
+    """``data`` as the file ``name``: one file per target, opened once and rewritten in place
+    (an ``open(O_CREAT|O_TRUNC)`` per input was a quarter of trace_reader's time)."""
     path = _TMP / name
-    path.write_bytes(data)
+    fd = _FDS.get(name)
+    if fd is None:
+        _TMP.mkdir(exist_ok=True)
+        fd = _FDS[name] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
     return path
 
 
