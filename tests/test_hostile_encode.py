@@ -52,3 +52,30 @@ def test_hybrid_records_are_capped_too() -> None:
     alternating = {"pages": [[0, 1]] + [[k, 1] for k in range(2, 2 + 2 * 200_000, 2)]}
     msg = message_from_json("hybrid", alternating, layout)  # 200,001 records: in proportion
     assert len(encode(msg, layout)) < encode_budget(len(json.dumps(alternating["pages"])))
+
+
+@pytest.mark.parametrize("role", ["inflate", "misc"])
+def test_v3_bitmap_of_large_pages_never_lists_their_frames(role: str) -> None:
+    """A bit is one guest page: 64 KiB pages are 16 frames a bit, and the encoder listed every
+    4 KiB frame (``{"pages": [[1, 22599813]]}`` took 1.1 GB and 1.4 s before refusing it as
+    not whole pages -- the long fuzz campaign's slow input, now a regression input)."""
+    import tracemalloc
+
+    from virtio_balloon_proto.wire import decode
+
+    layout = WireLayout(page_size=65536)
+    with pytest.raises(EncodeError, match="not whole 65536-byte guest pages"):
+        message_from_json("bmap", {"pages": [[1, 16 * 1000]]}, layout, role=role)
+    # inflate bits are 4 KiB balloon PFNs (16 bits a page): a shorter span fits the budget
+    n = 1_000_000 if role == "misc" else 400_000
+    pages = [[0, 16 * n], [16 * (n + 64), 32]]
+    tracemalloc.start()
+    try:
+        msg = message_from_json("bmap", {"pages": pages}, layout, role=role)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 << 20, peak  # 16 M frames as uint64 alone were 128 MB
+    data = encode(msg, layout)
+    back = decode("bmap", [data[:32], data[32:]], layout, profile="v3", role=role)
+    assert back.extents() == pages

@@ -8,7 +8,10 @@ set the extents algebra gives.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -193,3 +196,93 @@ def test_streamed_json_is_the_json_and_brief_fields_count_long_lists() -> None:
         for k, v in d.fields().items():
             assert brief[k] == (f"[{len(v)} items]" if isinstance(v, list) and len(v) > 16
                                 else v)
+
+
+@settings(max_examples=100, deadline=None)
+@given(records=st.lists(st.tuples(st.integers(0, 3000), st.sampled_from([12, 12, 13, 14]),
+                                  st.integers(0, 63),
+                                  st.lists(st.sampled_from([0x5555555555555555, 0, 1 << 63,
+                                                            (1 << 64) - 1, 0xF0F0F0F0F0F0F0F1]),
+                                           min_size=8, max_size=8)),
+                        min_size=1, max_size=10))
+def test_hybrid_overlapping_records_count_frames_named_twice(
+        records: list[tuple[int, int, int, list[int]]]) -> None:
+    """Records that may overlap (any start, plain or bitmap, order 0-2): the pages are the
+    union of what a bit-by-bit reading names, and the no-duplicate finding says how many
+    frames are named more than once (every record's frames counted, less the set) -- whether
+    the bitmap records went through bit blocks or not."""
+    import struct
+
+    body = b""
+    named: list[int] = []
+    for start, shift, blen, wvals in records:
+        unit = 1 << (shift - 12)
+        start -= start % unit  # aligned: misalignment is another finding
+        body += struct.pack("<Q", start | shift << 52 | blen << 58)
+        body += b"".join(struct.pack("<Q", w) for w in wvals[:(blen + 7) // 8])
+        bits = [start + bit * unit for bit in range(blen * 8)
+                if wvals[bit // 64] >> (bit % 64) & 1] if blen else [start]
+        named += [b + i for b in bits for i in range(unit)]
+    data = struct.pack("<BBHI", 0, 0, 0, len(body)) + body
+    d = decode("hybrid", data, WireLayout("le", 64, "le", 4096), profile="hybrid")
+    want = PageSet.from_frames(np.array(named, dtype=np.uint64))
+    assert d.pages() == want
+    dup = [f for f in d.findings if f.rule == "hybrid.driver.pages.no-duplicate"]
+    twice = len(named) - len(want)
+    assert bool(dup) == bool(twice)
+    if dup and any(blen for _, _, blen, _ in records):
+        assert dup[0].message.startswith(f"{twice} frame(s) named more than once")
+
+
+@settings(max_examples=100, deadline=None)
+@given(bitmap=st.binary(min_size=8, max_size=64), page_shift=st.sampled_from([13, 14, 16, 18]),
+       start=st.integers(0, 1000))
+def test_v3_large_page_bits_dilate_to_the_pages_they_name(bitmap: bytes, page_shift: int,
+                                                          start: int) -> None:
+    """Inflate bits on pages of 2^page_shift bytes: bit n names the frames start_pfn + n ..
+    + unit - 1.  The union and the count of pages overlapping an earlier one (a set bit
+    within unit - 1 of the previous one) are what a bit-by-bit reading gives."""
+    import struct
+
+    unit = 1 << (page_shift - 12)
+    start -= start % 64
+    bitmap = bitmap[: len(bitmap) // 8 * 8]
+    hdr = struct.pack("<HHHHQQQ", 0, page_shift, 0, 0, 0, start, len(bitmap))
+    d = decode("bmap", [hdr, bitmap], WireLayout("le", 64, "le", 4096), profile="v3",
+               role="inflate")
+    pos = [n for n in range(8 * len(bitmap)) if bitmap[n // 8] >> (n % 8) & 1]
+    want = PageSet.from_extents([[start + n, unit] for n in pos]) if pos else PageSet()
+    assert d.pages() == want
+    overlapping = sum(1 for a, b in itertools.pairwise(pos) if b - a < unit)
+    dup = [f for f in d.findings if f.rule == "v3.driver.pages.no-duplicate"]
+    assert [f.message.split(" ")[0] for f in dup] == ([str(overlapping)] if overlapping else [])
+
+
+@pytest.mark.parametrize("shape", ["v3 page_shift 16", "hybrid overlapping"])
+def test_decoding_worst_shapes_takes_memory_in_proportion_to_the_input(shape: str) -> None:
+    """Issue 12's bound (<= 16x the input) on 1 MiB of the shapes that were 296x (v3 bits of
+    64 KiB pages: an extent per bit) and 281x (hybrid records that overlap: extents per run)
+    -- bench/hostile.py measures the same shapes at 4-7 MiB in a child's peak RSS."""
+    import struct
+    import tracemalloc
+
+    n = 1 << 20
+    if shape.startswith("v3"):
+        segs = [struct.pack("<HHHHQQQ", 0, 16, 0, 0, 0, 0, n), b"\x55" * n]
+        kind, profile, layout = "bmap", "v3", WireLayout("le", 64, "le", 65536)
+    else:
+        rec = [struct.pack("<Q", r * 256 | 12 << 52 | 63 << 58)
+               + struct.pack("<Q", 0x5555555555555555) * 8 for r in range(n // 72)]
+        body = b"".join(rec)
+        segs = [struct.pack("<BBHI", 0, 0, 0, len(body)) + body]
+        kind, profile, layout = "hybrid", "hybrid", WireLayout()
+    size = sum(len(s) for s in segs)
+    tracemalloc.start()
+    try:
+        d = decode(kind, segs, layout, profile=profile)
+        pages = d.pages()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert pages and any(f.rule.endswith("pages.no-duplicate") for f in d.findings)
+    assert peak <= 16 * size, f"{peak / size:.1f}x"

@@ -80,6 +80,41 @@ def bitmap_positions(
     return np.flatnonzero(bits).astype(np.uint64)
 
 
+def dilate_bits(le: NDArray[np.uint8], nbits: int, width: int
+                ) -> tuple[NDArray[np.uint8], int]:
+    """Bits ``0 .. nbits - 1`` of the little-endian bit string ``le``, each widened to
+    ``width`` bits (bit n set marks n .. n + width - 1): the union as a bit string of
+    ``nbits + width - 1`` bits, and how many set bits lie within ``width - 1`` of an earlier
+    set bit (pages that overlap an earlier page).  Works on the whole string as one integer:
+    a few copies of ``len(le)`` bytes and ``log2(width)`` shift-ORs, never a list of bits."""
+    x = int.from_bytes(le[: -(-nbits // 8)].tobytes(), "little") & ((1 << nbits) - 1)
+    if width <= 1:
+        return np.frombuffer(x.to_bytes(-(-nbits // 8), "little"), dtype=np.uint8), 0
+    # d: OR of x << k for k = 1 .. width - 1, by doubling the covered shifts
+    d = x << 1
+    have = 1
+    while have < width - 1:
+        step = min(have, width - 1 - have)
+        d |= d << step
+        have += step
+    overlapping = (x & d).bit_count()
+    d |= x
+    del x
+    total = nbits + width - 1
+    return np.frombuffer(d.to_bytes(-(-total // 8), "little"), dtype=np.uint8), overlapping
+
+
+def popcount_u64(a: NDArray[np.uint64]) -> int:
+    """Set bits in all of ``a`` (numpy >= 2's bitwise_count, else 1 MiB at a time)."""
+    flat = np.ascontiguousarray(a, dtype=np.uint64).reshape(-1)
+    count = getattr(np, "bitwise_count", None)
+    if count is not None:
+        return int(count(flat).sum(dtype=np.uint64))
+    b = flat.view(np.uint8)
+    return sum(int(np.unpackbits(b[i:i + (1 << 20)]).sum(dtype=np.uint64))
+               for i in range(0, b.size, 1 << 20))
+
+
 #: bitmap bytes unpacked at a time by :func:`bitmap_runs` (8 Mi bits: 8 MiB of scratch)
 _RUN_CHUNK = 1 << 20
 

@@ -521,6 +521,7 @@ def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
     nbits = 8 * min(int(h.bmap_len), present)
     unit = 1 << (ps - 12)
     pages: PageSet | None = None
+    overlapping = 0
     if unit == 1:
         # bit n is frame start_pfn + n on every queue: the set straight from the packed bits
         # (runs as extents, or bit blocks where runs are short: memory follows the input)
@@ -532,10 +533,25 @@ def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
                               field="start_pfn", offset=16) from None
         del le
         first = run = np.zeros(0, dtype=np.uint64)
-    else:
+    elif role == "misc":
         # runs of set bits, not one entry per bit: memory follows the runs (16 bytes each),
         # not the 8 pages per bitmap byte
         first, run = bulk.bitmap_runs(bitmap, layout.word_size, layout.word_order, nbits)
+    else:
+        # pages larger than 4 KiB on inflate/deflate: bit n names the ``unit`` frames from
+        # start_pfn + n, which the next bits' pages may overlap (a finding).  The union is the
+        # bitmap dilated by unit - 1 bits, worked on the bit string itself: an extent per bit
+        # (16 bytes, and copies) was 296x the input for a 0x55 bitmap (issue 12)
+        le = bulk.to_le_bits(bitmap, layout.word_size, layout.word_order, nbits)
+        union, overlapping = bulk.dilate_bits(le, nbits, unit)
+        del le
+        try:
+            pages = PageSet.from_le_bits(union, int(h.start_pfn), nbits + unit - 1)
+        except DecodeError:
+            raise DecodeError("start_pfn + bitmap exceed the 64-bit frame space",
+                              field="start_pfn", offset=16) from None
+        del union
+        first = run = np.zeros(0, dtype=np.uint64)
     if present > h.bmap_len:
         beyond = (bulk.bitmap_popcount(bitmap, layout.word_size, layout.word_order)
                   - bulk.bitmap_popcount(bitmap, layout.word_size, layout.word_order, nbits))
@@ -547,9 +563,12 @@ def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
         f.append(Finding("v3.driver.bmap.empty", f"no page in this {role} message",
                          field="bitmap"))
     last = int(first[-1] + run[-1]) - 1 if first.size else -1  # no page: nothing can overflow
-    if pages is not None:  # set_page_bitmap(): 4 KiB balloon PFNs, one per bit
-        starts = counts = None
-    elif role == "misc":
+    starts = counts = None
+    if overlapping:
+        f.append(Finding("v3.driver.pages.no-duplicate",
+                         f"{overlapping} page(s) overlap another page of this message "
+                         f"({unit} frames per bit)", field="bitmap"))
+    if pages is None:
         # send_unused_pages_info(): start_pfn and bits are real PFNs of PAGE_SIZE; a run of
         # k bits is k whole pages: one extent
         if first.size and (h.start_pfn + last + 1) * unit > 1 << 64:
@@ -557,19 +576,6 @@ def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
                               field="start_pfn", offset=16)
         starts = (np.uint64(h.start_pfn) + first) * np.uint64(unit)
         counts = run * np.uint64(unit)
-    else:
-        # pages larger than 4 KiB: each bit names a page of ``unit`` frames that may overlap
-        # the next bit's page, so bits stay separate (overlaps are a finding)
-        if first.size and h.start_pfn + last + unit > 1 << 64:
-            raise DecodeError("start_pfn + bitmap exceed the 64-bit frame space",
-                              field="start_pfn", offset=16)
-        pos = bulk.bitmap_positions(bitmap, layout.word_size, layout.word_order, nbits)
-        starts = np.uint64(h.start_pfn) + pos
-        counts = np.full(pos.size, unit, dtype=np.uint64)
-        if _overlaps(starts, counts):
-            f.append(Finding("v3.driver.pages.no-duplicate",
-                             f"{_overlaps(starts, counts)} page(s) overlap another page of "
-                             f"this message ({unit} frames per bit)", field="bitmap"))
     msg = BitmapMessage(int(h.cmd), ps, int(h.flag), int(h.reserved), int(h.req_id),
                         int(h.start_pfn), int(h.bmap_len), tuple(segs[i:]), header_tail)
     if pages is not None:
@@ -650,16 +656,31 @@ def _decode_hybrid(data: bytes, layout: WireLayout, role: str) -> Decoded:
     order_ = np.argsort(start, kind="stable")
     disjoint = bool(np.all(start[order_][1:] >= np.maximum.accumulate(ends[order_])[:-1]))
     pages: PageSet | None = None
-    if disjoint and bm.size:
-        # records name disjoint frames, so no page is named twice (no finding to count) and
+    if bm.size:
         # the order-0 bitmap records -- one frame per bit -- go to bit blocks straight from
-        # their words: alternating bits would cost 16 bytes of extent per bit (issue 12)
+        # their words (records sharing a block OR-ed: overlapping ones too); an extent per
+        # run of alternating bits was 16 bytes per bit, 281x the input when records overlap
+        # (issue 12).  The rest are extents (a plain record is one; order >= 1 bitmaps one per
+        # run: blocks of 2^order frames do not fit bit blocks any better)
         dense = bm[order[bm] == 0]
         other = np.concatenate((np.flatnonzero(plain), bm[order[bm] != 0]))
         s_o, c_o = _hybrid_extents(words, heads, other, start, unit, blen)
         pages = PageSet.from_starts_counts(s_o, c_o) | _hybrid_bits(words, heads, dense,
                                                                      start, blen)
         starts = counts = None
+        if not disjoint:
+            # frames named more than once: every record's frames counted, less the set
+            # (a count is below 2^61: summed as two 32-bit halves, no uint64 overflow)
+            named = ((int((c_o >> np.uint64(32)).sum(dtype=np.uint64)) << 32)
+                     + int((c_o & np.uint64(0xFFFFFFFF)).sum(dtype=np.uint64))
+                     + bulk.popcount_u64(
+                         _record_words(words, heads, dense, blen)))
+            del s_o, c_o
+            dup = named - pages.page_count()
+            if dup:
+                f.append(Finding("hybrid.driver.pages.no-duplicate",
+                                 f"{dup} frame(s) named more than once by the records of "
+                                 "this message", field="records"))
     else:
         starts, counts = _hybrid_extents(words, heads, np.arange(heads.size), start, unit, blen)
         ov = _overlaps(starts, counts)
@@ -1111,20 +1132,21 @@ def _from_pages(kind: str, pages: Any, layout: WireLayout, role: str) -> Message
                     f"{BMAP_BUFFERS_MAX * 8 * layout.page_size * 8} (32 buffers of "
                     "8 * PAGE_SIZE): encode a whole inflate with codecs.encode_pages, which "
                     "splits it into messages", field="pages")
-        frames = ps.to_frames()
-        if fpp > 1 and frames.size:
-            # one bit is one guest page: a set that is not whole aligned pages cannot be said
-            # in a bitmap, and must not be silently shrunk or grown to one
-            whole = PageSet.from_starts_counts(frames - frames % np.uint64(fpp),
-                                               np.full(frames.size, fpp, dtype=np.uint64))
-            if whole != ps:
-                raise EncodeError(f"pages are not whole {layout.page_size}-byte guest pages "
-                                  f"({fpp} aligned 4 KiB frames each)", field="pages")
-        if role == "misc":
-            # real PFNs of PAGE_SIZE: the first frame of each (whole, checked above) page
-            units = frames[frames % np.uint64(fpp) == 0] // np.uint64(fpp)
-        else:
-            units = frames[frames % np.uint64(fpp) == 0] if fpp > 1 else frames
+        # whole aligned guest pages, checked on the merged extents (a set is whole pages iff
+        # each of its extents starts and ends on a page boundary): one bit is one guest page,
+        # and a set that is not whole pages must not be silently shrunk or grown to one.  The
+        # frames are never listed: 4 KiB frames of 64 KiB pages are 16 per bit, and
+        # {"pages": [[1, 22599813]]} took 1.1 GB and 10 s before this refusal (fuzzing)
+        if fpp > 1 and ps and (bool(np.any(ps.starts % np.uint64(fpp)))
+                               or bool(np.any((ps.lasts + np.uint64(1)) % np.uint64(fpp)))):
+            raise EncodeError(f"pages are not whole {layout.page_size}-byte guest pages "
+                              f"({fpp} aligned 4 KiB frames each)", field="pages")
+        # the guest pages: real PFNs of PAGE_SIZE on misc, their first 4 KiB frame elsewhere
+        pages_of = (PageSet.from_starts_counts(ps.starts // np.uint64(fpp),
+                                               ps.counts // np.uint64(fpp)) if fpp > 1 else ps)
+        units = pages_of.to_frames()
+        if fpp > 1 and role != "misc":
+            units = units * np.uint64(fpp)
         if units.size == 0:
             return BitmapMessage(0, layout.page_shift, 0, 0, 0, 0, 0, ())
         w = layout.word_size
