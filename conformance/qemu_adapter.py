@@ -375,10 +375,25 @@ class QemuDevice:
     def _collect_async(self, q: int, head: int, wait: float = 1.0) -> list[Used]:
         got = self._collect(q)
         deadline = time.monotonic() + wait
+        check = time.monotonic() + 0.05
         while head in self._heads[q] and time.monotonic() < deadline:
             time.sleep(0.001)
             got += self._collect(q)
+            if time.monotonic() >= check:
+                if self._in_error_state(self._s()):
+                    break  # a broken device uses nothing again: do not wait for it
+                check = time.monotonic() + 0.05
         return got
+
+    @staticmethod
+    def _in_error_state(s: QemuBalloon) -> bool:
+        """DEVICE_NEEDS_RESET set (VERSION_1), or QEMU's ``broken`` flag (legacy has no such
+        status bit): after virtio_error() QEMU uses no buffer again, so waiting for one only
+        burns the timeout (a stats poll of a broken device waited all of ``--timeout``)."""
+        if s.transport.get_status() & 0x40:
+            return True
+        st = s.qmp("x-query-virtio-status", {"path": s.backend_path})
+        return isinstance(st, dict) and st.get("broken") is True
 
     @staticmethod
     def _check_window(s: QemuBalloon, role: QueueRole, segments: list[Segment]) -> None:
@@ -482,10 +497,15 @@ class QemuDevice:
             if not self._heads[stats_q]:
                 return []  # no stats buffer outstanding: nothing to give back
             deadline = time.monotonic() + self.timeout
+            check = time.monotonic()
             while time.monotonic() < deadline:
                 got = self._collect(stats_q)
                 if got:
                     return got
+                if time.monotonic() >= check:
+                    if self._in_error_state(s):
+                        return []  # QEMU's error state: it returns nothing any more
+                    check = time.monotonic() + 0.05
                 time.sleep(0.002)
             return []
         if kind in ("hint-start", "hint-stop"):
@@ -550,11 +570,7 @@ class QemuDevice:
         # an error state that needs a reset: DEVICE_NEEDS_RESET (VIRTIO 1.2 2.1.1), which
         # QEMU's virtio_error() sets on a bad descriptor -- for a VERSION_1 device only; a
         # legacy device has no such bit, QEMU just marks it broken (x-query-virtio-status)
-        needs = bool(s.transport.get_status() & 0x40)
-        if not needs:
-            st = s.qmp("x-query-virtio-status", {"path": s.backend_path})
-            needs = isinstance(st, dict) and st.get("broken") is True
-        out["needs_reset"] = needs
+        out["needs_reset"] = self._in_error_state(s)
         return out
 
     def _observe_reported(self, s: QemuBalloon) -> list[tuple[int, int]]:
