@@ -44,12 +44,13 @@ def zoo(args: argparse.Namespace) -> None:
             c = Campaign(f"python:{e.target()}", seed=seed, shrink_budget=args.shrink)
             t0 = time.monotonic()
             c.run(sequences=args.limit, stop_when=lambda c, e=e: any(
-                f.clause == e.clause for f in c.findings.values()))
+                e.clause in f.clauses() for f in c.findings.values()))
             c.close()
-            hit = next((f for f in c.findings.values() if f.clause == e.clause), None)
+            hit = next((f for f in c.findings.values() if e.clause in f.clauses()), None)
+            first = hit.first_for(e.clause) if hit else None
             runs.append({"seed": seed, "found": hit is not None,
-                         "sequences": hit.first_sequence + 1 if hit else None,
-                         "seconds": round(hit.first_seconds, 3) if hit else None,
+                         "sequences": first[0] + 1 if first else None,
+                         "seconds": round(first[1], 3) if first else None,
                          "ops": len(hit.program.ops) if hit else None,
                          "shape": list(hit.shape) if hit else None,
                          "wall": round(time.monotonic() - t0, 2)})

@@ -100,6 +100,12 @@ _SESSION_KEY = pytest.StashKey[_Session]()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vbproto: a generated virtio-balloon conformance case")
+    n = config.getoption("--vbproto-fuzz")
+    if n is not None and n < 1:
+        raise pytest.UsageError(f"--vbproto-fuzz {n}: give a number of sequences >= 1")
+    t = config.getoption("--vbproto-timeout")
+    if not 0 < t <= 86400:  # also refuses nan
+        raise pytest.UsageError(f"--vbproto-timeout {t}: give seconds, 0 < T <= 86400")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -116,7 +122,12 @@ def pytest_collection_modifyitems(
         return
     state = config.stash.get(_SESSION_KEY, None)
     if state is None:
-        state = _Session(config)
+        from virtio_balloon_proto.errors import VBProtoError
+
+        try:
+            state = _Session(config)
+        except VBProtoError as e:  # a bad device spec, corpus, known-failures file: one line
+            raise pytest.UsageError(f"vbproto: {e}") from None
         config.stash[_SESSION_KEY] = state
     for case in state.cases:
         items.append(_CaseItem.from_parent(session, name=f"vbproto[{case.id}]", case=case))

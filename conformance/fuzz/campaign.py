@@ -4,9 +4,19 @@ oracle, shrink and keep what fails.
 Each sequence is a :class:`~.program.Program`; :meth:`Campaign.judge` turns it into a runner
 case (``to_case``) and runs it with :class:`~..runner.Runner` -- the same replay, the same
 recorded trace and the same :func:`~..checks.judge` as ``vbproto conform run`` on the
-sequence's trace file.  A broken clause (MUST, or SHOULD: reported with its level) is a
-finding; it is shrunk (shrink.py) to a minimal program that still breaks *that* clause, and
-deduplicated by (clause, shape): the set of operation kinds the minimal program has.
+sequence's trace file.
+
+**One root cause, one finding.**  A device bug rarely breaks one clause only: a device that
+dies on a bad buffer leaves every later buffer unacknowledged (and a stats buffer it held
+before), and each of those clauses would be "found" again in every sequence that reaches it.
+So a failing sequence is first cut to its *shortest failing prefix* (a binary search over its
+operations, every prefix judged as a sequence of its own): the clauses that prefix breaks were
+broken by its last operation, and only they are findings; what the whole sequence breaks
+besides is counted under them as consequences, never reported on its own (a second,
+independent bug is found first in a sequence that does not hit the first one).  A finding is
+shrunk (shrink.py) to a minimal program that still breaks its clause, and deduplicated by
+(clause, shape): the shape being what the minimal program contains, read from its bytes
+(shape.py), not what the generator meant to draw.
 
 The device is learnt as the campaign goes: a sequence the device calls unsupported at start
 narrows the bring-up the generator draws (no big-endian guests, no RAM at 8 TiB, ...); one
@@ -15,15 +25,20 @@ unsupported at a step drops that operation kind (QEMU has no host command to sta
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from virtio_balloon_proto.codecs import Segment
+
 from ..runner import Runner
 from ..verdicts import CaseResult, Verdict
-from .gen import GenOptions, generate
-from .program import Avail, ConfigRead, ConfigWrite, Host, Program, to_case
+from .gen import ADDR_PFNS, GenOptions, generate
+from .program import Avail, ConfigRead, ConfigWrite, Env, Host, Program, to_case
+from .shape import covers, op_shape
+from .shape import shape as shape_of
 from .shrink import Budget, shrink
 
 #: feature -> the device option the runner derives from it (runner._device_options)
@@ -49,6 +64,39 @@ class Finding:
     shrink_replays: int = 0
     path: str = ""  # the written trace (--out)
     replay: str = ""  # the command that replays it
+    #: clause -> in how many of the sequences that hit this finding it broke as well, beyond
+    #: the sequence's first failing prefix (consequences, not findings of their own)
+    consequences: dict[str, int] = field(default_factory=dict)
+    #: the device used no buffer after the failure (a probe inflate went unanswered): every
+    #: sequence that kills it is this one finding, whatever buffer killed it
+    stops_answering: bool = False
+    #: (clause, the shape of the operation that killed it) -> [first sequence, hits,
+    #: seconds into the campaign at the first]
+    triggers: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+
+    def count(self, later: list[Broken]) -> None:
+        for b in later:
+            self.consequences[b.clause] = self.consequences.get(b.clause, 0) + 1
+
+    def trigger(self, clause: str, prefix: Program, k: int, later: list[Broken],
+                seconds: float) -> None:
+        """Another sequence that stopped the device (its first failing prefix)."""
+        self.hits += 1
+        self.count(later)
+        t = self.triggers.setdefault((clause, _last_shape(prefix)), [k, 0, seconds])
+        t[1] += 1
+
+    def clauses(self) -> set[str]:
+        """The finding's clause and, for a device that stops answering, every clause a
+        trigger broke."""
+        return {self.clause, *(c for c, _ in self.triggers)}
+
+    def first_for(self, clause: str) -> tuple[int, float]:
+        """(sequence, seconds) at which the campaign first broke ``clause`` as this finding."""
+        if clause == self.clause:
+            return self.first_sequence, self.first_seconds
+        k, _, sec = min(v for (c, _), v in self.triggers.items() if c == clause)
+        return int(k), sec
 
     @property
     def key(self) -> tuple[str, tuple[str, ...]]:
@@ -63,7 +111,41 @@ class Finding:
             "first_seconds": round(self.first_seconds, 3), "hits": self.hits,
             "shrink_replays": self.shrink_replays, "trace": self.path or None,
             "replay": self.replay or None,
+            "consequences": dict(sorted(self.consequences.items())),
+            "stops_answering": self.stops_answering,
+            "triggers": [{"clause": c, "op": op, "first_sequence": int(v[0]),
+                          "hits": int(v[1]), "first_seconds": round(v[2], 3)}
+                         for (c, op), v in sorted(self.triggers.items(),
+                                                  key=lambda kv: kv[1][0])],
         }
+
+
+#: the key of the one finding "the device stops answering" (Campaign.stops_answering)
+STOPS_ANSWERING: tuple[str, tuple[str, ...]] = ("*device stops answering*", ())
+
+
+def _last_shape(program: Program) -> str:
+    """The shape of the last operation of a first failing prefix: what broke the device."""
+    return op_shape(program.ops[-1], program.usable().env) if program.ops else "bring-up"
+
+
+def probe_inflate(env: Env) -> Avail:
+    """A plain inflate of one page of guest RAM (the page at 16 MiB: every generated RAM
+    layout has it), as Linux sends it."""
+    first = (16 << 20) >> 12
+    fmt = ("<" if env.little_endian else ">") + "I"
+    data = b"".join(struct.pack(fmt, first + i) for i in range(env.frames_per_page))
+    return Avail("inflate", (Segment(ADDR_PFNS, len(data), False, data),), "pfns")
+
+
+@dataclass(frozen=True)
+class Broken:
+    """One broken clause of one judged sequence, at the driver event (step) it names."""
+
+    clause: str
+    level: str
+    message: str
+    step: int | None  # None: judged at the end of the sequence
 
 
 @dataclass
@@ -74,6 +156,7 @@ class Stats:
     unsupported: int = 0
     errors: int = 0  # sequences our side could not run (a trace or judge error: a bug of ours)
     shrink_replays: int = 0
+    prefix_replays: int = 0  # replays of prefixes, to find a sequence's first failure
     flaky: int = 0  # findings whose minimal sequence did not break the clause again
     narrowed: list[str] = field(default_factory=list)
     error_messages: list[str] = field(default_factory=list)
@@ -81,12 +164,6 @@ class Stats:
     @property
     def steps_per_second(self) -> float:
         return self.steps / self.seconds if self.seconds > 0 else 0.0
-
-
-def shape_of(program: Program) -> tuple[str, ...]:
-    """What a finding looks like: the kinds of operations its minimal program has (sorted,
-    without repeats), so the same bug reached by different paths is one finding."""
-    return tuple(sorted(set(program.shape())))
 
 
 def _kind(op: Any) -> str:
@@ -133,12 +210,33 @@ class Campaign:
 
     def broken(self, res: CaseResult) -> dict[str, tuple[str, str]]:
         """clause -> (level, message) of every broken clause in a result."""
-        out: dict[str, tuple[str, str]] = {}
+        return {b.clause: (b.level, b.message) for b in self.failures(res)}
+
+    def failures(self, res: CaseResult) -> list[Broken]:
+        """Every broken clause of a result, with the step it names."""
+        out: list[Broken] = []
         for r in res.results:
             if r.broken:
                 c = self.runner.catalog.find(r.clause)
-                out[r.clause] = (c.level if c is not None else "MUST", r.message)
+                out.append(Broken(r.clause, c.level if c is not None else "MUST", r.message,
+                                  r.step))
         return out
+
+    def first_failing_prefix(self, program: Program, res: CaseResult) -> tuple[
+            Program, CaseResult]:
+        """The shortest prefix of ``program`` (``res``: its failing result) that breaks a
+        clause, and that prefix's result: a binary search, each prefix replayed and judged as
+        a sequence of its own (a prefix the device calls unsupported counts as not failing)."""
+        lo, hi, best = 0, len(program.ops), res
+        while lo < hi:
+            mid = (lo + hi) // 2
+            r = self.judge(program.with_ops(program.ops[:mid]), "prefix")
+            self.stats.prefix_replays += 1
+            if r.status is None and self.failures(r):
+                hi, best = mid, r
+            else:
+                lo = mid + 1
+        return program.with_ops(program.ops[:hi]), best
 
     # --- the loop ------------------------------------------------------------------------
     def run(self, *, sequences: int | None = None, steps: int | None = None,
@@ -177,7 +275,10 @@ class Campaign:
         return p
 
     def one(self, k: int) -> None:
-        program = self.program(k)
+        self.one_program(self.program(k), k)
+
+    def one_program(self, program: Program, k: int) -> None:
+        """Run one sequence (number ``k``): judge it, and find, shrink and keep what fails."""
         res = self.judge(program, f"seed-{self.seed}-seq-{k}")
         self.stats.sequences += 1
         if res.status == Verdict.UNSUPPORTED:
@@ -189,18 +290,57 @@ class Campaign:
             if len(self.stats.error_messages) < 20:
                 self.stats.error_messages.append(f"sequence {k}: {res.reason}")
             return
-        for clause, (level, message) in sorted(self.broken(res).items()):
-            self._found(program, clause, level, message, k)
+        broken = self.failures(res)
+        if not broken:
+            return
+        prefix, pres = self.first_failing_prefix(program, res)
+        first = self.failures(pres)
+        firsts = {b.clause for b in first}
+        later = [b for b in broken if b.clause not in firsts]
+        dead: bool | None = None  # does the device stop answering after the prefix?
+        for b in sorted(first, key=lambda b: b.clause):
+            if self._hit(prefix, b.clause, later):
+                continue
+            if dead is None:
+                dead = self.stops_answering(prefix)
+            if dead and STOPS_ANSWERING in self.findings:
+                self.findings[STOPS_ANSWERING].trigger(b.clause, prefix, k, later,
+                                                       time.monotonic() - self._t0)
+                continue
+            self._found(prefix, b.clause, b.level, b.message, k, later, len(program.ops),
+                        dead)
 
-    def _found(self, program: Program, clause: str, level: str, message: str, k: int) -> None:
-        found_at = time.monotonic() - self._t0
-        # a clause already found whose shape this sequence contains is taken as the same
-        # finding without shrinking again (shrinking costs hundreds of replays)
-        have = set(program.shape())
+    def stops_answering(self, prefix: Program) -> bool:
+        """Does the device still use a plain, valid inflate buffer (one page of RAM) posted
+        after ``prefix``?  One replay.  A device that does not (its worker died, it crashed,
+        it went to an error state on a valid buffer) has one root cause, whatever the
+        buffer that killed it and whichever clauses that breaks."""
+        probe = prefix.with_ops((*prefix.ops, probe_inflate(prefix.env)))
+        r = self.judge(probe, "probe")
+        self.stats.prefix_replays += 1
+        if r.status is not None:
+            return False  # cannot tell
+        traffic = r.traffic or []
+        steps = len(to_case(probe).steps)
+        if len(traffic) < steps:
+            return True  # the replay stopped before the probe: the device failed
+        last = traffic[-1]
+        return bool(last.get("error")) or not last.get("device")
+
+    def _hit(self, program: Program, clause: str, later: list[Broken]) -> bool:
+        """A clause already found whose shape this sequence contains is taken as the same
+        finding without shrinking again (shrinking costs hundreds of replays)."""
+        have = shape_of(program)
         for f in self.findings.values():
-            if f.clause == clause and set(f.shape) <= have:
+            if f.clause == clause and covers(f.shape, have):
                 f.hits += 1
-                return
+                f.count(later)
+                return True
+        return False
+
+    def _found(self, program: Program, clause: str, level: str, message: str, k: int,
+               later: list[Broken], original_ops: int, dead: bool = False) -> None:
+        found_at = time.monotonic() - self._t0
         budget = Budget(self.shrink_budget)
 
         def fails(p: Program) -> bool:
@@ -220,12 +360,16 @@ class Campaign:
                     f"sequence {k}: {clause} did not reproduce ({message[:200]})")
             return
         msg = self.broken(res)[clause][1]
-        key = (clause, shape_of(small))
+        key = STOPS_ANSWERING if dead else (clause, shape_of(small))
         if key in self.findings:
             self.findings[key].hits += 1
+            self.findings[key].count(later)
             return
-        f = Finding(clause, level, msg, key[1], small, len(program.ops), k, found_at,
-                    shrink_replays=used)
+        f = Finding(clause, level, msg, shape_of(small), small, original_ops, k, found_at,
+                    shrink_replays=used, stops_answering=dead)
+        f.count(later)
+        if dead:
+            f.triggers[(clause, _last_shape(program))] = [k, 1, found_at]
         self.findings[key] = f
         if self.on_finding is not None:
             self.on_finding(f)

@@ -71,16 +71,20 @@ def summary(c: Campaign) -> dict[str, Any]:
         "error_messages": st.error_messages,
         "narrowed": st.narrowed,
         "shrink_replays": st.shrink_replays,
+        "prefix_replays": st.prefix_replays,
         "findings": [f.to_json() for f in sorted(c.findings.values(),
                                                  key=lambda f: f.first_sequence)],
     }
 
 
-def write_summary(out: str | Path, c: Campaign) -> None:
+def write_summary(out: str | Path, c: Campaign, extra: dict[str, Any] | None = None) -> None:
+    """``OUT/findings.json``: :func:`summary` plus ``extra`` (the CLI's ``partial``: true
+    while the run goes on and after an interrupt, and ``exit_code``)."""
     from virtio_balloon_proto.io import write_atomic
 
     Path(out).mkdir(parents=True, exist_ok=True)
-    write_atomic(Path(out) / "findings.json", json.dumps(summary(c), indent=2) + "\n")
+    write_atomic(Path(out) / "findings.json",
+                 json.dumps({**summary(c), **(extra or {})}, indent=2) + "\n")
 
 
 def progress_line(c: Campaign) -> str:
@@ -98,6 +102,19 @@ def text_report(c: Campaign) -> str:
         lines.append(f"         shape {', '.join(f.shape)}; {len(f.program.ops)} op(s) "
                      f"(from {f.original_ops}); first at sequence {f.first_sequence} "
                      f"({f.first_seconds:.1f} s); hits {f.hits}")
+        if f.stops_answering:
+            lines.append("         the device stops answering after it (a plain inflate "
+                         "posted next is never used); what stopped it:")
+            trig = sorted(f.triggers.items(), key=lambda kv: kv[1][0])
+            for (clause, op), (first, hits, _) in trig[:10]:
+                lines.append(f"           {op} ({clause}): first at sequence {first:.0f}, "
+                             f"hits {hits:.0f}")
+            if len(trig) > 10:
+                lines.append(f"           ... and {len(trig) - 10} more (findings.json)")
+        if f.consequences:
+            lines.append("         then, in the same sequences (consequences, not findings): "
+                         + ", ".join(f"{c} x{n}" for c, n in sorted(
+                             f.consequences.items(), key=lambda kv: (-kv[1], kv[0]))))
         if f.replay:
             lines.append(f"         replay: {f.replay}")
     for n in c.stats.narrowed:

@@ -112,8 +112,25 @@ def _unit(op: Avail) -> int:
     return 0
 
 
-def _payload_candidates(op: Avail) -> list[Avail]:
+def _structure_candidates(op: Avail) -> list[Avail]:
+    """The same bytes in a plainer layout: without the indirect table, the readable
+    descriptors as one, without device-writable descriptors in a device-readable buffer."""
     out: list[Avail] = []
+    if op.indirect:
+        out.append(replace(op, indirect=False))
+    readable = [s for s in op.segments if not s.writable]
+    if len(readable) > 1:
+        data = b"".join(s.data for s in readable)
+        one = Segment(readable[0].addr, len(data), False, data)
+        out.append(replace(op, segments=(one, *(s for s in op.segments if s.writable))))
+    ranges = op.role == "reporting" or op.label.startswith("hint")
+    if not ranges and readable and any(s.writable for s in op.segments):
+        out.append(replace(op, segments=tuple(readable)))
+    return out
+
+
+def _payload_candidates(op: Avail) -> list[Avail]:
+    out: list[Avail] = _structure_candidates(op)
     unit = _unit(op)
     if unit:
         data = b"".join(s.data for s in op.segments if not s.writable)

@@ -24,8 +24,14 @@ def _features(text: str | None) -> frozenset[str] | None:
 
     if text is None:
         return None
-    names = {n.strip().upper().removeprefix("VIRTIO_BALLOON_F_") for n in text.split(",")
-             if n.strip()}
+    if text.strip().lower() == "none":
+        return frozenset()
+    items = [n.strip() for n in text.split(",")]
+    if not all(items):
+        raise UsageError(f"--features {text!r}: an empty name (names separated by commas, "
+                         "e.g. STATS_VQ,PAGE_REPORTING; 'none' for no optional feature; "
+                         "leave --features out for all)", field="features")
+    names = {n.upper().removeprefix("VIRTIO_BALLOON_F_") for n in items}
     bad = sorted(names - set(OPTIONAL_FEATURES))
     if bad:
         raise UsageError(f"unknown feature(s) {', '.join(bad)} (one of: "
@@ -39,9 +45,9 @@ def _features(text: str | None) -> frozenset[str] | None:
 @click.option("--profile", type=click.Choice(["spec", "v3", "hybrid"]), default="spec",
               show_default=True, help="protocol profile (the generator speaks spec only)")
 @click.option("--features", default=None, metavar="F,F",
-              help="device features the device may be asked to offer (default: all of "
-                   "MUST_TELL_HOST, STATS_VQ, DEFLATE_ON_OOM, FREE_PAGE_HINT, PAGE_POISON, "
-                   "PAGE_REPORTING)")
+              help="device features the device may be asked to offer, comma-separated, or "
+                   "'none' (default: all of MUST_TELL_HOST, STATS_VQ, DEFLATE_ON_OOM, "
+                   "FREE_PAGE_HINT, PAGE_POISON, PAGE_REPORTING)")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="stop after this many driver steps")
 @click.option("--sequences", type=click.IntRange(min=1), default=None,
@@ -68,6 +74,7 @@ def fuzz_cmd(device: str, profile: str, features: str | None, steps: int | None,
     orders), every sequence judged by the conformance oracle; a failure is shrunk to a minimal
     sequence that breaks the same clause and written to --out as a trace with the command
     that replays it.  Without --steps, --sequences or --time it runs 1,000 sequences."""
+    import errno
     import os
 
     from virtio_balloon_proto.conformance.fuzz import Campaign, GenOptions
@@ -87,7 +94,15 @@ def fuzz_cmd(device: str, profile: str, features: str | None, steps: int | None,
     feats = _features(features)
     opts = GenOptions() if feats is None else GenOptions(features=feats)
     if out is not None:
-        check_writable(os.path.join(out, "findings.json"))  # before the run, not after it
+        # before the run, not after it; the error names the option (not a bare OSError)
+        try:
+            if os.path.lexists(out) and not os.path.isdir(out):
+                raise NotADirectoryError(errno.ENOTDIR, "a symbolic link to no directory"
+                                         if os.path.islink(out) else "not a directory", out)
+            check_writable(os.path.join(out, "findings.json"))
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot write findings there: "
+                             f"{e.strerror or e}", field="out") from None
     if steps is None and sequences is None and time_s is None:
         sequences = 1000
     tty = sys.stderr.isatty()
@@ -95,7 +110,7 @@ def fuzz_cmd(device: str, profile: str, features: str | None, steps: int | None,
     def on_finding(f: Any) -> None:
         if out is not None:
             write_finding(out, f, campaign.device_spec)
-            write_summary(out, campaign)
+            write_summary(out, campaign, {"partial": True})  # the run is still going
         click.echo(("\r" if tty else "") + f"fuzz: finding {f.clause} ({f.level}) at sequence "
                    f"{f.first_sequence}: {f.message[:160]}", err=True)
 
@@ -112,16 +127,14 @@ def fuzz_cmd(device: str, profile: str, features: str | None, steps: int | None,
         partial = True
     finally:
         campaign.close()
-    doc = summary(campaign)
-    doc["partial"] = partial
-    if out is not None:
-        write_summary(out, campaign)
     code = 130 if partial else 1 if campaign.findings else 0
     if campaign.stats.errors:
         code = 2 if not partial else code
     elif campaign.stats.sequences and campaign.stats.unsupported == campaign.stats.sequences:
         code = 1 if not partial else code
-    doc["exit_code"] = code
+    doc = {**summary(campaign), "partial": partial, "exit_code": code}
+    if out is not None:
+        write_summary(out, campaign, {"partial": partial, "exit_code": code})
     if tty:
         click.echo("", err=True)
     if as_json:
