@@ -75,9 +75,10 @@ ALL_FEATURES = GenOptions().features
 #: the features each choice device is fuzzed with (default: all).  ReportLenIsBytes is
 #: cloud-hypervisor's choice and cloud-hypervisor offers no PAGE_POISON: with a non-zero
 #: poison_val the reference code it builds on keeps reported pages, and a used len > 0 then
-#: claims bytes it did not write (2.7.8.1) -- a defect of that combination, not of the oracle.
+#: claims bytes it did not write (2.7.8.2) -- a defect of that combination, not of the oracle.
 #: Config12 is Firecracker's 12-byte config space: allowed only without PAGE_POISON (poison_val
-#: is at offset 12; VIRTIO 1.2 5.5.4 "poison_val ... exists only if VIRTIO_BALLOON_F_PAGE_POISON")
+#: is at offset 12; VIRTIO 1.2 5.5.4 "poison_val is available if VIRTIO_BALLOON_F_PAGE_POISON
+#: has been negotiated")
 CHOICE_FEATURES = {"ReportLenIsBytes": ALL_FEATURES - {"PAGE_POISON"},
                    "Config12": ALL_FEATURES - {"PAGE_POISON"}}
 

@@ -165,3 +165,66 @@ def test_a_two_byte_hint_command_id_fails_len_4(tmp_path: Path) -> None:
                           str(path)], capture_output=True, text=True, check=False)
     assert "spec.driver.hint.len-4" in dec.stdout
     assert json.loads(json.dumps(res.to_json()))["outcome"] == "fail"
+
+
+# --- citations: the section numbers and quotes the catalog gives are the spec's ---------------
+#: the sections of VIRTIO 1.2 cs01 (oasis-tcs/virtio-spec tag v1.2-cs01, numbered from the LaTeX:
+#: \subparagraph right under a \subsubsection numbers as N.0.1) that citations here may name
+V12_SECTIONS = frozenset("""
+2 2.1 2.1.1 2.1.2 2.2 2.2.1 2.2.2 2.2.3 2.3 2.4 2.4.1 2.4.2 2.5 2.5.1 2.5.2 2.5.3 2.5.4 2.6
+2.6.1 2.6.1.1 2.6.1.1.1 2.6.1.1.2 2.6.1.2 2.6.1.2.1 2.6.1.2.2 2.7 2.7.1 2.7.2 2.7.3 2.7.4
+2.7.4.1 2.7.4.2 2.7.4.3 2.7.5 2.7.5.1 2.7.5.2 2.7.5.3 2.7.5.3.1 2.7.5.3.2 2.7.6 2.7.6.1
+2.7.7 2.7.7.1 2.7.7.2 2.7.8 2.7.8.1 2.7.8.2 2.7.8.3 2.7.9 2.7.10 2.7.10.1 2.7.10.2 2.7.11
+2.7.12 2.7.13 2.7.13.1 2.7.13.2 2.7.13.3 2.7.13.3.1 2.7.13.4 2.7.13.4.1 2.7.14 2.8 2.8.1
+2.8.2 2.8.3 2.8.4 2.8.5 2.8.6 2.8.7 2.8.8 2.8.9 2.8.10 2.8.10.1 2.8.11 2.8.12 2.8.13 2.8.14
+2.8.15 2.8.16 2.8.17 2.8.18 2.8.19 2.8.20 2.8.21 2.8.21.1 2.8.21.1.1 2.8.21.2 2.8.21.3
+2.8.21.3.1 2.8.22 2.9 2.10 2.10.1 2.10.2 2.11 3 3.1 3.1.1 3.1.2 3.2 3.2.1 3.3 3.3.1 4.1.3
+4.1.3.1 4.1.3.2 4.1.4.3 4.1.4.3.1 4.1.4.3.2 4.1.4.10 4.2.2 4.2.2.1 4.2.2.2 4.3.2 4.3.2.1 4.3.2.1.1
+4.3.2.1.2 4.3.2.1.3 4.3.2.2 4.3.2.2.1 4.3.2.2.2 4.3.2.3 4.3.2.3.1 4.3.2.3.2 4.3.2.4 4.3.2.5
+4.3.2.6 4.3.2.6.1 4.3.2.6.2 4.3.2.6.3 4.3.2.6.3.1 4.3.2.6.4 5.5 5.5.1 5.5.2 5.5.3 5.5.3.1
+5.5.3.2 5.5.3.2.0.1 5.5.4 5.5.4.0.0.1 5.5.5 5.5.6 5.5.6.1 5.5.6.2 5.5.6.2.1 5.5.6.3
+5.5.6.3.1 5.5.6.3.2 5.5.6.3.3 5.5.6.4 5.5.6.5 5.5.6.5.1 5.5.6.5.2 5.5.6.5.3 5.5.6.6
+5.5.6.6.1 5.5.6.6.2 5.5.6.7 5.5.6.7.1 5.5.6.7.2 6 6.1 6.2 6.3
+""".split())
+
+
+def test_every_virtio_1_2_section_cited_exists() -> None:
+    """'VIRTIO 1.2 5.5.3.2.1' (the legacy feature-bits text is the subparagraph 5.5.3.2.0.1)
+    and '2.6.4.1' (1.1's number for 2.7.4.1) named sections 1.2 does not have."""
+    import re
+
+    root = SPEC.parent.parent.parent
+    files = [root / "conformance" / "clauses.toml", root / "conformance" / "errata.toml",
+             *sorted((root / "conformance" / "known-failures").glob("*.toml")),
+             *sorted((root / "conformance" / "checks").glob("*.py")),
+             *sorted((root / "docs").glob("*.md")), root / "README.md"]
+    wrong = [(f.name, m) for f in files
+             for m in re.findall(r"VIRTIO 1\.2 (\d+(?:\.\d+)*)", f.read_text())
+             if m not in V12_SECTIONS]
+    assert not wrong, wrong
+
+
+def test_catalog_quotes_are_spec_text() -> None:
+    from virtio_balloon_proto.conformance.catalog import catalog
+
+    cat = catalog()
+
+    def c(i: str):  # type: ignore[no-untyped-def]
+        found = cat.find(i)
+        assert found is not None, i
+        return found
+
+    # 2.7.8.1 is "Legacy Interface: The Virtqueue Used Ring"; the device MUSTs are 2.7.8.2
+    assert c("spec.device.used.len-written").ref.startswith("VIRTIO 1.2 2.7.8.2")
+    # "Number of pages we've actually got in balloon" is Linux's virtio_balloon.h comment
+    for i in ("spec.device.config.actual-readback", "spec.driver.op.actual-is-balloon-size"):
+        for text in (c(i).ref, c(i).text):
+            assert "actually got" not in text or "Linux" in text, (i, text)
+    # the legacy requirement is on transitional devices; the endian rule is 2.7.3 (2.4: reset)
+    assert "transitional devices MUST support" in c(
+        "spec.device.features.legacy-no-must-tell-host").text
+    assert "2.7.3" in c("spec.device.pfns.endian").ref
+    assert "2.4" not in c("spec.device.pfns.endian").ref
+    # 5.5.6 step 4 is the acknowledgement (steps 2/3 are the driver's inflate/deflate)
+    for i in ("spec.device.inflate.acks-buffer", "spec.device.deflate.acks-buffer"):
+        assert "step 4" in c(i).ref and "acknowledges inflate and deflate requests" in c(i).text

@@ -157,7 +157,8 @@ def config_values(j: Judgement) -> None:
 
 @register("spec.driver.op.actual-is-balloon-size")
 def actual_accounting(j: Judgement) -> None:
-    """``actual`` (VIRTIO 1.2 5.5.4: "Number of pages we've actually got in balloon") against
+    """``actual`` (VIRTIO 1.2 5.5.6 step 5: "the driver updates actual to reflect the new number
+    of pages in the balloon") against
     the driver's own traffic: the 4 KiB frames of acknowledged inflates minus acknowledged
     deflates.  Exact when the trace starts at device reset (a status write of 0 or 1 first);
     otherwise only changes are compared (the balloon may hold pages from before the window).

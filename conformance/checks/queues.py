@@ -12,7 +12,7 @@ Choices recorded (the spec leaves them open):
   device has for its role; the model is recorded, not failed.  A map matching none of the three
   (inflateq not 0, deflateq not 1, roles out of 5.5.2's order) fails suite.device.queue-layout.
 * ``used-len.<role>``: used len of a device-writable chain that the device did not fill
-  (reporting, hinting): ``0`` or ``bytes of the buffers``.  2.7.8.1 (device): "The device
+  (reporting, hinting): ``0`` or ``bytes of the buffers``.  2.7.8.2 (device): "The device
   MUST write at least len bytes to descriptor, beginning at the first device-writable buffer,
   prior to updating the used idx.  The device MAY write more than len bytes to descriptor";
   5.5.6 does not say what a reporting/hinting device writes (it changes page contents, which
@@ -78,7 +78,7 @@ def used_lengths(j: Judgement) -> None:
         if ch.used_len > cap:
             j.broken("spec.device.used.len-written",
                      f"{ch.role} head {ch.head}: used len {ch.used_len} but the chain has {cap} "
-                     "device-writable byte(s) (2.7.8.1: the device MUST write at least len "
+                     "device-writable byte(s) (2.7.8.2: the device MUST write at least len "
                      "bytes)", ch.used_at, expected=f"len <= {cap}", received=ch.used_len)
         elif cap and ch.role == "reporting" and ch.used_len and (kept := _kept(j, ch)):
             # len = bytes is truthful only if the device discarded the pages (they read zero):
@@ -86,7 +86,7 @@ def used_lengths(j: Judgement) -> None:
             j.broken("spec.device.used.len-written",
                      f"reporting head {ch.head}: used len {ch.used_len} says the device wrote "
                      f"the first {ch.used_len} byte(s), but it kept {len(kept)} of their "
-                     f"frame(s) (first {first_frames(kept)}; 2.7.8.1: 'The device MUST write "
+                     f"frame(s) (first {first_frames(kept)}; 2.7.8.2: 'The device MUST write "
                      "at least len bytes to descriptor')", ch.used_at,
                      expected="len 0, or the pages discarded", received=ch.used_len)
         elif cap and ch.role in ("reporting", "free_page"):
