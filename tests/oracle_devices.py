@@ -5,9 +5,11 @@ fail the named clause.  All are the reference device with one behaviour changed.
 
 from __future__ import annotations
 
+from typing import Any
+
 from virtio_balloon_proto.codecs import Segment
 from virtio_balloon_proto.models.device import ReferenceDevice
-from virtio_balloon_proto.models.interface import Negotiated, Setup, Used
+from virtio_balloon_proto.models.interface import Negotiated, Setup, Unsupported, Used
 from virtio_balloon_proto.pageset import PageSet
 from virtio_balloon_proto.profiles import get_profile
 
@@ -218,3 +220,21 @@ class TakesHintsAfterStop(ReferenceDevice):
         if self.hint.value == "start" and offset <= 8 and offset + size >= 12:
             raw = raw[:8 - offset] + bytes(4) + raw[12 - offset:]
         return raw
+
+
+class OneHintRoundDoneOnly(ReferenceDevice):
+    """A host like QEMU's: it can start one free page hinting round per device life (a
+    migration) and end it with DONE, but cannot publish STOP or a second id (unsupported)."""
+
+    def start(self, setup: Setup) -> Negotiated:
+        self.rounds = 0
+        return super().start(setup)
+
+    def host_request(self, kind: str, params: dict[str, Any]) -> list[Used]:
+        if kind == "hint-start":
+            self.rounds += 1
+            if self.rounds > 1:
+                raise Unsupported("a second command id needs a migration's next bitmap sync")
+        if kind == "hint-stop" and params.get("cmd_id") != 1:
+            raise Unsupported("the host cannot publish STOP")
+        return super().host_request(kind, params)

@@ -363,6 +363,28 @@ def test_a_device_that_answers_wrongly_but_lives_is_not_merged() -> None:
     assert {f.clause for f in c.findings.values()} == {e.clause}
 
 
+def test_a_host_that_cannot_start_a_second_hint_round_keeps_the_first() -> None:
+    """QEMU can publish one command id per migration and DONE, not STOP: the campaign narrows
+    to one round per sequence ending in DONE, and keeps fuzzing hinting (session 3 dropped
+    every host start and stop)."""
+    hint = frozenset({"FREE_PAGE_HINT"})
+    c = Campaign(f"python:{HERE / 'oracle_devices.py'}:OneHintRoundDoneOnly", seed=3,
+                 options=GenOptions(features=hint))
+    try:
+        c.run(sequences=50)
+    finally:
+        c.close()
+    assert {"host:hint-start:again", "host:hint-stop:stop"} <= c.disabled_kinds
+    assert "host:hint-start" not in c.disabled_kinds and c.options.hinting
+    assert not c.findings, [f.to_json() for f in c.findings.values()]
+    later = [c.program(k) for k in range(50, 110)]
+    starts = [sum(isinstance(o, Host) and o.kind == "hint-start" for o in p.ops) for p in later]
+    assert max(starts) == 1 and sum(starts) > 10
+    assert any(isinstance(o, Host) and o.kind == "hint-stop" for p in later for o in p.ops)
+    assert all(dict(o.params)["cmd_id"] == 1 for p in later for o in p.ops
+               if isinstance(o, Host) and o.kind == "hint-stop")
+
+
 # --- the default run: seconds, fixed seed ---------------------------------------------------
 def test_reference_gives_no_finding_on_a_fixed_seed() -> None:
     c = Campaign("reference", seed=2026)

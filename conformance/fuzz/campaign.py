@@ -120,6 +120,8 @@ class Finding:
         }
 
 
+#: the kind narrowed when a device cannot start a second hinting round in one sequence
+AGAIN = "host:hint-start:again"
 #: the key of the one finding "the device stops answering" (Campaign.stops_answering)
 STOPS_ANSWERING: tuple[str, tuple[str, ...]] = ("*device stops answering*", ())
 
@@ -167,9 +169,13 @@ class Stats:
 
 
 def _kind(op: Any) -> str:
+    """An operation's kind, as the campaign narrows what a device does not support; a host's
+    hint stop is two kinds (QEMU can publish DONE but not STOP)."""
     if isinstance(op, Avail):
         return f"avail:{op.role}"
     if isinstance(op, Host):
+        if op.kind == "hint-stop":
+            return "host:hint-stop:" + ("done" if dict(op.params).get("cmd_id") == 1 else "stop")
         return f"host:{op.kind}"
     if isinstance(op, ConfigRead):
         return "config-read"
@@ -270,9 +276,16 @@ class Campaign:
 
     def program(self, k: int) -> Program:
         p = generate(self.options, self.seed, k)
-        if self.disabled_kinds:
-            p = p.with_ops(tuple(o for o in p.ops if _kind(o) not in self.disabled_kinds))
-        return p
+        if not self.disabled_kinds:
+            return p
+        ops = list(p.ops)
+        if AGAIN in self.disabled_kinds:
+            # one hinting round per sequence: the sequence ends at the host's second start
+            starts = [i for i, o in enumerate(ops)
+                      if isinstance(o, Host) and o.kind == "hint-start"]
+            if len(starts) > 1:
+                ops = ops[:starts[1]]
+        return p.with_ops(tuple(o for o in ops if _kind(o) not in self.disabled_kinds))
 
     def one(self, k: int) -> None:
         self.one_program(self.program(k), k)
@@ -389,6 +402,12 @@ class Campaign:
             kind = (f"avail:{step.role}" if step.kind == "avail" else
                     f"host:{step.host_kind}" if step.kind == "host" else
                     "config-read" if step.kind == "config_read" else "config-write")
+            if kind == "host:hint-stop":
+                kind += ":done" if step.params.get("cmd_id") == 1 else ":stop"
+            elif kind == "host:hint-start" and any(
+                    s.kind == "host" and s.host_kind == "hint-start" and s.index < step.index
+                    for s in case.steps):
+                kind = AGAIN  # a second round (QEMU: only at a migration's next bitmap sync)
             self._unsupported_kind[kind] = self._unsupported_kind.get(kind, 0) + 1
             if self._unsupported_kind[kind] >= 3 and kind not in self.disabled_kinds:
                 self.disabled_kinds.add(kind)
