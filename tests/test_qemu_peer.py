@@ -6,6 +6,7 @@ apt-get line that installs it; run ``pytest -m "not qemu"`` to leave them out.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -271,6 +272,23 @@ def test_reporting_on_queue_3(open_balloon: Any) -> None:
     assert not b.pages_zero(0x9000 + 512, 1).any()
     buf = b.trace().buffers[-1]
     assert buf.queue == 3 and buf.in_num == 1 and buf.pfns == []
+
+
+@pytest.mark.parametrize("transport", ["legacy", "modern"])
+def test_rings_of_every_queue_are_disjoint(open_balloon: Any, transport: str) -> None:
+    """A legacy queue keeps the device's size, and QEMU's free page queue has 1,024 entries
+    (28 KiB of rings): at a fixed 12 KiB stride they overlapped the reporting queue's, and a
+    used id read back as 0x50004 (found by `vbproto fuzz` against 7.2 legacy)."""
+    b = open_balloon(transport=transport, device={"free-page-hint": True,
+                                                   "free-page-reporting": True})
+    b.negotiate()
+    b.setup_queues()
+    spans = sorted((q.desc_addr, q.used_addr + 6 + 8 * q.size) for q in b.queues.values())
+    assert len(spans) == 5
+    if transport == "legacy":  # the device's own sizes (modern: the driver lowers them)
+        assert max(q.size for q in b.queues.values()) == 1024
+    assert all(end <= nxt for (_, end), (nxt, _) in itertools.pairwise(spans))
+    assert spans[-1][1] <= b.scratch_base
 
 
 def test_queues_numbered_by_offered_features(open_balloon: Any) -> None:

@@ -283,14 +283,25 @@ class QemuBalloon:
     def setup_queues(self, indices: Sequence[int] | None = None, *, driver_ok: bool = True) -> None:
         """Lay split rings for ``indices`` (default: every queue the device has) and enable."""
         n = self.transport.num_queues()
+        legacy = self.kind in ("legacy", "mmio-legacy")
+        # each queue's rings where the one before it ends (page aligned, at least 12 KiB
+        # apart): a legacy queue keeps the device's size (no QueueNum to lower it), and QEMU's
+        # free page queue has 1,024 entries: 28 KiB of rings, which at a fixed 12 KiB stride
+        # overlapped the reporting queue's (found by `vbproto fuzz` against 7.2 legacy: a used
+        # id 0x50004 read from the free page queue's used ring)
+        sizes, bases, at = [], [], self.window_base
+        for i in range(n):
+            size = self.transport.queue_max_size(i)
+            if not legacy:
+                size = min(size, self.queue_size)
+            sizes.append(size)
+            bases.append(at)
+            end = (legacy_layout(at, size) if legacy else compact_layout(at, size)).end
+            at = max(at + 0x3000, (end + PAGE - 1) // PAGE * PAGE)
         for i in range(n) if indices is None else indices:
             if not 0 <= i < n:
                 raise UsageError(f"queue {i} does not exist (device has {n})", field="queue")
-            size = self.transport.queue_max_size(i)
-            legacy = self.kind in ("legacy", "mmio-legacy")
-            if not legacy:
-                size = min(size, self.queue_size)
-            base = self.window_base + i * 0x3000
+            size, base = sizes[i], bases[i]
             lay = legacy_layout(base, size) if legacy else compact_layout(base, size)
             if lay.end > self.scratch_base:
                 raise UsageError(f"rings of queue {i} (size {size}) do not fit the ring area")
