@@ -18,6 +18,7 @@ import importlib
 import importlib.resources
 import importlib.util
 import json
+import re
 import shlex
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -58,9 +59,54 @@ def _result_validator(name: str) -> Draft202012Validator:
     return Draft202012Validator({"$defs": schema["$defs"], "$ref": f"#/$defs/{name}"})
 
 
+_U64 = (1 << 64) - 1
+#: results whose extent lists are checked by :func:`_extents_ok` before the schema sees the rest
+_EXTENT_KEYS = {"observe_result": ("balloon", "hinted", "reported")}
+
+
+def _extents_ok(v: Any) -> bool:
+    """True if ``v`` certainly matches ``$defs/extents`` (a list of ``[u64, u64]`` lists).
+
+    A fast sufficient test (plain ints only): False sends the value to the schema validator,
+    which decides (and names the problem), so the verdict is the schema's either way.  The
+    schema's per-item walk costs ~0.1 ms per extent: a 262,144-page balloon took 117 s."""
+    if type(v) is not list:
+        return False
+    for e in v:
+        if type(e) is not list or len(e) != 2:
+            return False
+        a, b = e
+        if type(a) is not int or type(b) is not int or not (0 <= a <= _U64 and 0 <= b <= _U64):
+            return False
+    return True
+
+
+_HEX = re.compile(r"(?:[0-9a-f]{2})*")
+
+
+def _used_ok(raw: Any) -> bool:
+    """True if ``raw`` certainly matches ``$defs/used_result`` (the same contract as
+    :func:`_extents_ok`: False leaves the verdict to the schema)."""
+    if type(raw) is not dict or type(raw.get("used")) is not list:
+        return False
+    for u in raw["used"]:
+        if type(u) is not dict or not u.keys() <= {"id", "len", "written"}:
+            return False
+        i, n, w = u.get("id"), u.get("len"), u.get("written", "")
+        if (type(i) is not int or type(n) is not int or not (0 <= i <= 0xFFFF)
+                or not (0 <= n <= 0xFFFFFFFF) or type(w) is not str or not _HEX.fullmatch(w)):
+            return False
+    return True
+
+
 def validate_result(raw: Any, name: str, step: str) -> None:
     """Check a testee's result against ``$defs/<name>`` of stdio-protocol.schema.json; the
     first problem (with its JSON path) becomes a PeerError naming the step."""
+    if (name == "extents" and _extents_ok(raw)) or (name == "used_result" and _used_ok(raw)):
+        return
+    keys = _EXTENT_KEYS.get(name, ())
+    if keys and type(raw) is dict and all(_extents_ok(raw[k]) for k in keys if k in raw):
+        raw = {k: ([] if k in keys else v) for k, v in raw.items()}  # checked above
     err = next(iter(_result_validator(name).iter_errors(raw)), None)
     if err is not None:
         path = "/".join(str(p) for p in err.absolute_path) or "(result)"

@@ -1,0 +1,77 @@
+"""The python adapter's fast extent check (adapters._extents_ok) never accepts what the
+protocol schema refuses: a value it passes is valid for ``$defs/extents``, and whatever it
+does not pass goes to the schema, so an in-process device's answers get the schema's verdict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from virtio_balloon_proto.conformance import adapters
+from virtio_balloon_proto.errors import PeerError
+
+U64 = (1 << 64) - 1
+scalars = st.one_of(st.integers(-2, U64 + 2), st.booleans(), st.floats(allow_nan=False),
+                    st.text(max_size=2), st.none())
+extent_like = st.one_of(st.lists(scalars, min_size=0, max_size=3),
+                        st.tuples(scalars, scalars), scalars)
+
+
+def _schema_ok(v: Any, name: str = "extents") -> bool:
+    return next(iter(adapters._result_validator(name).iter_errors(v)), None) is None
+
+
+@given(st.one_of(st.lists(extent_like, max_size=4), extent_like))
+def test_fast_extents_check_implies_schema(v: Any) -> None:
+    if adapters._extents_ok(v):
+        assert _schema_ok(v)
+    # the public check gives the schema's verdict either way
+    try:
+        adapters.validate_result(v, "extents", "observe")
+        ok = True
+    except PeerError:
+        ok = False
+    assert ok == _schema_ok(v)
+
+
+@given(st.dictionaries(st.sampled_from(["balloon", "hinted", "reported", "num_pages"]),
+                       st.one_of(st.lists(extent_like, max_size=3), scalars), max_size=4))
+def test_observe_result_verdict_is_the_schemas(v: dict[str, Any]) -> None:
+    try:
+        adapters.validate_result(v, "observe_result", "observe")
+        ok = True
+    except PeerError:
+        ok = False
+    assert ok == _schema_ok(v, "observe_result")
+
+
+@pytest.mark.parametrize("bad", [[["x", 1]], [[1, -1]], [[1, 2, 3]], [[True, 1]], [(1, 2)],
+                                 [[1, U64 + 1]]])
+def test_bad_extents_name_the_path(bad: Any) -> None:
+    with pytest.raises(PeerError, match="balloon"):
+        adapters.validate_result({"balloon": bad, "actual": 1}, "observe_result", "observe")
+
+
+used_items = st.one_of(
+    st.fixed_dictionaries({"id": scalars, "len": scalars},
+                          optional={"written": st.one_of(st.sampled_from(
+                              ["", "00ff", "0", "AB", "00\n", "zz"]), scalars)}),
+    st.dictionaries(st.sampled_from(["id", "len", "written", "x"]), scalars, max_size=3),
+    scalars)
+
+
+@given(st.one_of(st.fixed_dictionaries({"used": st.lists(used_items, max_size=3)}),
+                 st.dictionaries(st.sampled_from(["used", "other"]),
+                                 st.one_of(scalars, st.lists(used_items, max_size=2)))))
+def test_used_result_verdict_is_the_schemas(v: Any) -> None:
+    if adapters._used_ok(v):
+        assert _schema_ok(v, "used_result")
+    try:
+        adapters.validate_result(v, "used_result", "avail")
+        ok = True
+    except PeerError:
+        ok = False
+    assert ok == _schema_ok(v, "used_result")
