@@ -460,6 +460,17 @@ class PageSet:
             for s, last in zip(starts.tolist(), lasts.tolist(), strict=True):
                 yield Extent(s, last - s + 1)
 
+    def head(self, n: int) -> list[Extent]:
+        """The first ``n`` extents (without listing the rest)."""
+        out: list[Extent] = []
+        for starts, lasts in self._iter_runs():
+            k = n - len(out)
+            out += [Extent(s, last - s + 1)
+                    for s, last in zip(starts[:k].tolist(), lasts[:k].tolist(), strict=True)]
+            if len(out) >= n:
+                break
+        return out
+
     def extents(self) -> list[list[int]]:
         """The JSON form: sorted, merged ``[[first, count], ...]`` of Python ints."""
         return [[s, last - s + 1] for starts, lasts in self._iter_runs()

@@ -186,14 +186,18 @@ class Summary:
         """Net balloon: pages inflated and not deflated since, in trace order."""
         return self._balloon.value
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, pages: bool = True) -> dict[str, Any]:
+        """The summary as JSON; ``pages=False`` leaves out the ``pages`` extent lists (a text
+        summary prints counts: a 2 M-extent balloon's list costs seconds to build)."""
+        def ext(ps: PageSet) -> dict[str, Any]:
+            return {"frames": len(ps), **({"pages": extent_list(ps)} if pages else {})}
+
         return {
             "messages": dict(sorted(self.messages.items())),
             "pages_per_queue": dict(sorted(self.pages.items())),
-            "net_balloon": {"frames": len(self.balloon), "pages": extent_list(self.balloon)},
-            "unused_reports": {f"{k:#x}": {"frames": len(v), "pages": extent_list(v)}
-                               for k, v in sorted(self.unused.items())},
-            "reported": {"frames": len(self.reported), "pages": extent_list(self.reported)},
+            "net_balloon": ext(self.balloon),
+            "unused_reports": {f"{k:#x}": ext(v) for k, v in sorted(self.unused.items())},
+            "reported": ext(self.reported),
             "hinted": {"frames": len(self.hinted), "stale_frames": len(self.stale_hinted)},
             "stats": {"buffers": self.stats_buffers,
                       "last": {str(k): v for k, v in sorted(self.stats.items())}},

@@ -19,9 +19,9 @@ from virtio_balloon_proto.commands.common import (
 
 def _pages_text(pages: Any, most: int = 8) -> str:
     """Compact ranges, the first ``most`` of them, then how many more."""
-    ext = pages.extents()
-    parts = [f"{a}" if n == 1 else f"{a}-{a + n - 1}" for a, n in ext[:most]]
-    more = f",... (+{len(ext) - most} ranges)" if len(ext) > most else ""
+    n_ext = pages.n_extents  # counted, not listed: a balloon may have millions of ranges
+    parts = [f"{a}" if n == 1 else f"{a}-{a + n - 1}" for a, n in pages.head(most)]
+    more = f",... (+{n_ext - most} ranges)" if n_ext > most else ""
     return ",".join(parts) + more
 
 
@@ -92,7 +92,7 @@ def decode_cmd(trace_file: str, as_json: bool, queues: tuple[str, ...], summary:
         if summary:
             click.echo(json.dumps({"summary": summ.to_json()}))
         return
-    s = summ.to_json()
+    s = summ.to_json(pages=False)
     click.echo("summary:" if not summary else f"summary of {trace_file}:")
     click.echo(f"  messages       {s['messages']}")
     click.echo(f"  pages/queue    {s['pages_per_queue']}")
