@@ -130,6 +130,11 @@ def runs_from_sorted(s: npt.NDArray[Any]) -> tuple[U64, U64, npt.NDArray[np.bool
     d = np.diff(s)
     dup = d == 0
     brk = np.flatnonzero(d > 1)
+    if brk.size == n - 1:
+        # every frame its own extent (scattered PFNs: an inflate of random pages): starts and
+        # lasts are the same values, so one array serves both (a held page set costs half)
+        one = s.astype(np.uint64)
+        return one, one, dup
     first_idx = np.empty(brk.size + 1, dtype=np.intp)
     first_idx[0] = 0
     first_idx[1:] = brk + 1

@@ -61,6 +61,7 @@ STAT_TAGS = {
 SPEC_STAT_TAGS = range(10)
 
 U64 = NDArray[np.uint64]
+U32 = NDArray[np.uint32]
 
 
 # --- values -------------------------------------------------------------------------------------
@@ -207,7 +208,7 @@ class Decoded:
     findings: tuple[Finding, ...] = ()
     #: the pages as (first 4 KiB frame, frame count) in wire order, duplicates kept; None for
     #: kinds that carry no pages
-    starts: U64 | None = None
+    starts: U64 | U32 | None = None
     counts: U64 | None = None
     role: str = "inflate"
     #: the pages as a set, for messages decoded straight to one (a v3 bitmap of 4 KiB bits,
@@ -435,9 +436,11 @@ def _decode_pfns(data: bytes, layout: WireLayout, role: str) -> Decoded:
                 "each)",
                 field="pfns",
             ))
-    starts = pfns.astype(np.uint64)
-    return Decoded("pfns", PfnArray(pfns, trailing), layout, tuple(f), starts,
-                   np.ones(pfns.size, dtype=np.uint64), role)
+    # the PFNs themselves are the starts (uint32: no uint64 copy) and every count is 1 (a
+    # broadcast view: no array): an oracle keeping every buffer's decoding held 4 KiB per 256
+    # PFNs of copies (issue 13: 128 GiB guest, conform check over 1 GiB)
+    ones = np.broadcast_to(np.uint64(1), pfns.shape)
+    return Decoded("pfns", PfnArray(pfns, trailing), layout, tuple(f), pfns, ones, role)
 
 
 def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
