@@ -73,11 +73,18 @@ class SynthOptions:
         return max(a + n for a, n in self.regions) if self.regions else self.memory
 
 
+#: events a streaming session (synthesize_to) holds before it writes them out
+SPILL_AT = 4096
+
+
 @dataclass
 class Session:
     opts: SynthOptions
     features: int = 0
     events: list[Event] = field(default_factory=list)
+    #: streaming (:func:`synthesize_to`): called after a chain is sent once ``events`` holds
+    #: SPILL_AT or more; it writes them out and clears the list
+    spill: Callable[[Session], None] | None = None
 
     def __post_init__(self) -> None:
         o = self.opts
@@ -150,7 +157,10 @@ class Session:
             tuple(s.data for s in p.segments if not s.writable),
             tuple(s.length for s in p.segments if s.writable),
             id=p.head, descriptors=tuple(descs), avail_idx=idx))
-        return self._record_used(role, self.device.avail(role, p.head, list(p.segments)))
+        heads = self._record_used(role, self.device.avail(role, p.head, list(p.segments)))
+        if self.spill is not None and len(self.events) >= SPILL_AT:
+            self.spill(self)
+        return heads
 
     def _record_used(self, role: str, used: list[Any]) -> list[int]:
         assert self.driver is not None
@@ -200,18 +210,28 @@ class Session:
         # indices drawn from the population's size, not from a materialised arange: numpy
         # picks the same indices either way (the values do not enter the draw), and a large
         # population (--memory 1000000: 256 Mi pages) costs O(npages), not 2 GB
-        chosen = np.sort(self.rng.choice(hi - lo, npages, replace=False).astype(np.uint64)
-                         + np.uint64(lo))
+        # (int64 values, sorted and shifted in place: a 128 GiB guest's 33 M pages are 268 MB
+        # per array, so every temporary counts)
+        chosen = self.rng.choice(hi - lo, npages, replace=False)
+        chosen += lo
+        chosen.sort()
         # runs of consecutive pages, in a random order, each descending -- vectorised (one
         # lexsort, not a Python list of 10^5 runs: issue 13)
         run = np.zeros(chosen.size, dtype=np.intp)
-        run[np.flatnonzero(np.diff(chosen.astype(np.int64)) != 1) + 1] = 1
-        run = np.cumsum(run)
+        run[np.flatnonzero(np.diff(chosen) != 1) + 1] = 1
+        np.cumsum(run, out=run)
         order = self.rng.permutation(int(run[-1]) + 1)
         pos = np.empty_like(order)
         pos[order] = np.arange(order.size)
-        seq = chosen[np.lexsort((-chosen.astype(np.int64), pos[run]))] * np.uint64(fpp)
-        return seq.astype(np.uint64)
+        key = pos[run]
+        del run, pos, order
+        idx = np.lexsort((-chosen, key))
+        del key
+        seq = chosen[idx]
+        del idx, chosen
+        if fpp != 1:
+            seq *= fpp
+        return seq.astype(np.uint64, copy=False)
 
 
 _OPTION_OF = {
@@ -448,16 +468,63 @@ SCENARIOS: dict[str, Callable[[Session], None]] = {
 }
 
 
-def synthesize(opts: SynthOptions, command: str = "") -> tuple[TraceHeader, list[Event]]:
+def _checked(opts: SynthOptions) -> SynthOptions:
     if opts.scenario not in SCENARIOS:
         raise UsageError(f"unknown scenario {opts.scenario!r} (one of: {', '.join(SCENARIOS)})",
                          field="scenario")
     get_profile(opts.profile)
     if opts.regions is None and opts.scenario in ZOO_REGIONS:
         opts = replace(opts, regions=ZOO_REGIONS[opts.scenario])
+    return opts
+
+
+def synthesize(opts: SynthOptions, command: str = "") -> tuple[TraceHeader, list[Event]]:
+    opts = _checked(opts)
     s = Session(opts)
     SCENARIOS[opts.scenario](s)
     return s.header(command or describe(opts)), s.events
+
+
+def synthesize_to(path: str | Path, opts: SynthOptions, command: str = "") -> int:
+    """:func:`synthesize` written to ``path`` as it is made (the same bytes as
+    ``write_trace(path, *synthesize(opts))``), holding at most ~SPILL_AT events: a 128 GiB
+    guest's inflate held 2.2 GB of events before (issue 13).  Returns the number of events.
+
+    The header (written first) is what the session knows once it has sent a chain; every
+    scenario negotiates once, before its first chain, and the header is compared at the end
+    (a scenario that changed it would raise, never write a wrong header)."""
+    from ..errors import VBProtoError
+    from ..trace import TraceWriter
+
+    opts = _checked(opts)
+    cmd = command or describe(opts)
+    s = Session(opts)
+    writer: TraceWriter | None = None
+    first: TraceHeader | None = None
+
+    def spill(sess: Session) -> None:
+        nonlocal writer, first
+        if writer is None:
+            first = sess.header(cmd)
+            writer = TraceWriter(path, first)
+        for ev in sess.events:
+            writer.write(ev)
+        sess.events.clear()
+
+    s.spill = spill
+    try:
+        SCENARIOS[opts.scenario](s)
+        if writer is not None and s.header(cmd) != first:
+            raise VBProtoError("the scenario changed the trace header after its first chain "
+                               "(cannot stream it)", where=f"scenario {opts.scenario}")
+        spill(s)
+        assert writer is not None
+        writer.commit()
+        return writer.count - 1
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
 
 
 def describe(opts: SynthOptions) -> str:
@@ -515,15 +582,12 @@ def with_seed(opts: SynthOptions, seed: int) -> SynthOptions:
 def write_corpus(directory: str | Path) -> int:
     """Regenerate every corpus trace under ``directory`` (``<profile>/<name>.jsonl``);
     files of the corpus that no longer exist in the matrix are removed."""
-    from ..trace import write_trace
-
     root = Path(directory)
     wanted = set()
     for name, opts in corpus_matrix():
         path = root / f"{name}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        header, events = synthesize(opts)
-        write_trace(path, header, events)
+        synthesize_to(path, opts)
         wanted.add(path.resolve())
     for old in root.glob("*/*.jsonl"):
         if old.resolve() not in wanted and old.parent.name in ("spec", "v3", "hybrid"):
