@@ -84,3 +84,30 @@ def test_a_lying_delta_is_caught_at_the_checkpoint() -> None:
     res = Runner(LyingDelta()).run_case(case)
     bad = [r for r in res.results if r.clause == "spec.device.inflate.pfn-4k-units"]
     assert bad and bad[0].verdict.value == "fail", _key(res)
+
+
+@pytest.mark.parametrize("cls", [ReferenceDevice, faulty_devices.DropsTrailingPage,
+                                 faulty_devices.IgnoresDeflate],
+                         ids=lambda c: c.__name__)
+def test_compact_deltas_get_the_verdicts_of_json_deltas(cls: type, tmp_path: Path) -> None:
+    """The runner keeps a recorded delta as page sets (issue 13: bounded memory) unless it
+    writes the recording out (--save-traces keeps the JSON lists): same verdicts either way,
+    and the saved recording re-judged offline agrees too."""
+    from virtio_balloon_proto.conformance.runner import check_trace
+    from virtio_balloon_proto.pageset import PageSet
+
+    cases = discover_cases(case_globs=BALLOON_CASES)
+    compact, saved = Runner(cls()), Runner(cls(), save_traces=tmp_path)
+    for case in cases:
+        a, b = compact.run_case(case), saved.run_case(case)
+        assert (a.status, _key(a), a.behaviour) == (b.status, _key(b), b.behaviour), case.id
+        offline = check_trace(tmp_path / f"{case.id}.jsonl", subject="device")
+        assert _key(offline) == _key(b), case.id
+        rec = compact.record(case, a)
+        assert rec is not None
+        deltas = [ev.value["balloon_delta"] for ev in rec[1]
+                  if getattr(ev, "what", "") == "state" and "balloon_delta" in ev.value]
+        assert deltas and all(isinstance(d["add"], PageSet) for d in deltas)  # really compact
+        fulls = [ev.value["balloon"] for ev in rec[1]
+                 if getattr(ev, "what", "") == "state" and "balloon" in ev.value]
+        assert fulls and isinstance(fulls[-1], PageSet)

@@ -103,6 +103,11 @@ def _parse_int(text: str) -> int:
 
 
 _BIG_INT = re.compile(rb"[:\[,]\s*-?\d{20}")  # a class first: 7x faster than with "^|"
+#: every digit -> "0", every other byte -> "x": a line without 20 digits in a row (after this
+#: C-speed translation, a plain substring test) cannot hold a 20-digit number, so the regex
+#: above (which walks the line in Python's matcher, ~9 ns a byte) runs only when one may
+_DIGITS = bytes(ord("0") if 0x30 <= b <= 0x39 else ord("x") for b in range(256))
+_TWENTY = b"0" * 20
 _NOT_FAST = object()
 
 
@@ -127,7 +132,8 @@ def loads_json(raw: bytes | str, *, what: str, error: type[VBProtoError] = Usage
     try:
         # orjson reads an integer beyond 64 bits as a float: such a number (20+ digits after
         # ':', '[' or ',') takes the stdlib path, which keeps it exact
-        big = _BIG_INT.search(data) or _BIG_INT.match(b"," + data.lstrip())  # or top level
+        big = _TWENTY in data.translate(_DIGITS) and (
+            _BIG_INT.search(data) or _BIG_INT.match(b"," + data.lstrip()))  # or top level
         obj = _NOT_FAST if big else orjson.loads(data)
     except orjson.JSONDecodeError:
         obj = _NOT_FAST

@@ -328,7 +328,10 @@ def first_frames(ps: PageSet, n: int = 8) -> list[str]:
 
 
 def pageset_of(extents: Any) -> PageSet | None:
-    """An observed ``[[first, count], ...]`` list as a page set (None if malformed)."""
+    """An observed ``[[first, count], ...]`` list as a page set (None if malformed); a page
+    set is taken as it is (the live runner keeps a valid delta list in that form: issue 13)."""
+    if isinstance(extents, PageSet):
+        return extents
     if not isinstance(extents, list):
         return None
     try:
