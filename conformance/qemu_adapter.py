@@ -182,7 +182,8 @@ class QemuDevice:
         self._heads: dict[int, dict[int, int]] = {}
         #: queue index -> {our head: writable segments posted with it}
         self._writable: dict[int, dict[int, list[tuple[int, int]]]] = {}
-        self._reported: list[tuple[int, int]] = []  # (gpa, len) of returned report ranges
+        #: (first frame, frames) of the report ranges QEMU discarded, judged when it used them
+        self._reported: list[tuple[int, int]] = []
         self._stats_interval = False
 
     # --- lifetime ------------------------------------------------------------------------
@@ -433,7 +434,9 @@ class QemuDevice:
                 )
             written = self._written(s, segs, e.len)
             if self.negotiated is not None and q == self.negotiated.queues.get("reporting"):
-                self._reported += segs
+                # judged now, not at the next observation: a page inflated after it was
+                # reported reads zero too, but the inflate discarded it, not the report
+                self._reported += self._discarded(s, segs)
             out.append(Used(id=theirs, length=e.len, written=written))
         return out
 
@@ -574,23 +577,28 @@ class QemuDevice:
         return out
 
     def _observe_reported(self, s: QemuBalloon) -> list[tuple[int, int]]:
-        """Ranges QEMU returned on the reporting queue *and* visibly discarded.
+        """Ranges QEMU returned on the reporting queue *and* visibly discarded (frames)."""
+        return _merge(self._reported)
+
+    @staticmethod
+    def _discarded(s: QemuBalloon, segs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The (first frame, frames) of the ranges of a report QEMU just used that it discarded.
 
         Each range was filled with PATTERN before it was posted (one qtest memset); QEMU
-        discards a reported range with ram_block_discard_range, after which every page reads
-        zero.  Reading whole ranges back costs seconds per 64 MiB over qtest, so each range is
-        checked at sample pages (first, middle, last: 8 bytes each): a range counts as reported
-        when all its samples read zero.
+        discards a reported range with ram_block_discard_range before it uses the buffer,
+        after which every page reads zero.  Reading whole ranges back costs seconds per 64 MiB
+        over qtest, so each range is checked at sample pages (first, middle, last: 8 bytes
+        each): a range counts as discarded when all its samples read zero.
         """
         pfns: list[tuple[int, int]] = []
-        for gpa, n in self._reported:
+        for gpa, n in segs:
             if gpa % 4096 or n % 4096 or n == 0 or not s.mem.contains(gpa, n):
                 continue
             pages = n // 4096
             samples = sorted({0, pages // 2, pages - 1})
             if all(s.mem.read(gpa + 4096 * p, 8) == bytes(8) for p in samples):
                 pfns.append((gpa // 4096, pages))
-        return _merge(pfns)
+        return pfns
 
 
 def _merge(extents: list[tuple[int, int]]) -> list[tuple[int, int]]:

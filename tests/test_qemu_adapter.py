@@ -203,3 +203,28 @@ def test_guest_ram_in_several_regions_runs_on_q35_dimms() -> None:
     mmio = QemuDevice("qemu:transport=mmio,dimms=on")
     with pytest.raises(Unsupported, match="several regions"):
         mmio.start(case.setup)
+
+
+@pytest.mark.parametrize("poison", [0xAAAAAAAA, 0])
+def test_a_reported_page_inflated_later_is_not_a_discarded_report(poison: int) -> None:
+    """Found by `vbproto fuzz` against 7.2 (legacy campaign, seed 102 sequence 617): the
+    adapter read reported ranges back at each observation, so a page reported (QEMU keeps it:
+    poison_val is not 0) and inflated afterwards (QEMU discards it) read zero and was judged a
+    discarded report -- a false spec.device.reporting.poison-only.  Discards are now judged
+    when QEMU uses the report."""
+    from virtio_balloon_proto.conformance.fuzz import Campaign, Env, Program
+    from virtio_balloon_proto.conformance.fuzz.program import Avail
+
+    feats = frozenset({"PAGE_POISON", "PAGE_REPORTING"})
+    page = 0x4AC3
+    ops = (Avail("reporting", (Segment(page << 12, 4096, True),), "report"),
+           Avail("inflate", (Segment(0x1066000, 4, False, struct.pack("<I", page)),), "pfns"))
+    c = Campaign("qemu", timeout=30)
+    try:
+        res = c.judge(Program(Env(feats, feats, memory=((0, 128 << 20),), poison_val=poison),
+                              ops))
+    finally:
+        c.close()
+    assert res.outcome() == "pass", res.details_text()
+    # QEMU 7.2 keeps a reported page while poison_val is set, discards it otherwise
+    assert res.behaviour["reporting.discard"] == ["keeps" if poison else "discards"]
