@@ -269,3 +269,28 @@ def test_stale_unused_fields_of_the_seed_driver_are_not_a_must() -> None:
     res = check_trace(SPEC.parent / "v3" / "linux-v3-exact-le.jsonl")
     r = next(x for x in res.results if x.clause == "v3.driver.bmap.inflate-fields-zero")
     assert r.verdict.value == "non-strict" and "flag=1" in r.message
+
+
+def test_used_len_of_a_guessed_pairing_is_not_judged(tmp_path: Path) -> None:
+    """Two reporting chains of different sizes outstanding, used out of order with len = bytes
+    (cloud-hypervisor's choice), in a capture without ids: pairing by order gave the 8 KiB len
+    to the 4 KiB chain -> a false spec.device.used.len-written failure."""
+    from virtio_balloon_proto.trace import TraceDescriptor
+
+    header, evs = read_trace(SPEC / "report-le.jsonl")
+    init = [e for e in evs if not isinstance(e, (AvailEvent, UsedEvent))][:5]
+    rep = QueueRole.REPORTING
+
+    def chain(addr: int, size: int, ids: bool, n: int) -> AvailEvent:
+        return AvailEvent(rep, 3, (), (size,), id=n if ids else None,
+                          descriptors=(TraceDescriptor(addr, size, 2, index=n),))
+
+    def events(ids: bool) -> list[Any]:
+        return [*init, chain(0x1000000, 4096, ids, 0), chain(0x2000000, 8192, ids, 1),
+                UsedEvent(rep, 3, 8192, id=1 if ids else None),
+                UsedEvent(rep, 3, 4096, id=0 if ids else None)]
+    for ids in (True, False):
+        path = tmp_path / f"rep-{ids}.jsonl"
+        write_trace(path, header, events(ids))
+        res = check_trace(path)
+        assert "spec.device.used.len-written" not in failed(res), res.details_text()

@@ -73,6 +73,13 @@ def used_lengths(j: Judgement) -> None:
     for ch in j.chains:
         if not ch.used or ch.used_len is None or ch.segments is None:
             continue
+        if ch.guessed:
+            # no used ids: which of several outstanding chains this len belongs to is unknown
+            note = ("used elements without ids while several chains were outstanding: their "
+                    "lengths are not judged (spec.device.used.len-written)")
+            if note not in j.notes:
+                j.notes.append(note)
+            continue
         cap = ch.writable
         j.evaluated("spec.device.used.len-written")
         if ch.used_len > cap:
