@@ -238,3 +238,18 @@ class OneHintRoundDoneOnly(ReferenceDevice):
         if kind == "hint-stop" and params.get("cmd_id") != 1:
             raise Unsupported("the host cannot publish STOP")
         return super().host_request(kind, params)
+
+
+class RefusesPfnsAboveRam(ReferenceDevice):
+    """Like the QEMU adapter on microvm (mmio), whose ring window lies right above guest RAM:
+    an inflate or deflate naming a frame there cannot be run (unsupported), any other can."""
+
+    def avail(self, role: str, head: int, segments: list[Segment]) -> list[Used]:
+        if role in ("inflate", "deflate"):
+            data = b"".join(s.data for s in segments if not s.writable)
+            le = self.layout.little_endian
+            pfns = [int.from_bytes(data[i:i + 4], "little" if le else "big")
+                    for i in range(0, len(data) // 4 * 4, 4)]
+            if any(p >= self._ram_frames for p in pfns):
+                raise Unsupported("the case names a PFN inside the adapter's ring window")
+        return super().avail(role, head, segments)

@@ -385,6 +385,22 @@ def test_a_host_that_cannot_start_a_second_hint_round_keeps_the_first() -> None:
                if isinstance(o, Host) and o.kind == "hint-stop")
 
 
+def test_a_kind_the_device_runs_is_never_narrowed_away() -> None:
+    """The 7.2 mmio campaign dropped every inflate and deflate after three sequences named a
+    PFN in the QEMU adapter's ring window (right above RAM on microvm): unsupported data, not
+    an unsupported kind."""
+    c = Campaign(f"python:{HERE / 'oracle_devices.py'}:RefusesPfnsAboveRam", seed=1,
+                 options=GenOptions(features=frozenset(), legacy=False, high_ram=False,
+                                    large_pages=False))
+    try:
+        c.run(sequences=80)
+    finally:
+        c.close()
+    assert c.stats.unsupported >= 3, c.stats
+    assert not {"avail:inflate", "avail:deflate"} & c.disabled_kinds, c.stats.narrowed
+    assert not c.findings
+
+
 # --- the default run: seconds, fixed seed ---------------------------------------------------
 def test_reference_gives_no_finding_on_a_fixed_seed() -> None:
     c = Campaign("reference", seed=2026)

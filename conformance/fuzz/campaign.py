@@ -201,6 +201,10 @@ class Campaign:
         self.disabled_kinds: set[str] = set()
         self._t0 = time.monotonic()
         self._unsupported_kind: dict[str, int] = {}
+        #: kinds of operations the device has run in a whole sequence: never narrowed away
+        #: (an unsupported step of such a kind is about its data, e.g. a PFN in the QEMU
+        #: adapter's ring window, not about the kind)
+        self._supported_kinds: set[str] = set()
 
     def close(self) -> None:
         self.runner.close()
@@ -294,6 +298,10 @@ class Campaign:
         """Run one sequence (number ``k``): judge it, and find, shrink and keep what fails."""
         res = self.judge(program, f"seed-{self.seed}-seq-{k}")
         self.stats.sequences += 1
+        if res.status is None:
+            self._supported_kinds |= {_kind(o) for o in program.ops}
+            if sum(isinstance(o, Host) and o.kind == "hint-start" for o in program.ops) > 1:
+                self._supported_kinds.add(AGAIN)
         if res.status == Verdict.UNSUPPORTED:
             self.stats.unsupported += 1
             self._learn(program, res)
@@ -408,6 +416,8 @@ class Campaign:
                     s.kind == "host" and s.host_kind == "hint-start" and s.index < step.index
                     for s in case.steps):
                 kind = AGAIN  # a second round (QEMU: only at a migration's next bitmap sync)
+            if kind in self._supported_kinds:
+                return  # the device runs this kind: the data of this step was the problem
             self._unsupported_kind[kind] = self._unsupported_kind.get(kind, 0) + 1
             if self._unsupported_kind[kind] >= 3 and kind not in self.disabled_kinds:
                 self.disabled_kinds.add(kind)
