@@ -433,7 +433,7 @@ class StdioDevice:
         try:
             msg = self._peer.exchange(request, step)
         except PeerUnsupported as exc:
-            raise Unsupported(exc.message, where=step) from None
+            raise Unsupported(exc.message, where=step, by="device") from None
         if self.frame_log is not None:
             self.frame_log.append(msg)
         if msg.get("id") != self._seq:
@@ -445,7 +445,7 @@ class StdioDevice:
         except PeerError as exc:
             raise self._fail(exc.message, step) from None
         if "unsupported" in msg:
-            raise Unsupported(_text(msg["unsupported"]) or "unsupported", where=step)
+            raise Unsupported(_text(msg["unsupported"]) or "unsupported", where=step, by="device")
         if "error" in msg:
             raise PeerError(f"testee reported an error: {_text(msg['error'])}", where=step)
         if "result" not in msg:

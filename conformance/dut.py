@@ -6,6 +6,7 @@ them for adapters and testees.
 """
 
 from virtio_balloon_proto.models.interface import (
+    UNSUPPORTED_BY,
     DeviceUnderTest,
     Negotiated,
     Segment,
@@ -14,4 +15,12 @@ from virtio_balloon_proto.models.interface import (
     Used,
 )
 
-__all__ = ["DeviceUnderTest", "Negotiated", "Segment", "Setup", "Unsupported", "Used"]
+__all__ = [
+    "UNSUPPORTED_BY",
+    "DeviceUnderTest",
+    "Negotiated",
+    "Segment",
+    "Setup",
+    "Unsupported",
+    "Used",
+]

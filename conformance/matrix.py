@@ -12,6 +12,10 @@
   value each column showed in how many cases;
 * ``only_here``: cases broken on exactly one column while another column passes them (WPT's
   "fails only here");
+* ``unsupported`` (per column) and ``unsupported_by_kind``: unsupported cells by whose limit
+  (``Unsupported.by``): the device does not offer what the case needs, or the adapter cannot
+  drive it (or not said); per device kind (``qemu``), the cases none of its columns runs --
+  what "at most N% of the spec cases unsupported against QEMU" is read from;
 * ``diff``: every cell (and behaviour row) where two chosen columns differ.
 
 The clause family of a case is the first word of its name (``spec/stats-linux-6.12-le`` ->
@@ -41,6 +45,7 @@ from virtio_balloon_proto.limits import loads_json, read_bounded
 from virtio_balloon_proto.schemas import shipped_schema
 
 from .catalog import Catalog
+from .dut import UNSUPPORTED_BY
 from .matrix_columns import ColumnRun
 
 MATRIX_FORMAT = "vbproto-matrix/1"
@@ -83,6 +88,53 @@ def _cell(case: dict[str, Any] | None) -> dict[str, Any]:
                            "judged": len(case.get("clauses", []))}
     if case.get("reason"):
         out["reason"] = str(case["reason"])[:TEXT_CHARS]
+    if out["outcome"] == "unsupported" and case.get("unsupported_by") in UNSUPPORTED_BY:
+        out["unsupported_by"] = str(case["unsupported_by"])
+    return out
+
+
+def _by(cell: dict[str, Any]) -> str:
+    """Whose limit an unsupported cell is: device, adapter or unclassified."""
+    return str(cell.get("unsupported_by") or "unclassified")
+
+
+def _unsupported_split(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """A column's unsupported cells by whose limit, over all cases and per profile."""
+    def empty() -> dict[str, int]:
+        return {"device": 0, "adapter": 0, "unclassified": 0}
+
+    total: dict[str, int] = empty()
+    profiles: dict[str, dict[str, int]] = {}
+    for row in rows:
+        prof = profiles.setdefault(row["profile"], {"cases": 0, **empty()})
+        prof["cases"] += 1
+        cell = row["cells"][name]
+        if cell["outcome"] == "unsupported":
+            total[_by(cell)] += 1
+            prof[_by(cell)] += 1
+    return {"all": total, "profiles": dict(sorted(profiles.items()))}
+
+
+def _unsupported_by_kind(rows: list[dict[str, Any]], names: list[str], devices: list[str]
+                         ) -> dict[str, dict[str, Any]]:
+    """Per device kind and profile, the cases no column of that kind runs (module doc)."""
+    kinds: dict[str, list[str]] = {}
+    for n, d in zip(names, devices, strict=True):
+        kinds.setdefault(d.partition(":")[0], []).append(n)
+    out: dict[str, dict[str, Any]] = {}
+    for kind, cols in sorted(kinds.items()):
+        per: dict[str, Any] = {}
+        for row in rows:
+            entry = per.setdefault(row["profile"], {"columns": cols, "cases": 0, "device": [],
+                                                    "adapter": [], "unclassified": []})
+            entry["cases"] += 1
+            cells = [row["cells"][c] for c in cols]
+            if all(c["outcome"] == "unsupported" for c in cells):
+                whose = {_by(c) for c in cells}
+                key = ("adapter" if "adapter" in whose
+                       else "unclassified" if "unclassified" in whose else "device")
+                entry[key].append(row["id"])
+        out[kind] = dict(sorted(per.items()))
     return out
 
 
@@ -156,6 +208,7 @@ def build_matrix(
             "message": r.message,
             "duration": round(r.duration, 3),
             "counts": _counts(cells),
+            "unsupported": _unsupported_split(rows, r.column.name),
         })
     behaviour = _behaviour(runs)
     doc: dict[str, Any] = {
@@ -171,6 +224,8 @@ def build_matrix(
         "cases": rows,
         "behaviour": behaviour,
         "only_here": _only_here(rows, names),
+        "unsupported_by_kind": _unsupported_by_kind(rows, names,
+                                                    [r.column.device for r in runs]),
         "diff": _diff(rows, behaviour, diff) if diff is not None else None,
     }
     return doc

@@ -175,8 +175,9 @@ class ColumnRun:
     """What became of one column: ``status`` is ``complete`` (the run reached its end),
     ``timeout`` (killed after ``column_timeout``), ``crashed`` (ended without a complete
     report), ``interrupted`` or ``error`` (the column could not start: bad spec, missing
-    known-failures file -- ``message`` says).  ``report`` is the ``conform run`` JSON report
-    (partial when the column did not complete), None when there is none."""
+    known-failures file, a device that never started in any case -- ``message`` says).
+    ``report`` is the ``conform run`` JSON report (partial when the column did not complete),
+    None when there is none."""
 
     column: Column
     info: dict[str, Any]
@@ -255,6 +256,18 @@ def _read_report(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and isinstance(data.get("cases"), list) else None
 
 
+def _not_started(report: dict[str, Any] | None) -> str:
+    """The first reason, when no case of ``report`` was judged and some could not be run
+    (outcome ``error``); else ""."""
+    cases = [c for c in (report or {}).get("cases", []) if isinstance(c, dict)]
+    errors = [c for c in cases if c.get("outcome") == "error"]
+    if not errors or any(c.get("outcome") not in ("error", "unsupported", "skipped")
+                         for c in cases):
+        return ""
+    first = str(errors[0].get("reason", "")) or "no reason given"
+    return f"{len(errors)} case(s) could not be run: {first}"[:MESSAGE_CHARS]
+
+
 def _tail(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace").strip()
@@ -276,6 +289,11 @@ def _finish(live: _Live, *, timed_out: bool = False, interrupted: bool = False) 
     elif interrupted:
         run.status = "interrupted"
         run.message = "the matrix run was interrupted"
+    elif done and proc.returncode == 2 and _not_started(run.report):
+        # every case it reached could not be run (its device never started: no such binary,
+        # a property this build lacks): the column is an error, not a row of failures
+        run.status = "error"
+        run.message = _not_started(run.report)
     elif done and proc.returncode in (0, 1, 2):
         run.status = "complete"
     elif proc.returncode == 2 and not (run.report and run.report["cases"]):

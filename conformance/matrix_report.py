@@ -50,6 +50,8 @@ def _title(cell: dict[str, Any]) -> str:
     lines = [f"{cell['outcome']}: {cell['judged']} clause result(s)"]
     if cell.get("reason"):
         lines.append(cell["reason"])
+    if cell.get("unsupported_by"):
+        lines.append(f"whose limit: {_WHOSE.get(cell['unsupported_by'], '')}")
     for b in cell["broken"]:
         known = f" [known: {b['known_failure']}]" if b.get("known_failure") else ""
         lines.append(f"{b['verdict']} {b['clause']}: {b.get('message', '')}{known}")
@@ -120,6 +122,7 @@ def to_html(doc: dict[str, Any]) -> str:
                      + "".join(_cell_html(row["cells"][n]) for n in names) + "</tr>")
     parts.append("</tbody></table></div>")
     parts.extend(_counts_html(cols))
+    parts.extend(_unsupported_html(doc))
     parts.extend(_behaviour_html(doc, names))
     parts.extend(_only_here_html(doc))
     parts.extend(_diff_html(doc))
@@ -136,9 +139,36 @@ def _table(head: Iterable[str], rows: Iterable[Iterable[str]], start: str = "<ta
 
 def _counts_html(cols: list[dict[str, Any]]) -> list[str]:
     shown = [o for o in OUTCOMES if any(c["counts"].get(o) for c in cols)]
+    split = any(c.get("unsupported") for c in cols)  # (matrices before the split lack it)
     rows = [[f"<b>{esc(c['name'])}</b>", legend_html({o: c["counts"].get(o, 0) for o in shown}),
+             *([esc("; ".join(f"{p}: {_split_text(v, v['cases'])}" for p, v in
+                              (c.get("unsupported") or {}).get("profiles", {}).items()
+                              if any(v.get(k) for k in _WHOSE)) or _NONE)] if split else []),
              f"{c['duration']:.1f} s"] for c in cols]
-    return ["<h2>Per-device counts</h2>", _table(["device", "outcomes", "run time"], rows)]
+    head = ["device", "outcomes", *(["unsupported, per profile: whose limit"] if split else []),
+            "run time"]
+    return ["<h2>Per-device counts</h2>", _table(head, rows)]
+
+
+def _unsupported_html(doc: dict[str, Any]) -> list[str]:
+    """Per device kind with two or more columns: the cases none of them runs, whose limit."""
+    rows = {r["id"]: r for r in doc["cases"]}
+    out: list[str] = []
+    for kind, per in (doc.get("unsupported_by_kind") or {}).items():
+        for profile, e in per.items():
+            n = len(e["device"]) + len(e["adapter"]) + len(e["unclassified"])
+            if not n or len(e["columns"]) < 2:
+                continue
+            share = 100.0 * n / e["cases"] if e["cases"] else 0.0
+            out.append(f"<p>Cases of profile <code>{esc(profile)}</code> that no "
+                       f"<code>{esc(kind)}</code> column runs: {n} of {e['cases']} "
+                       f"({share:.1f}%).</p>")
+            out.append(_table(["case", "whose limit", "why (a column that says so)"], [
+                [esc(cid), esc(_WHOSE[k]), esc(_why(rows.get(cid), e["columns"], k))]
+                for k in _WHOSE for cid in e[k]]))
+    if out:
+        out.insert(0, "<h2>Unsupported: whose limit</h2>")
+    return out
 
 
 def _behaviour_html(doc: dict[str, Any], names: list[str]) -> list[str]:
@@ -215,6 +245,8 @@ def to_markdown(doc: dict[str, Any], command: str) -> str:
         "CI re-runs the QEMU 7.2 columns and fails when a verdict differs from "
         "`docs/matrix/matrix.json` (tests/test_matrix.py). Cells: the case's outcome and the "
         "clauses it broke (`docs/conformance.md` explains outcomes).", "",
+        *(["**Partial matrix: the run was interrupted; columns not complete are marked.**",
+            ""] if doc.get("partial") else []),
         "## Devices", "",
         "| column | device | build | transport | options | run | counts |",
         "|---|---|---|---|---|---|---|",
@@ -225,6 +257,7 @@ def to_markdown(doc: dict[str, Any], command: str) -> str:
         out.append(f"| {_md(c['name'])} | `{_md(c['device'])}` | {_md(c['build'])} | "
                    f"{_md(c['transport'])} | {_md(opts)} | {_md(run)} | "
                    f"{_md(_counts_text(c['counts']))} |")
+    out += _unsupported_md(doc)
     out += ["", "## Cases x devices", "",
             "| case | " + " | ".join(_md(n) for n in names) + " |",
             "|---" * (len(names) + 1) + "|"]
@@ -261,6 +294,64 @@ def to_markdown(doc: dict[str, Any], command: str) -> str:
             out += [f"| `{_md(x['choice'])}` | {_md(_values_text(x['a']))} | "
                     f"{_md(_values_text(x['b']))} |" for x in d["behaviour"]]
     return clean_text("\n".join(out) + "\n")
+
+
+#: how each side of an unsupported split is said (Unsupported.by)
+_WHOSE = {"device": "the device does not offer it", "adapter": "the adapter cannot drive it",
+          "unclassified": "not said"}
+
+
+def _split_text(split: dict[str, int], total: int | None = None) -> str:
+    n = sum(split.get(k, 0) for k in _WHOSE)
+    head = f"{n}" + (f" of {total}" if total is not None else "")
+    parts = [f"{split[k]} {_WHOSE[k]}" for k in _WHOSE if split.get(k)]
+    return head + (f" ({'; '.join(parts)})" if parts else "")
+
+
+def _why(row: dict[str, Any] | None, columns: list[str], whose: str) -> str:
+    """The reason an unsupported case is counted ``whose``: a column that says so, preferring
+    one past the byte-order check (its reason says more than "wrong endianness")."""
+    if row is None:
+        return ""
+    said = [(c, str(row["cells"][c].get("reason", ""))) for c in columns
+            if str(row["cells"][c].get("unsupported_by") or "unclassified") == whose]
+    said.sort(key=lambda cr: "endian" in cr[1])
+    return f"{said[0][0]}: {said[0][1]}" if said else ""
+
+
+def _unsupported_md(doc: dict[str, Any]) -> list[str]:
+    """Unsupported cells by whose limit, per column and per profile; per device kind, the
+    cases none of its columns runs, each with its reason."""
+    cols = [c for c in doc["columns"] if c.get("unsupported")]
+    if not cols:
+        return []
+    profiles = sorted({p for c in cols for p in c["unsupported"]["profiles"]})
+    out = ["", "## Unsupported: whose limit", "",
+           "A case is unsupported when the device does not offer what it needs (a profile, a "
+           "feature, a byte order, a queue: the device's limit) or when the device has it but "
+           "the adapter cannot make it happen (the adapter's limit). Per column and profile "
+           "(unsupported of that profile's cases):", "",
+           "| column | " + " | ".join(_md(p) for p in profiles) + " |",
+           "|---" * (len(profiles) + 1) + "|"]
+    for c in cols:
+        per = c["unsupported"]["profiles"]
+        out.append(f"| {_md(c['name'])} | " + " | ".join(
+            _md(_split_text(per[p], per[p]["cases"])) if p in per else "-" for p in profiles)
+            + " |")
+    rows = {r["id"]: r for r in doc["cases"]}
+    for kind, per in (doc.get("unsupported_by_kind") or {}).items():
+        for profile, e in per.items():
+            n = len(e["device"]) + len(e["adapter"]) + len(e["unclassified"])
+            if not n or len(e["columns"]) < 2:
+                continue
+            share = 100.0 * n / e["cases"] if e["cases"] else 0.0
+            out += ["", f"Cases of profile `{_md(profile)}` that no `{_md(kind)}` column runs: "
+                    f"{n} of {e['cases']} ({share:.1f}%): "
+                    + "; ".join(f"{len(e[k])} {_WHOSE[k]}" for k in _WHOSE if e[k]) + ".", "",
+                    "| case | whose limit | why (a column that says so) |", "|---|---|---|"]
+            out += [f"| {_md(cid)} | {k} | {_md(_why(rows.get(cid), e['columns'], k))} |"
+                    for k in _WHOSE for cid in e[k]]
+    return out
 
 
 def _md_cell_short(s: dict[str, Any]) -> str:

@@ -176,6 +176,9 @@ class QemuDevice:
         shown += [f"{k}={v}" for k, v in self.values]
         shown += [f"{k}={'on' if v else 'off'}" for k, v in self.properties.items()]
         self.name = f"qemu:{','.join(shown)}"
+        # no such program is no device at all: PeerStartError now (exit 2 with one line),
+        # not one "could not be started" per case
+        find_qemu(self.binary)
         self.session: QemuBalloon | None = None
         self.negotiated: Negotiated | None = None
         #: queue index -> {our head: the case's head}
@@ -192,17 +195,23 @@ class QemuDevice:
         if setup.profile != "spec":
             raise Unsupported(
                 f"QEMU implements only the spec profile, not {setup.profile!r} "
-                "(no PAGE_BITMAP / MISC_VQ in any QEMU release)"
+                "(no PAGE_BITMAP / MISC_VQ in any QEMU release)",
+                by="device",
             )
         if self.arch == "x86_64" and setup.endian != "le":
-            raise Unsupported("QEMU on x86 runs little-endian guests only (endian=be asked)")
+            raise Unsupported(
+                "QEMU on x86 runs little-endian guests only (endian=be asked)", by="device"
+            )
         if self.arch == "ppc64" and self.transport == "legacy" and setup.endian != "be":
             raise Unsupported(
                 "a legacy device on big-endian pseries is big-endian (VIRTIO 1.2 2.7 legacy: "
-                f"guest-native order), endian={setup.endian} asked"
+                f"guest-native order), endian={setup.endian} asked",
+                by="device",
             )
         if self.arch == "ppc64" and self.transport == "modern" and setup.endian != "le":
-            raise Unsupported("VERSION_1 virtio is little-endian on ppc64 too (endian=be asked)")
+            raise Unsupported(
+                "VERSION_1 virtio is little-endian on ppc64 too (endian=be asked)", by="device"
+            )
         ram_size, dimms = self._ram_layout(setup)
         props = self._properties_for(setup)
         if self.transport in MMIO_TRANSPORTS:
@@ -267,33 +276,40 @@ class QemuDevice:
         regions = sorted(setup.memory_regions or ((0, setup.memory_size),))
         base, rest = regions[0], regions[1:]
         if base[0] != 0:
-            raise Unsupported(f"guest RAM starting at {base[0]:#x}: QEMU's starts at 0")
+            raise Unsupported(
+                f"guest RAM starting at {base[0]:#x}: QEMU's starts at 0", by="device"
+            )
         lowmem = 0xB0000000  # q35 keeps base RAM below this
         if rest and not self.dimms:
             raise Unsupported(
-                f"guest RAM in {len(regions)} regions: run with dimms=on (pc-dimms on q35)"
+                f"guest RAM in {len(regions)} regions: run with dimms=on (pc-dimms on q35)",
+                by="adapter",
             )
         if rest and (self.arch != "x86_64" or self.transport in MMIO_TRANSPORTS):
             raise Unsupported(
                 "guest RAM in several regions needs q35 (pc-dimms): "
-                f"{self.arch} {self.transport} has one"
+                f"{self.arch} {self.transport} has one",
+                by="device" if self.transport in MMIO_TRANSPORTS else "adapter",
             )
         if base[1] > lowmem and rest:
-            raise Unsupported(f"base RAM of {base[1]:#x} with further regions")
+            raise Unsupported(f"base RAM of {base[1]:#x} with further regions", by="adapter")
         for a, n in rest:
             if a < 1 << 32 or a % (2 << 20) or n % (2 << 20):
                 raise Unsupported(
-                    f"guest RAM region {a:#x}+{n:#x}: a pc-dimm needs 2 MiB alignment above 4 GiB"
+                    f"guest RAM region {a:#x}+{n:#x}: a pc-dimm needs 2 MiB alignment above 4 GiB",
+                    by="adapter",
                 )
             if _overlaps(a, n, DIMM_BASE, WINDOW_SIZE + (1 << 20)):
                 raise Unsupported(
                     f"guest RAM region {a:#x}+{n:#x} overlaps the QEMU "
-                    f"adapter's window at {DIMM_BASE:#x}"
+                    f"adapter's window at {DIMM_BASE:#x}",
+                    by="adapter",
                 )
         if not rest and base[1] > DIMM_BASE:
             raise Unsupported(
                 f"guest RAM up to {base[1]:#x}: the QEMU adapter runs guests "
-                f"with RAM below {DIMM_BASE:#x}"
+                f"with RAM below {DIMM_BASE:#x}",
+                by="adapter",
             )
         return base[1], tuple(rest)
 
@@ -308,7 +324,10 @@ class QemuDevice:
             elif key == "stats-vq":
                 continue  # QEMU always offers STATS_VQ; whether it is used is the driver's choice
             elif _onoff(key, value):
-                raise Unsupported(f"QEMU 7.2's virtio-balloon has no option {key!r}")
+                raise Unsupported(
+                    f"QEMU's virtio-balloon has no option {key!r}: it never offers that feature",
+                    by="device",
+                )
             # an option the case wants *off* that QEMU does not have at all is satisfied
         return props
 
@@ -330,12 +349,13 @@ class QemuDevice:
         try:
             r = QueueRole(role)
         except ValueError:
-            raise Unsupported(f"QEMU has no {role!r} queue") from None
+            raise Unsupported(f"QEMU has no {role!r} queue", by="device") from None
         slots = s.queue_roles()
         if r not in slots:
             raise Unsupported(
                 f"QEMU has no usable {role} queue with offered {s.offered:#x} / "
-                f"negotiated {s.accepted:#x}"
+                f"negotiated {s.accepted:#x}",
+                by="device",
             )
         q = slots[r]
         self._check_window(s, r, segments)
@@ -404,7 +424,8 @@ class QemuDevice:
             if seg.writable and _overlaps(seg.addr, seg.length, lo, n):
                 raise Unsupported(
                     f"the case names {seg.addr:#x}+{seg.length:#x}, inside the "
-                    f"QEMU adapter's ring window {lo:#x}+{n:#x}"
+                    f"QEMU adapter's ring window {lo:#x}+{n:#x}",
+                    by="adapter",
                 )
         if role in (QueueRole.INFLATE, QueueRole.DEFLATE):
             data = b"".join(seg.data for seg in segments if not seg.writable)
@@ -413,7 +434,8 @@ class QemuDevice:
             if hit.any():
                 raise Unsupported(
                     f"the case names PFN {int(pfns[hit][0]):#x}, inside the "
-                    f"QEMU adapter's ring window"
+                    f"QEMU adapter's ring window",
+                    by="adapter",
                 )
 
     def _prefill(self, s: QemuBalloon, ranges: list[tuple[int, int]]) -> None:
@@ -481,7 +503,8 @@ class QemuDevice:
             if target <= 0:
                 raise Unsupported(
                     f"QEMU cannot ask for {pages} pages: QMP balloon needs a target > 0 "
-                    f"(RAM {s.vm_ram_size >> 20} MiB with the adapter's window)"
+                    f"(RAM {s.vm_ram_size >> 20} MiB with the adapter's window)",
+                    by="device",
                 )
             try:
                 s.set_target(target)
@@ -491,7 +514,7 @@ class QemuDevice:
         if kind == "stats-poll":
             stats_q = s.queue_roles().get(QueueRole.STATS)
             if stats_q is None:
-                raise Unsupported("stats-poll without a negotiated stats queue")
+                raise Unsupported("stats-poll without a negotiated stats queue", by="device")
             if not self._stats_interval:
                 # QEMU returns the held stats buffer from a timer on the virtual clock; with
                 # -icount sleep=off and a halted vCPU that clock jumps to the deadline at once
@@ -514,8 +537,8 @@ class QemuDevice:
         if kind in ("hint-start", "hint-stop"):
             return self._hint_request(s, kind, params)
         if kind == "get-unused-pages":
-            raise Unsupported("get-unused-pages is the v3 misc queue; QEMU has none")
-        raise Unsupported(f"QEMU adapter has no host request {kind!r}")
+            raise Unsupported("get-unused-pages is the v3 misc queue; QEMU has none", by="device")
+        raise Unsupported(f"QEMU adapter has no host request {kind!r}", by="adapter")
 
     def _hint_request(self, s: QemuBalloon, kind: str, params: dict[str, Any]) -> list[Used]:
         """hint-start: a bandwidth-limited migration makes QEMU publish an id (qemu/hinting.py);
@@ -523,7 +546,7 @@ class QemuDevice:
         reachable from the host (the module says why): unsupported."""
         q = s.queue_roles().get(QueueRole.FREE_PAGE)
         if q is None:
-            raise Unsupported("free page hinting without a negotiated free page queue")
+            raise Unsupported("free page hinting without a negotiated free page queue", by="device")
         cmd_id = params.get("cmd_id")
         if not isinstance(cmd_id, int) or isinstance(cmd_id, bool) or not 0 <= cmd_id < 1 << 32:
             raise UsageError(f"{kind} needs a 32-bit cmd_id, got {cmd_id!r}")
@@ -531,7 +554,8 @@ class QemuDevice:
             if self._hint.migrating:
                 raise Unsupported(
                     "QEMU publishes a second command id only at its migration's next bitmap "
-                    "sync, which no host action brings about here"
+                    "sync, which no host action brings about here",
+                    by="adapter",
                 )
             try:
                 self._ids.add(self._hint.start(), cmd_id)
@@ -541,7 +565,8 @@ class QemuDevice:
         if cmd_id != 1:
             raise Unsupported(
                 "QEMU's STOP is transient (set before a migration bitmap sync and replaced by "
-                "a new id or DONE in the same call): the host cannot publish it"
+                "a new id or DONE in the same call): the host cannot publish it",
+                by="adapter",
             )
         try:
             self._hint.done()

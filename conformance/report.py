@@ -44,6 +44,10 @@ def text_summary(run: RunResult, *, verbose: bool = False, command_hint: str | N
     if nothing and state == "FAILED" and not any(counts[o] for o in ("fail", "error",
                                                                     "unexpected-pass")):
         state = "FAILED: nothing tested"
+    if state == "FAILED" and counts["error"] and run.exit_code() == 2:
+        # a case that could not be run (its input, or a device that never started) is no
+        # verdict on the device
+        state = f"INCOMPLETE: {counts['error']} case(s) could not be run"
     lines.append("")
     lines.append(
         f"CONFORMANCE {state}: {total} case(s) against {run.device}: "

@@ -16,6 +16,8 @@ leaves a choice every allowed choice passes and the result names it (``behaviour
 
 The device under test is never trusted: adapters turn its crashes, hangs and garbage into
 PeerError (-> clause ``suite.device.transport``), and the runner goes on with the next case.
+A device that could not be started at all (PeerStartError: a missing program, a QEMU that
+exits before its qtest/QMP handshakes) is no device answer: that case is ``error`` (not run).
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from virtio_balloon_proto.errors import PeerError, TraceError, UsageError, VBProtoError
+from virtio_balloon_proto.errors import (
+    PeerError,
+    PeerStartError,
+    TraceError,
+    UsageError,
+    VBProtoError,
+)
 from virtio_balloon_proto.profiles import QueueRole, get_profile
 
 from .adapters import DEFAULT_TIMEOUT, close_device, open_device
@@ -384,6 +392,13 @@ class Runner:
         except Unsupported as exc:
             result.status = Verdict.UNSUPPORTED
             result.reason = str(exc)
+            result.unsupported_by = getattr(exc, "by", "")
+            return None
+        except PeerStartError as exc:
+            # our side could not bring the device up (no such program, it exited or stayed
+            # silent before its control channels answered): the case could not be run
+            result.status = Verdict.ERROR
+            result.reason = f"the device could not be started (case not run): {exc}"
             return None
         except PeerError as exc:
             out.append(tr.ObserveEvent("error", {"message": f"start: {exc}"}))
@@ -395,6 +410,7 @@ class Runner:
             result.status = Verdict.UNSUPPORTED
             result.reason = (f"device did not accept feature(s) {', '.join(prof.names(missing))} "
                              f"(offered {neg.offered:#x})")
+            result.unsupported_by = "device"  # it did not offer (or refused) what the case needs
             return None
         out.append(tr.ObserveEvent("device", {
             "offered": neg.offered, "accepted": neg.accepted, "queues": dict(neg.queues),
@@ -462,6 +478,7 @@ class Runner:
             except Unsupported as exc:
                 result.status = Verdict.UNSUPPORTED
                 result.reason = f"step {step.index} ({step.describe()}): {exc}"
+                result.unsupported_by = getattr(exc, "by", "")
                 return None
             except PeerError as exc:
                 entry["error"] = str(exc)

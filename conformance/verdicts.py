@@ -100,6 +100,8 @@ class CaseResult:
     #: case-level status when no clause was evaluated (unsupported, skipped, error)
     status: Verdict | None = None
     reason: str = ""
+    #: with status UNSUPPORTED: whose limit ("device", "adapter", "" unsaid; Unsupported.by)
+    unsupported_by: str = ""
     duration: float = 0.0
     #: the replayed traffic, for reports: one dict per step (JSON-able, bytes as hex)
     traffic: list[dict[str, Any]] = field(default_factory=list)
@@ -186,6 +188,8 @@ class CaseResult:
         }
         if self.reason:
             out["reason"] = self.reason
+        if self.unsupported_by:
+            out["unsupported_by"] = self.unsupported_by
         if self.unexpected_passes:
             out["unexpected_passes"] = list(self.unexpected_passes)
         if self.behaviour:

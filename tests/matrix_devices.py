@@ -36,3 +36,12 @@ class HangsHoldingQemu(ReferenceDevice):
         self.qemu.start(setup)
         threading.Event().wait()  # forever
         raise AssertionError("unreachable")
+
+
+class HangsForever(ReferenceDevice):
+    """Never comes back from start (no QEMU): a column that is still running whenever the
+    matrix is interrupted."""
+
+    def start(self, setup: Any) -> Any:
+        threading.Event().wait()  # forever
+        raise AssertionError("unreachable")

@@ -71,3 +71,12 @@ class UsageError(VBProtoError):
 
 class PeerError(VBProtoError):
     """An implementation under test (or QEMU) misbehaved at the transport level."""
+
+
+class PeerStartError(PeerError):
+    """The peer could not be brought up at all -- its program is missing or not executable,
+    exits or stays silent before its control channels answer (QEMU: before the qtest and QMP
+    handshakes complete), is a build for another machine.  Nothing of the device was reached,
+    so a case that meets this *could not be run* (runner outcome ``error``, exit 2): never a
+    device conformance failure, never a known-failure candidate.  A peer that started and
+    then died is a plain :class:`PeerError` (the device's failure)."""

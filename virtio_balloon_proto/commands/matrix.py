@@ -26,9 +26,12 @@ from virtio_balloon_proto.commands.common import PROFILES
 from virtio_balloon_proto.errors import UsageError
 
 EXIT_CODES = ("0 every column ran to its end (whatever its verdicts); 1 a column did not "
-              "(crash, hang, could not start), or --compare found a verdict that differs; 2 bad "
-              "usage or input (a bad column spec or TOML file, an unwritable output); 130 "
-              "interrupted: matrix.json and matrix.html are written, partial.")
+              "(crash, hang, its device could not be started), or --compare found a verdict "
+              "that differs, or nothing tested (no case matched --profile/--case: no column "
+              "runs, nothing is written); 2 bad usage or input (a bad column spec or TOML "
+              "file, an unwritable output); 130 interrupted: matrix.json, matrix.html and "
+              "--markdown are written, partial, and --json prints its summary with "
+              "\"partial\": true.")
 
 
 @click.command("matrix", cls=Command, exit_codes=EXIT_CODES)
@@ -153,52 +156,80 @@ def matrix(devices: tuple[str, ...], columns_file: str | None, only: tuple[str, 
         with contextlib.suppress(OSError):
             write(True)
 
+    if not cases:
+        # as `conform run`: no case matched is nothing tested (exit 1); no column runs and
+        # no file is written (a mistyped --case must not blank a published matrix)
+        sel = ", ".join([*(f"--profile {p}" for p in profiles),
+                         *(f"--case {g}" for g in case_globs)]) or "the corpus"
+        text = f"nothing tested: no case matched ({sel}) in {shown_corpus}; nothing written"
+        if as_json:
+            emit_json({"columns": [], "nothing_tested": text, "partial": False,
+                       "files": [], "differences": [], "exit_code": 1})
+        else:
+            click.echo(text, err=True)
+        sys.exit(1)
     write(True)  # the files exist (partial) before the first column starts
+    interrupted = False
     with contextlib.ExitStack() as stack:
         work = (Path(keep_reports) if keep_reports
                 else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vbmatrix."))))
         try:
             run_columns(runs, opts, work, on_event=progress)
         except (KeyboardInterrupt, Interrupted):
-            write(True)
-            click.echo("matrix interrupted: matrix.json and matrix.html are partial", err=True)
-            sys.exit(130)
-    doc = write(False)
+            interrupted = True
+    # interrupted: every output is still written, partial (matrix.json/html, the Markdown
+    # page, and under --json one summary object saying partial and exit_code 130)
+    doc = write(interrupted)
     if markdown:
         write_markdown(markdown, doc, _command(columns_file, only, devices, jobs, corpus,
                                                profiles, case_globs, strict, out_dir, markdown,
                                                diff))
-    differences = compare_verdicts(committed, doc) if committed is not None else []
+    differences = ([] if interrupted or committed is None
+                   else compare_verdicts(committed, doc))
     unfinished = [c["name"] for c in doc["columns"] if c["status"] != "complete"]
-    code = 1 if differences or unfinished else 0
+    code = 130 if interrupted else 1 if differences or unfinished else 0
     files = [json_path, html_path, *([markdown] if markdown else [])]
     summary: dict[str, Any] = {
         "columns": [{k: c[k] for k in ("name", "status", "counts", "duration", "message")}
                     for c in doc["columns"]],
+        "unsupported": {c["name"]: c["unsupported"] for c in doc["columns"]
+                        if "unsupported" in c},
         "only_here": len(doc["only_here"]),
         "diff": None if doc["diff"] is None else len(doc["diff"]["cases"]),
         "differences": differences,
         "files": files,
+        "partial": interrupted,
         "seconds": round(time.time() - started, 1),
         "exit_code": code,
     }
+    if interrupted:
+        click.echo("matrix interrupted: its files are written, partial", err=True)
     if as_json:
         emit_json(summary)
     else:
         for c in doc["columns"]:
             counts = ", ".join(f"{n} {k}" for k, n in c["counts"].items() if n)
             click.echo(f"{c['name']:28} {c['status']:9} {counts}")
+            split = _unsupported_text(c.get("unsupported"))
+            if split:
+                click.echo(f"{'':28} unsupported: {split}")
         click.echo(f"{len(doc['only_here'])} case(s) broken on one device only; "
                    + ("" if doc["diff"] is None else
                       f"{doc['diff']['a']} vs {doc['diff']['b']}: "
                       f"{len(doc['diff']['cases'])} cell(s) differ; ")
                    + f"wrote {', '.join(files)} in {summary['seconds']} s")
-        if compare:
+        if compare and not interrupted:
             click.echo(f"verdicts against {compare}: "
                        + ("same" if not differences else f"{len(differences)} difference(s)"))
             for d in differences:
                 click.echo(f"  {d}")
     sys.exit(code)
+
+
+def _unsupported_text(split: Any) -> str:
+    if not isinstance(split, dict):
+        return ""
+    return ", ".join(f"{n} {k}" for k, n in split.items() if isinstance(n, int) and n)
 
 
 def _counts(run: Any) -> dict[str, int]:

@@ -20,11 +20,39 @@ from typing import Any, Protocol, runtime_checkable
 from virtio_balloon_proto.codecs.buffers import Segment
 from virtio_balloon_proto.errors import VBProtoError
 
-__all__ = ["DeviceUnderTest", "Negotiated", "Segment", "Setup", "Unsupported", "Used"]
+__all__ = [
+    "UNSUPPORTED_BY",
+    "DeviceUnderTest",
+    "Negotiated",
+    "Segment",
+    "Setup",
+    "Unsupported",
+    "Used",
+]
+
+
+#: whose limit an :class:`Unsupported` is (``Unsupported.by``)
+UNSUPPORTED_BY = ("device", "adapter")
 
 
 class Unsupported(VBProtoError):
-    """The device under test does not implement this profile, feature or request."""
+    """The device under test does not implement this profile, feature or request.
+
+    ``by`` says whose limit it is, so a results matrix can count them apart:
+
+    * ``"device"``: the device (its build, machine, transport) does not offer what the case
+      needs -- a profile, a feature bit, a byte order, a queue, a device option;
+    * ``"adapter"``: the device has it, but the adapter cannot make the device do it or
+      cannot observe it (a host action the device exposes no control for, a case that names
+      the adapter's own memory, a memory layout the adapter does not build);
+    * ``""``: not said (counted apart as unclassified, never as the device's).
+    """
+
+    def __init__(self, message: str, *, by: str = "", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        if by not in ("", *UNSUPPORTED_BY):
+            raise ValueError(f"Unsupported(by={by!r}): expected one of {UNSUPPORTED_BY}")
+        self.by = by
 
 
 @dataclass(frozen=True)

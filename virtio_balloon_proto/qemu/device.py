@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PeerError, UsageError
+from ..errors import PeerError, PeerStartError, UsageError
 from ..profiles import SPEC, VERSION_1, QueueRole
 from ..virtqueue.split import SplitQueueDriver, UsedElem, compact_layout, legacy_layout
 from .firmware import write_halt_bios
@@ -193,7 +193,18 @@ class QemuBalloon:
             bios = write_halt_bios(proc.workdir / "halt.bin", self.arch)
             proc.options = dataclasses.replace(opts, bios=bios, icount=True)
         self.proc = proc
-        proc.start()
+        try:
+            proc.start()
+        except PeerStartError as e:
+            if "unsupported machine type" not in e.message:
+                raise
+            # e.g. binary=<an x86 QEMU>,arch=ppc64: say which build the arch needs
+            raise PeerStartError(
+                f"QEMU binary {self.binary} is not a {self.arch} build: it has no machine "
+                f"{lay.machine.split(',')[0]!r} (arch={self.arch} runs {ARCHES[self.arch]}); "
+                f"{e.message}",
+                where=e.where,
+            ) from None
         self.timings["qemu_start"] = proc.start_seconds
         try:
             if self.mmio:

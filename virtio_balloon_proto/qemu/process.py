@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from ..errors import PeerError, UsageError
+from ..errors import PeerError, PeerStartError, UsageError
 from .channel import LineChannel
 from .qmp import QmpClient
 from .qtest import QtestClient
@@ -60,21 +60,25 @@ DEVICE_PROPERTIES = (
 )
 
 _PR_SET_PDEATHSIG = 1
+#: bytes and lines of QEMU's stderr kept in an error message (diagnose)
+STDERR_TAIL_CHARS = 2000
+STDERR_TAIL_LINES = 12
 
 
 def find_qemu(binary: str = QEMU_BINARY) -> str:
     """Path of the QEMU binary, or PeerError saying how to install it.
 
     ``binary`` is a name looked up on PATH or a path (``binary=`` of ``--device qemu:``).
+    The error is a :class:`PeerStartError`: no device was reached.
     """
     path = shutil.which(binary)
     if path is None:
         if os.sep in binary:
-            raise PeerError(
-                f"QEMU binary {binary} does not exist or is not executable", where="QEMU"
-            )
+            what = "is a directory" if os.path.isdir(binary) else (
+                "is not executable" if os.path.exists(binary) else "does not exist")
+            raise PeerStartError(f"QEMU binary {binary} {what}", where="QEMU")
         hint = INSTALL_HINTS.get(binary, INSTALL_HINT)
-        raise PeerError(
+        raise PeerStartError(
             f"{binary} not found on PATH; install Debian's QEMU with: {hint}", where="QEMU"
         )
     return path
@@ -252,15 +256,27 @@ class QemuProcess:
         self.start_seconds = 0.0
 
     # --- diagnostics ---------------------------------------------------------------------
-    def stderr_tail(self, limit: int = 2000) -> str:
+    def stderr_tail(self, limit: int = STDERR_TAIL_CHARS, lines: int = STDERR_TAIL_LINES) -> str:
+        """QEMU's last stderr lines: at most ``lines`` non-empty lines and ``limit`` bytes of
+        them (a peer that floods stderr does not flood our messages), saying what was left
+        out."""
         try:
             with open(self.stderr_path, "rb") as f:
                 f.seek(0, os.SEEK_END)
                 size = f.tell()
                 f.seek(max(0, size - limit))
-                return f.read().decode("utf-8", "replace").strip()
+                raw = f.read()
         except OSError:
             return ""
+        text = raw.decode("utf-8", "replace")
+        if size > limit:  # the first line read is cut: drop it
+            text = text.partition("\n")[2]
+        kept = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+        cut = kept[:-lines] if len(kept) > lines else []
+        kept = kept[-lines:]
+        left = size - sum(len(ln) + 1 for ln in kept)
+        head = f"[{left} earlier byte(s) left out] " if left > 0 and (cut or size > limit) else ""
+        return head + " | ".join(kept) if kept else ""
 
     def diagnose(self) -> str:
         """Suffix for error messages: exit status and QEMU's last stderr lines."""
@@ -310,8 +326,12 @@ class QemuProcess:
             qtest_sock = self._accept(listeners[0], "qtest")
             qmp_sock = self._accept(listeners[1], "QMP")
         except OSError as e:
+            diag = self.diagnose()
             self.close()
-            raise PeerError(f"cannot start QEMU: {e}{self.diagnose()}", where="QEMU") from None
+            raise PeerStartError(f"cannot start QEMU: {e}{diag}", where="QEMU") from None
+        except PeerError as e:
+            self.close()
+            raise PeerStartError(e.message, where=e.where) from None
         except BaseException:
             self.close()
             raise
@@ -327,6 +347,13 @@ class QemuProcess:
             )
             self.qtest.handshake()
             self.qmp.handshake()
+        except PeerError as e:
+            # QEMU connected and went away before answering (a property it does not have, a
+            # program that is no QEMU): it never started -- the case could not be run
+            diag = "" if "QEMU stderr:" in e.message else self.diagnose()
+            self.close()
+            raise PeerStartError(f"QEMU did not start: {e.message}{diag}",
+                                 where=e.where) from None
         except BaseException:
             self.close()
             raise
