@@ -386,7 +386,9 @@ class QemuDevice:
         self._writable[q][posted.head] = writable
         if r is QueueRole.FREE_PAGE:
             # QEMU handles the free page queue in its iothread: wait for the used element
-            return self._collect_async(q, posted.head)
+            # (up to the step timeout: on a loaded machine the iothread can take over a second,
+            # and a buffer given back late is not one kept -- docs/matrix had such a flake)
+            return self._collect_async(q, posted.head, wait=max(1.0, self.timeout))
         return self._collect(q)
 
     def _byteorder(self, s: QemuBalloon) -> str:
