@@ -164,8 +164,7 @@ def _unsupported_html(doc: dict[str, Any]) -> list[str]:
                        f"<code>{esc(kind)}</code> column runs: {n} of {e['cases']} "
                        f"({share:.1f}%).</p>")
             out.append(_table(["case", "whose limit", "why (a column that says so)"], [
-                [esc(cid), esc(_WHOSE[k]), esc(_why(rows.get(cid), e["columns"], k))]
-                for k in _WHOSE for cid in e[k]]))
+                [esc(ids), esc(_WHOSE[k]), esc(why)] for k, ids, why in _grouped(rows, e)]))
     if out:
         out.insert(0, "<h2>Unsupported: whose limit</h2>")
     return out
@@ -242,7 +241,8 @@ def to_markdown(doc: dict[str, Any], command: str) -> str:
         "(issue 15). Regenerate this page, `docs/matrix/matrix.json` and the self-contained "
         "`docs/matrix/matrix.html` with:", "",
         "```sh", command, "```", "",
-        "CI re-runs the QEMU 7.2 columns and fails when a verdict differs from "
+        "CI re-runs the QEMU 7.2 columns (and the 10.0 ones when the backport is fetched) "
+        "and fails when a verdict differs from "
         "`docs/matrix/matrix.json` (tests/test_matrix.py). Cells: the case's outcome and the "
         "clauses it broke (`docs/conformance.md` explains outcomes).", "",
         *(["**Partial matrix: the run was interrupted; columns not complete are marked.**",
@@ -319,6 +319,18 @@ def _why(row: dict[str, Any] | None, columns: list[str], whose: str) -> str:
     return f"{said[0][0]}: {said[0][1]}" if said else ""
 
 
+def _grouped(rows: dict[str, dict[str, Any]], entry: dict[str, Any]
+             ) -> list[tuple[str, str, str]]:
+    """(whose, cases, why) of an ``unsupported_by_kind`` entry, cases with the same whose and
+    why on one line (all 24 v3 cases: one line, not 24)."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for k in _WHOSE:
+        for cid in entry[k]:
+            groups.setdefault((k, _why(rows.get(cid), entry["columns"], k)), []).append(cid)
+    return [(k, ", ".join(ids) if len(ids) <= 3 else f"{len(ids)} cases: {ids[0]} ... {ids[-1]}",
+             why) for (k, why), ids in groups.items()]
+
+
 def _unsupported_md(doc: dict[str, Any]) -> list[str]:
     """Unsupported cells by whose limit, per column and per profile; per device kind, the
     cases none of its columns runs, each with its reason."""
@@ -349,8 +361,7 @@ def _unsupported_md(doc: dict[str, Any]) -> list[str]:
                     f"{n} of {e['cases']} ({share:.1f}%): "
                     + "; ".join(f"{len(e[k])} {_WHOSE[k]}" for k in _WHOSE if e[k]) + ".", "",
                     "| case | whose limit | why (a column that says so) |", "|---|---|---|"]
-            out += [f"| {_md(cid)} | {k} | {_md(_why(rows.get(cid), e['columns'], k))} |"
-                    for k in _WHOSE for cid in e[k]]
+            out += [f"| {_md(ids)} | {k} | {_md(why)} |" for k, ids, why in _grouped(rows, e)]
     return out
 
 

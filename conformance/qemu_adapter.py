@@ -566,8 +566,9 @@ class QemuDevice:
             return self._collect(q)
         if cmd_id != 1:
             raise Unsupported(
-                "QEMU's STOP is transient (set before a migration bitmap sync and replaced by "
-                "a new id or DONE in the same call): the host cannot publish it",
+                "QEMU sets STOP only inside a migration bitmap sync and replaces it (new id, "
+                "or DONE) before releasing the big QEMU lock, which every config read takes: "
+                "no host action publishes a STOP a driver can read",
                 by="adapter",
             )
         try:

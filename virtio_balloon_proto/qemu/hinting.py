@@ -6,15 +6,26 @@ QEMU publishes a command id only from migration's precopy notifier
 VIRTIO_BALLOON_FREE_PAGE_HINT_CMD_ID_MIN and increments before publishing), and when the
 migration ends or is cancelled it publishes DONE (1).  So :class:`HintHost`:
 
-* ``start()``: sets ``max-bandwidth`` to 32 KiB/s (QEMU sends a zero page as a 9-byte
-  record, so even an untouched 256 MiB guest takes ~18 s: no second bitmap sync during a case)
-  and migrates to ``exec:cat > /dev/null``; the first sync publishes an id, which it waits for
-  in device config (offset 8);
+* ``start()``: fills up to 256 MiB of guest RAM above its first MiB with a non-zero pattern
+  (one qtest ``memset``), sets ``max-bandwidth`` to 32 KiB/s and migrates to
+  ``exec:cat > /dev/null``; the first sync publishes an id, which it waits for in device
+  config (offset 8).  The fill keeps the migration from ending while a case runs: QEMU sends
+  a zero page as a tiny record that the bandwidth limit hardly slows (measured: an untouched
+  256 MiB guest migrated in under 25 s even at 1 KiB/s), and once a migration completes the
+  VM stops, QEMU's hinting iothread blocks and hint buffers are no longer given back -- a
+  loaded machine turned that into a false ``hint.acks-buffers`` in docs/matrix.  Non-zero
+  pages go whole: 7.2 keeps to 32 KiB/s (8 pages a second: hours), 10.0.2 measured ~1.3 MB/s
+  whatever ``max-bandwidth`` says, so 255 MiB lasts ~3 minutes there;
 * ``done()``: ``migrate_cancel``; waits for DONE.
 
-QEMU's STOP (0) is transient: it is set before a bitmap sync and replaced by a new id (or DONE
-when the VM is stopped) in the same call, so no host action makes a driver see it; a case that
-needs the host to publish STOP cannot run on QEMU.
+QEMU's STOP (0) is transient: ``migration_bitmap_sync_precopy`` sets it (BEFORE_BITMAP_SYNC)
+and replaces it by a new id (or DONE when the VM is stopped: AFTER_BITMAP_SYNC) in one call
+made under the big QEMU lock (7.2: ``ram_init_bitmaps`` and ``ram_save_pending`` take it around
+the sync; 10.0: ``ram_save_setup`` runs under it, ``ram_state_pending_exact`` takes it), and
+every config read -- a vCPU's MMIO/PIO or qtest's -- takes that lock too: no driver ever reads
+a STOP a migration set.  (A driver does read 0 after it echoed the id: QEMU's get_config leaves
+the field 0 while hinting is in progress, S_START, and after a device reset, S_STOP.)  A case
+that needs the host to publish STOP cannot run on QEMU.
 
 Command ids are opaque tokens chosen by the device; the driver echoes what it read.  A
 recorded case carries its recording device's ids, so :class:`IdMap` renames QEMU's k-th id to
@@ -40,6 +51,9 @@ CMD_ID_OFFSET = 8
 #: guest still takes ~18 s to migrate at this rate: no second bitmap sync during a case
 HINT_BANDWIDTH = 32 << 10
 MIGRATE_URI = "exec:cat > /dev/null"
+#: guest RAM (from 1 MiB up) filled with BUSY_PATTERN before migrating: see the module doc
+BUSY_BYTES = 256 << 20
+BUSY_PATTERN = 0x5A
 
 
 class IdMap:
@@ -105,6 +119,10 @@ class HintHost:
         if self.migrating:
             raise PeerError("a migration is already running", where="free page hinting")
         before = self.cmd_id()
+        lo = 1 << 20
+        hi = min(self.s.ram_size, lo + BUSY_BYTES)
+        if hi > lo and not (lo < self.s.window_base + (15 << 20) and self.s.window_base < hi):
+            self.s.mem.fill(lo, hi - lo, BUSY_PATTERN)  # non-zero pages: see the module doc
         try:
             self.s.qmp("migrate-set-parameters", {"max-bandwidth": HINT_BANDWIDTH})
             self.s.qmp("migrate", {"uri": MIGRATE_URI})
