@@ -126,21 +126,31 @@ def qemu_log(trace: Path, log: Path) -> None:
             out.write(f"virtqueue_fill vq {q:#x} elem {elem:#x} len 0 idx 0\n")
 
 
-def measure(pages: int, memory: int, work: Path) -> dict[str, Timing]:
+SKIPPED = Timing(float("nan"), float("nan"), cpu=float("nan"))
+
+
+def measure(pages: int, memory: int, work: Path, skip: frozenset[str] = frozenset()
+            ) -> dict[str, Timing]:
+    """Every command on a ``pages`` inflate; a command in ``skip`` is reported as nan."""
     trace = work / f"inflate-{pages}.jsonl"
-    res: dict[str, Timing] = {}
+    res: dict[str, Timing] = {name: SKIPPED for name in skip}
     res["trace synth"] = run(vb("trace", "synth", "--profile", "spec", "--scenario", "inflate",
                                 "--pages", str(pages), "--memory", str(memory), "-o", str(trace)))
     res["floor"] = run([sys.executable, "-c", FLOOR_READ, str(trace)])
     fw = run([sys.executable, "-c", FLOOR_WRITE, str(trace), str(work / "copy.jsonl")])
     res["floor-write"] = Timing(float(fw.out.strip()), fw.rss_mb, cpu=float(fw.out.strip()))
-    res["decode --summary"] = run(vb("decode", "--summary", str(trace)))
-    res["conform check"] = run(vb("conform", "check", str(trace)))
-    res["conform run"] = run(vb("conform", "run", "--corpus", str(trace)))
+    if 'decode --summary' not in skip:
+        res["decode --summary"] = run(vb("decode", "--summary", str(trace)))
+    if 'conform check' not in skip:
+        res["conform check"] = run(vb("conform", "check", str(trace)))
+    if 'conform run' not in skip:
+        res["conform run"] = run(vb("conform", "run", "--corpus", str(trace)))
     log = work / f"inflate-{pages}.log"
-    qemu_log(trace, log)
-    res["trace import qemu-log"] = run(vb("trace", "import", "qemu-log", str(log), "--profile",
-                                          "spec", "-o", str(work / "imported.jsonl")))
+    if "trace import qemu-log" not in skip:
+        qemu_log(trace, log)
+        res["trace import qemu-log"] = run(vb("trace", "import", "qemu-log", str(log),
+                                              "--profile", "spec", "-o",
+                                              str(work / "imported.jsonl")))
     res["startup"] = run(vb("--version"))
     for p in (trace, log, work / "copy.jsonl", work / "imported.jsonl"):
         p.unlink(missing_ok=True)
@@ -203,8 +213,11 @@ def main() -> int:
     ap.add_argument("--qemu", type=int, metavar="PAGES", default=0,
                     help="instead: replay a PAGES inflate into QEMU 7.2 over qtest (buffers/s, "
                          "and the share of a step spent in QEMU vs our side)")
+    ap.add_argument("--skip", default="", metavar="CMD,CMD",
+                    help="commands not to run (reported as nan), e.g. 'trace import qemu-log'")
     ap.add_argument("--write", action="store_true", help="write the section of RESULTS.md")
     args = ap.parse_args()
+    skip = frozenset(x.strip() for x in args.skip.split(",") if x.strip())
     lines: list[str] = []
 
     def say(s: str = "") -> None:
@@ -216,7 +229,7 @@ def main() -> int:
         f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC |")
     say()
     run(vb("--version"))  # warm: bytecode written once, before anything is timed
-    with tempfile.TemporaryDirectory(prefix="vbproto-e2e-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="perf-e2e-") as tmp:
         work = Path(tmp)
         if args.qemu:
             import json
@@ -240,7 +253,7 @@ def main() -> int:
                 f" | {share:.0%} | < 50% | {'PASS' if share < 0.5 else 'FAIL'} |")
         elif args.big:
             pages, mem = 33_554_432 - 65_536, 131_072 + 1_024
-            r = measure(pages, mem, work)
+            r = measure(pages, mem, work, skip)
             say(f"128 GiB guest: {pages:,} pages ({load()} at end)")
             say()
             say("| command | seconds | CPU s | peak RSS MiB | target | result |")
@@ -254,7 +267,7 @@ def main() -> int:
                 say(f"| {name} | {t.seconds:.2f} | {t.cpu:.2f} | {t.rss_mb:.0f} | {tgt} | {ok} |")
         else:
             sizes = [int(x) for x in args.sizes.split(",")]
-            results = {k: measure(k * N, args.memory, work) for k in sizes}
+            results = {k: measure(k * N, args.memory, work, skip) for k in sizes}
             say(f"Linearity: microseconds per page ({load()} at end)")
             say()
             say("| command | " + " | ".join(f"{k}N ({k * N:,})" for k in sizes)
@@ -276,7 +289,7 @@ def main() -> int:
                 say(f"| {name} | " + " | ".join(f"{results[k][name].rss_mb:.0f}" for k in sizes)
                     + " |")
             if not args.no_7g:
-                r = measure(args.pages_7g, 8192, work)
+                r = measure(args.pages_7g, 8192, work, skip)
                 say()
                 say(f"7 GiB inflate ({args.pages_7g:,} pages, --memory 8192; {load()} at end): "
                     f"seconds, and the ratio to the floor (trace synth: to floor-write); "

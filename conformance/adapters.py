@@ -99,10 +99,31 @@ def _used_ok(raw: Any) -> bool:
     return True
 
 
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _observe_ok(raw: Any) -> bool:
+    """True if ``raw`` certainly matches ``$defs/observe_result`` (the same contract as
+    :func:`_extents_ok`); ``unused``/``unused_done`` and anything unusual go to the schema."""
+    if type(raw) is not dict or "unused" in raw or "unused_done" in raw:
+        return False
+    for k in ("num_pages", "actual", "hint_cmd_id"):
+        v = raw.get(k, 0)
+        if type(v) is not int or not 0 <= v <= 0xFFFFFFFF:
+            return False
+    stats = raw.get("stats", {})
+    if type(stats) is not dict or not all(
+            type(k) is str and _DIGITS.fullmatch(k) and type(v) is int and 0 <= v <= _U64
+            for k, v in stats.items()):
+        return False
+    return all(_extents_ok(raw[k]) for k in ("balloon", "hinted", "reported") if k in raw)
+
+
 def validate_result(raw: Any, name: str, step: str) -> None:
     """Check a testee's result against ``$defs/<name>`` of stdio-protocol.schema.json; the
     first problem (with its JSON path) becomes a PeerError naming the step."""
-    if (name == "extents" and _extents_ok(raw)) or (name == "used_result" and _used_ok(raw)):
+    if ((name == "extents" and _extents_ok(raw)) or (name == "used_result" and _used_ok(raw))
+            or (name == "observe_result" and _observe_ok(raw))):
         return
     keys = _EXTENT_KEYS.get(name, ())
     if keys and type(raw) is dict and all(_extents_ok(raw[k]) for k in keys if k in raw):

@@ -559,15 +559,11 @@ def _compact(state: dict[str, Any]) -> dict[str, Any]:
     0.5 GB) where a page set costs 16.  The oracle reads either form the same way
     (checks.base.pageset_of); a list that is not a valid extent list is kept as it came, for
     the oracle to judge.  Not used when the recording is written out (--save-traces: JSON)."""
-    from virtio_balloon_proto.pageset import PageSet
+    from .checks.base import pageset_of
 
     def pages(ext: Any) -> Any:
-        if type(ext) is not list or not _is_extents(ext):
-            return ext
-        try:
-            return PageSet.from_extents([e for e in ext if e[1]]) if ext else PageSet.empty()
-        except (VBProtoError, ValueError, OverflowError):
-            return ext
+        ps = pageset_of(ext) if type(ext) is list else None  # the oracle's own reading
+        return ext if ps is None else ps
 
     out = dict(state)
     if "balloon" in out:

@@ -75,3 +75,16 @@ def test_used_result_verdict_is_the_schemas(v: Any) -> None:
     except PeerError:
         ok = False
     assert ok == _schema_ok(v, "used_result")
+
+
+observe_values = st.one_of(st.lists(extent_like, max_size=3), scalars,
+                           st.dictionaries(st.sampled_from(["1", "x", "01", "7"]), scalars,
+                                           max_size=2))
+
+
+@given(st.dictionaries(st.sampled_from(["balloon", "hinted", "reported", "num_pages", "actual",
+                                        "hint_cmd_id", "stats", "unused", "other"]),
+                       observe_values, max_size=5))
+def test_fast_observe_check_implies_schema(v: dict[str, Any]) -> None:
+    if adapters._observe_ok(v):
+        assert _schema_ok(v, "observe_result")

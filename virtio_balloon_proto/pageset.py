@@ -284,7 +284,9 @@ class PageSet:
                 ) from None
             if not seq:
                 return cls()
-            for i, e in enumerate(seq):
+            # plain pairs (JSON) pass in one cheap test; anything else is looked at one by one
+            ok = all(type(e) is list and len(e) == 2 for e in seq)
+            for i, e in enumerate(() if ok else seq):
                 if not isinstance(e, (list, tuple)) or len(e) != 2:
                     raise UsageError(
                         f"extent {i} is not a [first, count] pair: {e!r}", field=f"extents[{i}]"
