@@ -35,7 +35,10 @@ def _readonly(a: NDArray[np.generic]) -> NDArray[np.generic]:
 def parse_pfns(data: bytes, little: bool) -> tuple[U32, bytes]:
     """``__virtio32[]`` -> (native uint32 array, trailing 0-3 bytes)."""
     n = len(data) // 4
-    arr = np.frombuffer(data, dtype=_dt(little, 4), count=n).astype(np.uint32)
+    arr = np.frombuffer(data, dtype=_dt(little, 4), count=n)
+    # a little-endian view of immutable bytes is the array a copy would give: no copy (a
+    # decoding kept by the oracle held each buffer's PFNs twice; issue 13, 128 GiB guest)
+    arr = arr.astype(np.uint32, copy=not isinstance(data, bytes))
     return _readonly(arr), bytes(data[n * 4 :])  # type: ignore[return-value]
 
 
