@@ -44,7 +44,7 @@ from .catalog import Catalog, catalog
 from .checks import judge
 from .dut import DeviceUnderTest, Segment, Setup, Unsupported
 from .known_failures import KnownFailures
-from .verdicts import CaseResult, ClauseResult, RunResult, Verdict, hexdump
+from .verdicts import CaseResult, RunResult, Verdict, hexdump
 
 VIRTQ_DESC_F_WRITE = 2
 VIRTQ_DESC_F_INDIRECT = 4
@@ -359,11 +359,13 @@ class Runner:
         except VBProtoError as exc:  # our side: a trace that cannot be replayed, ...
             result.status = Verdict.ERROR
             result.reason = str(exc)
-        except Exception as exc:  # a device answer no check foresaw: the case fails, run goes on
-            result.results.append(ClauseResult(
-                "suite.device.transport", Verdict.FAIL,
-                f"the runner could not use the device's answer: {type(exc).__name__}: "
-                f"{str(exc)[:300]}"))
+        except Exception as exc:
+            # a device's unusable answer is recorded by record() (an ``error`` observation, so
+            # the saved trace judges the same); anything else is our side's bug: the case
+            # could not be judged, and no judged case is left without its saved trace
+            result.results = []
+            result.status = Verdict.ERROR
+            result.reason = f"runner error (not the device's): {type(exc).__name__}: {exc}"[:400]
         except BaseException:
             # interrupted (Ctrl-C, SIGTERM): do not wait for a device that may be hung
             close_device(self.device)
@@ -381,8 +383,13 @@ class Runner:
 
         hdr = case.header
         memory = hdr.memory if hdr.memory is not None else ((0, case.setup.memory_size),)
+        window = hdr.window
+        if window is not None and window.captured is not None:
+            # the run sees everything the device does: its used elements and written bytes
+            window = dataclasses.replace(window, captured=tuple(dict.fromkeys(
+                (*window.captured, "used", "device-bytes"))))
         header = dataclasses.replace(
-            hdr, memory=memory, observed=True,
+            hdr, memory=memory, observed=True, window=window,
             source=tr.TraceSource(tool="vbproto conform run",
                                   provenance=f"device {self.device_spec}; case {case.id}"))
         out: list[Any] = []
@@ -403,6 +410,9 @@ class Runner:
         except PeerError as exc:
             out.append(tr.ObserveEvent("error", {"message": f"start: {exc}"}))
             return header, out
+        except Exception as exc:  # an answer no check foresaw: recorded, so the saved trace
+            out.append(tr.ObserveEvent("error", {"message": _unusable("start", exc)}))
+            return header, out  # judges the same (suite.device.transport)
         prof = get_profile(case.profile)
         need = _device_features(case.profile, hdr.features_negotiated)
         missing = need & ~neg.accepted
@@ -485,6 +495,10 @@ class Runner:
                 out.append(tr.ObserveEvent("error", {
                     "message": f"step {step.index} ({step.describe()}): {exc}"}))
                 return header, out
+            except Exception as exc:  # as above: in the recorded trace, not only the result
+                entry["error"] = _unusable(f"step {step.index} ({step.describe()})", exc)
+                out.append(tr.ObserveEvent("error", {"message": entry["error"]}))
+                return header, out
         if deltas:
             try:
                 final = dict(self.device.observe())
@@ -506,8 +520,14 @@ class Runner:
             from virtio_balloon_proto import trace as tr
 
             path = self.save_traces / f"{case.id}.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tr.write_trace(path, header, events)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tr.write_trace(path, header, events)
+            except OSError as exc:
+                # our own output (ENOSPC, EFBIG, ...): a runner-side error of this case, never
+                # the device's failure -- and never a judged case without its saved trace
+                raise VBProtoError(f"cannot save the recorded trace to {path}: "
+                                   f"{exc.strerror or exc}", where=f"case {case.id}") from None
         try:
             judged = judge(header, events, cat=self.catalog, strict=self.strict,
                            subject="device")
@@ -573,6 +593,11 @@ def _compact(state: dict[str, Any]) -> dict[str, Any]:
         out["balloon_delta"] = {k: pages(v) if k in ("add", "remove") else v
                                 for k, v in delta.items()}
     return out
+
+
+def _unusable(what: str, exc: Exception) -> str:
+    return (f"{what}: the runner could not use the device's answer: {type(exc).__name__}: "
+            f"{str(exc)[:300]}")
 
 
 def _is_extents(v: list[Any] | tuple[Any, ...]) -> bool:
