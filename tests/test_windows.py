@@ -61,12 +61,13 @@ def device_failures(res: CaseResult) -> set[str]:
 
 # --- the format --------------------------------------------------------------------------
 def test_window_round_trips_as_format_1_2_and_old_formats_still_read(tmp_path: Path) -> None:
-    win = TraceWindow("mid", "cut", 65536, ("avail", "used", "driver-bytes"))
+    seen = ("status", "features", "config", "host", "avail", "used", "driver-bytes")
+    win = TraceWindow("mid", "cut", 65536, seen)
     out = with_window(IN_FLIGHT, tmp_path / "w.jsonl", win)
     first = json.loads(out.read_text().splitlines()[0])
     assert first["format"] == FORMAT_1_2
     assert first["window"] == {"start": "mid", "end": "cut", "host_page_size": 65536,
-                               "captured": ["avail", "used", "driver-bytes"]}
+                               "captured": list(seen)}
     header, events = read_trace(out)
     assert header.window == win
     assert validate_trace(out) == []
@@ -299,7 +300,74 @@ def test_a_window_without_used_elements_judges_no_acknowledgement(tmp_path: Path
     """qa: a quiesced window that did not capture used elements blamed the device for a chain
     it never saw used; what was not captured is not checkable (issue 14), never a failure."""
     seen = ("status", "features", "config", "host", "avail", "driver-bytes")
-    res = check_trace(with_window(IN_FLIGHT, tmp_path / "nu.jsonl",
-                                  TraceWindow("reset", "quiesced", captured=seen)))
+    header, events = read_trace(IN_FLIGHT)
+    path = tmp_path / "nu.jsonl"  # what such a source records: no used elements
+    write_trace(path, dataclasses.replace(
+        header, window=TraceWindow("reset", "quiesced", captured=seen)),
+        [ev for ev in events if not isinstance(ev, UsedEvent)])
+    res = check_trace(path)
     assert "spec.device.inflate.acks-buffer" not in device_failures(res), res.details_text()
     assert any("used elements not captured" in n for n in res.notes)
+
+
+# --- qa 2: a window's ``captured`` must not contradict its records -----------------------------
+@pytest.mark.parametrize(("seen", "line", "record", "missing"), [
+    # IN_FLIGHT: line 2 status, 4 features, 6 avail (bytes), 9 config_read, 10 host, 13 used
+    (("features", "config", "host", "avail", "used", "driver-bytes"), 2, "status", "status"),
+    (("status", "features", "config", "host", "used", "driver-bytes"), 6, "avail", "avail"),
+    (("status", "features", "host", "avail", "used", "driver-bytes"), 9, "config_read",
+     "config"),
+    (("status", "features", "config-writes", "host", "avail", "used", "driver-bytes"), 9,
+     "config_read", "config"),
+    (("status", "features", "config", "host", "avail", "driver-bytes"), 13, "used", "used"),
+    (("status", "features", "config", "host", "avail", "used"), 6, "avail", "driver-bytes"),
+])
+def test_captured_contradicting_the_records_is_refused(
+        tmp_path: Path, seen: tuple[str, ...], line: int, record: str, missing: str) -> None:
+    path = with_window(IN_FLIGHT, tmp_path / "c.jsonl", TraceWindow("reset", "cut", None, seen))
+    probs = validate_trace(path)
+    assert probs and probs[0].line == line, probs
+    assert f"does not include '{missing}'" in probs[0].message
+    assert str(list(seen)) in probs[0].message
+    for argv in (["decode", "--json", str(path)], ["conform", "check", "--json", str(path)]):
+        out = subprocess.run([*CLI, *argv], capture_output=True, text=True, check=False)
+        assert out.returncode == 2, (argv, out.stdout[-500:], out.stderr[-500:])
+        err = json.loads(out.stdout.strip().splitlines()[-1] if out.stdout.strip()
+                         else out.stderr.strip().splitlines()[-1])
+        assert err["where"].endswith(f"c.jsonl line {line}")
+        assert f"does not include '{missing}'" in err["error"]
+
+
+def test_config_writes_alone_admit_the_drivers_writes(tmp_path: Path) -> None:
+    """QEMU's trace events show the driver's config writes (set_config), never its reads."""
+    header, events = read_trace(IN_FLIGHT)
+    seen = ("status", "features", "config-writes", "host", "avail", "used", "driver-bytes")
+    path = tmp_path / "w.jsonl"
+    write_trace(path, dataclasses.replace(header, window=TraceWindow("reset", "cut", None, seen)),
+                [ev for ev in events if not (isinstance(ev, ConfigEvent) and not ev.write)])
+    assert validate_trace(path) == []
+    assert check_trace(path).outcome() == "pass"
+
+
+def test_a_run_of_a_window_without_used_saves_a_consistent_trace(tmp_path: Path) -> None:
+    """The run sees the device's used elements: its saved trace says so and re-reads."""
+    header, events = read_trace(IN_FLIGHT)
+    seen = ("status", "features", "config", "host", "avail", "driver-bytes")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_trace(corpus / "nu.jsonl", dataclasses.replace(
+        header, window=TraceWindow("reset", "cut", None, seen)),
+        [ev for ev in events if not isinstance(ev, UsedEvent)])
+    (case,) = discover_cases(corpus)
+    runner = Runner("reference", save_traces=tmp_path / "saved")
+    try:
+        live = runner.run_case(case)
+    finally:
+        runner.close()
+    assert live.status is None and live.outcome() == "pass", live.details_text()
+    saved = tmp_path / "saved" / "nu.jsonl"
+    assert validate_trace(saved) == []
+    assert read_trace(saved)[0].window.captured == (*seen, "used", "device-bytes")
+    again = check_trace(saved, subject="device")
+    assert sorted((r.clause, r.verdict.value) for r in again.results) == sorted(
+        (r.clause, r.verdict.value) for r in live.results)

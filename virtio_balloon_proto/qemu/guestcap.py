@@ -326,9 +326,11 @@ def run_scenario(
         # the guest's unsigned long: s390x is big-endian whatever the transport
         bitmap_word_order="be" if mach.arch == "s390x" else "le",
         # QEMU started with the capture: the driver's reset is in it.  A stats buffer is
-        # always held by QEMU at the end (in flight).  Config reads are not traced as events
+        # always held by QEMU at the end (in flight).  Config reads are not traced as events;
+        # the driver's writes are (virtio_balloon_set_config)
         window=TraceWindow("reset", "cut", resource.getpagesize(),
-                           ("status", "features", "host", "avail", "used", "driver-bytes")),
+                           ("status", "features", "config-writes", "host", "avail", "used",
+                            "driver-bytes")),
         memory=tuple((g, n) for g, n, _ in regions),
         source=TraceSource(
             command=shlex.join(command),

@@ -32,10 +32,12 @@ FORMATS = (FORMAT, FORMAT_1_1, FORMAT_1_2)
 Endian = Literal["le", "be"]
 WindowStart = Literal["reset", "mid"]
 WindowEnd = Literal["quiesced", "cut"]
-#: what a source can capture (``TraceWindow.captured``): record types, plus the bytes of
-#: device-readable buffers (``driver-bytes``) and of used buffers (``device-bytes``)
-CAPTURABLE = ("status", "features", "config", "host", "avail", "used", "driver-bytes",
-              "device-bytes")
+#: what a source can capture (``TraceWindow.captured``): record types (``config``: reads and
+#: writes; ``config-writes``: the driver's writes only, e.g. QEMU's set_config trace event),
+#: plus the bytes of device-readable buffers (``driver-bytes``) and of used buffers
+#: (``device-bytes``)
+CAPTURABLE = ("status", "features", "config", "config-writes", "host", "avail", "used",
+              "driver-bytes", "device-bytes")
 
 
 def hex64(v: int) -> str:
@@ -596,7 +598,10 @@ def semantic_problems(header: TraceHeader | None, o: Mapping[str, Any]) -> Itera
         if "memory" in o and o["format"] == FORMAT:
             yield f"memory is a {FORMAT_1_1} field; the header says {o['format']!r}"
         return
-    if header is None or t not in ("avail", "used"):
+    if header is None:
+        return
+    yield from _window_problems(header, o)
+    if t not in ("avail", "used"):
         return
     role = QueueRole(o["role"])
     if role in header.queues and header.queues[role] != o["queue"]:
@@ -622,3 +627,32 @@ def semantic_problems(header: TraceHeader | None, o: Mapping[str, Any]) -> Itera
             for k, (d, n) in enumerate(zip(ins, o["in"], strict=True)):
                 if n is not None and n != d["len"]:
                     yield f"in[{k}] is {n} but its descriptor len is {d['len']}"
+
+
+#: record type -> what a window must have captured to hold it (docs/trace-format.md "Windows")
+_CAPTURED_BY = {"status": "status", "features": "features", "config_read": "config",
+                "config_write": "config", "host": "host", "avail": "avail", "used": "used"}
+
+
+def _window_problems(header: TraceHeader, o: Mapping[str, Any]) -> Iterable[str]:
+    """A record the header's ``window.captured`` says the source could not see: the trace
+    contradicts itself (the oracle would judge it as not captured while holding it)."""
+    win = header.window
+    if win is None or win.captured is None:
+        return
+    t = o["type"]
+    need = _CAPTURED_BY.get(t)
+    cap = list(win.captured)
+    if t == "config_write" and "config-writes" in win.captured:
+        return
+    if need is not None and need not in win.captured:
+        also = " or 'config-writes'" if t == "config_write" else ""
+        yield (f"a {t} record, but the header's window.captured {cap} does not include "
+               f"{need!r}{also}")
+    elif t == "avail" and "driver-bytes" not in win.captured and any(
+            h is not None for h in o["out"]):
+        yield ("an avail record with driver-written bytes (a non-null out entry), but the "
+               f"header's window.captured {cap} does not include 'driver-bytes'")
+    elif t == "used" and o.get("data") is not None and "device-bytes" not in win.captured:
+        yield ("a used record with data (bytes the device wrote), but the header's "
+               f"window.captured {cap} does not include 'device-bytes'")
