@@ -13,7 +13,7 @@ from virtio_balloon_proto.errors import UsageError
 
 WIRE_RULES = """spec.driver.pfns.len-multiple-of-4 spec.driver.pfns.at-most-256
 spec.driver.pfns.page-group spec.driver.pages.no-duplicate spec.driver.stats.len-multiple-of-10
-spec.driver.stats.duplicate-tag spec.device.stats.ignores-unknown-tag spec.driver.hint.len-4
+spec.driver.stats.duplicate-tag suite.driver.pfns.empty spec.driver.hint.len-4
 v3.driver.bmap.reserved-zero v3.driver.bmap.len-matches-buffers
 v3.driver.bmap.len-word-multiple v3.driver.bmap.buffer-at-most-8-pages
 v3.driver.bmap.at-most-32-buffers v3.driver.bmap.page-shift-matches
@@ -39,7 +39,8 @@ def test_rules_in_wire_source_are_in_catalog() -> None:
     ids = set()
     for f in src.glob("*.py"):
         ids |= set(
-            re.findall(r'"((?:spec|v3|hybrid)\.(?:driver|device)\.[a-z0-9.-]+)"', f.read_text())
+            re.findall(r'"((?:spec|v3|hybrid|suite)\.(?:driver|device)\.[a-z0-9.-]+)"',
+                       f.read_text())
         )
     assert ids, "the wire layer emits no rule ids?"
     missing = sorted(i for i in ids if i not in catalog())

@@ -78,7 +78,7 @@ FINDINGS: list[Case] = [
     # --- PFN arrays
     Case("spec.driver.pfns.len-multiple-of-4", "pfns", struct.pack("<II", 5, 6) + b"\x07\x00",
          field="pfns[2]", offset=8),
-    Case("spec.driver.pfns.empty", "pfns", b"", field="pfns", offset=0),
+    Case("suite.driver.pfns.empty", "pfns", b"", field="pfns", offset=0),
     Case("spec.driver.pfns.at-most-256", "pfns", struct.pack("<257I", *range(257)),
          field="pfns", offset=1024),
     Case("spec.driver.pages.no-duplicate", "pfns", struct.pack(">III", 9, 3, 9), layout=BE,
@@ -139,8 +139,7 @@ FINDINGS: list[Case] = [
          offset=10),
     Case("spec.driver.stats.duplicate-tag", "stats", struct.pack(">HQHQ", 4, 1, 4, 2),
          layout=BE, field="tag"),
-    Case("spec.device.stats.ignores-unknown-tag", "stats", struct.pack("<HQ", 65534, 1),
-         field="tag"),
+    Case("note.stats.unknown-tag", "stats", struct.pack("<HQ", 65534, 1), field="tag"),
     # --- config, hint
     Case("spec.driver.hint.len-4", "hint-cmd", struct.pack("<I", 0x80000000) + b"\x00",
          offset=4),

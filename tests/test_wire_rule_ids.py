@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from virtio_balloon_proto.findings import NOTES, UNKNOWN_STATS_TAG, is_note
+
 PKG = Path(__file__).resolve().parents[1] / "virtio_balloon_proto"
 WIRE_SRC = "".join(p.read_text() for p in sorted((PKG / "wire").glob("*.py")))
 # the codec layer adds findings of its own (hint/report ranges)
@@ -34,19 +36,28 @@ def test_the_scan_finds_the_rules() -> None:
     # guards the regexes: the wire layer emits dozens of rules across every kind
     assert len(EMITTED) >= 25
     prefixes = {r.split(".")[0] for r in EMITTED}
-    assert prefixes == {"spec", "v3", "hybrid"}
+    # suite.*: a rule derived from an implementation (no spec sentence); note.*: blames nobody
+    assert prefixes == {"spec", "v3", "hybrid", "suite", "note"}
     # every dotted-id-looking string literal in wire/ is caught by one of the two patterns
-    literals = set(re.findall(r'"((?:spec|v3|hybrid)\.(?:driver|device)\.[\w-]+\.[\w-]+)"',
-                              WIRE_SRC))
+    literals = set(re.findall(
+        r'"((?:spec|v3|hybrid|suite)\.(?:driver|device)\.[\w-]+\.[\w-]+)"', WIRE_SRC))
+    literals |= set(re.findall(r'"(note\.[\w-]+\.[\w-]+)"', WIRE_SRC))
     assert literals <= set(EMITTED)
 
 
 @pytest.mark.parametrize("rule", EMITTED)
 def test_rule_is_a_wire_clause_of_the_catalog(rule: str) -> None:
+    if is_note(rule):  # a note is no clause: it is registered with its reason instead
+        assert rule in NOTES and rule not in _catalog()
+        return
     cat = _catalog()
     assert rule in cat, f"{rule} is emitted by the wire layer but missing in clauses.toml"
     assert cat[rule].get("wire") is True, f"{rule} is emitted by wire/ but not marked wire = true"
-    assert rule.split(".")[0] in cat[rule]["profiles"]
+    prefix = rule.split(".")[0]
+    if prefix == "suite":  # a suite rule applies to every profile it lists
+        assert cat[rule]["ref"].startswith("derived") and "suite rule" in cat[rule]["text"]
+    else:
+        assert prefix in cat[rule]["profiles"]
 
 
 def test_every_wire_clause_is_emitted_by_the_wire_or_codec_layer() -> None:
@@ -56,6 +67,11 @@ def test_every_wire_clause_is_emitted_by_the_wire_or_codec_layer() -> None:
     emitted = (set(re.findall(r'Finding\(\s*"([^"]+)"', src))
                | set(re.findall(r'clause\s*=\s*"([^"]+)"', src))
                | set(re.findall(r'"((?:spec|v3|hybrid)\.(?:driver|device)\.[\w-]+\.[\w-]+)"',
-                                src)))
+                                src))
+               | set(re.findall(r'"((?:suite)\.(?:driver|device)\.[\w-]+\.[\w-]+)"', src)))
     flagged = {cid for cid, c in _catalog().items() if c.get("wire")}
     assert flagged - emitted == set()
+
+
+def test_note_ids_are_registered_and_the_constant_matches() -> None:
+    assert UNKNOWN_STATS_TAG in EMITTED and set(NOTES) <= set(EMITTED)

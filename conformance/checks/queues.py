@@ -25,6 +25,7 @@ Choices recorded (the spec leaves them open):
 from __future__ import annotations
 
 from virtio_balloon_proto.errors import VBProtoError
+from virtio_balloon_proto.findings import UNKNOWN_STATS_TAG
 from virtio_balloon_proto.pageset import PageSet
 from virtio_balloon_proto.profiles import get_profile
 
@@ -174,7 +175,7 @@ def acks(j: Judgement) -> None:
             clause = ACK_CLAUSE["stats"] if asked else "spec.device.stats.returns-superseded"
         j.evaluated(clause)
         if not c.used and c.role == "stats" and asked and any(
-                getattr(f, "rule", "") == "spec.device.stats.ignores-unknown-tag"
+                getattr(f, "rule", "") == UNKNOWN_STATS_TAG
                 for f in j.wire_findings(c)):
             # 5.5.6.3.2 "The device MUST ignore entries with tag values that it does not
             # recognize": a buffer with unknown tags that never comes back although the host
@@ -213,7 +214,7 @@ def transport(j: Judgement) -> None:
             continue
         last = max((c for c in j.chains if c.index < i), key=lambda c: c.index, default=None)
         if last is not None and last.role == "stats" and any(
-                getattr(f, "rule", "") == "spec.device.stats.ignores-unknown-tag"
+                getattr(f, "rule", "") == UNKNOWN_STATS_TAG
                 for f in j.wire_findings(last)):
             j.broken("spec.device.stats.ignores-unknown-tag",
                      f"device failed on a stats buffer with unknown tags: {msg}", i)

@@ -1,9 +1,11 @@
 """Wire findings: what the ring walker and the codec's decoders say about the driver's bytes of
 every chain -- exactly the findings ``vbproto decode`` prints for the same trace (one source).
 
-A finding about a *device* clause in bytes the driver wrote (a stats tag the spec does not
-define) is a note for the device, not a driver failure: it is recorded as a pass with the
-message, and the device's reaction is judged by the family that owns the clause.
+A finding about a *device* clause in bytes the driver wrote is a note for the device, not a
+driver failure: it is recorded as a pass with the message, and the device's reaction is judged
+by the family that owns the clause.  A ``note.*`` finding (a stats tag the spec does not
+define: ``note.stats.unknown-tag``) blames nobody and is no clause verdict at all: it becomes
+one note per kind, naming how many buffers carry it and the first.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from virtio_balloon_proto.codecs.decode import DecodedBuffer
+from virtio_balloon_proto.findings import is_note
 
 from ..verdicts import ClauseResult, Verdict
 from .base import Chain, Judgement, register
@@ -24,6 +27,8 @@ def finding_result(j: Judgement, finding: Any, chain: Chain, from_driver: bool =
         where += f" field {finding.field}"
     if getattr(finding, "offset", None) is not None:
         where += f" at byte {finding.offset}"
+    if is_note(rule):
+        return  # collected by wire_findings (one note per kind)
     clause = j.catalog.find(rule)
     if clause is None:
         j.broken(rule or "suite.unknown", f"(rule not in the catalog) {msg}", chain.index)
@@ -51,6 +56,7 @@ KIND_CLAUSES = {
 
 @register()
 def wire_findings(j: Judgement) -> None:
+    notes: dict[str, list[tuple[Chain, str]]] = {}
     for ch in j.chains:
         d = j.decoded(ch)
         if d is not None:
@@ -64,6 +70,13 @@ def wire_findings(j: Judgement) -> None:
                     j.evaluated(c.id)
         for f in j.wire_findings(ch):
             finding_result(j, f, ch)
+            rule = getattr(f, "rule", "")
+            if is_note(rule):
+                notes.setdefault(rule, []).append((ch, str(getattr(f, "message", f))))
+    for rule, seen in notes.items():
+        ch, msg = seen[0]
+        j.notes.append(f"{rule}: {len(seen)} buffer(s), first {ch.role} head {ch.head} (event "
+                       f"{ch.index}): {msg}")
 
 
 def decoded_request(j: Judgement, chain: Chain) -> DecodedBuffer | None:

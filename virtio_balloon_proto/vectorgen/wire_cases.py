@@ -13,7 +13,7 @@ BMAP_SIZE_4K = 8 * 4096  # BALLOON_BMAP_SIZE on a 4 KiB guest
 
 PFN_LEN = "spec.driver.pfns.len-multiple-of-4"
 PFN_256 = "spec.driver.pfns.at-most-256"
-PFN_EMPTY = "spec.driver.pfns.empty"
+PFN_EMPTY = "suite.driver.pfns.empty"
 PFN_GROUP = "spec.driver.pfns.page-group"
 PFN_DUP = "spec.driver.pages.no-duplicate"
 
@@ -412,7 +412,7 @@ def hybrid_groups() -> list[Group]:
 # --- stats ---------------------------------------------------------------------------------------
 def stats_groups() -> list[Group]:
     groups = []
-    UNK = "spec.device.stats.ignores-unknown-tag"
+    UNK = "note.stats.unknown-tag"  # a note: the device must ignore them (5.5.6.3.2)
     for endian in ("le", "be"):
         e = _e(endian)
 

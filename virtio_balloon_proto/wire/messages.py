@@ -401,7 +401,7 @@ def _decode_pfns(data: bytes, layout: WireLayout, role: str) -> Decoded:
         ))
     if not data:
         f.append(Finding(
-            "spec.driver.pfns.empty",
+            "suite.driver.pfns.empty",  # derived from Linux: no spec sentence forbids it
             "an empty buffer names no page (Linux calls tell_host() only when num_pfns != 0)",
             field="pfns", offset=0,
         ))
@@ -792,9 +792,11 @@ def _decode_stats(data: bytes, layout: WireLayout, profile: str) -> Decoded:
     unknown = sorted({int(t) for t in u if int(t) not in SPEC_STAT_TAGS})
     if unknown:
         named = [f"{t} ({STAT_TAGS[t]})" if t in STAT_TAGS else str(t) for t in unknown]
-        f.append(Finding("spec.device.stats.ignores-unknown-tag",
+        # a note, not a breach: the driver may send them, the device must ignore them
+        # (5.5.6.3.2) -- judged from what a device does, by spec.device.stats.ignores-unknown-tag
+        f.append(Finding("note.stats.unknown-tag",  # = findings.UNKNOWN_STATS_TAG
                          f"tag(s) {', '.join(named)} are not defined by the spec (0-9); a device "
-                         "must ignore them", field="tag"))
+                         "must ignore them (VIRTIO 1.2 5.5.6.3.2)", field="tag"))
     entries = tuple(Stat(int(t), int(v)) for t, v in zip(tags.tolist(), vals.tolist(), strict=True))
     return Decoded("stats", StatsMessage(entries, trailing), layout, tuple(f))
 
