@@ -317,8 +317,6 @@ def test_a_window_without_used_elements_judges_no_acknowledgement(tmp_path: Path
     (("status", "features", "config", "host", "used", "driver-bytes"), 6, "avail", "avail"),
     (("status", "features", "host", "avail", "used", "driver-bytes"), 9, "config_read",
      "config"),
-    (("status", "features", "config-writes", "host", "avail", "used", "driver-bytes"), 9,
-     "config_read", "config"),
     (("status", "features", "config", "host", "avail", "driver-bytes"), 13, "used", "used"),
     (("status", "features", "config", "host", "avail", "used"), 6, "avail", "driver-bytes"),
 ])
@@ -338,15 +336,19 @@ def test_captured_contradicting_the_records_is_refused(
         assert f"does not include '{missing}'" in err["error"]
 
 
-def test_config_writes_alone_admit_the_drivers_writes(tmp_path: Path) -> None:
-    """QEMU's trace events show the driver's config writes (set_config), never its reads."""
+def test_config_actual_admits_num_pages_and_actual_only(tmp_path: Path) -> None:
+    """QEMU's trace events show num_pages/actual accesses (get/set_config), never poison_val."""
     header, events = read_trace(IN_FLIGHT)
-    seen = ("status", "features", "config-writes", "host", "avail", "used", "driver-bytes")
+    seen = ("status", "features", "config-actual", "host", "avail", "used", "driver-bytes")
     path = tmp_path / "w.jsonl"
-    write_trace(path, dataclasses.replace(header, window=TraceWindow("reset", "cut", None, seen)),
-                [ev for ev in events if not (isinstance(ev, ConfigEvent) and not ev.write)])
+    win = TraceWindow("reset", "cut", None, seen)
+    write_trace(path, dataclasses.replace(header, window=win), events)
     assert validate_trace(path) == []
     assert check_trace(path).outcome() == "pass"
+    write_trace(path, dataclasses.replace(header, window=win),
+                [*events, ConfigEvent(True, 12, bytes(4))])
+    (prob,) = validate_trace(path)
+    assert "bytes 12-15" in prob.message and "'config-actual' (bytes 0-7 only)" in prob.message
 
 
 def test_a_run_of_a_window_without_used_saves_a_consistent_trace(tmp_path: Path) -> None:

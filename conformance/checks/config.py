@@ -143,7 +143,7 @@ def config_values(j: Judgement) -> None:
                 for key, foff in STATE_KEYS.items():
                     if isinstance(st.get(key), int):
                         _compare(j, i, foff, (st[key] & 0xFFFFFFFF).to_bytes(4, "little"), want)
-    if last_ack is not None and (j.sees("config") or j.sees("config-writes")):
+    if last_ack is not None and (j.sees("config") or j.sees("config-actual")):
         # VIRTIO 1.2 5.5.6.1: "The driver MUST update actual after changing the number of
         # pages" and "MAY update actual once after multiple inflate and deflate operations":
         # no deadline, so an acknowledgement with no later write when the trace ends is in

@@ -259,13 +259,15 @@ def snapshot(
         if snap.stopped_by is not None:
             record = recorded
         window = snap.header.window or TraceWindow("mid", "cut")
-        snap.header = dataclasses.replace(snap.header, window=dataclasses.replace(
-            # the recording sees every config access (get/set_config trace lines) and host
-            # action QEMU logs from then on
-            window, captured=(*SNAPSHOT_SEES, "config")), source=dataclasses.replace(
-            snap.header.source, provenance=f"{snap.header.source.provenance}; then "
-            f"{record:g} s of QEMU trace events (trace-event-set-state, HMP logfile "
-            f"{record_log})"))
+        snap.header = dataclasses.replace(
+            snap.header,
+            # the recording sees the num_pages/actual accesses QEMU logs (get/set_config trace
+            # lines; never poison_val) and every host action from then on
+            window=dataclasses.replace(window, captured=(*SNAPSHOT_SEES, "config-actual", "host")),
+            source=dataclasses.replace(
+                snap.header.source, provenance=f"{snap.header.source.provenance}; then "
+                f"{record:g} s of QEMU trace events (trace-event-set-state, HMP logfile "
+                f"{record_log})"))
     return snap
 
 

@@ -327,9 +327,9 @@ def run_scenario(
         bitmap_word_order="be" if mach.arch == "s390x" else "le",
         # QEMU started with the capture: the driver's reset is in it.  A stats buffer is
         # always held by QEMU at the end (in flight).  Config reads are not traced as events;
-        # the driver's writes are (virtio_balloon_set_config)
+        # the driver's writes of actual are (virtio_balloon_set_config), never of poison_val
         window=TraceWindow("reset", "cut", resource.getpagesize(),
-                           ("status", "features", "config-writes", "host", "avail", "used",
+                           ("status", "features", "config-actual", "host", "avail", "used",
                             "driver-bytes")),
         memory=tuple((g, n) for g, n, _ in regions),
         source=TraceSource(

@@ -726,9 +726,10 @@ def import_qemu_log(
         {},
         # a log sees the device from QEMU's start: it starts at a reset when a status write
         # of 0 comes before any buffer; it ends wherever the log was taken (cut).  It has
-        # status, config and host lines, and the bytes of PFN buffers only
+        # status, config and host lines, and the bytes of PFN buffers only.  Its config lines
+        # (virtio_balloon_get_config/set_config) show num_pages and actual, never poison_val
         window=TraceWindow("reset" if reset else "mid", "cut", None, (
-            "status", "config", "host", "avail", "used", "driver-bytes")),
+            "status", "config-actual", "host", "avail", "used", "driver-bytes")),
     )
     pfn_fmt = "<I" if endian == "le" else ">I"
 

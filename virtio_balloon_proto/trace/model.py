@@ -32,11 +32,12 @@ FORMATS = (FORMAT, FORMAT_1_1, FORMAT_1_2)
 Endian = Literal["le", "be"]
 WindowStart = Literal["reset", "mid"]
 WindowEnd = Literal["quiesced", "cut"]
-#: what a source can capture (``TraceWindow.captured``): record types (``config``: reads and
-#: writes; ``config-writes``: the driver's writes only, e.g. QEMU's set_config trace event),
-#: plus the bytes of device-readable buffers (``driver-bytes``) and of used buffers
-#: (``device-bytes``)
-CAPTURABLE = ("status", "features", "config", "config-writes", "host", "avail", "used",
+#: what a source can capture (``TraceWindow.captured``): record types (``config``: every config
+#: read and write; ``config-actual``: only accesses to num_pages and actual, bytes 0-7, as QEMU's
+#: virtio_balloon_get_config / set_config trace events show them -- a poison_val write is
+#: invisible there), plus the bytes of device-readable buffers (``driver-bytes``) and of used
+#: buffers (``device-bytes``)
+CAPTURABLE = ("status", "features", "config", "config-actual", "host", "avail", "used",
               "driver-bytes", "device-bytes")
 
 
@@ -643,10 +644,14 @@ def _window_problems(header: TraceHeader, o: Mapping[str, Any]) -> Iterable[str]
     t = o["type"]
     need = _CAPTURED_BY.get(t)
     cap = list(win.captured)
-    if t == "config_write" and "config-writes" in win.captured:
+    if need == "config" and "config" not in win.captured and "config-actual" in win.captured:
+        n = len(o["data"]) // 2
+        if not o["offset"] + n <= 8:
+            yield (f"a {t} record of bytes {o['offset']}-{o['offset'] + n - 1}, but the header's "
+                   f"window.captured {cap} has 'config-actual' (bytes 0-7 only), not 'config'")
         return
     if need is not None and need not in win.captured:
-        also = " or 'config-writes'" if t == "config_write" else ""
+        also = " or 'config-actual'" if need == "config" else ""
         yield (f"a {t} record, but the header's window.captured {cap} does not include "
                f"{need!r}{also}")
     elif t == "avail" and "driver-bytes" not in win.captured and any(
