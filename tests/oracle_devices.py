@@ -253,3 +253,23 @@ class RefusesPfnsAboveRam(ReferenceDevice):
             if any(p >= self._ram_frames for p in pfns):
                 raise Unsupported("the case names a PFN inside the adapter's ring window")
         return super().avail(role, head, segments)
+
+
+class ReusesCmdId(ReferenceDevice):
+    """Publishes its previous free_page_hint_cmd_id again when the host starts a new round,
+    whether or not the driver sent STOP since (breaks 5.5.6.5.2 "The device MUST NOT reuse a
+    command ID until it has received an output buffer containing VIRTIO_BALLOON_CMD_ID_STOP
+    from the driver")."""
+
+    _last_id: int | None = None
+
+    def start(self, setup: Setup) -> Negotiated:
+        self._last_id = None
+        return super().start(setup)
+
+    def host_request(self, kind: str, params: dict[str, Any]) -> list[Used]:
+        if kind == "hint-start":
+            cmd = int(params["cmd_id"])
+            params = {**params, "cmd_id": self._last_id if self._last_id is not None else cmd}
+            self._last_id = int(params["cmd_id"])
+        return super().host_request(kind, params)

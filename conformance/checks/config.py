@@ -242,3 +242,80 @@ def actual_accounting(j: Judgement) -> None:
                          f"minus deflates hold {exp} page(s)"
                          + ("" if base is None else " (counted from the first write in the "
                             "window)"), i, expected=exp, received=actual)
+
+
+DRIVER_OK = 4
+POISON = 12  # poison_val's offset in struct virtio_balloon_config (5.5.4)
+
+
+@register("spec.driver.poison.write-before-driver-ok",
+          "spec.driver.poison.no-write-after-driver-ok")
+def poison_timing(j: Judgement) -> None:
+    """VIRTIO 1.2 5.5.6.6.1 (same 1.4, master; "apply if the VIRTIO_BALLOON_F_PAGE_POISON
+    feature has been negotiated"): "The driver MUST populate the poison_val configuration data
+    before setting the DRIVER_OK bit." and "The driver MUST NOT modify poison_val while the
+    DRIVER_OK bit is set."
+
+    Needs status records (DRIVER_OK is known set only from a status write the trace shows, and
+    cleared by a reset, status 0) and every config write (a source with only ``config-actual``,
+    QEMU's trace events, never sees poison_val written).  *Populate before*: judged at a status
+    write that sets DRIVER_OK only when the trace shows that life from its reset (window start
+    ``reset``, or a status 0 in the trace): a write of poison_val since that reset, of any part,
+    counts.  *Modify while set*: a write to poison_val after DRIVER_OK whose bytes differ from
+    the value known before it (the driver's earlier write, or a config read); a write of the same
+    value modifies nothing, and when the value before is unknown (a mid-life window) it is a
+    note, never a failure."""
+    from virtio_balloon_proto import trace as tr
+
+    before = "spec.driver.poison.write-before-driver-ok"
+    after = "spec.driver.poison.no-write-after-driver-ok"
+    if "PAGE_POISON" not in j.negotiated or not j.sees("status") or not j.sees("config"):
+        return
+    driver_ok = False
+    whole_life = j.from_reset  # the trace shows this life from its reset
+    populated = False
+    known: list[int | None] = [None] * 4  # poison_val's bytes, where the trace shows them
+    for i, ev in enumerate(j.events, start=1):
+        if isinstance(ev, tr.StatusEvent):
+            if ev.value == 0:
+                driver_ok, whole_life, populated, known = False, True, False, [None] * 4
+            elif ev.value & DRIVER_OK and not driver_ok:
+                if whole_life:
+                    j.evaluated(before)
+                    if not populated:
+                        j.broken(before, "DRIVER_OK set with no write of poison_val since the "
+                                 "device reset (VIRTIO 1.2 5.5.6.6.1 'The driver MUST populate "
+                                 "the poison_val configuration data before setting the "
+                                 "DRIVER_OK bit')", i)
+                driver_ok = True
+            else:
+                driver_ok = bool(ev.value & DRIVER_OK)
+            continue
+        if not isinstance(ev, tr.ConfigEvent):
+            continue
+        lo, hi = max(ev.offset, POISON), min(ev.offset + len(ev.data), POISON + 4)
+        if lo >= hi:
+            continue
+        data = {k - POISON: ev.data[k - ev.offset] for k in range(lo, hi)}
+        if not ev.write:
+            for k, b in data.items():  # the device's answer: the value now, where unknown
+                if known[k] is None:
+                    known[k] = b
+            continue
+        if driver_ok:
+            j.evaluated(after)
+            was = [known[k] for k in data]
+            if any(w is not None and w != data[k] for k, w in zip(data, was, strict=True)):
+                old = "".join("??" if known[k] is None else f"{known[k]:02x}" for k in range(4))
+                j.broken(after, f"config write of poison_val bytes {lo - POISON}-{hi - POISON - 1}"
+                         f" ({bytes(data.values()).hex()}, was {old}: le bytes) while DRIVER_OK "
+                         "is set (VIRTIO 1.2 5.5.6.6.1 'The driver MUST NOT modify poison_val "
+                         "while the DRIVER_OK bit is set')", i,
+                         expected=old, received=bytes(data.values()).hex())
+            elif any(w is None for w in was):
+                j.notes.append(f"event {i}: poison_val written while DRIVER_OK is set; its value "
+                               "before is not in the trace, so whether it changed is not judged")
+        else:
+            populated = True
+        for k, b in data.items():
+            known[k] = b

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from virtio_balloon_proto.pageset import PageSet
 
-from .base import Judgement, first_frames, pageset_of, register
+from .base import Chain, Judgement, first_frames, pageset_of, register
 
 STOP, DONE = 0, 1
 
@@ -191,3 +191,92 @@ def device_hints(j: Judgement) -> None:
                          f"{len(stale)} page(s) taken as hints that were not offered under the "
                          f"current command id (first {first_frames(stale)})", i,
                          expected=allowed.extents()[:64], received=seen.extents()[:64])
+
+
+@register("spec.device.hint.no-cmd-id-reuse")
+def no_cmd_id_reuse(j: Judgement) -> None:
+    """VIRTIO 1.2 5.5.6.5.2 (same 1.4, master): "The device MUST NOT reuse a command ID until it
+    has received an output buffer containing VIRTIO_BALLOON_CMD_ID_STOP from the driver."
+
+    The device's current id is what the trace shows it publishing: config reads (its answers)
+    and a live run's ``state`` observations; in a capture also the host's free-page-hint events
+    (the VMM's side of the device: QEMU picks the id).  In a live run's record the host events
+    are the suite's requests: a device showing an id the suite just asked for is never blamed
+    for it (a note when the suite itself reused one).  A reuse is an id (>= 2) the device
+    showed, then replaced by another value, then showed again with no STOP output buffer made
+    available by the driver in between.  Conservative for windows: judged only from a device
+    reset (a STOP buffer made available before a mid-life window may have been received inside
+    it) and when avail records were captured; a free page output buffer whose bytes were not
+    captured may be a STOP; a reset (status 0) starts afresh; a byte-swapped readback is the
+    little-endian clause's, not a new value."""
+    from virtio_balloon_proto import trace as tr
+
+    clause = "spec.device.hint.no-cmd-id-reuse"
+    if "FREE_PAGE_HINT" not in j.negotiated:
+        return
+    live = bool(j.observations("device"))  # a run's record: host events are the suite's
+    requested: int | None = None  # the suite's last requested id (live)
+    current: int | None = None
+    retired: dict[int, int] = {}  # id -> event where the device replaced it
+    # a STOP or a reset outside what the trace shows would allow the reuse
+    judged = j.from_reset and j.sees("avail") and j.sees("status")
+    unjudged: list[int] = []
+    for i, ev in enumerate(j.events, start=1):
+        new: int | None = None
+        how = ""
+        if isinstance(ev, tr.StatusEvent) and ev.value == 0:
+            current, retired = None, {}  # device reset: a new life
+            continue
+        if isinstance(ev, tr.HostEvent) and ev.action == "free-page-hint" and (
+                ev.cmd_id is not None):
+            requested = ev.cmd_id & 0xFFFFFFFF
+            if live:
+                continue
+            new, how = requested, "host free-page-hint"
+        elif isinstance(ev, tr.ConfigEvent) and not ev.write and (
+                ev.offset <= 8 and ev.offset + len(ev.data) >= 12):
+            new = int.from_bytes(ev.data[8 - ev.offset: 12 - ev.offset], "little")
+            how = "free_page_hint_cmd_id read by the driver"
+        elif isinstance(ev, tr.ObserveEvent):
+            new, how = _observed_cmd_id(ev), "the device's state"
+        ch = j.by_avail.get(i)
+        if ch is not None and ch.role == "free_page" and _maybe_stop(j, ch):
+            retired = {}  # the driver's STOP (or bytes not captured: it may be one)
+            continue
+        if new is None or new == current or (current is not None and new == _swapped(current)):
+            continue
+        if new >= 2:
+            if judged:
+                j.evaluated(clause)
+            if not judged and new in retired:
+                unjudged.append(i)
+            elif judged and new in retired and live and new == requested:
+                j.notes.append(f"event {i}: the suite's host request reuses command id "
+                               f"{new:#x} with no STOP from the driver since event "
+                               f"{retired[new]} (the device followed it: not judged)")
+            elif judged and new in retired:
+                j.broken(clause, f"command id {new:#x} shown again at event {i} ({how}) after "
+                         f"the device replaced it at event {retired[new]}, with no "
+                         "VIRTIO_BALLOON_CMD_ID_STOP output buffer from the driver since "
+                         "(VIRTIO 1.2 5.5.6.5.2)", i, expected=f"a new id, not {new:#x}",
+                         received=f"{new:#x}")
+        if current is not None and current >= 2:
+            retired[current] = i
+        current = new
+    if unjudged:
+        j.notes.append(f"event {unjudged[0]}: a command id shown again (spec.device.hint."
+                       "no-cmd-id-reuse) not judged: the trace does not start at a device reset "
+                       "or did not capture avail/status records (a STOP from the driver or a "
+                       "reset may be outside the window)")
+
+
+def _maybe_stop(j: Judgement, ch: Chain) -> bool:
+    """Is this free page chain a driver's STOP (or an output buffer that could be one)?"""
+    if ch.segments is None:
+        return True  # bytes not captured: it may be one
+    if not any(not s.writable for s in ch.segments):
+        return False  # hint pages only (device-writable)
+    d = j.decoded(ch)
+    if d is None or d.kind != "hint-cmd" or d.decoded is None:
+        return True  # undecodable output bytes: not proof it was not a STOP
+    return int(d.decoded.message.cmd_id) == STOP  # type: ignore[union-attr]

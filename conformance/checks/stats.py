@@ -165,3 +165,55 @@ def _ranges(tags: list[int]) -> str:
         else:
             out.append(str(t))
     return ",".join(out)
+
+
+@register("spec.driver.stats.same-subset")
+def same_subset(j: Judgement) -> None:
+    """VIRTIO 1.2 5.5.6.3.1 (same 1.4, master): "Driver MUST supply the same subset of
+    statistics in all buffers submitted to the statsq."  (The order may differ: "Driver MAY
+    supply struct virtio_balloon_stat entries ... in any order".)
+
+    Compared per device life (a status write of 0 starts a new one; judged only when the trace
+    captured status records, else a reset between two buffers could not be seen): the tag set
+    of each buffer whose bytes were captured and which breaks no driver MUST of its own
+    (malformed buffers are judged by their wire clauses).  The first buffer after
+    initialization is exempt on every interface: the spec's own initialization adds it empty
+    (5.5.2 "Add one empty buffer to the stats virtqueue"; 5.5.6.3 "The channel becomes active at
+    driver initialization time when the driver adds an empty buffer"; Linux fills it instead),
+    and on legacy its values may be garbage (5.5.6.3.3 "Historically, drivers supplied an
+    uninitialized buffer").  In a window that starts mid-life the first buffer seen may be that
+    one, so it is exempt too."""
+    from virtio_balloon_proto import trace as tr
+
+    clause = "spec.driver.stats.same-subset"
+    if not j.sees("status"):
+        if sum(1 for c in j.chains if c.role == "stats") > 1:
+            j.notes.append("stats subsets not compared: the trace did not capture status "
+                           "records (a reset between two buffers would not be seen)")
+        return
+    first_in_life = True
+    ref: tuple[Chain, frozenset[int]] | None = None
+    for i, ev in enumerate(j.events, start=1):
+        if isinstance(ev, tr.StatusEvent) and ev.value == 0:
+            first_in_life, ref = True, None  # device reset: the driver initializes again
+            continue
+        ch = j.by_avail.get(i)
+        if ch is None or ch.role != "stats":
+            continue
+        exempt, first_in_life = first_in_life, False
+        d = j.decoded(ch)
+        if exempt or ch.segments is None or d is None or d.decoded is None or j.malformed(ch):
+            continue  # exempt, not captured, or judged by its own wire clauses
+        tags = frozenset(int(e.tag) for e in getattr(d.decoded.message, "entries", ()))
+        j.evaluated(clause)
+        if ref is None:
+            ref = (ch, tags)
+            continue
+        if tags != ref[1]:
+            gone, extra = sorted(ref[1] - tags), sorted(tags - ref[1])
+            j.broken(clause, f"stats head {ch.head} (event {ch.index}) supplies tags "
+                     f"{_ranges(sorted(tags)) or 'none'}, the buffer of event {ref[0].index} "
+                     f"supplied {_ranges(sorted(ref[1])) or 'none'}"
+                     + (f" (missing {_ranges(gone)})" if gone else "")
+                     + (f" (new {_ranges(extra)})" if extra else ""), ch.index,
+                     expected=sorted(ref[1]), received=sorted(tags))
