@@ -273,3 +273,13 @@ class ReusesCmdId(ReferenceDevice):
             params = {**params, "cmd_id": self._last_id if self._last_id is not None else cmd}
             self._last_id = int(params["cmd_id"])
         return super().host_request(kind, params)
+
+
+class BigEndianLegacyOnly(ReferenceDevice):
+    """Like QEMU's legacy device on ppc64 pseries: it runs big-endian legacy guests only."""
+
+    def start(self, setup: Setup) -> Negotiated:
+        if setup.endian != "be":
+            raise Unsupported("a legacy device on big-endian pseries is big-endian (VIRTIO 1.2 "
+                              f"2.7 legacy: guest-native order), endian={setup.endian} asked")
+        return super().start(setup)

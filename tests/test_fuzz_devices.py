@@ -401,6 +401,20 @@ def test_a_kind_the_device_runs_is_never_narrowed_away() -> None:
     assert not c.findings
 
 
+def test_a_big_endian_only_device_narrows_to_big_endian_guests() -> None:
+    """The ppc64 campaign (QEMU 7.2's legacy device on pseries) narrowed away RAM regions,
+    legacy drivers and 64 KiB pages on 'endian=le asked' and then ran 129,524 sequences, every
+    one unsupported."""
+    c = Campaign(f"python:{HERE / 'oracle_devices.py'}:BigEndianLegacyOnly", seed=0)
+    try:
+        st = c.run(sequences=40)
+    finally:
+        c.close()
+    assert c.options.big_endian_only and c.options.legacy, st.narrowed
+    assert st.unsupported < 10 and st.steps > 100, st
+    assert all(c.program(k).env.endian == "be" for k in range(40, 60))
+
+
 # --- the default run: seconds, fixed seed ---------------------------------------------------
 def test_reference_gives_no_finding_on_a_fixed_seed() -> None:
     c = Campaign("reference", seed=2026)

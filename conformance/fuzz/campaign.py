@@ -426,6 +426,12 @@ class Campaign:
                     self.options = replace(self.options, hinting=False)
             return
         env, o = program.env, self.options
+        if (env.endian == "le" and "endian=le asked" in reason and "big-endian" in reason
+                and o.legacy and o.big_endian and not o.big_endian_only):
+            # the device is big-endian legacy only (QEMU's legacy device on ppc64 pseries)
+            self.options = replace(o, big_endian_only=True)
+            self.stats.narrowed.append(f"little-endian guests: {reason}")
+            return
         # a feature the device does not have (by its name or its device option's)
         low = reason.lower()
         missing = sorted(f for f in env.offered if f in reason

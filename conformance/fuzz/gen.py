@@ -67,6 +67,8 @@ class GenOptions:
     high_ram: bool = True  # RAM regions above 4 GiB and at 8 TiB
     large_pages: bool = True  # 64 KiB guest pages
     hinting: bool = True  # host free-page-hint requests
+    #: legacy big-endian guests only (a legacy device on big-endian pseries: QEMU ppc64)
+    big_endian_only: bool = False
     max_actions: int = 10  # driver actions per sequence (each one or more operations)
 
 
@@ -87,7 +89,9 @@ def _env(opts: GenOptions, rng: random.Random) -> Env:
     r = rng.random()
     endian: Literal["le", "be"] = "le"
     modern = True
-    if opts.legacy and r < 0.3:
+    if opts.big_endian_only:
+        modern, endian = False, "be"
+    elif opts.legacy and r < 0.3:
         modern = False
         if opts.big_endian and r < 0.15:
             endian = "be"
