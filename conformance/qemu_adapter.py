@@ -232,6 +232,11 @@ class QemuDevice:
         hint = SPEC.has(wants, "FREE_PAGE_HINT")
         # QEMU's -m has MiB granularity
         ram = (max(ram_size, MiB) + MiB - 1) // MiB * MiB
+        if self.arch == "ppc64" and ram % (256 * MiB):
+            # pseries refuses to start ("Memory size 0x8000000 is not aligned to 256 MiB");
+            # a bigger guest would make RAM of what the case calls outside it
+            raise Unsupported(f"guest RAM of {ram >> 20} MiB: pseries takes multiples of "
+                              "256 MiB")
         try:
             s = QemuBalloon(
                 transport=self.transport,
