@@ -103,9 +103,17 @@ def parse_options(spec: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in filter(None, (x.strip() for x in body.split(","))):
         k, eq, v = item.partition("=")
+        k, v = k.strip(), v.strip()
         if not eq:
             raise UsageError(f"qemu option {item!r} is not key=value", field="device")
-        out[k.strip()] = v.strip()
+        # transport=modern,transport=legacy and build= were taken silently (qa): which one
+        # the run used was a guess, and an empty value is a default nobody asked for
+        if k in out:
+            raise UsageError(f"qemu option {k!r} is given twice ({k}={out[k]}, {k}={v})",
+                             field="device")
+        if not v:
+            raise UsageError(f"qemu option {k}= has no value", field="device")
+        out[k] = v
     return out
 
 

@@ -131,7 +131,7 @@ def test_cli_outputs_to_dev_null_leave_it_a_device(tmp_path: Path) -> None:
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
     r = _cli("conform", "run", "--case", "spec/inflate*", "--report-json", "/dev/full")
     assert r.returncode == 2 and r.stderr.strip() == (
-        "vbproto: error: /dev/full: No space left on device")
+        "vbproto: error: --report-json /dev/full: No space left on device")  # names the option
 
 
 def test_cli_symlinked_report_updates_its_target(tmp_path: Path) -> None:
@@ -150,12 +150,14 @@ def test_cli_output_is_checked_before_long_work(tmp_path: Path) -> None:
     bad = str(tmp_path / "file" / "out.jsonl")
     # capture: the output is checked before the kernel is even looked at (no guest boots)
     r = _cli("capture", "qemu-guest", "--kernel", str(tmp_path / "no-kernel"), "-o", bad)
-    assert r.returncode == 2 and r.stderr.startswith(f"vbproto: error: {bad}:"), r.stderr
+    assert r.returncode == 2 and r.stderr.startswith(f"vbproto: error: --out {bad}:"), r.stderr
     for args in (["trace", "synth", "--pages", "1024", "-o", bad],
                  ["conform", "run", "--report-json", bad],
                  ["analyze", "--shape", "sparse", "--plot", bad]):
         r = _cli(*args)
-        assert r.returncode == 2 and r.stderr.startswith(f"vbproto: error: {bad}:"), (args, r)
+        option = {"-o": "--out"}.get(args[-2], args[-2])  # the error names the option
+        assert r.returncode == 2 and r.stderr.startswith(f"vbproto: error: {option} {bad}:"), (
+            args, r)
 
 
 def test_cli_report_json_dev_stdout_is_written_through_not_replaced() -> None:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -149,6 +150,39 @@ class Command(click.Command):
         with formatter.section("Exit status"):
             formatter.write_text(self.exit_codes)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            # the innermost command's context: the group's handler names the option whose
+            # path failed ("--out DIR: File exists", not a bare "File exists")
+            if not hasattr(exc, "_vbproto_ctx"):
+                exc._vbproto_ctx = ctx  # type: ignore[attr-defined]
+            raise
+
+
+def _option_of(exc: OSError) -> str | None:
+    """The option (or argument) whose value is the path ``exc`` failed on, or a directory of
+    it: ``--out`` for ``--out DIR`` failing on ``DIR/findings.json``."""
+    ctx = getattr(exc, "_vbproto_ctx", None)
+    name = getattr(exc, "filename", None)
+    if not isinstance(ctx, click.Context) or not isinstance(name, (str, bytes, os.PathLike)):
+        return None
+    failed = os.fsdecode(name)
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(v, (str, os.PathLike)) or os.fsdecode(v) in ("", "-"):
+                continue
+            text = os.fsdecode(v)  # PATH, @PATH (message decode) or PATH@ADDR (--memory)
+            for given in {text, text.removeprefix("@"), text.rsplit("@", 1)[0]} - {""}:
+                if not (failed == given or failed.startswith(given.rstrip("/") + "/")):
+                    continue
+                if isinstance(param, click.Option):
+                    return max(param.opts, key=len)
+                return (param.human_readable_name or "").upper()
+    return None
+
 
 class Group(Command, click.Group):
     """A click group that turns our errors into one line (or JSON) + exit 2 for every
@@ -175,12 +209,15 @@ class Group(Command, click.Group):
             as_json = bool(ctx.meta.get(JSON_KEY))
             name = getattr(exc, "filename", None)
             text = exc.strerror or str(exc)
+            option = _option_of(exc)
+            if option:  # which of the paths the user gave: the message names the option
+                text = f"{option} {name}: {text}"
             if as_json:
-                fields: dict[str, Any] = {"field": None, "offset": None, "clause": None,
+                fields: dict[str, Any] = {"field": option, "offset": None, "clause": None,
                                           "where": name, "path": name,
                                           "class": type(exc).__name__}
                 _fail(text, as_json=True, **fields)
-            _fail(f"{name}: {text}" if name else text, as_json=False)
+            _fail(text if option else f"{name}: {text}" if name else text, as_json=False)
         except (KeyboardInterrupt, Interrupted):
             click.echo("vbproto: interrupted", err=True)
             sys.exit(130)

@@ -67,6 +67,18 @@ def _replace_target(p: str) -> Path:
     return Path(p)
 
 
+def _target_dir(p: str) -> Path:
+    """The directory the output ``p`` is written in, created if missing -- but never through
+    a symlink: ``-o LINK`` to a file in a missing directory created that directory wherever
+    the link points (as root: /nonexistent_dir_qa/), so it is refused (qa)."""
+    target = _replace_target(p)
+    if os.path.islink(p) and not target.parent.is_dir():
+        raise OSError(errno.ENOENT, f"is a symlink to {target}, in a directory that does not "
+                      "exist (not created through a symlink)", p)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target.parent
+
+
 def check_writable(path: str | os.PathLike[str]) -> None:
     """Raise :class:`OSError` naming ``path`` if an output there cannot be written.
 
@@ -83,9 +95,8 @@ def check_writable(path: str | os.PathLike[str]) -> None:
         if not os.access(p, os.W_OK):
             raise OSError(errno.EACCES, "not writable", p)
         return
-    directory = _replace_target(p).parent
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = _target_dir(p)
         fd, tmp = tempfile.mkstemp(prefix=".vbproto-probe.", dir=directory)
         os.close(fd)
         os.unlink(tmp)
@@ -121,7 +132,7 @@ class Output:
                 self.file = open(p, "wb")
                 return
             target = _replace_target(p)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            _target_dir(p)
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
                                        dir=target.parent)
             self._tmp, self._target = Path(tmp), target

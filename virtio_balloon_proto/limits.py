@@ -152,7 +152,7 @@ def loads_json(raw: bytes | str, *, what: str, error: type[VBProtoError] = Usage
         obj = json.loads(text, parse_constant=_bad_constant, parse_float=_parse_float,
                          parse_int=_parse_int)
     except json.JSONDecodeError as exc:
-        raise error(f"{what} is not JSON: {exc.msg} at char {exc.pos}",
+        raise error(f"{what} is not JSON: {exc.msg.removesuffix(' at')} at char {exc.pos}",
                     where=where) from None
     except RecursionError:
         raise error(f"{what} nests deeper than the limit of {max_depth} (MAX_JSON_DEPTH)",
