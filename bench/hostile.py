@@ -30,7 +30,9 @@ CLI = [sys.executable, "-m", "virtio_balloon_proto"]
 def child_peak(argv: list[str]) -> tuple[int, float]:
     """(peak RSS in bytes, seconds) of one child run: ``wait4`` gives that child's own
     rusage (RUSAGE_CHILDREN is the largest of any child so far, which hid every row smaller
-    than an earlier one)."""
+    than an earlier one).  The child's CPU seconds (user + system) are kept in LAST_CPU: on
+    a loaded machine they say more than the wall clock."""
+    global LAST_CPU
     t0 = time.perf_counter()
     p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert p.stderr is not None
@@ -40,7 +42,11 @@ def child_peak(argv: list[str]) -> tuple[int, float]:
     took = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"{argv}: exit {p.returncode}: {err[-500:]}")
+    LAST_CPU = usage.ru_utime + usage.ru_stime
     return usage.ru_maxrss * 1024, took
+
+
+LAST_CPU = 0.0
 
 
 def v3_bitmap(fill: int, n: int = 4 << 20, start_pfn: int = 0, page_shift: int = 12) -> bytes:
@@ -132,7 +138,8 @@ def main() -> int:
             _, took = child_peak(args)
             size = os.path.getsize(tmp / "t.jsonl")
             print(f"{kind} ring, {chains} chains share a 64Ki table     "
-                  f"{'3.0Mi':>9} {'':>9} {'':>7} {took:6.1f}s  (trace {size / 2**20:.1f} MiB)")
+                  f"{'3.0Mi':>9} {'':>9} {'':>7} {took:6.1f}s  (cpu {LAST_CPU:.1f} s, trace "
+                  f"{size / 2**20:.1f} MiB, load {os.getloadavg()[0]:.1f})")
     return 0
 
 

@@ -131,6 +131,50 @@ def kill_tagged(tag: str, rounds: int = 5) -> int:
     return len(killed)
 
 
+def _stat(pid: int | str) -> tuple[str, int, int]:
+    """(state, parent pid, start time in clock ticks) of ``pid`` from /proc, or ("", 0, 0)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return rest[0], int(rest[1]), int(rest[19])
+    except (OSError, IndexError, ValueError):
+        return "", 0, 0
+
+
+def descendants(root: int) -> list[tuple[int, int]]:
+    """Live descendants of ``root`` as (pid, start time): whatever they did to their session
+    or environment, as long as their chain of parents up to ``root`` is unbroken (Linux)."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                state, ppid, start = _stat(entry.name)
+                if state and state not in "ZX":
+                    children.setdefault(ppid, []).append((int(entry.name), start))
+    out: list[tuple[int, int]] = []
+    todo = [root]
+    while todo:
+        for pid, start in children.get(todo.pop(), ()):
+            out.append((pid, start))
+            todo.append(pid)
+    return out
+
+
+def kill_listed(procs: list[tuple[int, int]]) -> int:
+    """SIGKILL each (pid, start time) that is still that same process; reap our own."""
+    n = 0
+    for pid, start in procs:
+        state, _, now = _stat(pid)
+        if state and state not in "ZX" and now == start:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                n += 1
+    for pid, _ in procs:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+    return n
+
+
 def _state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -189,13 +233,18 @@ class FramedProcess:
             return ""
         return f"; {self.role} stderr: {tail!r}" if tail else ""
 
-    def kill(self) -> int | None:
+    def kill(self, tree: list[tuple[int, int]] | None = None) -> int | None:
         """Kill the child's whole session (every descendant still in its process group, even
-        when the child itself has already exited); returns the child's exit status if it had
-        one."""
+        when the child itself has already exited), every process carrying its tag, and its
+        live descendants (``tree``: a list taken earlier, else taken now) -- a descendant
+        that left the group *and* wiped its environment is reached through its parents; one
+        orphaned before this call is not (docs/fuzzing.md, "What is guaranteed").  Returns
+        the child's exit status if it had one."""
         proc, self.proc = self.proc, None
         code = None
         if proc is not None:
+            if tree is None:
+                tree = descendants(proc.pid) if proc.poll() is None else []
             with contextlib.suppress(OSError):
                 if proc.stdin:
                     proc.stdin.close()
@@ -206,6 +255,7 @@ class FramedProcess:
             kill_group(proc.pid)
             if self._tag:
                 kill_tagged(self._tag)
+            kill_listed(tree)
             if code is None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=2)
@@ -226,13 +276,16 @@ class FramedProcess:
     def close(self) -> None:
         """Close the child's stdin (it exits at EOF), then kill it if it lingers."""
         proc = self.proc
+        tree: list[tuple[int, int]] | None = None
         if proc is not None and proc.poll() is None:
+            # its descendants before it exits: once it has, they are orphans of no one's
+            tree = descendants(proc.pid)
             with contextlib.suppress(OSError):
                 if proc.stdin:
                     proc.stdin.close()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)
-        self.kill()
+        self.kill(tree)
 
     def fail(self, message: str, where: str) -> PeerError:
         """Kill the child and build the error to raise (PeerUnsupported on status 127)."""

@@ -103,6 +103,17 @@ def main() -> int:
                 time.sleep(0.2)  # the grandchild records itself
                 if MODE == "setsid-exit":
                     return 4
+            if MODE == "envwipe-serve" and not getattr(main, "forked", False):
+                # a child in a session of its own that execs with an empty environment: out
+                # of our process group and without the runner's tag; only its parent (us,
+                # still serving) links it to the testee
+                main.forked = True  # type: ignore[attr-defined]
+                pid = os.fork()
+                if pid == 0:
+                    os.setsid()
+                    os.closerange(0, 3)
+                    os.execve("/bin/sleep", ["sleep", "3600"], {})
+                record(pid)
             if MODE == "fork-exit":  # a grandchild holding our stdout; we exit
                 pid = os.fork()
                 if pid == 0:

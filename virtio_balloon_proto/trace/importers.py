@@ -32,7 +32,7 @@ from ..profiles import VERSION_1, QueueRole, get_profile
 from ..virtqueue.filemem import MappedMemory
 from ..virtqueue.memory import GuestMemory
 from ..virtqueue.packed import PackedQueueDevice
-from ..virtqueue.split import Chain, SplitQueueDevice
+from ..virtqueue.split import Chain, ChainDescriptor, SplitQueueDevice
 from .io import TraceWriter
 from .lengths import absurd_lengths
 from .model import (
@@ -249,7 +249,9 @@ def _snapshot_chain(walker: _Lenient, memory: GuestMemory, chain: Chain, role: Q
             data = None
             unread.append(exc.message)
         left -= d.len
-        descs.append(dataclasses.replace(d, data=data))
+        # the constructor, not dataclasses.replace: 65,536 descriptors of a shared indirect
+        # table took 1.1 s in replace() alone
+        descs.append(ChainDescriptor(d.index, d.addr, d.len, d.flags, d.next, d.table, data))
     ev = AvailEvent.from_chain(dataclasses.replace(chain, descriptors=tuple(descs),
                                                    findings=tuple(findings)), role, queue)
     if long_:
