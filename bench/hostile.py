@@ -86,7 +86,11 @@ def shared_table_dump(kind: str, chains: int) -> bytes:
 
 
 def main() -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="vbproto-bench-"))
+    with tempfile.TemporaryDirectory(prefix="vbproto-bench-") as name:
+        return _bench(Path(name))
+
+
+def _bench(tmp: Path) -> int:
     floor, _ = child_peak([sys.executable, "-c", "import virtio_balloon_proto.cli, numpy"])
     print(f"floor (interpreter + imports): {floor / 2**20:.0f} MiB\n")
     print(f"{'row':44} {'input':>9} {'peak':>9} {'ratio':>7} {'time':>7}")

@@ -70,6 +70,9 @@ def _file(data: bytes, name: str) -> Path:
     (an ``open(O_CREAT|O_TRUNC)`` per input was a quarter of trace_reader's time)."""
     path = _TMP / name
     fd = _FDS.get(name)
+    if fd is not None and os.fstat(fd).st_nlink == 0:  # the file was removed under us
+        os.close(fd)
+        fd = None
     if fd is None:
         _TMP.mkdir(exist_ok=True)
         fd = _FDS[name] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
