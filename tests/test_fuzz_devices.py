@@ -415,6 +415,26 @@ def test_a_big_endian_only_device_narrows_to_big_endian_guests() -> None:
     assert all(c.program(k).env.endian == "be" for k in range(40, 60))
 
 
+def test_a_finding_at_bring_up_does_not_swallow_later_ones() -> None:
+    """The ppc64 campaign: QEMU could not start with 128 MiB (a finding with no operation);
+    the empty shape is contained in every sequence, so every later suite.device.transport
+    (a zero-length descriptor) was counted as its hit."""
+    from virtio_balloon_proto.conformance.fuzz.campaign import Broken, Finding
+
+    c = Campaign("reference")
+    try:
+        empty = Program(_env(), ())
+        c.findings[("suite.device.transport", ())] = Finding(
+            "suite.device.transport", "MUST", "start failed", (), empty, 0, 0, 0.0)
+        one = Program(_env(), (Avail("inflate", (Segment(0x1066000, 0, False, b""),),
+                                     "pfns:empty"),))
+        later: list[Broken] = []
+        assert not c._hit(one, "suite.device.transport", later)
+        assert c._hit(empty, "suite.device.transport", later)
+    finally:
+        c.close()
+
+
 # --- the default run: seconds, fixed seed ---------------------------------------------------
 def test_reference_gives_no_finding_on_a_fixed_seed() -> None:
     c = Campaign("reference", seed=2026)
