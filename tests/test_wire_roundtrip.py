@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from virtio_balloon_proto import strategies as vbst
 from virtio_balloon_proto.errors import DecodeError
+from virtio_balloon_proto.findings import NOTES
 from virtio_balloon_proto.pageset import PageSet
 from virtio_balloon_proto.wire import KINDS, WireLayout, decode, encode, encode_segments
 from virtio_balloon_proto.wire.messages import (
@@ -107,12 +108,13 @@ def test_arbitrary_bytes_are_lossless_wherever_decode_succeeds(
         assert exc.field is not None or exc.offset is not None
         return
     assert encode(d.message, layout) == raw
-    # decoding is deterministic and its findings name catalog-style dotted ids
+    # decoding is deterministic and its findings name catalog-style dotted ids, or a known
+    # note (findings.NOTES: names something no side breaks a rule by)
     again = decode(kind, raw, layout, profile=_profile(kind), role=role)
     assert again.message == d.message
     assert again.findings == d.findings
     for f in d.findings:
-        assert f.rule.count(".") >= 3, f.rule
+        assert f.rule.count(".") >= 3 or f.rule in NOTES, f.rule
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=_ids)
