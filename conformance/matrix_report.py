@@ -10,7 +10,7 @@ sideways.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from virtio_balloon_proto.limits import clean_text
@@ -150,21 +150,26 @@ def _counts_html(cols: list[dict[str, Any]]) -> list[str]:
     return ["<h2>Per-device counts</h2>", _table(head, rows)]
 
 
+def _never_run(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any], int, float]]:
+    """(device kind, profile, entry, cases no column of that kind runs, their share in %) for
+    every kind with two or more columns and at least one such case (html and markdown)."""
+    for kind, per in (doc.get("unsupported_by_kind") or {}).items():
+        for profile, e in per.items():
+            n = len(e["device"]) + len(e["adapter"]) + len(e["unclassified"])
+            if n and len(e["columns"]) >= 2:
+                yield kind, profile, e, n, 100.0 * n / e["cases"] if e["cases"] else 0.0
+
+
 def _unsupported_html(doc: dict[str, Any]) -> list[str]:
     """Per device kind with two or more columns: the cases none of them runs, whose limit."""
     rows = {r["id"]: r for r in doc["cases"]}
     out: list[str] = []
-    for kind, per in (doc.get("unsupported_by_kind") or {}).items():
-        for profile, e in per.items():
-            n = len(e["device"]) + len(e["adapter"]) + len(e["unclassified"])
-            if not n or len(e["columns"]) < 2:
-                continue
-            share = 100.0 * n / e["cases"] if e["cases"] else 0.0
-            out.append(f"<p>Cases of profile <code>{esc(profile)}</code> that no "
-                       f"<code>{esc(kind)}</code> column runs: {n} of {e['cases']} "
-                       f"({share:.1f}%).</p>")
-            out.append(_table(["case", "whose limit", "why (a column that says so)"], [
-                [esc(ids), esc(_WHOSE[k]), esc(why)] for k, ids, why in _grouped(rows, e)]))
+    for kind, profile, e, n, share in _never_run(doc):
+        out.append(f"<p>Cases of profile <code>{esc(profile)}</code> that no "
+                   f"<code>{esc(kind)}</code> column runs: {n} of {e['cases']} "
+                   f"({share:.1f}%).</p>")
+        out.append(_table(["case", "whose limit", "why (a column that says so)"], [
+            [esc(ids), esc(_WHOSE[k]), esc(why)] for k, ids, why in _grouped(rows, e)]))
     if out:
         out.insert(0, "<h2>Unsupported: whose limit</h2>")
     return out
@@ -351,17 +356,12 @@ def _unsupported_md(doc: dict[str, Any]) -> list[str]:
             _md(_split_text(per[p], per[p]["cases"])) if p in per else "-" for p in profiles)
             + " |")
     rows = {r["id"]: r for r in doc["cases"]}
-    for kind, per in (doc.get("unsupported_by_kind") or {}).items():
-        for profile, e in per.items():
-            n = len(e["device"]) + len(e["adapter"]) + len(e["unclassified"])
-            if not n or len(e["columns"]) < 2:
-                continue
-            share = 100.0 * n / e["cases"] if e["cases"] else 0.0
-            out += ["", f"Cases of profile `{_md(profile)}` that no `{_md(kind)}` column runs: "
-                    f"{n} of {e['cases']} ({share:.1f}%): "
-                    + "; ".join(f"{len(e[k])} {_WHOSE[k]}" for k in _WHOSE if e[k]) + ".", "",
-                    "| case | whose limit | why (a column that says so) |", "|---|---|---|"]
-            out += [f"| {_md(ids)} | {k} | {_md(why)} |" for k, ids, why in _grouped(rows, e)]
+    for kind, profile, e, n, share in _never_run(doc):
+        out += ["", f"Cases of profile `{_md(profile)}` that no `{_md(kind)}` column runs: "
+                f"{n} of {e['cases']} ({share:.1f}%): "
+                + "; ".join(f"{len(e[k])} {_WHOSE[k]}" for k in _WHOSE if e[k]) + ".", "",
+                "| case | whose limit | why (a column that says so) |", "|---|---|---|"]
+        out += [f"| {_md(ids)} | {k} | {_md(why)} |" for k, ids, why in _grouped(rows, e)]
     return out
 
 
