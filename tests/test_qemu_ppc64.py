@@ -84,11 +84,15 @@ def test_ppc64_column_runs_every_big_endian_spec_case() -> None:
     assert not {k: r.details_text() for k, r in res.items() if r.outcome() == "fail"}
     unsupported = sorted(k for k, r in res.items() if r.outcome() == "unsupported")
     assert unsupported == ["spec/hint-replayed-id-be", "spec/must-tell-host-be"], unsupported
-    # QEMU shows STOP once the driver echoed the id: the device's choice (VIRTIO 1.2 5.5.6.5);
+    # QEMU changes the id on its own once the driver echoed it: to STOP, or (when its migration
+    # thread began the next round first, seen in a CI run at load 20) to a new id.  Both are
+    # the device's choice (VIRTIO 1.2 5.5.6.5), so both pass and the report names which one;
     # that it still takes hints under the old id is not visible to the suite (qemu-7.2.toml)
     assert res["spec/hint-be"].outcome() == "pass", res["spec/hint-be"].details_text()
-    assert list(res["spec/hint-be"].behaviour["hint.cmd-id"]) == [
-        "changes free_page_hint_cmd_id on its own (to STOP)"]
+    choices = list(res["spec/hint-be"].behaviour["hint.cmd-id"])
+    assert choices and set(choices) <= {
+        "changes free_page_hint_cmd_id on its own (to STOP)",
+        "changes free_page_hint_cmd_id on its own (to a new id)"}, choices
     assert sum(r.outcome() == "pass" for r in res.values()) >= 12
     # stats polling ran on virtual time (the CEDE firmware): every stats case was judged
     assert all(res[k].outcome() == "pass" for k in res if "/stats" in k)
