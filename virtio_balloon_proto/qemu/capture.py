@@ -137,6 +137,13 @@ def _wait(what: str, cond: Callable[[], bool], timeout: float, proc: QemuProcess
     return time.monotonic() - t0
 
 
+def wait_driver_ok(log: TraceLog, timeout: float, proc: QemuProcess) -> float:
+    """Seconds until the guest's balloon driver set DRIVER_OK (VIRTIO 1.2 3.1.1 step 8), seen
+    in QEMU's trace log; raises PeerError when QEMU exits or ``timeout`` passes first."""
+    return _wait("the guest's balloon driver (DRIVER_OK)",
+                 lambda: any(v & DRIVER_OK for v in log.update().statuses), timeout, proc)
+
+
 def qemu_version() -> str:
     try:
         out = subprocess.run(
@@ -197,12 +204,7 @@ def capture_guest(
     try:
         proc.start()
         timings["qemu_start"] = proc.start_seconds
-        timings["boot_to_driver"] = _wait(
-            "the guest's balloon driver (DRIVER_OK)",
-            lambda: any(v & DRIVER_OK for v in log.update().statuses),
-            boot_timeout,
-            proc,
-        )
+        timings["boot_to_driver"] = wait_driver_ok(log, boot_timeout, proc)
         st = proc.qmp.execute("x-query-virtio-status", {"path": BACKEND_PATH})
         offered = offered_by_transport(features_from_qmp(st["host-features"]), transport)
         negotiated = features_from_qmp(st["guest-features"])

@@ -47,12 +47,12 @@ from ..trace import (
 )
 from .attach import PmemsaveMemory, ram_regions
 from .capture import (
-    DRIVER_OK,
     GUEST_TRACE_EVENTS,
     _events,
     _wait,
     features_from_qmp,
     offered_by_transport,
+    wait_driver_ok,
 )
 from .memory import parse_size
 from .process import QemuOptions, QemuProcess
@@ -228,9 +228,7 @@ def run_scenario(
     try:
         proc.start()
         timings["qemu_start"] = proc.start_seconds
-        timings["boot_to_driver"] = _wait(
-            "the guest's balloon driver (DRIVER_OK)",
-            lambda: any(v & DRIVER_OK for v in log.update().statuses), boot_timeout, proc)
+        timings["boot_to_driver"] = wait_driver_ok(log, boot_timeout, proc)
         backend = _backend_path(proc)
         st = proc.qmp.execute("x-query-virtio-status", {"path": backend})
         negotiated = features_from_qmp(st["guest-features"])
