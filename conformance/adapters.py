@@ -100,13 +100,19 @@ def _used_ok(raw: Any) -> bool:
 
 
 _DIGITS = re.compile(r"[0-9]+")
+_PAGE_SIZE_KEY = re.compile(r"0x[0-9a-f]+")
 
 
 def _observe_ok(raw: Any) -> bool:
     """True if ``raw`` certainly matches ``$defs/observe_result`` (the same contract as
-    :func:`_extents_ok`); ``unused``/``unused_done`` and anything unusual go to the schema."""
-    if type(raw) is not dict or "unused" in raw or "unused_done" in raw:
+    :func:`_extents_ok`); anything unusual goes to the schema."""
+    if type(raw) is not dict:
         return False
+    for k, each in (("unused", _extents_ok), ("unused_done", lambda v: type(v) is int and v >= 0)):
+        m = raw.get(k, {})
+        if type(m) is not dict or not all(
+                type(a) is str and _PAGE_SIZE_KEY.fullmatch(a) and each(v) for a, v in m.items()):
+            return False
     for k in ("num_pages", "actual", "hint_cmd_id"):
         v = raw.get(k, 0)
         if type(v) is not int or not 0 <= v <= 0xFFFFFFFF:
