@@ -123,7 +123,8 @@ def _kept(j: Judgement, ch: Chain) -> PageSet:
 
 
 @register(*sorted(set(ACK_CLAUSE.values()) | {"spec.device.malformed.acks-buffer",
-                                               "spec.device.stats.returns-superseded"}))
+                                               "spec.device.stats.returns-superseded",
+                                               "spec.device.stats.ignores-unknown-tag"}))
 def acks(j: Judgement) -> None:
     """Every chain is used.  A chain outstanding at the end of a captured window is in flight
     (no verdict); after an ``end`` observation (a live run) it will never be used."""
