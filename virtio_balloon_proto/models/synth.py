@@ -21,7 +21,6 @@ from numpy.typing import NDArray
 
 from ..codecs import Segment
 from ..errors import UsageError
-from ..pageset import PageSet
 from ..profiles import QueueRole, get_profile
 from ..trace import (
     AvailEvent,
@@ -37,14 +36,14 @@ from ..trace import (
 )
 from ..wire import WireLayout
 from .device import ReferenceDevice
-from .driver import ADDR_PFNS, DriverModel
+from .driver import DriverModel
 from .interface import Setup
-from .synth_zoo import ZOO_CORPUS, ZOO_REGIONS, ZOO_SCENARIOS
+from .synth_pages import PagePick, pick_pages
+from .synth_scenarios import SCENARIOS as SCENARIOS
+from .synth_zoo import ZOO_CORPUS, ZOO_REGIONS
 
 VIRTQ_DESC_F_NEXT = 1
 VIRTQ_DESC_F_WRITE = 2
-HINT_CMD_ID = 0x80000000  # QEMU's first free-page-hint command id
-KERNEL_FRAMES = 16 << 8  # keep the first 16 MiB (kernel, our static buffers) out of page sets
 
 
 @dataclass(frozen=True)
@@ -196,42 +195,15 @@ class Session:
         self.config_write(4, (self.actual & 0xFFFFFFFF).to_bytes(4, "little"))
 
     # --- page choice ----------------------------------------------------------------------------
+    def pick(self, count: int) -> PagePick:
+        """Guest pages covering ``count`` 4 KiB frames, in the order a buddy allocator hands
+        them out (:func:`.synth_pages.pick_pages`: runs at random places above the kernel,
+        each run descending), held as runs; draws from the session's generator."""
+        return pick_pages(self.rng, count, self.layout.frames_per_page, self.opts.memory)
+
     def pick_pages(self, count: int) -> NDArray[np.uint64]:
-        """Guest pages covering ``count`` 4 KiB frames, as the first frame of each page, in the
-        order a buddy allocator hands them out: runs at random places above the kernel, each
-        run descending."""
-        fpp = self.layout.frames_per_page
-        ram = self.opts.memory >> 12
-        npages = max(1, count // fpp)
-        lo, hi = KERNEL_FRAMES // fpp, ram // fpp
-        if npages > hi - lo:
-            raise UsageError(f"{count} frames do not fit {self.opts.memory >> 20} MiB of RAM",
-                             field="pages")
-        # indices drawn from the population's size, not from a materialised arange: numpy
-        # picks the same indices either way (the values do not enter the draw), and a large
-        # population (--memory 1000000: 256 Mi pages) costs O(npages), not 2 GB
-        # (int64 values, sorted and shifted in place: a 128 GiB guest's 33 M pages are 268 MB
-        # per array, so every temporary counts)
-        chosen = self.rng.choice(hi - lo, npages, replace=False)
-        chosen += lo
-        chosen.sort()
-        # runs of consecutive pages, in a random order, each descending -- vectorised (one
-        # lexsort, not a Python list of 10^5 runs: issue 13)
-        run = np.zeros(chosen.size, dtype=np.intp)
-        run[np.flatnonzero(np.diff(chosen) != 1) + 1] = 1
-        np.cumsum(run, out=run)
-        order = self.rng.permutation(int(run[-1]) + 1)
-        pos = np.empty_like(order)
-        pos[order] = np.arange(order.size)
-        key = pos[run]
-        del run, pos, order
-        idx = np.lexsort((-chosen, key))
-        del key
-        seq = chosen[idx]
-        del idx, chosen
-        if fpp != 1:
-            seq *= fpp
-        return seq.astype(np.uint64, copy=False)
+        """:meth:`pick` as one array: the first 4 KiB frame of each guest page, in order."""
+        return self.pick(count).frames()
 
 
 _OPTION_OF = {
@@ -239,232 +211,6 @@ _OPTION_OF = {
     "page-poison": "PAGE_POISON", "free-page-reporting": "PAGE_REPORTING",
     "page-bitmap": "PAGE_BITMAP", "misc-vq": "MISC_VQ", "must-tell-host": "MUST_TELL_HOST",
     "stats-vq": "STATS_VQ",
-}
-
-
-# --- scenarios --------------------------------------------------------------------------------
-def _bulk(s: Session) -> list[str]:
-    return ["PAGE_BITMAP"] if s.prof.bulk_feature else []
-
-
-def _inflate(s: Session, frames: NDArray[np.uint64]) -> None:
-    """Host sets a target, the driver inflates towards it, updating ``actual`` as Linux does."""
-    assert s.driver is not None
-    fpp = s.layout.frames_per_page
-    nframes = int(frames.size) * fpp
-    s.host("set-target", num_pages=s.actual + nframes)
-    s.config_read(0, 4)
-    chains = s.driver.balloon_chains("inflate", frames)
-    if chains and s.prof.bulk_feature and s.prof.has(s.features, s.prof.bulk_feature):
-        for c in chains:  # one fill_balloon() call: every window, then one actual update
-            s.send("inflate", c)
-        s.actual += nframes
-        s.tell_actual()
-        return
-    per = max(1, 256 // fpp) * fpp
-    for k, c in enumerate(chains):
-        s.send("inflate", c)
-        s.actual += min(per, nframes - k * per)
-        s.tell_actual()
-
-
-def _deflate(s: Session, frames: NDArray[np.uint64]) -> None:
-    assert s.driver is not None
-    nframes = int(frames.size) * s.layout.frames_per_page
-    s.host("set-target", num_pages=max(0, s.actual - nframes))
-    s.config_read(0, 4)
-    chains = s.driver.balloon_chains("deflate", frames)
-    for c in chains:
-        s.send("deflate", c)
-    s.actual -= nframes
-    s.tell_actual()
-
-
-def sc_inflate(s: Session) -> None:
-    s.negotiate(["STATS_VQ", *_bulk(s)])
-    _inflate(s, s.pick_pages(s.opts.pages))
-
-
-def sc_deflate(s: Session) -> None:
-    s.negotiate(["STATS_VQ", *_bulk(s)])
-    frames = s.pick_pages(s.opts.pages)
-    _inflate(s, frames)
-    # leak_balloon() takes pages back most-recently-inflated first (balloon_page_dequeue)
-    _deflate(s, frames[::-1][: frames.size // 2])
-
-
-def sc_deflate_on_oom(s: Session) -> None:
-    s.negotiate(["STATS_VQ", "DEFLATE_ON_OOM", *_bulk(s)])
-    frames = s.pick_pages(s.opts.pages)
-    _inflate(s, frames)
-    # virtballoon_oom_notify(): leak oom_pages (256) without a new target
-    assert s.driver is not None
-    oom = frames[: max(1, 256 // s.layout.frames_per_page)]
-    for c in s.driver.balloon_chains("deflate", oom):
-        s.send("deflate", c)
-    s.actual -= int(oom.size) * s.layout.frames_per_page
-    s.tell_actual()
-
-
-def sc_stats(s: Session) -> None:
-    s.negotiate(["STATS_VQ", *_bulk(s)])
-    assert s.driver is not None
-    mem = s.opts.memory
-    vals = {0: 0, 1: 0, 2: 17, 3: 12345, 4: mem // 2, 5: mem, 6: mem * 3 // 5, 7: mem // 10}
-    s.send("stats", s.driver.stats_chain(vals))  # init_vqs(): primed at probe
-    for k in range(2):
-        if s.host("stats-poll"):
-            vals = {t: v + (k + 1) * 4096 * (t + 1) for t, v in vals.items()}
-            s.send("stats", s.driver.stats_chain(vals))  # stats_handle_request()
-
-
-def sc_unused_pages(s: Session) -> None:
-    if s.prof.name == "spec":
-        raise UsageError("the unused-pages scenario needs the v3 or hybrid misc queue",
-                         field="scenario")
-    s.negotiate(["STATS_VQ", "PAGE_BITMAP", "MISC_VQ"])
-    assert s.driver is not None
-    s.send("misc", s.driver.request_buffer())
-    fpp = s.layout.frames_per_page
-    max_pfn = (s.opts.memory >> 12) // fpp
-    firsts = s.pick_pages(max(s.opts.pages, fpp))
-    used = PageSet.from_starts_counts(firsts, np.full(firsts.size, fpp, dtype=np.uint64))
-    everything = PageSet.from_range(KERNEL_FRAMES, (s.opts.memory >> 12) - KERNEL_FRAMES)
-    unused = everything - used
-    for req_id in (1, 0x1234_5678_9ABC):
-        if not s.host("get-unused-pages", req_id=req_id):
-            raise UsageError("the device did not write the misc request", field="scenario")
-        for c in s.driver.unused_answer(unused, req_id, max_pfn):
-            s.send("misc", c)
-        s.send("misc", s.driver.request_buffer())  # posted again after the answer
-    # then an ordinary inflate: with exact=True the seed's shared header leaks flag/req_id
-    _inflate(s, s.pick_pages(min(s.opts.pages, 512)))
-
-
-def sc_hint(s: Session) -> None:
-    if s.prof.name != "spec":
-        raise UsageError("free page hinting is a spec-profile feature", field="scenario")
-    s.negotiate(["STATS_VQ", "FREE_PAGE_HINT"])
-    assert s.driver is not None
-    s.host("hint-start", cmd_id=HINT_CMD_ID)
-    cmd = int.from_bytes(s.config_read(8, 4), "little")
-    # virtio_balloon_report_free_page(): blocks of MAX_PAGE_ORDER from the free lists
-    free = PageSet.from_frames(np.arange(KERNEL_FRAMES, KERNEL_FRAMES + 4 * 1024,
-                                         dtype=np.uint64))
-    for c in s.driver.hint_chains(free, cmd):
-        s.send("free_page", c)
-    s.host("hint-stop", cmd_id=1)  # VIRTIO_BALLOON_CMD_ID_DONE: the driver frees its hints
-    s.config_read(8, 4)
-
-
-def sc_report(s: Session) -> None:
-    if s.prof.name != "spec":
-        raise UsageError("free page reporting is a spec-profile feature", field="scenario")
-    s.negotiate(["STATS_VQ", "PAGE_REPORTING"])
-    assert s.driver is not None
-    # page_reporting_cycle(): pageblock-order (2 MiB) free blocks, up to 32 per report
-    starts = KERNEL_FRAMES + np.arange(0, 40 * 1024, 1024, dtype=np.uint64)
-    free = PageSet.from_starts_counts(starts, np.full(starts.size, 512, dtype=np.uint64))
-    for c in s.driver.report_chains(free):
-        s.send("reporting", c)
-
-
-def sc_report_no_stats(s: Session) -> None:
-    """Reporting without the stats queue, the device offering both: Linux puts reporting at
-    queue 2 (compacted over negotiated features); a device numbering queues over its offered
-    features expects it at 3 (research/qemu-peer.md 2b)."""
-    if s.prof.name != "spec":
-        raise UsageError("free page reporting is a spec-profile feature", field="scenario")
-    s.negotiate(["PAGE_REPORTING"], offer_extra=("STATS_VQ",))
-    assert s.driver is not None
-    starts = KERNEL_FRAMES + np.arange(0, 8 * 1024, 1024, dtype=np.uint64)
-    free = PageSet.from_starts_counts(starts, np.full(starts.size, 512, dtype=np.uint64))
-    for c in s.driver.report_chains(free):
-        s.send("reporting", c)
-
-
-def sc_poison(s: Session) -> None:
-    """PAGE_POISON with reporting: poison_val is written before DRIVER_OK (D-PP2), then free
-    pages (filled with it, D-FR2) are reported; a 16-byte config space holds it."""
-    if s.prof.name != "spec":
-        raise UsageError("page poison is a spec-profile feature", field="scenario")
-    s.negotiate(["STATS_VQ", "PAGE_POISON", "PAGE_REPORTING"], poison_val=0xAAAAAAAA)
-    assert s.driver is not None
-    s.config_read(12, 4)
-    starts = KERNEL_FRAMES + np.arange(0, 4 * 1024, 1024, dtype=np.uint64)
-    free = PageSet.from_starts_counts(starts, np.full(starts.size, 512, dtype=np.uint64))
-    for c in s.driver.report_chains(free):
-        s.send("reporting", c)
-
-
-def sc_must_tell_host(s: Session) -> None:
-    """MUST_TELL_HOST: the driver tells the device before reusing pages (D-OP7); the traffic
-    is an ordinary inflate then deflate, each acknowledged before the next."""
-    s.negotiate(["MUST_TELL_HOST", "STATS_VQ", *_bulk(s)])
-    frames = s.pick_pages(s.opts.pages)
-    _inflate(s, frames)
-    _deflate(s, frames[::-1][: frames.size // 4])
-
-
-def sc_malformed(s: Session) -> None:
-    """Driver buffers that break a rule; a device must still return each one."""
-    s.negotiate(["STATS_VQ", *_bulk(s)])
-    assert s.driver is not None
-    e = "<u4" if s.layout.little_endian else ">u4"
-    base = KERNEL_FRAMES + 64
-    fpp = s.layout.frames_per_page
-    if s.prof.name == "spec" or not s.prof.bulk_feature:
-        good = (np.arange(base, base + 4 * fpp, dtype=np.uint64)).astype(e).tobytes()
-        bad_ram = np.array([s.opts.memory >> 12, 0xFFFFFFFF], dtype=e).tobytes()
-        cases = [
-            good + b"\x01\x02",  # trailing partial PFN: QEMU/crosvm use the whole ones
-            np.arange(base + 64, base + 64 + 300 * fpp, fpp, dtype=np.uint64).astype(e).tobytes(),
-            good[: 4 * fpp] + good[: 4 * fpp],  # the same page twice
-            bad_ram,  # outside guest RAM: skipped (QEMU virtio_balloon_bad_addr)
-        ]
-        for data in cases:
-            s.send("inflate", [Segment(ADDR_PFNS, len(data), False, data)])
-        s.send("deflate", [Segment(ADDR_PFNS, 4 * fpp, False, good[: 4 * fpp])])
-        return
-    if s.prof.name == "v3":
-        from ..wire.messages import BitmapMessage, encode_segments
-
-        lay = s.layout
-        bm = bytes([0xFF]) + bytes(7)
-        for hdr in (
-            BitmapMessage(0, lay.page_shift, 0, 0, 0, base // 64 * 64, 16, (bm,)),  # short
-            BitmapMessage(0, lay.page_shift, 0, 7, 0, base // 64 * 64, 8, (bm,)),  # reserved
-            BitmapMessage(0, lay.page_shift, 0, 0, 0, base // 64 * 64, 8, (bm + bm,)),  # extra
-        ):
-            segs = [Segment(0x0106_8000 if i == 0 else 0x0110_0000, len(b), False, b)
-                    for i, b in enumerate(encode_segments(hdr, lay))]
-            s.send("inflate", segs)
-        return
-    from ..wire.bulk import hybrid_head_word
-    from ..wire.structs import structs
-
-    rec = hybrid_head_word(base + 1, 13, 0, s.layout.little_endian)  # misaligned order-1 block
-    payload = np.array([rec], dtype=np.uint64).astype(
-        "<u8" if s.layout.little_endian else ">u8").tobytes()
-    hdr = structs(s.layout.little_endian).virtio_balloon_resp_hdr.build(
-        dict(cmd=0, flag=0, id=0, data_len=len(payload) + 8))  # data_len says one more
-    s.send("inflate", [Segment(0x0106_A000, 8, False, hdr),
-                       Segment(0x0110_0000, len(payload), False, payload)])
-
-
-SCENARIOS: dict[str, Callable[[Session], None]] = {
-    "inflate": sc_inflate,
-    "deflate": sc_deflate,
-    "deflate-on-oom": sc_deflate_on_oom,
-    "stats": sc_stats,
-    "unused-pages": sc_unused_pages,
-    "hint": sc_hint,
-    "report": sc_report,
-    "report-no-stats": sc_report_no_stats,
-    "poison": sc_poison,
-    "must-tell-host": sc_must_tell_host,
-    "malformed": sc_malformed,
-    **ZOO_SCENARIOS,  # traffic the regression zoo's bugs need (conformance/zoo/)
 }
 
 
