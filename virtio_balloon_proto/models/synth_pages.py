@@ -147,6 +147,17 @@ def _runs_of_complement(rest: NDArray[np.int64], pop: int) -> tuple[NDArray[np.i
     return start[keep], length[keep]
 
 
+def _runs_of_mask(chosen: NDArray[np.int64], pop: int) -> tuple[NDArray[np.int64],
+                                                                 NDArray[np.int64]]:
+    """Runs (start, length) of the distinct values ``chosen`` (any order) in ``range(pop)``,
+    ascending, through a byte mask of the population."""
+    mask = np.zeros(pop + 2, dtype=np.int8)
+    mask[1:-1][chosen] = 1
+    edges = np.diff(mask)
+    start = np.flatnonzero(edges == 1)
+    return start, np.flatnonzero(edges == -1) - start
+
+
 def _runs_of_sorted(chosen: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Runs (start, length) of consecutive values of the sorted distinct ``chosen``."""
     cut = np.flatnonzero(np.diff(chosen) != 1) + 1
@@ -174,8 +185,11 @@ def pick_pages(rng: np.random.Generator, count: int, fpp: int, memory: int, *,
         # indices drawn from the population's size, not from a materialised arange: numpy
         # picks the same indices either way (the values do not enter the draw)
         chosen = rng.choice(pop, npages, replace=False)
-        chosen.sort()
-        start, length = _runs_of_sorted(chosen)
+        if pop <= direct_max:  # a byte a page of the population: 10x cheaper than a sort
+            start, length = _runs_of_mask(chosen, pop)
+        else:
+            chosen.sort()
+            start, length = _runs_of_sorted(chosen)
         del chosen
     # the runs in a random order, each descending (a buddy allocator's order)
     order = rng.permutation(start.size)

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+import orjson
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from ..errors import TraceError, VBProtoError
@@ -336,6 +337,27 @@ def _dumps(obj: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=True)
 
 
+def _dumps_line(obj: dict[str, Any]) -> bytes:
+    """``_dumps(obj)`` as ASCII bytes with a newline, through orjson where that gives the same
+    bytes (~10x faster; issue 13: ``trace synth`` writes 16.6 MB for the 7 GiB inflate).
+
+    orjson writes compact JSON as the stdlib does except: non-ASCII and DEL (0x7F) unescaped
+    (then the stdlib writes the line), integers beyond 64 bits and lone surrogates refused
+    (same), and floats spelled differently (``1e16``, not ``1e+16``): a record with ``ts``,
+    the only number a trace may hold that is not an integer (the reader refuses any other
+    float, ``_FLOAT_TOKEN``), goes to the stdlib.  tests/test_trace_write_fast.py checks the two
+    agree."""
+    if "ts" not in obj:
+        try:
+            out = orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+        except (orjson.JSONEncodeError, TypeError):
+            pass
+        else:
+            if out.isascii() and b"\x7f" not in out:
+                return out
+    return (_dumps(obj) + "\n").encode("ascii")
+
+
 class TraceWriter:
     """Write a trace: ``with TraceWriter(path, header) as w: w.write(event)``.
 
@@ -367,7 +389,7 @@ class TraceWriter:
                     "refusing to write an invalid record: " + "; ".join(probs),
                     where=f"{self.path} record {self.count + 1}",
                 )
-        self._out.write((_dumps(obj) + "\n").encode("ascii"))
+        self._out.write(_dumps_line(obj))
         self.count += 1
 
     def write(self, event: Event) -> None:
