@@ -31,8 +31,8 @@ KERNEL_FRAMES = 16 << 8  # keep the first 16 MiB (kernel, our static buffers) ou
 #: populations up to this many pages use numpy's choice as is (16 bytes a page, ~64 MB at
 #: most, and 3x faster than the chunked recomputation); larger ones use _choice_set
 DIRECT_CHOICE_MAX = 1 << 22
-#: Fisher-Yates indices drawn per batch (8 MB of int64)
-_DRAW = 1 << 20
+#: Fisher-Yates indices drawn per batch (2 MB of int64)
+_DRAW = 1 << 18
 
 
 @dataclass(frozen=True)
