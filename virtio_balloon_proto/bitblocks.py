@@ -9,6 +9,14 @@ and ``bits`` (one row of 64 bytes per block, bit ``j`` of row ``r`` -- byte ``j 
 No row is all zeros.  A block costs :data:`BLOCK_COST` bytes where an extent costs
 :data:`EXTENT_COST`; :func:`dense_is_cheaper` is the density rule every producer applies.
 
+A block may be *scaled* (:mod:`.scaledblocks`): with ``shift`` k and ``phase`` p, bit ``j`` of
+row ``r`` is the *unit* ``u = idx[r] * 512 + j``, the ``2**k`` frames from ``p + u * 2**k``
+(hybrid records of order k, v3 misc bitmaps of pages above 4 KiB).  Unscaled blocks are
+``shift`` 0, ``phase`` 0 (a unit is a frame).  Every function here that answers in frames
+(:func:`popcount`, :func:`min_frame`, :func:`max_frame`, :func:`contains`,
+:func:`iter_runs`, :func:`runs_to_extents`, :func:`merged_run_count`) honours the scale;
+the rest work on units (and :func:`spread` only on unscaled blocks).
+
 Everything here works on whole arrays or on chunks of :data:`CHUNK` blocks (a fixed scratch
 of about 1 MiB), never one Python step per frame or per run.
 """
@@ -38,10 +46,13 @@ U8 = npt.NDArray[np.uint8]
 @dataclass(frozen=True, slots=True, eq=False)
 class Blocks:
     """Aligned bit blocks: ``idx`` (n,) sorted unique uint64, ``bits`` (n, 64) uint8, no
-    all-zero row; both read-only."""
+    all-zero row; both read-only.  ``shift``/``phase``: a bit stands for the ``2**shift``
+    frames from ``phase + unit * 2**shift`` (0 <= phase < 2**shift; see the module doc)."""
 
     idx: U64
     bits: U8
+    shift: int = 0
+    phase: int = 0
 
     @property
     def words(self) -> npt.NDArray[np.uint64]:
@@ -57,8 +68,10 @@ def dense_is_cheaper(nruns: int, nblocks: int) -> bool:
     return BLOCK_COST * nblocks < EXTENT_COST * nruns
 
 
-def make(idx: npt.NDArray[np.uint64], rows: U8) -> Blocks | None:
-    """Blocks from rows aligned with ``idx``, dropping all-zero rows (None when none is left)."""
+def make(idx: npt.NDArray[np.uint64], rows: U8, shift: int = 0, phase: int = 0
+         ) -> Blocks | None:
+    """Blocks from rows aligned with ``idx``, dropping all-zero rows (None when none is left);
+    ``shift``/``phase`` their scale (see :class:`Blocks`)."""
     keep = np.flatnonzero(rows.view("<u8").any(axis=1))
     if keep.size == 0:
         return None
@@ -69,7 +82,7 @@ def make(idx: npt.NDArray[np.uint64], rows: U8) -> Blocks | None:
         out_rows = rows[keep]
         out_idx = idx[keep]
     out_rows.flags.writeable = False
-    return Blocks(ro(out_idx), out_rows)
+    return Blocks(ro(out_idx), out_rows, shift, phase)
 
 
 def from_le_bits(le: U8, base: int, nbits: int) -> Blocks | None:
@@ -111,7 +124,8 @@ def last_nonzero(a: U8) -> int:
 
 
 def popcount(b: Blocks) -> int:
-    return int(np.bitwise_count(b.bits).sum(dtype=np.uint64))
+    """Frames in the blocks (set bits times ``2**shift``)."""
+    return int(np.bitwise_count(b.bits).sum(dtype=np.uint64)) << b.shift
 
 
 def _low_bit(word: int) -> int:
@@ -121,18 +135,29 @@ def _low_bit(word: int) -> int:
 def min_frame(b: Blocks) -> int:
     w = b.words[0].tolist()
     k = next(i for i, x in enumerate(w) if x)
-    return (int(b.idx[0]) << BLOCK_SHIFT) + 64 * k + _low_bit(w[k])
+    unit = (int(b.idx[0]) << BLOCK_SHIFT) + 64 * k + _low_bit(w[k])
+    return b.phase + (unit << b.shift)
 
 
 def max_frame(b: Blocks) -> int:
     w = b.words[-1].tolist()
     k = max(i for i, x in enumerate(w) if x)
     top: int = w[k]
-    return (int(b.idx[-1]) << BLOCK_SHIFT) + 64 * k + top.bit_length() - 1
+    unit = (int(b.idx[-1]) << BLOCK_SHIFT) + 64 * k + top.bit_length() - 1
+    return b.phase + ((unit + 1) << b.shift) - 1
 
 
 def contains(b: Blocks, frames: U64) -> npt.NDArray[np.bool_]:
     """Membership of each frame (uint64 array)."""
+    if b.shift:
+        ph = np.uint64(b.phase)
+        inside = frames >= ph
+        units = (frames - ph) >> np.uint64(b.shift)  # wrapped where not inside: masked
+        return inside & _contains_units(b, units)
+    return _contains_units(b, frames)
+
+
+def _contains_units(b: Blocks, frames: U64) -> npt.NDArray[np.bool_]:
     blk = frames >> np.uint64(BLOCK_SHIFT)
     i = np.minimum(np.searchsorted(b.idx, blk), b.idx.size - 1)
     hit = b.idx[i] == blk
@@ -179,10 +204,15 @@ def iter_runs(es: U64, el: U64, b: Blocks | None, chunk: int = CHUNK
     held_s, held_l = EMPTY, EMPTY
     e_pos = 0
     n = b.idx.size
+    sh, ph = np.uint64(b.shift), np.uint64(b.phase)
+    ulast = np.uint64((1 << b.shift) - 1)
     for c0 in range(0, n, chunk):
         c1 = min(n, c0 + chunk)
         ks, kl = _rows_runs(b.idx[c0:c1], b.bits[c0:c1])
-        hi = (int(b.idx[c1 - 1]) + 1) << BLOCK_SHIFT  # first frame after this chunk
+        if b.shift:  # runs of units -> runs of frames (set units lie inside 0..2**64-1)
+            ks, kl = ph + (ks << sh), ph + (kl << sh) + ulast
+        # first frame after this chunk
+        hi = b.phase + ((int(b.idx[c1 - 1]) + 1) << (BLOCK_SHIFT + b.shift))
         e_end = es.size if hi > MAX_FRAME else int(np.searchsorted(es, np.uint64(hi)))
         s, last = merge(np.concatenate((held_s, es[e_pos:e_end], ks)),
                         np.concatenate((held_l, el[e_pos:e_end], kl)))
@@ -234,7 +264,9 @@ def extent_bits(es: U64, el: U64, idx: U64) -> U8:
 def spread(es: U64, el: U64, b: Blocks | None, universe: U64) -> tuple[U64, U64, U8]:
     """Re-cut a set (extents ``es``/``el`` plus blocks ``b``, ``b.idx`` within ``universe``)
     so that its blocks are exactly ``universe``: returns the extents left outside those
-    blocks and the rows aligned with ``universe``."""
+    blocks and the rows aligned with ``universe``.  Unscaled blocks only (scaled:
+    :func:`.scaledblocks.spread`)."""
+    assert b is None or b.shift == 0
     rows = np.zeros((universe.size, BLOCK_BYTES), dtype=np.uint8)
     new = np.ones(universe.size, dtype=bool)
     if b is not None:
@@ -276,16 +308,20 @@ def merged_run_count(es: U64, el: U64, b: Blocks | None) -> int:
     n = run_count(b) + int(es.size)
     if es.size == 0:
         return n
-    sh = np.uint64(BLOCK_SHIFT)
-    mask = np.uint64(BLOCK_FRAMES - 1)
+    # a block spans 2**(9 + shift) frames from phase + idx * 2**(9 + shift)
+    sh = np.uint64(BLOCK_SHIFT + b.shift)
+    mask = np.uint64((1 << (BLOCK_SHIFT + b.shift)) - 1)
+    ph = np.uint64(b.phase)
     # an extent ending just before a block whose bit 0 is set
     nxt = el + np.uint64(1)
-    at_edge = ((nxt & mask) == 0) & (el != np.uint64(MAX_FRAME))
-    cand = nxt[at_edge] >> sh
+    rel = nxt - ph  # wraps where nxt < phase: masked
+    at_edge = ((rel & mask) == 0) & (el != np.uint64(MAX_FRAME)) & (nxt >= ph)
+    cand = rel[at_edge] >> sh
     n -= int(np.count_nonzero(_has_bit(b, cand, 0)))
     # an extent starting just after a block whose bit 511 is set
-    at_edge = ((es & mask) == 0) & (es != 0)
-    cand = (es[at_edge] >> sh) - np.uint64(1)
+    rel = es - ph
+    at_edge = ((rel & mask) == 0) & (es > ph)
+    cand = (rel[at_edge] >> sh) - np.uint64(1)
     n -= int(np.count_nonzero(_has_bit(b, cand, BLOCK_FRAMES - 1)))
     return n
 

@@ -15,6 +15,8 @@ Two forms, one set (equality, hashing and every operation ignore which one holds
   512-frame blocks of bits and the rest as extents that touch none of those blocks.  The
   producers (:meth:`PageSet.from_bitmap`, the wire decoders, set algebra) pick the form by
   :func:`~.bitblocks.dense_is_cheaper`, so memory follows the input (issue 12: <= 16x).
+  The blocks may be *scaled* (:mod:`.scaledblocks`): a bit for a unit of ``2**k`` frames,
+  for bitmaps whose bits name pages above 4 KiB (v3 misc, hybrid order >= 1).
 
 Counting, membership, ``min``/``max``, the text form and set algebra work on either form
 without expanding it; ``starts``/``lasts``/``counts`` and the encoders expand blocks into
@@ -32,6 +34,7 @@ import numpy.typing as npt
 
 from . import bitblocks as bb
 from . import extentarrays as xa
+from . import scaledblocks as sb
 from .bitblocks import Blocks
 from .errors import DecodeError, EncodeError, UsageError
 from .extentarrays import MAX_FRAME, U64, WordOrder
@@ -147,7 +150,8 @@ class PageSet:
         """Extents (merged, touching no block of ``blk``) plus blocks, in the cheaper form."""
         if blk is None:
             return cls._trusted(starts, lasts)
-        if not bb.dense_is_cheaper(bb.run_count(blk), len(blk)):
+        if (blk.shift and not sb.fits(blk)) or not bb.dense_is_cheaper(bb.run_count(blk),
+                                                                       len(blk)):
             return cls._trusted(*bb.runs_to_extents(starts, lasts, blk))
         self = cls._trusted(starts, lasts)
         self._blk = blk
@@ -158,6 +162,20 @@ class PageSet:
         """Frames ``base + i`` for each set bit ``i < nbits`` of a little-endian bit string
         (bit ``i`` is bit ``i % 8`` of byte ``i // 8``: a v3 bitmap of le words), in
         whichever form is smaller.  DecodeError if a set bit lies beyond frame 2**64-1."""
+        return cls.from_le_units(bits, base, nbits)
+
+    @classmethod
+    def from_le_units(cls, bits: npt.NDArray[np.uint8], base: int, nbits: int,
+                      shift: int = 0, phase: int = 0) -> PageSet:
+        """:meth:`from_le_bits` for pages of ``2**shift`` frames: set bit ``i < nbits``
+        marks the frames ``phase + (base + i) * 2**shift`` to ``phase + (base + i + 1) *
+        2**shift - 1`` (v3 misc: ``base`` start_pfn, phase 0; hybrid order k: ``base``
+        start_pfn >> k, ``phase`` start_pfn mod 2**k).  Held as scaled bit blocks when they
+        are smaller than the extents (:mod:`.scaledblocks`).  ``0 <= phase < 2**shift``;
+        DecodeError if a marked frame lies beyond 2**64-1."""
+        if not isinstance(shift, int) or not 0 <= shift <= 63 or not isinstance(phase, int) \
+                or not 0 <= phase < 1 << shift:
+            raise UsageError(f"bad scale shift={shift!r} phase={phase!r}", field="unit")
         raw = np.asarray(bits, dtype=np.uint8).reshape(-1)
         nbits = min(nbits, raw.size * 8)
         full, rem = divmod(nbits, 8)
@@ -167,18 +185,25 @@ class PageSet:
             top = full * 8 + (int(raw[full]) & ((1 << rem) - 1)).bit_length() - 1
         if top < 0:
             return cls()
-        if base + top > MAX_FRAME:
-            raise DecodeError(f"bitmap marks frames up to {base + top}, beyond 2**64-1",
+        last = phase + ((base + top + 1) << shift) - 1
+        if last > MAX_FRAME:
+            raise DecodeError(f"bitmap marks frames up to {last}, beyond 2**64-1",
                               field="base")
-        blk = bb.from_le_bits(raw, base, top + 1)
+        blk = bb.from_le_bits(raw, base, top + 1)  # in units
+        if blk is not None and shift:
+            blk = bb.Blocks(blk.idx, blk.bits, shift, phase)
         return cls._from_parts(xa.EMPTY, xa.EMPTY, blk)
 
     @classmethod
-    def from_blocks(cls, idx: npt.NDArray[np.uint64], rows: npt.NDArray[np.uint8]) -> PageSet:
+    def from_blocks(cls, idx: npt.NDArray[np.uint64], rows: npt.NDArray[np.uint8],
+                    shift: int = 0, phase: int = 0) -> PageSet:
         """Frames ``idx[r] * 512 + j`` for each set bit ``j`` (bit ``j % 8`` of byte
         ``j // 8``) of row ``r`` of ``rows`` ((n, 64) uint8); ``idx`` sorted, unique, below
-        2**55.  In whichever form is smaller."""
-        return cls._from_parts(xa.EMPTY, xa.EMPTY, bb.make(idx.astype(np.uint64), rows))
+        2**55.  In whichever form is smaller.  With ``shift``/``phase`` each bit is the unit
+        ``u = idx[r] * 512 + j``, the ``2**shift`` frames from ``phase + u * 2**shift``
+        (every set unit must lie inside 0..2**64-1; :mod:`.scaledblocks`)."""
+        return cls._from_parts(xa.EMPTY, xa.EMPTY,
+                               bb.make(idx.astype(np.uint64), rows, shift, phase))
 
     @property
     def is_dense(self) -> bool:
@@ -390,6 +415,11 @@ class PageSet:
             raw = raw.reshape(-1, wbytes)[:, ::-1].reshape(-1)
         if unit == 1:  # straight from the packed bits: no byte per bit, blocks if dense
             return cls.from_le_bits(raw, base, raw.size * 8 if nbits is None else nbits)
+        if unit & (unit - 1) == 0 and unit.bit_length() - 1 <= sb.MAX_SHIFT:
+            # pages of 2**k frames: from the packed bits too, as scaled blocks if dense
+            k = unit.bit_length() - 1
+            return cls.from_le_units(raw, base >> k, raw.size * 8 if nbits is None else nbits,
+                                     k, base & (unit - 1))
         flags = np.unpackbits(raw, bitorder="little")
         if nbits is not None:
             flags = flags[:nbits]
@@ -565,10 +595,21 @@ class PageSet:
     def _binop(self, o: PageSet, op: str) -> PageSet:
         """``op`` on two sets of which at least one holds blocks: both are re-cut onto the
         union of their blocks, then extents meet extents and bits meet bits (the two parts
-        of each side cover disjoint frames, so the operation splits)."""
+        of each side cover disjoint frames, so the operation splits).  Blocks of two scales,
+        or extents that cut a scaled block's unit, have no common cut: then the scaled
+        operands take the extents form (same set) and the operation is redone."""
+        scale = sb.common_scale(self._blk, o._blk)
         universe = bb.union_idx(self._blk, o._blk)
-        as_, al, arows = bb.spread(self._starts, self._lasts, self._blk, universe)
-        bs, bl, brows = bb.spread(o._starts, o._lasts, o._blk, universe)
+        a = b = None
+        if scale is not None:
+            a = sb.spread(self._starts, self._lasts, self._blk, universe, *scale)
+            if a is not None:
+                b = sb.spread(o._starts, o._lasts, o._blk, universe, *scale)
+        if scale is None or a is None or b is None:
+            x, y = self._unscaled(), o._unscaled()
+            return x | y if op == "or" else x & y if op == "and" else x - y
+        as_, al, arows = a
+        bs, bl, brows = b
         es, el = _extent_op(op, as_, al, bs, bl)
         if op == "or":
             arows |= brows
@@ -577,7 +618,13 @@ class PageSet:
         else:
             arows &= ~brows
         del brows
-        return PageSet._from_parts(es, el, bb.make(universe, arows))
+        return PageSet._from_parts(es, el, bb.make(universe, arows, *scale))
+
+    def _unscaled(self) -> PageSet:
+        """This set without scaled blocks (its extents form if it holds them)."""
+        if self._blk is None or not self._blk.shift:
+            return self
+        return PageSet._trusted(*self._extents())
 
     def __or__(self, other: object) -> PageSet:
         o = self._coerce(other)

@@ -523,7 +523,6 @@ def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
                          field="bitmap"))
     nbits = 8 * min(int(h.bmap_len), present)
     unit = 1 << (ps - 12)
-    pages: PageSet | None = None
     overlapping = 0
     if unit == 1:
         # bit n is frame start_pfn + n on every queue: the set straight from the packed bits
@@ -535,11 +534,18 @@ def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
             raise DecodeError("start_pfn + bitmap exceed the 64-bit frame space",
                               field="start_pfn", offset=16) from None
         del le
-        first = run = np.zeros(0, dtype=np.uint64)
     elif role == "misc":
-        # runs of set bits, not one entry per bit: memory follows the runs (16 bytes each),
-        # not the 8 pages per bitmap byte
-        first, run = bulk.bitmap_runs(bitmap, layout.word_size, layout.word_order, nbits)
+        # send_unused_pages_info(): start_pfn and bits are real PFNs of PAGE_SIZE, bit n the
+        # ``unit`` frames from (start_pfn + n) * unit: straight from the packed bits to blocks
+        # of pages (scaled bit blocks) where runs are short -- an extent per run of
+        # alternating bits was 176x the input at 16 KiB pages (issue 12)
+        le = bulk.to_le_bits(bitmap, layout.word_size, layout.word_order, nbits)
+        try:
+            pages = PageSet.from_le_units(le, int(h.start_pfn), nbits, ps - 12)
+        except DecodeError:
+            raise DecodeError("start_pfn + bitmap exceed the 64-bit frame space",
+                              field="start_pfn", offset=16) from None
+        del le
     else:
         # pages larger than 4 KiB on inflate/deflate: bit n names the ``unit`` frames from
         # start_pfn + n, which the next bits' pages may overlap (a finding).  The union is the
@@ -554,7 +560,6 @@ def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
             raise DecodeError("start_pfn + bitmap exceed the 64-bit frame space",
                               field="start_pfn", offset=16) from None
         del union
-        first = run = np.zeros(0, dtype=np.uint64)
     if present > h.bmap_len:
         beyond = (bulk.bitmap_popcount(bitmap, layout.word_size, layout.word_order)
                   - bulk.bitmap_popcount(bitmap, layout.word_size, layout.word_order, nbits))
@@ -562,28 +567,16 @@ def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
             f.append(Finding("v3.driver.bmap.bits-beyond-len",
                              f"{beyond} bit(s) set past bmap_len ({h.bmap_len} bytes); not "
                              "counted as pages", field="bitmap", offset=BMAP_HDR_SIZE + h.bmap_len))
-    if (not pages if pages is not None else first.size == 0) and role in ("inflate", "deflate"):
+    if not pages and role in ("inflate", "deflate"):
         f.append(Finding("v3.driver.bmap.empty", f"no page in this {role} message",
                          field="bitmap"))
-    last = int(first[-1] + run[-1]) - 1 if first.size else -1  # no page: nothing can overflow
-    starts = counts = None
     if overlapping:
         f.append(Finding("v3.driver.pages.no-duplicate",
                          f"{overlapping} page(s) overlap another page of this message "
                          f"({unit} frames per bit)", field="bitmap"))
-    if pages is None:
-        # send_unused_pages_info(): start_pfn and bits are real PFNs of PAGE_SIZE; a run of
-        # k bits is k whole pages: one extent
-        if first.size and (h.start_pfn + last + 1) * unit > 1 << 64:
-            raise DecodeError("start_pfn + bitmap exceed the 64-bit frame space",
-                              field="start_pfn", offset=16)
-        starts = (np.uint64(h.start_pfn) + first) * np.uint64(unit)
-        counts = run * np.uint64(unit)
     msg = BitmapMessage(int(h.cmd), ps, int(h.flag), int(h.reserved), int(h.req_id),
                         int(h.start_pfn), int(h.bmap_len), tuple(segs[i:]), header_tail)
-    if pages is not None:
-        return Decoded("bmap", msg, layout, tuple(f), None, None, role, pageset=pages)
-    return Decoded("bmap", msg, layout, tuple(f), starts, counts, role)
+    return Decoded("bmap", msg, layout, tuple(f), None, None, role, pageset=pages)
 
 
 def _decode_req(data: bytes, layout: WireLayout) -> Decoded:
@@ -660,24 +653,28 @@ def _decode_hybrid(data: bytes, layout: WireLayout, role: str) -> Decoded:
     disjoint = bool(np.all(start[order_][1:] >= np.maximum.accumulate(ends[order_])[:-1]))
     pages: PageSet | None = None
     if bm.size:
-        # the order-0 bitmap records -- one frame per bit -- go to bit blocks straight from
-        # their words (records sharing a block OR-ed: overlapping ones too); an extent per
-        # run of alternating bits was 16 bytes per bit, 281x the input when records overlap
-        # (issue 12).  The rest are extents (a plain record is one; order >= 1 bitmaps one per
-        # run: blocks of 2^order frames do not fit bit blocks any better)
-        dense = bm[order[bm] == 0]
-        other = np.concatenate((np.flatnonzero(plain), bm[order[bm] != 0]))
+        # the bitmap records of one block size and phase (order k, start_pfn mod 2^k) go to
+        # bit blocks straight from their words, one bit per block of 2^k frames (scaled bit
+        # blocks for k >= 1; records sharing a block OR-ed: overlapping ones too); an extent
+        # per run of alternating bits was 16 bytes per bit: 281x the input when order-0
+        # records overlap, 257x at order >= 1 (issue 12).  A set has one scale, so that is
+        # the (order, phase) holding the most bitmap words; plain records and the bitmap
+        # records of any other scale are extents (a plain record is one, a bitmap one per run)
+        k, ph = _main_scale(order[bm], start[bm] & (unit[bm] - np.uint64(1)), blen[bm])
+        in_main = (order[bm] == np.uint64(k)) & ((start[bm] & (unit[bm] - np.uint64(1)))
+                                                  == np.uint64(ph))
+        dense = bm[in_main]
+        other = np.concatenate((np.flatnonzero(plain), bm[~in_main]))
         s_o, c_o = _hybrid_extents(words, heads, other, start, unit, blen)
         pages = PageSet.from_starts_counts(s_o, c_o) | _hybrid_bits(words, heads, dense,
-                                                                     start, blen)
+                                                                     start, blen, k, ph)
         starts = counts = None
         if not disjoint:
             # frames named more than once: every record's frames counted, less the set
             # (a count is below 2^61: summed as two 32-bit halves, no uint64 overflow)
             named = ((int((c_o >> np.uint64(32)).sum(dtype=np.uint64)) << 32)
                      + int((c_o & np.uint64(0xFFFFFFFF)).sum(dtype=np.uint64))
-                     + bulk.popcount_u64(
-                         _record_words(words, heads, dense, blen)))
+                     + (bulk.popcount_u64(_record_words(words, heads, dense, blen)) << k))
             del s_o, c_o
             dup = named - pages.page_count()
             if dup:
@@ -741,15 +738,27 @@ def _hybrid_extents(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp],
             np.concatenate(counts_l).astype(np.uint64))
 
 
+def _main_scale(order: U64, phase: U64, blen: U64) -> tuple[int, int]:
+    """The (order, phase) of the bitmap records with the most bitmap bytes (ties: the
+    smallest order, then phase)."""
+    key = np.stack((order, phase))
+    uniq, inv = np.unique(key, axis=1, return_inverse=True)
+    weight = np.bincount(inv.reshape(-1), weights=blen.astype(np.float64))
+    best = int(np.argmax(weight))  # the first of equal weights: np.unique sorted them
+    return int(uniq[0, best]), int(uniq[1, best])
+
+
 def _hybrid_bits(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp],
-                 start: U64, blen: U64) -> PageSet:
-    """The frames of order-0 bitmap records ``recs`` (bit i is frame start_pfn + i), as a
-    set built from the words: each record's 512 bits shifted into the two 512-frame blocks
-    they can touch, blocks shared by records OR-ed together."""
+                 start: U64, blen: U64, shift: int = 0, phase: int = 0) -> PageSet:
+    """The frames of bitmap records ``recs`` of order ``shift`` whose start_pfn is
+    ``phase`` mod 2^shift (bit i is the 2^shift frames from start_pfn + i * 2^shift), as
+    a set built from the words: each record's 512 bits shifted into the two 512-unit
+    blocks they can touch, blocks shared by records OR-ed together (scaled bit blocks:
+    unit u is the frames from phase + u * 2^shift)."""
     if not recs.size:
         return PageSet()
     w = _record_words(words, heads, recs, blen)
-    s = start[recs]
+    s = start[recs] >> np.uint64(shift)  # in units
     off = (s & np.uint64(511)).astype(np.intp)
     q, b = off >> 6, (off & 63).astype(np.uint64)
     win = np.zeros((recs.size, 16), dtype=np.uint64)
@@ -773,7 +782,8 @@ def _hybrid_bits(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp],
     if uniq.size < blk.size:  # records sharing a block
         pairs = np.bitwise_or.reduceat(pairs, uniq, axis=0)
     bits: NDArray[np.uint8] = np.ascontiguousarray(pairs, dtype="<u8").view(np.uint8)
-    return PageSet.from_blocks(blk[uniq], bits.reshape(-1, 64))
+    # no overflow: start_pfn < 2^52 and a record names < 504 * 2^shift frames (< 2^61)
+    return PageSet.from_blocks(blk[uniq], bits.reshape(-1, 64), shift, phase)
 
 
 def _decode_stats(data: bytes, layout: WireLayout, profile: str) -> Decoded:
