@@ -480,8 +480,7 @@ class Runner:
                         for u in used]
                 state = dict(observe())
                 deltas = deltas or "balloon_delta" in state
-                if self.save_traces is None:
-                    state = _compact(state)
+                state = _compact(state) if self.save_traces is None else _as_lists(state)
                 if step.kind in ("config_write", "host") and neg.config_size:
                     state["config"] = bytes(self.device.config_read(0, neg.config_size)).hex()
                 out.append(tr.ObserveEvent("state", _jsonable(state)))
@@ -501,9 +500,10 @@ class Runner:
                 return header, out
         if deltas:
             try:
-                final = dict(self.device.observe())
-                if self.save_traces is None:
-                    final = _compact(final)
+                # the checkpoint; an in-process device may give its balloon as a PageSet
+                full = getattr(self.device, "observe_compact", None) or self.device.observe
+                final = dict(full())
+                final = _compact(final) if self.save_traces is None else _as_lists(final)
                 out.append(tr.ObserveEvent("state", _jsonable(final)))
             except PeerError as exc:
                 out.append(tr.ObserveEvent("error", {"message": f"observe at the end: {exc}"}))
@@ -592,6 +592,24 @@ def _compact(state: dict[str, Any]) -> dict[str, Any]:
     if type(delta) is dict:
         out["balloon_delta"] = {k: pages(v) if k in ("add", "remove") else v
                                 for k, v in delta.items()}
+    return out
+
+
+def _as_lists(state: dict[str, Any]) -> dict[str, Any]:
+    """:func:`_compact` the other way: page sets (an in-process device's answer) as the JSON
+    ``[[first, count], ...]`` lists a written recording holds (--save-traces)."""
+    from virtio_balloon_proto.framemap import extent_list
+    from virtio_balloon_proto.pageset import PageSet
+
+    def lists(ext: Any) -> Any:
+        return extent_list(ext) if isinstance(ext, PageSet) else ext
+
+    out = dict(state)
+    if "balloon" in out:
+        out["balloon"] = lists(out["balloon"])
+    delta = out.get("balloon_delta")
+    if type(delta) is dict:
+        out["balloon_delta"] = {k: lists(v) for k, v in delta.items()}
     return out
 
 

@@ -72,12 +72,14 @@ def test_a_lying_delta_is_caught_at_the_checkpoint() -> None:
 
     class LyingDelta(ReferenceDevice):
         def observe_changes(self) -> dict[str, Any]:
+            from virtio_balloon_proto.pageset import PageSet
+
             out = super().observe_changes()
-            add = out["balloon_delta"]["add"]
+            add = out["balloon_delta"]["add"]  # a PageSet: the reference's compact answer
+            assert isinstance(add, PageSet)
             if add:
-                add[0] = [add[0][0] + 1, add[0][1] - 1] if add[0][1] > 1 else add[0]
-                if add[0][1] == 0:
-                    add.pop(0)
+                # drop the first frame of the first extent (all of it when it is one frame)
+                out["balloon_delta"]["add"] = add - PageSet.from_range(int(add.starts[0]), 1)
             return out
 
     case = discover_cases(case_globs=["spec/inflate-le"])[0]

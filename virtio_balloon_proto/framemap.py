@@ -155,6 +155,38 @@ class FrameMap:
             gone += before - len(self._over)
         return gone
 
+    def set_to(self, ps: PageSet, value: int) -> tuple[npt.NDArray[np.intp], PageSet]:
+        """Put the frames of ``ps`` in (``value`` 1) or take them out (0); returns the frames
+        that changed: those below the span as one intp array, the rest as a PageSet."""
+        if value and ps:
+            self._grow(ps)
+        low, high = _split(ps, self.span)
+        parts: list[npt.NDArray[np.intp]] = []
+        if low:
+            idx, slices = _pieces(low)
+            if idx.size:
+                hit = idx[self._map[idx] != value]
+                if hit.size:
+                    self._map[hit] = value
+                    parts.append(hit)
+            for s, e in slices:
+                seg = self._map[s:e]
+                hit = np.flatnonzero(seg != value)
+                if hit.size:
+                    seg[hit] = value
+                    parts.append(hit + s)
+        changed = (parts[0] if len(parts) == 1 else
+                   np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp))
+        self._count += int(changed.size) if value else -int(changed.size)
+        moved = PageSet.empty()
+        if high and value:
+            moved = high - self._over
+            self._over = self._over | high
+        elif high and self._over:
+            moved = high & self._over
+            self._over = self._over - high
+        return changed, moved
+
     # --- queries ------------------------------------------------------------------------------
     def mask(self, ps: PageSet) -> PageSet:
         """The frames of ``ps`` that are in the map (``ps & self``), in O(len(ps))."""
@@ -229,37 +261,62 @@ class FrameMap:
 
 
 class FrameJournal:
-    """A FrameMap that also answers "what changed since the last :meth:`changes` call"."""
+    """A FrameMap that also answers "what changed since the last :meth:`changes` call".
 
-    __slots__ = ("_last", "_touched", "now")
+    Each update keeps the frames it really changed (a frame is only ever changed from out to
+    in or back), so :meth:`changes` costs O(frames changed since the last call) and needs no
+    second map of the previous state: a frame changed an odd number of times since then is
+    in the answer (added if it is in the map now, removed if not), an even number is not.
+    """
+
+    __slots__ = ("_changed", "_high", "_kinds", "now")
 
     def __init__(self, span: int = 0) -> None:
         self.now = FrameMap(span)
-        self._last = FrameMap(span)
-        self._touched: list[PageSet] = []
+        #: frames (below the map's span) each update changed, in update order
+        self._changed: list[npt.NDArray[np.intp]] = []
+        #: frames at or above the span each update changed (rare: beyond MAX_SPAN)
+        self._high: list[PageSet] = []
+        #: the directions of the updates since the last call: 1 added, 0 removed
+        self._kinds: set[int] = set()
+
+    def _note(self, low: npt.NDArray[np.intp], high: PageSet, value: int) -> None:
+        if low.size:
+            self._changed.append(low)
+            self._kinds.add(value)
+        if high:
+            self._high.append(high)
+            self._kinds.add(value)
 
     def add(self, ps: PageSet) -> int:
-        if ps:
-            self._touched.append(ps)
-        return self.now.add(ps)
+        low, high = self.now.set_to(ps, 1)
+        self._note(low, high, 1)
+        return int(low.size) + len(high)
 
     def remove(self, ps: PageSet) -> int:
-        if ps:
-            self._touched.append(ps)
-        return self.now.remove(ps)
+        low, high = self.now.set_to(ps, 0)
+        self._note(low, high, 0)
+        return int(low.size) + len(high)
 
     def changes(self) -> tuple[PageSet, PageSet]:
         """(frames added, frames removed) since the previous call (or creation), netted: a
-        frame added and removed again in between is in neither.  O(frames touched)."""
-        if not self._touched:
+        frame added and removed again in between is in neither.  O(frames changed)."""
+        low, high, kinds = self._changed, self._high, self._kinds
+        self._changed, self._high, self._kinds = [], [], set()
+        if not kinds:
             return PageSet.empty(), PageSet.empty()
-        touched = union_all(self._touched)
-        self._touched = []
-        changed = self.now.differs(self._last, touched)
-        if not changed:
-            return PageSet.empty(), PageSet.empty()
-        added = self.now.mask(changed)
-        removed = changed - added
-        self._last.add(added)
-        self._last.remove(removed)
-        return added, removed
+        if len(kinds) == 1 and not high:
+            # one direction only: no frame changed twice (an added frame is in the map, so a
+            # later add cannot change it again), the frames are the answer as they are
+            arr = low[0] if len(low) == 1 else np.concatenate(low)
+            ps = PageSet.from_frames(arr.astype(np.uint64))
+            return (ps, PageSet.empty()) if 1 in kinds else (PageSet.empty(), ps)
+        # both directions: keep the frames changed an odd number of times
+        parity = PageSet.empty()
+        if low:
+            frames, times = np.unique(np.concatenate(low), return_counts=True)
+            parity = PageSet.from_frames(frames[times % 2 == 1].astype(np.uint64))
+        for h in high:
+            parity = parity ^ h
+        added = self.now.mask(parity)
+        return added, parity - added
