@@ -23,271 +23,36 @@ exits before its qtest/QMP handshakes) is no device answer: that case is ``error
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from virtio_balloon_proto.errors import (
-    PeerError,
-    PeerStartError,
-    TraceError,
-    UsageError,
-    VBProtoError,
-)
+from virtio_balloon_proto.errors import PeerError, PeerStartError, VBProtoError
+from virtio_balloon_proto.pageset import PageSet
 from virtio_balloon_proto.profiles import QueueRole, get_profile
 
 from .adapters import DEFAULT_TIMEOUT, close_device, open_device
+from .cases import (
+    REPORT_DATA_LIMIT,
+    Case,
+    Step,
+    case_from_trace,
+    default_corpus,
+    discover_cases,
+    load_case,
+)
 from .catalog import Catalog, catalog
 from .checks import judge
-from .dut import DeviceUnderTest, Segment, Setup, Unsupported
+from .dut import DeviceUnderTest, Unsupported
 from .known_failures import KnownFailures
 from .verdicts import CaseResult, RunResult, Verdict, hexdump
 
+__all__ = ["REPORT_DATA_LIMIT", "Case", "Runner", "Step", "case_from_trace", "check_trace",
+           "default_corpus", "discover_cases", "load_case"]
+
 VIRTQ_DESC_F_WRITE = 2
 VIRTQ_DESC_F_INDIRECT = 4
-REPORT_DATA_LIMIT = 4096  # bytes of a buffer kept in a report's traffic log
-
-
-# --------------------------------------------------------------------------- cases
-@dataclass(frozen=True)
-class Step:
-    """One driver-side event to replay (index = event number in the trace, 1-based)."""
-
-    index: int
-    kind: str  # "avail" | "config_write" | "config_read" | "host"
-    role: str = ""
-    head: int = 0
-    segments: tuple[Segment, ...] = ()
-    offset: int = 0
-    data: bytes = b""
-    host_kind: str = ""
-    params: dict[str, Any] = field(default_factory=dict)
-    findings: tuple[Any, ...] = ()
-
-    def describe(self) -> str:
-        if self.kind == "avail":
-            return f"avail {self.role} head {self.head} ({len(self.segments)} segment(s))"
-        if self.kind == "config_write":
-            return f"config_write offset {self.offset} data {self.data.hex()}"
-        if self.kind == "config_read":
-            return f"config_read offset {self.offset} size {len(self.data)}"
-        return f"host {self.host_kind} {self.params}"
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"step": self.index, "event": self.kind}
-        if self.kind == "avail":
-            out["role"] = self.role
-            out["head"] = self.head
-            out["segments"] = [
-                {
-                    "addr": f"{s.addr:#x}",
-                    "len": s.length,
-                    "writable": s.writable,
-                    **({"hexdump": hexdump(s.data, REPORT_DATA_LIMIT)} if s.data else {}),
-                }
-                for s in self.segments
-            ]
-        elif self.kind in ("config_write", "config_read"):
-            out["offset"] = self.offset
-            out["data"] = self.data.hex()
-        else:
-            out["kind"] = self.host_kind
-            out["params"] = self.params
-        return out
-
-
-@dataclass(frozen=True)
-class Case:
-    id: str
-    path: str
-    profile: str
-    setup: Setup
-    header: Any  # trace.TraceHeader
-    events: tuple[Any, ...]
-    steps: tuple[Step, ...]
-    #: events of the trace that cannot be replayed, with why: ``event N (role): ...`` for a
-    #: buffer whose bytes were not captured (not checkable either), ``event N (host ...)``
-    #: for a host action no device request stands for
-    gaps: tuple[str, ...] = ()
-
-    @property
-    def uncheckable(self) -> tuple[str, ...]:
-        """The gaps that are buffers (bytes not captured): not checkable offline either."""
-        return tuple(g for g in self.gaps if "(host " not in g.split(":", 1)[0])
-
-
-def _host_step(ev: Any, index: int) -> Step | None:
-    """Trace host actions -> DeviceUnderTest.host_request kinds (dut.py)."""
-    action = ev.action
-    if action == "set-target" and ev.num_pages is not None:
-        return Step(index, "host", host_kind="set-target", params={"num_pages": ev.num_pages})
-    if action == "get-unused-pages" and ev.req_id is not None:
-        return Step(index, "host", host_kind="get-unused-pages", params={"req_id": ev.req_id})
-    if action == "stats-request":
-        return Step(index, "host", host_kind="stats-poll")
-    if action == "free-page-hint" and ev.cmd_id is not None:
-        if ev.cmd_id >= 2:  # VIRTIO_BALLOON_CMD_ID_STOP 0, _DONE 1; device ids are >= 2
-            return Step(index, "host", host_kind="hint-start", params={"cmd_id": ev.cmd_id})
-        return Step(index, "host", host_kind="hint-stop", params={"cmd_id": ev.cmd_id})
-    return None
-
-
-def _segments(ev: Any) -> tuple[Segment, ...]:
-    """The chain of an AvailEvent as DUT segments (descriptor addresses where recorded)."""
-    from virtio_balloon_proto.tracedecode import segments_of
-
-    return tuple(segments_of(ev))
-
-
-def _recorded_queues(case: Case) -> dict[str, int]:
-    """Role -> queue index as the recorded driver used them (avail events)."""
-    from virtio_balloon_proto import trace as tr
-
-    out: dict[str, int] = {}
-    for ev in case.events:
-        if isinstance(ev, tr.AvailEvent):
-            out.setdefault(str(getattr(ev.role, "value", ev.role)), ev.queue)
-    return out
-
-
-def _device_options(profile: str, features: int) -> dict[str, Any]:
-    prof = get_profile(profile)
-    names = set(prof.names(features))
-    opts: dict[str, Any] = {}
-    for name, opt in (
-        ("DEFLATE_ON_OOM", "deflate-on-oom"),
-        ("FREE_PAGE_HINT", "free-page-hint"),
-        ("PAGE_POISON", "page-poison"),
-        ("PAGE_REPORTING", "free-page-reporting"),
-        ("PAGE_BITMAP", "page-bitmap"),
-        ("MISC_VQ", "misc-vq"),
-        ("MUST_TELL_HOST", "must-tell-host"),
-        ("STATS_VQ", "stats-vq"),
-    ):
-        if name in prof.features:
-            opts[opt] = name in names
-    return opts
-
-
-def load_case(path: str | Path, case_id: str | None = None) -> Case:
-    """Read one trace into a case (TraceError names the line of a bad record)."""
-    from virtio_balloon_proto import trace as tr
-
-    p = Path(path)
-    header, events = tr.read_trace(p)
-    return case_from_trace(header, events, case_id or p.stem, str(p))
-
-
-def case_from_trace(header: Any, events: Iterable[Any], case_id: str, path: str = "") -> Case:
-    """A case from a trace already in memory (``load_case`` without the file; the fuzzer's
-    generated sequences): the same setup and replay steps ``load_case`` gives the same trace."""
-    from virtio_balloon_proto import trace as tr
-    from virtio_balloon_proto.trace.lengths import absurd_lengths
-
-    events = list(events)
-    setup = Setup(
-        profile=header.profile,
-        driver_features=header.features_negotiated,
-        endian=header.virtio_endian,
-        word_size=header.bitmap_word_bits,
-        word_order=header.bitmap_word_order,
-        page_size=header.page_size,
-        device_options=_device_options(header.profile, header.features_offered),
-    )
-    if header.memory:
-        setup = dataclasses.replace(setup, memory_size=max(a + n for a, n in header.memory),
-                                    memory_regions=tuple(header.memory))
-    steps: list[Step] = []
-    gaps: list[str] = []
-    synthetic: dict[str, int] = {}
-    for i, ev in enumerate(events, start=1):
-        if isinstance(ev, tr.AvailEvent):
-            role = str(getattr(ev.role, "value", ev.role))
-            head = ev.id
-            if head is None:  # capture did not see the head index: number chains per role
-                head = 0x8000 + synthetic.get(role, 0)
-                synthetic[role] = synthetic.get(role, 0) + 1
-            try:
-                segs = _segments(ev)
-            except TraceError as exc:
-                # a capture that did not see a buffer's bytes (QEMU's trace has no stats
-                # payload): that buffer cannot be replayed; the rest of the case still can
-                why = ", ".join(sorted({f.rule for f in absurd_lengths(header, ev)}))
-                gaps.append(f"event {i} ({role}): {exc.message}"
-                            + (f" (absurd length: {why})" if why else ""))
-                continue
-            steps.append(
-                Step(i, "avail", role=role, head=head, segments=segs, findings=tuple(ev.findings))
-            )
-        elif isinstance(ev, tr.ConfigEvent):
-            steps.append(
-                Step(
-                    i, "config_write" if ev.write else "config_read", offset=ev.offset, data=ev.data
-                )
-            )
-        elif isinstance(ev, tr.HostEvent):
-            st = _host_step(ev, i)
-            if st is not None:
-                steps.append(st)
-            else:
-                gaps.append(f"event {i} (host {ev.action}): no device request stands for it"
-                            + (f" ({ev.detail})" if ev.detail else ""))
-    return Case(
-        id=case_id,
-        path=path,
-        profile=header.profile,
-        setup=setup,
-        header=header,
-        events=tuple(events),
-        steps=tuple(steps),
-        gaps=tuple(gaps),
-    )
-
-
-def default_corpus() -> Path:
-    return Path(__file__).resolve().parent / "traces"
-
-
-def discover_cases(
-    corpus: str | Path | None = None,
-    *,
-    profiles: Iterable[str] | None = None,
-    case_globs: Iterable[str] | None = None,
-) -> list[Case]:
-    """All traces under ``corpus`` (default: the shipped corpus), filtered, sorted by id.
-
-    A file that is not a readable trace raises TraceError naming it (bad input: exit 2).
-    """
-    root = Path(corpus) if corpus is not None else default_corpus()
-    if root.is_file():
-        files = [root]
-        base = root.parent
-    elif root.is_dir():
-        files = sorted(p for p in root.rglob("*.jsonl") if p.is_file())
-        base = root
-        if not files:
-            # an empty corpus is a mistake (wrong directory), not a passing run
-            raise UsageError(f"corpus {root} holds no trace (*.jsonl)", field="corpus")
-    else:
-        raise UsageError(f"corpus {root} is neither a trace file nor a directory", field="corpus")
-    profs = set(profiles) if profiles else None
-    if profs:
-        for pr in profs:
-            get_profile(pr)
-    globs = list(case_globs) if case_globs else None
-    out = []
-    for f in files:
-        cid = f.relative_to(base).with_suffix("").as_posix()
-        if globs and not any(fnmatch.fnmatchcase(cid, g) for g in globs):
-            continue
-        case = load_case(f, cid)
-        if profs and case.profile not in profs:
-            continue
-        out.append(case)
-    return out
 
 
 # --------------------------------------------------------------------------- the runner
@@ -429,13 +194,17 @@ class Runner:
         # per step; a full observe() is recorded once at the end (the checkpoint)
         observe = getattr(self.device, "observe_changes", None) or self.device.observe
         deltas = False
-        by_index = {s.index: s for s in case.steps}
+        prev: dict[str, Any] = {}  # the previous observation (values equal to it are shared)
+        steps = case.iter_steps()  # made as the replay walks them, in trace order
+        nxt = next(steps, None)
         outstanding: dict[tuple[str, int], str] = {}
         qmap = {str(getattr(r, "value", r)): q for r, q in hdr.queues.items()}
         for i, ev in enumerate(case.events, start=1):
+            step = None
+            if nxt is not None and nxt.index == i:
+                step, nxt = nxt, next(steps, None)
             if isinstance(ev, (tr.UsedEvent, tr.ObserveEvent)):
                 continue  # the recorded device's reactions: this device makes its own
-            step = by_index.get(i)
             if step is None:
                 out.append(ev)
                 if isinstance(ev, (tr.AvailEvent, tr.HostEvent)):
@@ -483,7 +252,8 @@ class Runner:
                 state = _compact(state) if self.save_traces is None else _as_lists(state)
                 if step.kind in ("config_write", "host") and neg.config_size:
                     state["config"] = bytes(self.device.config_read(0, neg.config_size)).hex()
-                out.append(tr.ObserveEvent("state", _jsonable(state)))
+                prev = _shared(_jsonable(state), prev)
+                out.append(tr.ObserveEvent("state", prev))
             except Unsupported as exc:
                 result.status = Verdict.UNSUPPORTED
                 result.reason = f"step {step.index} ({step.describe()}): {exc}"
@@ -595,11 +365,29 @@ def _compact(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _shared(state: dict[str, Any], prev: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with each small value equal to the previous observation's replaced by that
+    one (the recording holds a state per step: a 128 GiB guest's replay holds 261,632; most
+    of their values repeat).  The recording is read, never changed, so sharing is safe."""
+    for k, v in state.items():
+        o = prev.get(k)
+        if o is not None and o is not v and type(o) is type(v) and type(v) in _SHARED:
+            if k == "balloon_delta":
+                if o.keys() == v.keys() == {"add", "remove"} and all(
+                        type(x) is PageSet and not x for d in (o, v) for x in d.values()):
+                    state[k] = o  # the no-change delta (both empty page sets)
+            elif o == v:
+                state[k] = o
+    return state
+
+
+_SHARED = (dict, list, str, int)
+
+
 def _as_lists(state: dict[str, Any]) -> dict[str, Any]:
     """:func:`_compact` the other way: page sets (an in-process device's answer) as the JSON
     ``[[first, count], ...]`` lists a written recording holds (--save-traces)."""
     from virtio_balloon_proto.framemap import extent_list
-    from virtio_balloon_proto.pageset import PageSet
 
     def lists(ext: Any) -> Any:
         return extent_list(ext) if isinstance(ext, PageSet) else ext

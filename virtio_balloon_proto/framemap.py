@@ -29,6 +29,8 @@ from .pageset import PageSet, union_all
 MAX_SPAN = 1 << 26
 #: an extent at least this long is handled as one slice, shorter ones as a fancy index
 _SLICE_AT = 64
+#: the empty set FrameJournal answers (PageSets are immutable: one serves every answer)
+_NONE = PageSet.empty()
 
 
 def _split(ps: PageSet, span: int) -> tuple[PageSet, PageSet]:
@@ -42,9 +44,31 @@ def _split(ps: PageSet, span: int) -> tuple[PageSet, PageSet]:
     return ps.window(0, span), ps.window(span, (1 << 64) - span)
 
 
+#: the last few :func:`_pieces` answers, by PageSet (immutable: the answer cannot go stale);
+#: the oracle and the journal ask twice for the same set within a step
+_PIECES: list[tuple[PageSet, tuple[npt.NDArray[np.intp], list[tuple[int, int]]]]] = []
+_PIECES_KEPT = 4
+_PIECES_MAX = 1 << 16
+
+
 def _pieces(ps: PageSet) -> tuple[npt.NDArray[np.intp], list[tuple[int, int]]]:
-    """Frames of the short extents (one intp array, ascending) and the long extents as
-    ``(start, stop)`` slices.  ``ps`` lies below MAX_SPAN (so intp holds every frame)."""
+    """Frames of the short extents (one intp array, ascending, read-only) and the long extents
+    as ``(start, stop)`` slices.  ``ps`` lies below MAX_SPAN (so intp holds every frame)."""
+    for held, answer in _PIECES:
+        if held is ps:
+            return answer
+    answer = _pieces_of(ps)
+    answer[0].flags.writeable = False
+    if answer[0].size <= _PIECES_MAX:  # a step's pages, never a whole balloon's frames
+        _PIECES.append((ps, answer))
+        if len(_PIECES) > _PIECES_KEPT:
+            del _PIECES[0]
+    return answer
+
+
+def _pieces_of(ps: PageSet) -> tuple[npt.NDArray[np.intp], list[tuple[int, int]]]:
+    if ps.lasts is ps.starts:  # every extent one frame (scattered pages): the starts
+        return ps.starts.astype(np.intp), []
     starts = ps.starts.astype(np.intp)
     counts = (ps.lasts - ps.starts).astype(np.intp) + 1
     big = counts >= _SLICE_AT
@@ -155,29 +179,35 @@ class FrameMap:
             gone += before - len(self._over)
         return gone
 
-    def set_to(self, ps: PageSet, value: int) -> tuple[npt.NDArray[np.intp], PageSet]:
+    def set_to(self, ps: PageSet, value: int) -> tuple[npt.NDArray[np.intp] | PageSet, PageSet]:
         """Put the frames of ``ps`` in (``value`` 1) or take them out (0); returns the frames
-        that changed: those below the span as one intp array, the rest as a PageSet."""
+        that changed: those below the span (an intp array, or the part of ``ps`` below the
+        span itself when all of it changed: the usual inflate), and those above (a PageSet)."""
         if value and ps:
             self._grow(ps)
         low, high = _split(ps, self.span)
         parts: list[npt.NDArray[np.intp]] = []
+        total = 0
         if low:
             idx, slices = _pieces(low)
+            total = int(idx.size)
             if idx.size:
                 hit = idx[self._map[idx] != value]
                 if hit.size:
                     self._map[hit] = value
                     parts.append(hit)
             for s, e in slices:
+                total += e - s
                 seg = self._map[s:e]
                 hit = np.flatnonzero(seg != value)
                 if hit.size:
                     seg[hit] = value
                     parts.append(hit + s)
-        changed = (parts[0] if len(parts) == 1 else
-                   np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp))
-        self._count += int(changed.size) if value else -int(changed.size)
+        n = sum(int(p.size) for p in parts)
+        self._count += n if value else -n
+        changed: npt.NDArray[np.intp] | PageSet = (
+            low if n and n == total else parts[0] if len(parts) == 1 else
+            np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp))
         moved = PageSet.empty()
         if high and value:
             moved = high - self._over
@@ -247,7 +277,9 @@ class FrameMap:
         """The whole set as a PageSet: O(span), for checkpoints and messages only."""
         low = PageSet.empty()
         if self._count:
-            low = PageSet.from_frames(np.flatnonzero(self._map).astype(np.uint64))
+            # the runs of the byte map: memory O(runs), not a uint64 per frame held (a full
+            # 128 GiB balloon was 2 x 268 MB of frame arrays at the checkpoint)
+            low = PageSet._from_bit_flags(self._map, 0, 1)
         return low | self._over if self._over else low
 
     def replace(self, ps: PageSet) -> PageSet:
@@ -269,54 +301,52 @@ class FrameJournal:
     in the answer (added if it is in the map now, removed if not), an even number is not.
     """
 
-    __slots__ = ("_changed", "_high", "_kinds", "now")
+    __slots__ = ("_changed", "_kinds", "now")
 
     def __init__(self, span: int = 0) -> None:
         self.now = FrameMap(span)
-        #: frames (below the map's span) each update changed, in update order
-        self._changed: list[npt.NDArray[np.intp]] = []
-        #: frames at or above the span each update changed (rare: beyond MAX_SPAN)
-        self._high: list[PageSet] = []
+        #: the frames each update changed, in update order (arrays of frames below the map's
+        #: span, or page sets)
+        self._changed: list[npt.NDArray[np.intp] | PageSet] = []
         #: the directions of the updates since the last call: 1 added, 0 removed
         self._kinds: set[int] = set()
 
-    def _note(self, low: npt.NDArray[np.intp], high: PageSet, value: int) -> None:
-        if low.size:
-            self._changed.append(low)
-            self._kinds.add(value)
-        if high:
-            self._high.append(high)
-            self._kinds.add(value)
+    def _note(self, low: npt.NDArray[np.intp] | PageSet, high: PageSet, value: int) -> int:
+        n = len(low) if isinstance(low, PageSet) else int(low.size)
+        for part in (low, high):
+            if len(part):
+                self._changed.append(part)
+                self._kinds.add(value)
+        return n + len(high)
 
     def add(self, ps: PageSet) -> int:
-        low, high = self.now.set_to(ps, 1)
-        self._note(low, high, 1)
-        return int(low.size) + len(high)
+        return self._note(*self.now.set_to(ps, 1), 1)
 
     def remove(self, ps: PageSet) -> int:
-        low, high = self.now.set_to(ps, 0)
-        self._note(low, high, 0)
-        return int(low.size) + len(high)
+        return self._note(*self.now.set_to(ps, 0), 0)
 
     def changes(self) -> tuple[PageSet, PageSet]:
         """(frames added, frames removed) since the previous call (or creation), netted: a
-        frame added and removed again in between is in neither.  O(frames changed)."""
-        low, high, kinds = self._changed, self._high, self._kinds
-        self._changed, self._high, self._kinds = [], [], set()
+        frame added and removed again in between is in neither.  O(frames changed).  An
+        empty answer is one shared empty PageSet (a replay holds one per step)."""
+        parts, kinds = self._changed, self._kinds
+        self._changed, self._kinds = [], set()
         if not kinds:
-            return PageSet.empty(), PageSet.empty()
-        if len(kinds) == 1 and not high:
+            return _NONE, _NONE
+        sets = [p for p in parts if isinstance(p, PageSet)]
+        arrays = [p for p in parts if not isinstance(p, PageSet)]
+        if arrays:
+            sets.append(PageSet.from_frames(
+                (arrays[0] if len(arrays) == 1 else np.concatenate(arrays)).astype(np.uint64)))
+        if len(kinds) == 1:
             # one direction only: no frame changed twice (an added frame is in the map, so a
             # later add cannot change it again), the frames are the answer as they are
-            arr = low[0] if len(low) == 1 else np.concatenate(low)
-            ps = PageSet.from_frames(arr.astype(np.uint64))
-            return (ps, PageSet.empty()) if 1 in kinds else (PageSet.empty(), ps)
+            ps = sets[0] if len(sets) == 1 else union_all(sets)
+            return (ps, _NONE) if 1 in kinds else (_NONE, ps)
         # both directions: keep the frames changed an odd number of times
         parity = PageSet.empty()
-        if low:
-            frames, times = np.unique(np.concatenate(low), return_counts=True)
-            parity = PageSet.from_frames(frames[times % 2 == 1].astype(np.uint64))
-        for h in high:
-            parity = parity ^ h
+        for p in parts:
+            parity = parity ^ (p if isinstance(p, PageSet)
+                               else PageSet.from_frames(p.astype(np.uint64)))
         added = self.now.mask(parity)
-        return added, parity - added
+        return added or _NONE, (parity - added) or _NONE

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from virtio_balloon_proto.codecs import DecodedBuffer, Segment, decode_buffer
 from virtio_balloon_proto.errors import TraceError, VBProtoError
 from virtio_balloon_proto.findings import Finding
@@ -106,6 +108,7 @@ class Judgement:
     #: decode errors that name a clause (a buffer too short for its header, ...), by avail
     _errors: dict[int, VBProtoError] = field(default_factory=dict)
     _wire: dict[int, list[Any]] = field(default_factory=dict)
+    _observed: dict[str, list[tuple[int, Any]]] | None = None
 
     # --- the trace ------------------------------------------------------------------------
     @property
@@ -121,10 +124,17 @@ class Judgement:
         return get_profile(self.profile).names(self.header.features_offered)
 
     def observations(self, what: str) -> list[tuple[int, Any]]:
-        from virtio_balloon_proto.trace import ObserveEvent
+        """(event index, event) of the trace's ``observe`` events of one kind, in order (the
+        trace is indexed once: checks ask this a dozen times per trace)."""
+        if self._observed is None:
+            from virtio_balloon_proto.trace import ObserveEvent
 
-        return [(i, ev) for i, ev in enumerate(self.events, start=1)
-                if isinstance(ev, ObserveEvent) and ev.what == what]
+            index: dict[str, list[tuple[int, Any]]] = {}
+            for i, ev in enumerate(self.events, start=1):
+                if isinstance(ev, ObserveEvent):
+                    index.setdefault(ev.what, []).append((i, ev))
+            self._observed = index
+        return list(self._observed.get(what, ()))
 
     @property
     def from_reset(self) -> bool:
@@ -325,6 +335,17 @@ def first_frames(ps: PageSet, n: int = 8) -> list[str]:
         if len(out) >= n:
             break
     return out
+
+
+def split_ram(pages: PageSet, ram: PageSet) -> tuple[PageSet, PageSet]:
+    """``(pages & ram, pages - ram)``; a buffer inside one RAM region (the usual one) costs a
+    bounds check instead of two set operations."""
+    if pages and ram:
+        first, last = int(pages.starts[0]), int(pages.lasts[-1])
+        k = int(np.searchsorted(ram.lasts, first))
+        if k < ram.lasts.size and int(ram.starts[k]) <= first and last <= int(ram.lasts[k]):
+            return pages, PageSet.empty()
+    return pages & ram, pages - ram
 
 
 def pageset_of(extents: Any) -> PageSet | None:

@@ -25,7 +25,7 @@ from virtio_balloon_proto.framemap import FrameMap
 from virtio_balloon_proto.pageset import PageSet, union_all
 
 from ..verdicts import Verdict
-from .base import Judgement, first_frames, pageset_of, register
+from .base import Judgement, first_frames, pageset_of, register, split_ram
 
 
 def page_clauses(j: Judgement) -> tuple[str, str]:
@@ -102,15 +102,24 @@ def balloon(j: Judgement) -> None:
     flying: dict[int, PageSet] = {}
     malformed: list[PageSet] = []
     outside = PageSet.empty()
+    #: frames whose required or seen state changed since ``mismatch`` was last brought up to
+    #: date; it is read only at observations, so settled there: a touched frame's state now
+    #: is its state at its last touch (every change of required or seen touches its frames)
+    pending: list[PageSet] = []
 
     def touched(where: PageSet) -> None:
-        nonlocal mismatch
         if where:
+            pending.append(where)
+
+    def settle() -> None:
+        nonlocal mismatch
+        for where in pending:
             now = required.differs(seen, where)
             if mismatch:
                 mismatch = (mismatch - where) | now
             elif now:
                 mismatch = now
+        pending.clear()
 
     for i, ev in enumerate(j.events, start=1):
         ch = j.by_avail.get(i)
@@ -131,10 +140,11 @@ def balloon(j: Judgement) -> None:
                 else:
                     required.remove(pages)
             elif ch.role == "inflate":
-                required.add(pages & ram)
-                out = pages - ram
-                uncertain.add(out)
-                outside = outside | out
+                inside, out = split_ram(pages, ram)
+                required.add(inside)
+                if out:
+                    uncertain.add(out)
+                    outside = outside | out
             else:
                 required.remove(pages)
                 uncertain.remove(pages)
@@ -159,9 +169,11 @@ def balloon(j: Judgement) -> None:
                 continue
             seen.remove(rem)
             seen.add(add)
-            touched(add | rem)
+            touched(add)
+            touched(rem)
         else:
             continue
+        settle()
         j.evaluated(inflate_c)
         j.evaluated(deflate_c)
         if mismatch and not (_failed(j, inflate_c) and _failed(j, deflate_c)):

@@ -193,6 +193,7 @@ class ReferenceDevice:
         if offset + len(data) > len(raw):
             self.state.violations.append(f"config write past {len(raw)} bytes ignored")
             return
+        old = bytes(raw)
         raw[offset : offset + len(data)] = data
         # the driver owns actual (5.5.6 D-OP11) and poison_val (5.5.6.6 D-PP2); num_pages and
         # the hint command id are the device's: a driver write there is ignored
@@ -201,6 +202,17 @@ class ReferenceDevice:
             self.state.poison_val = int.from_bytes(raw[12:16], "little")
         if offset < 4 or (8 <= offset < 12 and self._config_size >= 12):
             self.state.violations.append(f"driver wrote device-owned config at offset {offset}")
+        if type(self)._config_bytes is ReferenceDevice._config_bytes:
+            # the config now: the old bytes with the driver's fields as written (what CONFIG
+            # builds from the new values: every field is __le32), without building it per
+            # write (a subclass that formats config space its own way is not cached)
+            new = bytearray(old)
+            new[4:8] = raw[4:8]
+            if self._config_size >= 16:
+                new[12:16] = raw[12:16]
+            s = self.state
+            self._config_cache = ((self._config_size, s.num_pages, s.actual, s.hint_cmd_id,
+                                   s.poison_val), bytes(new))
 
     def host_request(self, kind: str, params: dict[str, Any]) -> list[Used]:
         if kind == "set-target":
