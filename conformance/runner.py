@@ -194,7 +194,7 @@ class Runner:
         # per step; a full observe() is recorded once at the end (the checkpoint)
         observe = getattr(self.device, "observe_changes", None) or self.device.observe
         deltas = False
-        prev: dict[str, Any] = {}  # the previous observation (values equal to it are shared)
+        seen: dict[str, Any] = {}  # the last value recorded per key (equal ones are shared)
         steps = case.iter_steps()  # made as the replay walks them, in trace order
         nxt = next(steps, None)
         outstanding: dict[tuple[str, int], str] = {}
@@ -252,8 +252,7 @@ class Runner:
                 state = _compact(state) if self.save_traces is None else _as_lists(state)
                 if step.kind in ("config_write", "host") and neg.config_size:
                     state["config"] = bytes(self.device.config_read(0, neg.config_size)).hex()
-                prev = _shared(_jsonable(state), prev)
-                out.append(tr.ObserveEvent("state", prev))
+                out.append(tr.ObserveEvent("state", _shared(_jsonable(state), seen)))
             except Unsupported as exc:
                 result.status = Verdict.UNSUPPORTED
                 result.reason = f"step {step.index} ({step.describe()}): {exc}"
@@ -365,19 +364,25 @@ def _compact(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _shared(state: dict[str, Any], prev: dict[str, Any]) -> dict[str, Any]:
-    """``state`` with each small value equal to the previous observation's replaced by that
-    one (the recording holds a state per step: a 128 GiB guest's replay holds 261,632; most
-    of their values repeat).  The recording is read, never changed, so sharing is safe."""
+def _shared(state: dict[str, Any], seen: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with each small value equal to the last one recorded under its key replaced
+    by that one (``seen`` remembers them; the no-change balloon delta under its own key).  The
+    recording holds a state per step -- a 128 GiB guest's replay 261,632 -- and most of their
+    values repeat.  The recording is read, never changed, so sharing is safe."""
     for k, v in state.items():
-        o = prev.get(k)
-        if o is not None and o is not v and type(o) is type(v) and type(v) in _SHARED:
-            if k == "balloon_delta":
-                if o.keys() == v.keys() == {"add", "remove"} and all(
-                        type(x) is PageSet and not x for d in (o, v) for x in d.values()):
-                    state[k] = o  # the no-change delta (both empty page sets)
-            elif o == v:
-                state[k] = o
+        if type(v) not in _SHARED:
+            continue
+        memo = k
+        if k == "balloon_delta":
+            if not (v.keys() == {"add", "remove"} and all(
+                    type(x) is PageSet and not x for x in v.values())):
+                continue  # only the no-change delta (both empty page sets) repeats
+            memo = "balloon_delta (empty)"
+        o = seen.get(memo)
+        if o is not None and o is not v and type(o) is type(v) and o == v:
+            state[k] = o
+        else:
+            seen[memo] = v
     return state
 
 
@@ -413,10 +418,13 @@ def _is_extents(v: list[Any] | tuple[Any, ...]) -> bool:
 
 
 def _jsonable(v: Any) -> Any:
-    if type(v) is list and _is_extents(v):
+    t = type(v)
+    if t is int or t is str or t is PageSet or v is None:
+        return v  # as it is (a PageSet: an in-process device's extents, see _compact)
+    if t is list and _is_extents(v):
         return list(v)
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {k if type(k) is str else str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
     if isinstance(v, (bytes, bytearray)):

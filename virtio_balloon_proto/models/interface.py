@@ -129,7 +129,10 @@ class DeviceUnderTest(Protocol):
         may be given as ``balloon_delta`` {``add``, ``remove``: extents} -- what changed since
         its previous ``observe_changes()`` call (the first: since ``start``, empty) -- instead
         of ``balloon``.  The runner then records a delta per step and one full ``observe()``
-        at the end of the case, so a replay costs O(what changed) per step (issue 13)."""
+        at the end of the case, so a replay costs O(what changed) per step (issue 13).  An
+        in-process device may give extents there as a :class:`~..pageset.PageSet` (no list
+        per extent), and may have ``observe_compact()``: ``observe()`` with the balloon as
+        a PageSet, which the runner then takes for that last full observation."""
         ...
 
     def stop(self) -> None: ...
