@@ -9,9 +9,12 @@ Each row runs one ``vbproto`` command in a child process and reads the child's p
 that imports the CLI and numpy and does nothing.  Ratios are (peak - floor) / input bytes,
 so they mean the same on any machine; the target is <= 16 for every row.  The alternating-bit
 rows are the worst case for extents (4 runs per input byte, 16 bytes each: 178x and 345x
-before PageSet's bit-block form); the unaligned row starts its bitmap off a 512-frame block.
+before PageSet's bit-block form, 176x and 257x for pages of 2^k frames before its scaled
+form); the unaligned row starts its bitmap off a 512-frame block.
 The ring rows time the import of a split/packed ring dump whose chains all share one
-65,536-entry indirect table (issue 12: 52 s before; target < 2 s).
+65,536-entry indirect table (issue 12: 52 s before; target < 2 s wall).
+Every row prints the child's wall and CPU seconds (user + system: on a loaded machine the
+CPU time says more); the load average (1, 5, 15 min) is printed before and after the table.
 """
 
 from __future__ import annotations
@@ -92,8 +95,9 @@ def main() -> int:
 
 def _bench(tmp: Path) -> int:
     floor, _ = child_peak([sys.executable, "-c", "import virtio_balloon_proto.cli, numpy"])
+    print(f"load average before: {_load()}")
     print(f"floor (interpreter + imports): {floor / 2**20:.0f} MiB\n")
-    print(f"{'row':44} {'input':>9} {'peak':>9} {'ratio':>7} {'time':>7}")
+    print(f"{'row':46} {'input':>7} {'peak':>7} {'ratio':>6} {'wall':>6} {'cpu':>6}")
     rows = [
         ("v3 bitmap 4 MiB all ones", v3_bitmap(0xFF), ["--profile", "v3", "--kind", "bmap"]),
         ("hybrid 7 MiB, bitmap words all ones", hybrid_records(0xFFFFFFFFFFFFFFFF),
@@ -128,8 +132,8 @@ def _bench(tmp: Path) -> int:
         path.write_bytes(data)
         peak, took = child_peak([*CLI, "message", "decode", *opts, f"@{path}"])
         ratio = (peak - floor) / len(data)
-        print(f"{name:44} {len(data) / 2**20:7.1f}Mi {peak / 2**20:7.0f}Mi {ratio:7.1f} "
-              f"{took:6.1f}s")
+        print(f"{name:46} {len(data) / 2**20:5.1f}Mi {peak / 2**20:5.0f}Mi {ratio:6.1f} "
+              f"{took:5.1f}s {LAST_CPU:5.1f}s")
     for kind in ("split", "packed") if not only or "ring" in only else ():
         for chains in (8, 256):
             dump = tmp / f"{kind}.bin"
@@ -141,10 +145,15 @@ def _bench(tmp: Path) -> int:
                      if kind == "split" else ["--position", "0", "--wrap", "1"])
             _, took = child_peak(args)
             size = os.path.getsize(tmp / "t.jsonl")
-            print(f"{kind} ring, {chains} chains share a 64Ki table     "
-                  f"{'3.0Mi':>9} {'':>9} {'':>7} {took:6.1f}s  (cpu {LAST_CPU:.1f} s, trace "
-                  f"{size / 2**20:.1f} MiB, load {os.getloadavg()[0]:.1f})")
+            name = f"{kind} ring, {chains} chains share a 64Ki table"
+            print(f"{name:46} {'3.0Mi':>7} {'':>7} {'':>6} {took:5.2f}s {LAST_CPU:5.2f}s  "
+                  f"(trace {size / 2**20:.1f} MiB, load {os.getloadavg()[0]:.1f})")
+    print(f"\nload average after: {_load()}")
     return 0
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min)"
 
 
 if __name__ == "__main__":

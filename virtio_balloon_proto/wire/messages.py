@@ -313,12 +313,10 @@ def _overlaps(starts: U64, counts: U64) -> int:
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def _join(segments: bytes | Sequence[bytes]) -> tuple[bytes, list[bytes]]:
+def _segs(segments: bytes | Sequence[bytes]) -> list[bytes]:
     if isinstance(segments, (bytes, bytearray, memoryview)):
-        segs = [bytes(segments)]
-    else:
-        segs = [bytes(s) for s in segments]
-    return b"".join(segs), segs
+        return [bytes(segments)]
+    return [bytes(s) for s in segments]
 
 
 def _too_short(what: str, layout_fields: Sequence[tuple[str, int]], have: int) -> DecodeError:
@@ -374,11 +372,12 @@ def decode(
     check_kind(kind, profile)
     if role not in ROLES:
         raise UsageError(f"role must be one of {', '.join(ROLES)}, not {role!r}", field="role")
-    data, segs = _join(segments)
+    segs = _segs(segments)
+    if kind == "bmap":  # reads its header and bitmap from the segments (no copy of them all)
+        return _decode_bmap(segs, layout, role)
+    data = b"".join(segs)  # one segment: that segment itself, not a copy
     if kind == "pfns":
         return _decode_pfns(data, layout, role)
-    if kind == "bmap":
-        return _decode_bmap(segs, layout, role)
     if kind == "req":
         return _decode_req(data, layout)
     if kind == "hybrid":
@@ -444,11 +443,16 @@ def _decode_pfns(data: bytes, layout: WireLayout, role: str) -> Decoded:
 
 
 def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
-    data = b"".join(segs)
-    if len(data) < BMAP_HDR_SIZE:
-        raise _too_short("balloon_bmap_hdr", BMAP_HDR_FIELDS, len(data))
+    total = sum(len(s) for s in segs)
+    if total < BMAP_HDR_SIZE:
+        raise _too_short("balloon_bmap_hdr", BMAP_HDR_FIELDS, total)
+    head = b""
+    for seg in segs:  # the header's bytes only: joining a whole 4 MiB chain was a copy
+        head += seg[:BMAP_HDR_SIZE - len(head)]
+        if len(head) == BMAP_HDR_SIZE:
+            break
     st = structs(layout.little_endian)
-    h = st.balloon_bmap_hdr.parse(data[:BMAP_HDR_SIZE])
+    h = st.balloon_bmap_hdr.parse(head)
     # the bitmap buffers: the rest of the header's descriptor (if any), then each descriptor
     bitmap_segs: list[bytes] = []
     consumed, i = 0, 0
