@@ -187,8 +187,12 @@ def test_streamed_json_is_the_json_and_brief_fields_count_long_lists() -> None:
     to_json(), in pieces (tiny chunks here, to cross every piece boundary)."""
     import json
 
-    for profile, kind, data in _messages():
-        segs = [data[:32], data[32:]] if kind == "bmap" else [data]
+    bmap = _messages()[0][2]
+    cuts = [("v3", "bmap", [bmap[:40], bmap[40:100], bmap[100:]]),  # header_tail, 2 bitmaps
+            ("v3", "bmap", [bmap[:32]] + [bmap[k:k + 64] for k in range(32, len(bmap), 64)])]
+    for profile, kind, data in [*_messages(), *cuts]:
+        segs = (data if isinstance(data, list) else [data[:32], data[32:]] if kind == "bmap"
+                else [data])
         d = decode(kind, segs, WireLayout("le", 64, "le", 4096), profile=profile)
         assert "".join(d.iter_json(chunk=7)) == json.dumps(d.to_json())
         assert "".join(d.iter_json()) == json.dumps(d.to_json())
@@ -196,6 +200,10 @@ def test_streamed_json_is_the_json_and_brief_fields_count_long_lists() -> None:
         for k, v in d.fields().items():
             assert brief[k] == (f"[{len(v)} items]" if isinstance(v, list) and len(v) > 16
                                 else v)
+        # what `message decode` prints, the bitmap's hex streamed in pieces
+        lines = "".join(f"  {k:12} {v}\n" for k, v in brief.items())
+        assert "".join(d.iter_brief_text(16, chunk=5)) == lines
+        assert "".join(d.iter_brief_text(16)) == lines
 
 
 @settings(max_examples=100, deadline=None)

@@ -97,8 +97,8 @@ def message_decode(profile: str, kind: str, endian: str, word_size: str, word_or
         click.echo()
         return
     click.echo(f"{kind} ({profile}, {endian}):")
-    for k, v in d.brief_fields(max_items=16).items():
-        click.echo(f"  {k:12} {v}")
+    for piece in d.iter_brief_text(max_items=16):  # a bitmap's hex streamed, not held
+        click.echo(piece, nl=False)
     if d.carries_pages:
         ps = d.pages()
         click.echo("  pages        ", nl=False)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -255,23 +255,59 @@ class Decoded:
         return {k: f"[{len(v)} items]" if isinstance(v, list) and len(v) > max_items else v
                 for k, v in self.fields().items()}
 
+    def iter_brief_text(self, max_items: int = 16, chunk: int = 1 << 16) -> Iterator[str]:
+        """The lines ``message decode`` prints for :meth:`brief_fields` (``"  name  value"``
+        each, newline-ended), in pieces: a v3 bitmap's hex -- twice its bytes, and held two
+        or three times over to print it at once -- is written ``chunk`` bytes at a time."""
+        m = self.message
+        if not isinstance(m, BitmapMessage) or len(m.bitmap) > max_items:
+            for k, v in self.brief_fields(max_items).items():
+                yield f"  {k:12} {v}\n"
+            return
+        brief = {k: f"[{len(v)} items]" if isinstance(v, list) and len(v) > max_items else v
+                 for k, v in message_fields(replace(m, bitmap=())).items()}
+        for k, v in brief.items():
+            if k != "bitmap":
+                yield f"  {k:12} {v}\n"
+                continue
+            # str() of the list of hex strings: "['55aa', '00ff']"
+            yield f"  {k:12} ["
+            for j, seg in enumerate(m.bitmap):
+                yield "'" if j == 0 else ", '"
+                yield from _hex_pieces(seg, chunk)
+                yield "'"
+            yield "]\n"
+
     def iter_json(self, chunk: int = 4096) -> Iterator[str]:
         """``json.dumps(self.to_json())`` in pieces, never holding the whole: the pages (and
-        hybrid records) are written ``chunk`` at a time, so a message of millions of runs
-        prints in memory that follows its input, not its text."""
+        hybrid records) are written ``chunk`` at a time, a v3 bitmap's hex 64 KiB at a time,
+        so a message of millions of runs prints in memory that follows its input, not its
+        text."""
         m = self.message
-        hybrid = isinstance(m, HybridMessage)
-        fields = message_fields(_no_records(m)) if isinstance(m, HybridMessage) else self.fields()
-        if hybrid:
+        if isinstance(m, HybridMessage):
+            fields = message_fields(_no_records(m))
             fields["records"] = _HOLE_RECORDS
+        elif isinstance(m, BitmapMessage):
+            fields = message_fields(replace(m, bitmap=()))
+            fields["bitmap"] = _HOLE_BITMAP
+        else:
+            fields = self.fields()
         obj: dict[str, Any] = {"kind": self.kind, "fields": fields}
         if self.carries_pages:
             obj["pages"] = _HOLE_PAGES
         obj["findings"] = [f.to_json() for f in self.findings]
         text = json.dumps(obj)
         for piece in re.split(f"({re.escape(json.dumps(_HOLE_RECORDS))}|"
+                              f"{re.escape(json.dumps(_HOLE_BITMAP))}|"
                               f"{re.escape(json.dumps(_HOLE_PAGES))})", text):
-            if piece == json.dumps(_HOLE_RECORDS) and isinstance(m, HybridMessage):
+            if piece == json.dumps(_HOLE_BITMAP) and isinstance(m, BitmapMessage):
+                yield "["  # json.dumps of the list of hex strings: '["55aa", "00ff"]'
+                for j, seg in enumerate(m.bitmap):
+                    yield '"' if j == 0 else ', "'
+                    yield from _hex_pieces(seg, 1 << 16)
+                    yield '"'
+                yield "]"
+            elif piece == json.dumps(_HOLE_RECORDS) and isinstance(m, HybridMessage):
                 yield "["
                 for i in range(0, int(m.heads.size), chunk):
                     part = json.dumps(message_fields(_no_records(m, i, i + chunk))["records"])
@@ -294,6 +330,13 @@ class Decoded:
 
 _HOLE_RECORDS = "\0records\0"
 _HOLE_PAGES = "\0pages\0"
+_HOLE_BITMAP = "\0bitmap\0"
+
+
+def _hex_pieces(data: bytes, chunk: int) -> Iterator[str]:
+    """``data.hex()`` in pieces of ``chunk`` bytes (``2 * chunk`` characters)."""
+    for i in range(0, len(data), chunk):
+        yield data[i:i + chunk].hex()
 
 
 def _no_records(m: HybridMessage, lo: int = 0, hi: int = 0) -> HybridMessage:
