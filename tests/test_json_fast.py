@@ -28,3 +28,35 @@ def test_fast_path_equals_the_stdlib(doc: Any, spaces: bool) -> None:
     got = limits.loads_json(text, what="x")
     assert got == _stdlib(text)
     assert json.dumps(got) == json.dumps(_stdlib(text))  # 1 vs 1.0, int vs float: same type
+
+
+# the number prefilter (limits.number_shape: byte classes, then regexes with a literal ':')
+# must send every integer orjson would not keep exact to the stdlib path, whatever the
+# whitespace around it; near the 64-bit edges on both sides, and the whole document one number
+edges = st.sampled_from([
+    (1 << 64) - 1, 1 << 64, (1 << 63) - 1, 1 << 63, -(1 << 63), -(1 << 63) - 1, -(1 << 64),
+    10**19, 10**19 - 1, -(10**18), -(10**19), 10**20, -(10**20),
+])
+space = st.text(alphabet=" \t\r\n", max_size=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(doc=st.recursive(edges | scalars, lambda c: st.lists(c, max_size=4)
+                        | st.dictionaries(st.text(max_size=4), c, max_size=4), max_leaves=8),
+       ws=space)
+def test_big_integers_stay_exact_under_any_whitespace(doc: Any, ws: str) -> None:
+    sep = (f"{ws},{ws}", f"{ws}:{ws}")
+    text = ws + json.dumps(doc, separators=sep) + ws
+    got = limits.loads_json(text, what="x")
+    assert json.dumps(got) == json.dumps(_stdlib(text))
+    raw = text.encode()
+    assert limits.loads_json(raw, what="x", shape=limits.number_shape(raw)) == got
+
+
+def test_a_negative_below_i64_is_an_exact_integer() -> None:
+    # orjson reads -9223372036854775809 (19 digits) as a float; the old prefilter looked for
+    # 20 digits only and let it through as -9.223372036854776e+18
+    for text in ("[-9223372036854775809]", "-9223372036854775809", '{"a": -9999999999999999999}'):
+        got = limits.loads_json(text, what="x")
+        assert json.dumps(got) == json.dumps(_stdlib(text))
+        assert not isinstance(got, float)

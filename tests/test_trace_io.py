@@ -254,3 +254,34 @@ def test_every_shipped_schema_is_valid_json_schema(name: str, package: str) -> N
     from virtio_balloon_proto.schemas import check_shipped
 
     check_shipped(name, package)
+
+
+# a number with a fraction or exponent is refused anywhere but ``ts`` (a schema "integer"
+# accepts 4096.0): the prefilter (limits.number_shape classes, then one regex with a literal
+# ':') must find every such line, whatever the whitespace and whatever hex sits around it
+_hexish = st.text(alphabet="0123456789abcdefE.:,[", max_size=12)
+_numbers = (st.integers(-(10**12), 10**12) | st.floats(allow_nan=False, allow_infinity=False)
+            | st.sampled_from([4096.0, 1e3, -0.0, 1.5e-7]))
+_records = st.recursive(
+    st.none() | st.booleans() | _numbers | _hexish,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(["ts", "len", "out", "a"]),
+                                                        c, max_size=3),
+    max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rec=st.dictionaries(st.sampled_from(["ts", "queue", "out", "x"]), _records, max_size=4),
+       ws=st.text(alphabet=" \t", max_size=2), exp=st.booleans())
+def test_a_fraction_outside_ts_is_found_in_any_line(rec: dict[str, object], ws: str,
+                                                     exp: bool) -> None:
+    from virtio_balloon_proto.trace.io import _float_path, _parse_line
+
+    text = json.dumps(rec, separators=(f"{ws},{ws}", f"{ws}:{ws}"))
+    if exp:  # the same numbers written with an exponent: 1e+16 style where json uses it
+        text = re.sub(r"(?<=[:,\[ ])(-?\d+)\.0(?=[,\]} ])", r"\1E0", text)
+    ref = _float_path(json.loads(text), "")
+    if ref is None:
+        assert _parse_line(text.encode()) == json.loads(text)
+    else:
+        with pytest.raises(TraceError, match="is not an integer"):
+            _parse_line(text.encode())

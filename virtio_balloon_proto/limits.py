@@ -102,24 +102,38 @@ def _parse_int(text: str) -> int:
     return int(text)
 
 
-_BIG_INT = re.compile(rb"[:\[,]\s*-?\d{20}")  # a class first: 7x faster than with "^|"
-#: every digit -> "0", every other byte -> "x": a line without 20 digits in a row (after this
-#: C-speed translation, a plain substring test) cannot hold a 20-digit number, so the regex
-#: above (which walks the line in Python's matcher, ~9 ns a byte) runs only when one may
-_DIGITS = bytes(ord("0") if 0x30 <= b <= 0x39 else ord("x") for b in range(256))
-_TWENTY = b"0" * 20
+#: byte classes of the number prefilters (issue 13): digit -> "0"; a byte a JSON number may
+#: follow (":", ",", "[") -> ":"; "-" -> "-"; a fraction or exponent mark (".", "e", "E") ->
+#: "."; JSON whitespace dropped; anything else -> "x".  One C-speed ``translate`` (~0.6 ns a
+#: byte), then regexes with the literal prefix ":" (the matcher jumps from ':' to ':'): the
+#: character-class regexes they replace walked every byte of a line at ~8 ns (a trace line is
+#: mostly hex, so "20 digits in a row" was no filter).  Inside a string they find false
+#: candidates only, which take the exact path.
+_SHAPE = bytes(ord("0") if 0x30 <= b <= 0x39 else ord(":") if b in b":,[" else ord("-")
+               if b == 0x2D else ord(".") if b in b".eE" else ord("x") for b in range(256))
+_JSON_SPACE = b" \t\r\n"
+#: an integer orjson would not keep exact: 20+ digits (beyond u64 from 18446744073709551616),
+#: or a negative of 19+ (beyond i64 from -9223372036854775809); orjson reads both as a float
+_BIG_INT = re.compile(rb":(?:0{20}|-0{19})")
+_BIG_TOP = (b"0" * 20, b"-" + b"0" * 19)  # the whole document one such number
 _NOT_FAST = object()
+
+
+def number_shape(data: bytes) -> bytes:
+    """``data`` in the byte classes above (:data:`_SHAPE`): where its numbers are, cheaply."""
+    return data.translate(_SHAPE, _JSON_SPACE)
 
 
 def loads_json(raw: bytes | str, *, what: str, error: type[VBProtoError] = UsageError,
                max_bytes: int = MAX_JSON, max_depth: int = MAX_JSON_DEPTH,
-               where: str | None = None) -> Any:
+               where: str | None = None, shape: bytes | None = None) -> Any:
     """Parse strict JSON from outside; any problem raises ``error`` naming ``what``.
 
     Refuses: more than ``max_bytes`` bytes (MAX_JSON), nesting deeper than ``max_depth``
     (MAX_JSON_DEPTH), ``NaN``/``Infinity``/``-Infinity``, floats that overflow, integers of
     more than MAX_INT_DIGITS digits, text that is not UTF-8.  Lone surrogates written as
     ``\\udXXX`` escapes are accepted (they are valid JSON) and kept; reports escape them.
+    ``shape``: :func:`number_shape` of ``raw``, when the caller computed it already.
     """
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
     if len(data) > max_bytes:
@@ -130,10 +144,10 @@ def loads_json(raw: bytes | str, *, what: str, error: type[VBProtoError] = Usage
     # MAX_INT_DIGITS) and invalid UTF-8 or lone surrogates; whatever it refuses goes the
     # stdlib way below, which accepts surrogate escapes and names each problem as before
     try:
-        # orjson reads an integer beyond 64 bits as a float: such a number (20+ digits after
-        # ':', '[' or ',') takes the stdlib path, which keeps it exact
-        big = _TWENTY in data.translate(_DIGITS) and (
-            _BIG_INT.search(data) or _BIG_INT.match(b"," + data.lstrip()))  # or top level
+        # orjson reads an integer beyond 64 bits as a float: such a number takes the stdlib
+        # path, which keeps it exact
+        t = number_shape(data) if shape is None else shape
+        big = _BIG_INT.search(t) or t.startswith(_BIG_TOP)
         obj = _NOT_FAST if big else orjson.loads(data)
     except orjson.JSONDecodeError:
         obj = _NOT_FAST

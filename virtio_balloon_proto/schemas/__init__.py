@@ -7,8 +7,6 @@ import json
 from functools import cache
 from typing import Any
 
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
-
 
 @cache
 def shipped_schema(name: str, package: str = "virtio_balloon_proto.schemas") -> dict[str, Any]:
@@ -23,4 +21,6 @@ def shipped_schema(name: str, package: str = "virtio_balloon_proto.schemas") -> 
 
 def check_shipped(name: str, package: str = "virtio_balloon_proto.schemas") -> None:
     """SchemaError unless the shipped schema ``name`` is a valid JSON Schema 2020-12."""
+    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+
     Draft202012Validator.check_schema(shipped_schema(name, package))

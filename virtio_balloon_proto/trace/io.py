@@ -19,17 +19,26 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from ..errors import TraceError, VBProtoError
 from ..io import open_output
 from ..limits import MAX_LINE as MAX_LINE
-from ..limits import loads_json, open_regular
+from ..limits import loads_json, number_shape, open_regular
 from ..schemas import shipped_schema
-from .model import Event, TraceHeader, event_from_json, header_from_json, semantic_problems
+from .model import (
+    _FROM_JSON,
+    Event,
+    TraceHeader,
+    event_from_json,
+    header_from_json,
+    semantic_problems,
+)
+
+if TYPE_CHECKING:  # jsonschema (~40 ms to import) only explains a record jsonschema-rs refused
+    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 SCHEMA_RESOURCE = "trace-v1.schema.json"
 _MSG_MAX = 300
@@ -42,6 +51,8 @@ def trace_schema() -> dict[str, Any]:
 
 @cache
 def _validator() -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(trace_schema())
 
 
@@ -71,6 +82,8 @@ def _type_validators() -> dict[str, Draft202012Validator]:
     the T branch says.  Validating against the (ref-inlined) branch is the same check, five
     times faster than evaluating every ``if`` (tests/test_trace_schema.py proves the two agree).
     """
+    from jsonschema import Draft202012Validator
+
     schema = trace_schema()
     _validator()  # checks the schema itself once
     out: dict[str, Draft202012Validator] = {}
@@ -155,11 +168,12 @@ def _lines(f: IO[bytes], max_line: int) -> Iterator[tuple[int, bytes | None]]:
         yield n, raw.rstrip(b"\r\n")
 
 
-#: a number with a fraction or exponent after ':', '[' or ',' (a cheap scan, ~8 ns a byte,
-#: no look-behind: that was 4x the parse): the only such number a trace may hold is ``ts``,
-#: and a JSON Schema "integer" also matches 4096.0 (2020-12 counts a number by its value), so
-#: this finds the lines worth walking for a float elsewhere
-_FLOAT_TOKEN = re.compile(rb"[:,\[] ?-?\d+[.eE]")
+#: a number with a fraction or exponent, in :func:`~..limits.number_shape` classes (a literal
+#: ':' first: the matcher jumps between the line's few ':' ',' '[' instead of walking its hex):
+#: the only such number a trace may hold is ``ts``, and a JSON Schema "integer" also matches
+#: 4096.0 (2020-12 counts a number by its value), so this finds the lines worth walking for a
+#: float elsewhere
+_FRACTION = re.compile(rb":-?0+\.")
 
 
 def _float_path(node: Any, path: str) -> tuple[str, float] | None:
@@ -184,8 +198,9 @@ def _float_path(node: Any, path: str) -> tuple[str, float] | None:
 def _parse_line(raw: bytes) -> Any:
     """One record: strict JSON (limits.loads_json: depth, NaN/Infinity, integer size), and
     every number an integer but ``ts`` (``"host_page_size": 4096.0`` passed the schema)."""
-    obj = loads_json(raw, what="record", error=TraceError, max_bytes=len(raw))
-    if _FLOAT_TOKEN.search(raw):
+    shape = number_shape(raw)
+    obj = loads_json(raw, what="record", error=TraceError, max_bytes=len(raw), shape=shape)
+    if _FRACTION.search(shape):
         hit = _float_path(obj, "")
         if hit:
             raise TraceError(f"{hit[0]}: {hit[1]!r} is not an integer (only ts may have a "
@@ -243,15 +258,32 @@ class TraceReader:
             raise TraceError("; ".join(probs), where=self._where(self.line))
 
     def events(self) -> Iterator[Event]:
+        valid = _fast_validator().is_valid  # a valid record costs this call only (issue 13)
+        convert = _FROM_JSON
+        header = self.header
         for line, raw in self._lines:
             self.line = line
-            if raw is not None and not raw.strip():
+            if raw is not None and (not raw or raw.isspace()):
                 continue  # blank lines are allowed (docs/trace-format.md)
             obj = self._record(raw)
-            self._check(obj, self.header)
-            if obj["type"] == "header":
-                raise TraceError("a second header record", where=self._where(self.line))
-            yield event_from_json(obj, where=self._where(self.line))
+            try:
+                fine = valid(obj)
+            except (ValueError, OverflowError, TypeError):
+                fine = False
+            if fine:
+                probs = list(semantic_problems(header, obj))
+                if probs:
+                    raise TraceError("; ".join(probs), where=self._where(line))
+            else:
+                self._check(obj, header)  # names the problems (or finds none: checked again)
+            rtype = obj["type"]
+            if rtype == "header":
+                raise TraceError("a second header record", where=self._where(line))
+            try:
+                ev: Event = convert[rtype](obj)
+            except (KeyError, ValueError, TypeError):
+                ev = event_from_json(obj, where=self._where(line))  # says what did not convert
+            yield ev
 
     def numbered_events(self) -> Iterator[tuple[int, Event]]:
         """Events with the line each came from (for decoders that report positions)."""
