@@ -20,6 +20,8 @@ PageSet part, so a hostile frame number costs a set entry, never a huge allocati
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -157,6 +159,22 @@ class FrameMap:
             before = len(self._over)
             self._over = self._over | high
             new += len(self._over) - before
+        return new
+
+    def add_frames(self, frames: npt.NDArray[np.unsignedinteger[Any]]) -> int:
+        """:meth:`add` of a 1-D unsigned array of frames, each at most once (a PFN buffer
+        without repeats: :meth:`~.codecs.DecodedBuffer.frames`) -- one fancy index, no set;
+        returns how many were not in before."""
+        if not frames.size:
+            return 0
+        top = int(frames.max())
+        if top >= self.span:
+            self._widen(min(top + 1, MAX_SPAN))
+            if top >= self.span:  # beyond MAX_SPAN: the set part takes those
+                return self.add(PageSet.from_frames(frames))
+        new = int(frames.size - np.count_nonzero(self._map[frames]))
+        self._map[frames] = 1
+        self._count += new
         return new
 
     def remove(self, ps: PageSet) -> int:

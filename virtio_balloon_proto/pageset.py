@@ -860,7 +860,10 @@ class PageAccumulator:
 
     Folding ``acc = acc | pages`` over 7,168 inflate buffers re-merges the growing set every
     time; this keeps added sets pending and merges them in one :func:`union_all` when a
-    difference or a read needs the exact set (or when many are pending).
+    difference or a read needs the exact set (or when many are pending).  Frame arrays
+    (:meth:`add_frames`: a PFN buffer's frames) stay arrays until then and become one set in
+    one :meth:`PageSet.from_frames` (a counting sort for an inflate's dense frames): no set
+    per buffer (issue 13).
     """
 
     FLUSH_AT = 4096
@@ -868,11 +871,19 @@ class PageAccumulator:
     def __init__(self, initial: PageSet | None = None) -> None:
         self._value = initial if initial is not None else PageSet()
         self._pending: list[PageSet] = []
+        self._frames: list[npt.NDArray[Any]] = []
 
     def add(self, pages: PageSet) -> None:
         if pages:
             self._pending.append(pages)
             if len(self._pending) >= self.FLUSH_AT:
+                self._flush()
+
+    def add_frames(self, frames: npt.NDArray[Any]) -> None:
+        """Add the frames of a 1-D unsigned integer array (any order, repeats allowed)."""
+        if frames.size:
+            self._frames.append(frames)
+            if len(self._frames) >= self.FLUSH_AT:
                 self._flush()
 
     def remove(self, pages: PageSet) -> None:
@@ -881,6 +892,11 @@ class PageAccumulator:
             self._value = self._value - pages
 
     def _flush(self) -> None:
+        if self._frames:
+            frames = self._frames
+            self._frames = []
+            dt = np.result_type(*{f.dtype for f in frames})
+            self._pending.append(PageSet.from_frames(np.concatenate(frames, dtype=dt)))
         if self._pending:
             self._value = union_all([self._value, *self._pending])
             self._pending = []

@@ -142,11 +142,15 @@ class Summary:
             return
         for f in b.findings:
             self.findings[f.rule] += 1
-        n = len(b.pages)
+        n = b.page_count  # a PFN buffer's own count: no page set built (issue 13)
         if n:
             self.pages[d.role] = self.pages.get(d.role, 0) + n
         if d.role == "inflate":
-            self._balloon.add(b.pages)
+            frames = b.frames()
+            if frames is not None:
+                self._balloon.add_frames(frames)
+            else:
+                self._balloon.add(b.pages)
         elif d.role == "deflate":
             self._balloon.remove(b.pages)
         elif d.role == "reporting":
@@ -258,8 +262,7 @@ def _decode_event(h: TraceHeader, layout: WireLayout, line: int, ev: Event,
         except VBProtoError as exc:
             return DecodedEvent(line, role, ev.queue, ev.id, "avail", None, error=str(exc))
         if buf.findings or ev.findings:
-            buf = DecodedBuffer(buf.role, buf.kind, buf.decoded, buf.pages,
-                                (*ev.findings, *buf.findings))
+            buf = buf.with_findings((*ev.findings, *buf.findings))
         return DecodedEvent(line, role, ev.queue, ev.id, "avail", buf)
     if isinstance(ev, UsedEvent):
         role = ev.role.value

@@ -211,13 +211,17 @@ def actual_accounting(j: Judgement) -> None:
             if d is None:
                 return  # bytes not captured / undecodable: the count is unknown from here on
             if ch.role == "inflate":
-                balloon.add(d.pages)
+                frames = d.frames()  # a PFN buffer: marked straight from its array (issue 13)
+                if frames is not None:
+                    balloon.add_frames(frames)
+                else:
+                    balloon.add(d.pages)
             else:
                 gone = balloon.remove(d.pages)
                 if not from_reset:
                     # a window: a deflated page it never saw inflated was in the balloon
                     # before the window started
-                    before -= len(d.pages) - gone
+                    before -= d.page_count - gone
         elif isinstance(ev, tr.ConfigEvent) and ev.write and (
                 ev.offset <= 4 and ev.offset + len(ev.data) >= 8):
             actual = int.from_bytes(ev.data[4 - ev.offset: 8 - ev.offset], "little")
@@ -225,7 +229,7 @@ def actual_accounting(j: Judgement) -> None:
             for ch in pending.values():
                 if ch.index < i:
                     d = j.decoded(ch)
-                    n = len(d.pages) if d is not None else 0
+                    n = d.page_count if d is not None else 0
                     if ch.role == "inflate":
                         flying_in += n
                     else:

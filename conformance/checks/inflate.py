@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from virtio_balloon_proto.codecs import DecodedBuffer
 from virtio_balloon_proto.framemap import FrameMap
 from virtio_balloon_proto.pageset import PageSet, union_all
 
@@ -44,7 +45,9 @@ def deflate_after_ack(j: Judgement) -> None:
             j.notes.append("used elements not captured (trace window): "
                            "spec.driver.op.no-deflate-before-inflate-ack not judged")
         return
-    inflight: dict[int, PageSet] = {}
+    # the decodings, not their page sets: a set is built only when a deflate is compared
+    # with the inflates in flight (a PFN buffer's set is built on first use: issue 13)
+    inflight: dict[int, DecodedBuffer] = {}
     resets = set(j.resets)
     for i in range(1, len(j.events) + 1):
         if i in resets:
@@ -55,11 +58,11 @@ def deflate_after_ack(j: Judgement) -> None:
             if d is None or d.kind not in ("pfns", "bmap", "hybrid"):
                 continue
             if ch.role == "inflate":
-                inflight[ch.index] = d.pages
+                inflight[ch.index] = d
             else:
                 j.evaluated("spec.driver.op.no-deflate-before-inflate-ack")
-                for idx, pages in inflight.items():
-                    both = d.pages & pages
+                for idx, flying in inflight.items():
+                    both = d.pages & flying.pages
                     if both:
                         j.broken("spec.driver.op.no-deflate-before-inflate-ack",
                                  f"deflate names {len(both)} frame(s) of the inflate at event "

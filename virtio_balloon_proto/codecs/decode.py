@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import UsageError
 from ..findings import Finding
@@ -20,17 +20,59 @@ from .spec import ranges_to_pages
 ROLES = tuple(r.value for r in QueueRole)
 
 
-@dataclass(frozen=True, eq=False)
 class DecodedBuffer:
-    """What one chain on one queue says."""
+    """What one chain on one queue says.
 
-    role: str
-    #: wire kind ("pfns", "bmap", "hybrid", "stats", "hint-cmd", "req"), "ranges" for
-    #: hint/report descriptors, "req-buffer" for an unwritten misc request buffer, "empty"
-    kind: str
-    decoded: Decoded | None
-    pages: PageSet
-    findings: tuple[Finding, ...]
+    ``pages`` (a PageSet) is built on first use when the decoding has it (``pages=None``): a
+    summary or check that only counts a PFN buffer's frames, or marks them in a frame map,
+    never builds 7,168 small sets (issue 13); :meth:`frames` and :attr:`page_count` serve
+    those callers from the decoding directly.
+    """
+
+    __slots__ = ("_pages", "decoded", "findings", "kind", "role")
+
+    def __init__(self, role: str, kind: str, decoded: Decoded | None, pages: PageSet | None,
+                 findings: tuple[Finding, ...]) -> None:
+        self.role = role
+        #: wire kind ("pfns", "bmap", "hybrid", "stats", "hint-cmd", "req"), "ranges" for
+        #: hint/report descriptors, "req-buffer" for an unwritten misc request buffer, "empty"
+        self.kind = kind
+        self.decoded = decoded
+        self.findings = findings
+        self._pages = pages if pages is not None or decoded is not None else PageSet.empty()
+
+    def __repr__(self) -> str:
+        return (f"DecodedBuffer(role={self.role!r}, kind={self.kind!r}, decoded={self.decoded!r}, "
+                f"pages={self.pages!r}, findings={self.findings!r})")
+
+    @property
+    def pages(self) -> PageSet:
+        """The 4 KiB frames the buffer names (duplicates merged)."""
+        if self._pages is None:
+            assert self.decoded is not None  # __init__: no pages only with a decoding
+            self._pages = self.decoded.pages()
+        return self._pages
+
+    def frames(self) -> NDArray[np.unsignedinteger[Any]] | None:
+        """The frames of :attr:`pages` as a 1-D array, each once, in wire order -- when the
+        decoding holds them so (a PFN array without repeats: a view, no copy); else None."""
+        d = self.decoded
+        if d is not None and d.kind == "pfns" and d.starts is not None \
+                and d.distinct == d.starts.size:
+            return d.starts
+        return None
+
+    @property
+    def page_count(self) -> int:
+        """``len(self.pages)``, without building the set when the decoding counted it."""
+        d = self.decoded
+        if self._pages is None and d is not None and d.kind == "pfns" and d.distinct is not None:
+            return d.distinct
+        return len(self.pages)
+
+    def with_findings(self, findings: tuple[Finding, ...]) -> DecodedBuffer:
+        """The same decoding with ``findings`` instead (pages stay lazy)."""
+        return DecodedBuffer(self.role, self.kind, self.decoded, self._pages, findings)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "kind": self.kind}
@@ -69,7 +111,9 @@ def decode_buffer(profile: str, role: str, chain: Sequence[Segment], layout: Wir
         kind = bulk_encoding(profile, features)
         d = decode(kind, outs if kind == "bmap" else b"".join(outs), layout, profile=profile,
                    role=role)
-        return DecodedBuffer(role, kind, d, d.pages(), d.findings)
+        # a PFN array's set cannot fail (uint32 frames): built when first used; the other
+        # kinds' may (a run past 2**64), so theirs is built here, inside decode()'s errors
+        return DecodedBuffer(role, kind, d, None if kind == "pfns" else d.pages(), d.findings)
     if role == "stats":
         d = decode("stats", b"".join(outs), layout, profile=profile)
         return DecodedBuffer(role, "stats", d, PageSet.empty(), d.findings)

@@ -215,6 +215,9 @@ class Decoded:
     #: hybrid bitmap records: their runs are the bits, so ``starts``/``counts`` stay None
     #: rather than cost 16 bytes per run -- issue 12's 178x and 345x)
     pageset: PageSet | None = None
+    #: how many distinct frames ``starts`` names, when the decoder counted them (a PFN array:
+    #: its duplicate check sorts them anyway), so counting needs no set (issue 13)
+    distinct: int | None = None
 
     @property
     def carries_pages(self) -> bool:
@@ -432,6 +435,12 @@ def decode(
     return _decode_hint(data, layout)
 
 
+#: the counts of a PFN array of up to 4,096 frames: a slice of this (read-only; a broadcast
+#: view of one cost more than the buffer's whole duplicate check)
+_ONES = np.ones(4096, dtype=np.uint64)
+_ONES.flags.writeable = False
+
+
 def _decode_pfns(data: bytes, layout: WireLayout, role: str) -> Decoded:
     pfns, trailing = bulk.parse_pfns(data, layout.little_endian)
     f: list[Finding] = []
@@ -479,10 +488,12 @@ def _decode_pfns(data: bytes, layout: WireLayout, role: str) -> Decoded:
                 field="pfns",
             ))
     # the PFNs themselves are the starts (uint32: no uint64 copy) and every count is 1 (a
-    # broadcast view: no array): an oracle keeping every buffer's decoding held 4 KiB per 256
-    # PFNs of copies (issue 13: 128 GiB guest, conform check over 1 GiB)
-    ones = np.broadcast_to(np.uint64(1), pfns.shape)
-    return Decoded("pfns", PfnArray(pfns, trailing), layout, tuple(f), pfns, ones, role)
+    # slice of one shared array, or a broadcast view: no array per buffer): an oracle keeping
+    # every buffer's decoding held 4 KiB per 256 PFNs of copies (issue 13: 128 GiB guest)
+    ones = _ONES[:pfns.size] if pfns.size <= _ONES.size else np.broadcast_to(
+        np.uint64(1), pfns.shape)
+    return Decoded("pfns", PfnArray(pfns, trailing), layout, tuple(f), pfns, ones, role,
+                   distinct=pfns.size - ndup)
 
 
 def _decode_bmap(segs: list[bytes], layout: WireLayout, role: str) -> Decoded:
