@@ -24,17 +24,10 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
-from construct import (
-    Array,
-    Int16ub,
-    Int16ul,
-    Int32ub,
-    Int32ul,
-    Int64ub,
-    Int64ul,
-    Struct,
-)
+if TYPE_CHECKING:
+    from construct import Struct
 
 from ..errors import RingError, UsageError
 from ..findings import Finding
@@ -72,6 +65,10 @@ class SplitRingStructs:
     """
 
     def __init__(self, little_endian: bool = True) -> None:
+        # imported when a ring is first parsed (the walker itself uses struct): reading a
+        # trace never needs construct (issue 13: start-up of every trace command)
+        from construct import Int16ub, Int16ul, Int32ub, Int32ul, Int64ub, Int64ul, Struct
+
         self.little_endian = little_endian
         if little_endian:
             u16, u32, u64 = Int16ul, Int32ul, Int64ul
@@ -99,6 +96,8 @@ class SplitRingStructs:
     def virtq_avail(self, size: int) -> Struct:
         # struct virtq_avail { le16 flags; le16 idx; le16 ring[size];
         #                      le16 used_event; /* Only if VIRTIO_F_EVENT_IDX */ };
+        from construct import Array, Struct
+
         return Struct(
             "flags" / self.le16,
             "idx" / self.le16,
@@ -109,6 +108,8 @@ class SplitRingStructs:
     def virtq_used(self, size: int) -> Struct:
         # struct virtq_used { le16 flags; le16 idx; struct virtq_used_elem ring[size];
         #                     le16 avail_event; /* Only if VIRTIO_F_EVENT_IDX */ };
+        from construct import Array, Struct
+
         return Struct(
             "flags" / self.le16,
             "idx" / self.le16,

@@ -11,28 +11,12 @@ and ``tests/test_wire_bulk.py`` proves the two agree.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from construct import (
-    Array,
-    BitsInteger,
-    BitStruct,
-    Bytes,
-    ByteSwapped,
-    Construct,
-    GreedyBytes,
-    GreedyRange,
-    Int8ul,
-    Int16ub,
-    Int16ul,
-    Int32ub,
-    Int32ul,
-    Int64ub,
-    Int64ul,
-    Struct,
-    this,
-)
+if TYPE_CHECKING:
+    from construct import Construct
 
 #: ``sizeof`` of the fixed headers
 BMAP_HDR_SIZE = 32  # struct balloon_bmap_hdr (seed 2/7)
@@ -46,6 +30,27 @@ class BalloonStructs:
     """The balloon's structures for one byte order of the ``__virtio`` types."""
 
     def __init__(self, little_endian: bool) -> None:
+        # imported here, when a message first needs construct: a PFN array, the bulk of every
+        # trace, decodes through numpy (.bulk), and importing construct was ~5% of a
+        # `vbproto decode --summary` of a 7 GiB inflate (issue 13)
+        from construct import (
+            Array,
+            BitsInteger,
+            BitStruct,
+            ByteSwapped,
+            GreedyBytes,
+            GreedyRange,
+            Int8ul,
+            Int16ub,
+            Int16ul,
+            Int32ub,
+            Int32ul,
+            Int64ub,
+            Int64ul,
+            Struct,
+            this,
+        )
+
         self.little_endian = little_endian
         u16: Any = Int16ul if little_endian else Int16ub
         u32: Any = Int32ul if little_endian else Int32ub
@@ -148,10 +153,14 @@ class BalloonStructs:
         self.bitmap_word = {32: u32, 64: u64}
 
     def bitmap_words(self, word_size: int, count: int) -> Construct:
+        from construct import Array
+
         return Array(count, self.bitmap_word[word_size])
 
     @staticmethod
     def raw(count: int) -> Construct:
+        from construct import Bytes
+
         return Bytes(count)
 
 
@@ -161,5 +170,18 @@ def structs(little_endian: bool) -> BalloonStructs:
     return BalloonStructs(little_endian)
 
 
+class _Config(Mapping[int, Any]):
+    """``structs(True).virtio_balloon_config`` (size -> struct), built on first use."""
+
+    def __getitem__(self, size: int) -> Any:
+        return structs(True).virtio_balloon_config[size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(structs(True).virtio_balloon_config)
+
+    def __len__(self) -> int:
+        return len(structs(True).virtio_balloon_config)
+
+
 #: config space is little-endian even for legacy devices (VIRTIO 1.4 5.5.4 legacy note)
-CONFIG = structs(True).virtio_balloon_config
+CONFIG: Mapping[int, Any] = _Config()
