@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 CLI = [sys.executable, "-m", "virtio_balloon_proto"]
@@ -57,12 +58,17 @@ def v3_bitmap(fill: int, n: int = 4 << 20, start_pfn: int = 0, page_shift: int =
     return hdr + bytes([fill]) * n
 
 
-def hybrid_records(fill: int, n: int = 7 << 20, stride: int = 1024, page_shift: int = 12
+def hybrid_records(fill: int, n: int = 7 << 20, stride: int = 1024, page_shift: int = 12,
+                   odd_phase: int = 0, odd_shift: int | None = None, phases: int = 2
                    ) -> bytes:
-    """Records of 8 bitmap words each; ``stride`` frames apart (< 504 << order: they overlap)."""
+    """Records of 8 bitmap words each; ``stride`` frames apart (< 504 << order: they overlap).
+    Every odd record has page_shift ``odd_shift`` (default: the same), and record r starts
+    ``(r % phases) * odd_phase`` frames later: records of several scales."""
     body = bytearray()
     for r in range(n // 72):
-        body += struct.pack("<Q", r * stride | page_shift << 52 | 63 << 58)
+        shift = page_shift if odd_shift is None or r % 2 == 0 else odd_shift
+        start = r * stride + (r % phases) * odd_phase
+        body += struct.pack("<Q", start | shift << 52 | 63 << 58)
         body += struct.pack("<Q", fill) * 8
     return struct.pack("<BBHI", 0, 0, 0, len(body)) + bytes(body)
 
@@ -98,7 +104,7 @@ def _bench(tmp: Path) -> int:
     print(f"load average before: {_load()}")
     print(f"floor (interpreter + imports): {floor / 2**20:.0f} MiB\n")
     print(f"{'row':46} {'input':>7} {'peak':>7} {'ratio':>6} {'wall':>6} {'cpu':>6}")
-    rows = [
+    rows: list[tuple[str, Callable[[], bytes], list[str]]] = [
         ("v3 bitmap 4 MiB all ones", lambda: v3_bitmap(0xFF),
          ["--profile", "v3", "--kind", "bmap"]),
         ("hybrid 7 MiB, bitmap words all ones", lambda: hybrid_records(0xFFFFFFFFFFFFFFFF),
@@ -123,6 +129,18 @@ def _bench(tmp: Path) -> int:
          ["--profile", "hybrid", "--kind", "hybrid"]),
         ("hybrid 7 MiB, overlapping order 3, 0x55..",
          lambda: hybrid_records(0x5555555555555555, stride=64, page_shift=15),
+         ["--profile", "hybrid", "--kind", "hybrid"]),
+        # two scales in one message: one set of blocks, bits widened (hybridbits.py)
+        ("hybrid 7 MiB, order 1, phases 0/1, 0x55..",
+         lambda: hybrid_records(0x5555555555555555, page_shift=13, stride=2048, odd_phase=1),
+         ["--profile", "hybrid", "--kind", "hybrid"]),
+        ("hybrid 7 MiB, orders 0/1, 0x55..",
+         lambda: hybrid_records(0x5555555555555555, page_shift=12, stride=2048, odd_shift=13),
+         ["--profile", "hybrid", "--kind", "hybrid"]),
+        # open (issue 12): scales no widening by <= 4 joins -- all but one scale are extents
+        ("hybrid 7 MiB, order 3, 8 phases, 0x55.. (open)",
+         lambda: hybrid_records(0x5555555555555555, page_shift=15, stride=8192, odd_phase=1,
+                                phases=8),
          ["--profile", "hybrid", "--kind", "hybrid"]),
     ]
     only = sys.argv[1:]  # substrings of row names: run only those (and skip the rings)

@@ -270,6 +270,27 @@ def test_hybrid_alternating_order_1_is_held_as_scaled_blocks() -> None:
     assert ps.head(2) == [(0, 2), (4, 2)] and 4 in ps and 5 in ps and 6 not in ps
 
 
+@pytest.mark.parametrize(("odd_start", "odd_shift", "scale"), [(1, 13, (0, 0)), (0, 12, (0, 0)),
+                                                             (0, 14, (1, 0))])
+def test_hybrid_records_of_two_scales_are_one_set_of_blocks(
+        odd_start: int, odd_shift: int, scale: tuple[int, int]) -> None:
+    """Order-1 records at phases 0 and 1, orders 0 and 1, orders 1 and 2: one scale holds
+    them all (bits widened 2 or 4 units), not blocks of one and extents of the other."""
+    body, named = b"", []
+    for r in range(40):
+        start, shift = (r * 4096 + odd_start, odd_shift) if r % 2 else (r * 4096, 13)
+        body += struct.pack("<Q", start | shift << 52 | 63 << 58)
+        body += struct.pack("<Q", 0x5555555555555555) * 8
+        unit = 1 << (shift - 12)
+        named += [[start + bit * unit, unit] for bit in range(0, 504, 2)]
+    d = decode("hybrid", struct.pack("<BBHI", 0, 0, 0, len(body)) + body, WireLayout(),
+               profile="hybrid")
+    ps = d.pages()
+    assert ps.is_dense and ps._blk is not None and (ps._blk.shift, ps._blk.phase) == scale
+    same(ps, PageSet.from_extents(named))
+    assert not [f for f in d.findings if f.rule == "hybrid.driver.pages.no-duplicate"]
+
+
 @pytest.mark.parametrize("shape", ["v3 misc page_shift 14", "hybrid order 1",
                                    "hybrid overlapping order 3"])
 def test_decoding_scaled_shapes_takes_memory_in_proportion_to_the_input(shape: str) -> None:

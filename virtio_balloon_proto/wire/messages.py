@@ -28,6 +28,7 @@ from ..limits import MAX_ENCODE_FLOOR, MAX_ENCODE_RATIO, MAX_INPUT, encode_budge
 from ..pageset import PageSet
 from ..profiles import get_profile
 from . import bulk
+from .hybridbits import choose_scale, hybrid_bits, named_frames, record_words
 from .layout import WireLayout
 from .structs import BMAP_HDR_SIZE, CONFIG, REQ_HDR_SIZE, RESP_HDR_SIZE, structs
 
@@ -711,28 +712,26 @@ def _decode_hybrid(data: bytes, layout: WireLayout, role: str) -> Decoded:
     disjoint = bool(np.all(start[order_][1:] >= np.maximum.accumulate(ends[order_])[:-1]))
     pages: PageSet | None = None
     if bm.size:
-        # the bitmap records of one block size and phase (order k, start_pfn mod 2^k) go to
-        # bit blocks straight from their words, one bit per block of 2^k frames (scaled bit
-        # blocks for k >= 1; records sharing a block OR-ed: overlapping ones too); an extent
-        # per run of alternating bits was 16 bytes per bit: 281x the input when order-0
-        # records overlap, 257x at order >= 1 (issue 12).  A set has one scale, so that is
-        # the (order, phase) holding the most bitmap words; plain records and the bitmap
-        # records of any other scale are extents (a plain record is one, a bitmap one per run)
-        k, ph = _main_scale(order[bm], start[bm] & (unit[bm] - np.uint64(1)), blen[bm])
-        in_main = (order[bm] == np.uint64(k)) & ((start[bm] & (unit[bm] - np.uint64(1)))
-                                                  == np.uint64(ph))
-        dense = bm[in_main]
-        other = np.concatenate((np.flatnonzero(plain), bm[~in_main]))
+        # bitmap records go to bit blocks straight from their words (hybridbits.py): one
+        # bit per unit of 2^k frames at one scale (records of order k .. k + 2 whose start
+        # is the phase mod 2^k, each bit widened to 2^(order - k) units; records sharing a
+        # block OR-ed: overlapping ones too); an extent per run of alternating bits was 16
+        # bytes per bit: 281x the input when order-0 records overlap, 257x at order >= 1
+        # (issue 12).  Plain records, and bitmap records no scale of the most bytes holds,
+        # are extents (a plain record is one, a bitmap one per run)
+        k, ph, held = choose_scale(order[bm], start[bm], blen[bm])
+        dense = bm[held]
+        other = np.concatenate((np.flatnonzero(plain), bm[~held]))
         s_o, c_o = _hybrid_extents(words, heads, other, start, unit, blen)
-        pages = PageSet.from_starts_counts(s_o, c_o) | _hybrid_bits(words, heads, dense,
-                                                                     start, blen, k, ph)
+        pages = PageSet.from_starts_counts(s_o, c_o) | hybrid_bits(words, heads, dense,
+                                                                    start, order, blen, k, ph)
         starts = counts = None
         if not disjoint:
             # frames named more than once: every record's frames counted, less the set
             # (a count is below 2^61: summed as two 32-bit halves, no uint64 overflow)
             named = ((int((c_o >> np.uint64(32)).sum(dtype=np.uint64)) << 32)
                      + int((c_o & np.uint64(0xFFFFFFFF)).sum(dtype=np.uint64))
-                     + (bulk.popcount_u64(_record_words(words, heads, dense, blen)) << k))
+                     + named_frames(words, heads, dense, order, blen))
             del s_o, c_o
             dup = named - pages.page_count()
             if dup:
@@ -751,25 +750,6 @@ def _decode_hybrid(data: bytes, layout: WireLayout, role: str) -> Decoded:
     return Decoded("hybrid", msg, layout, tuple(f), starts, counts, role, pageset=pages)
 
 
-def _record_words(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp],
-                  blen: U64) -> U64:
-    """(n, 8) bitmap words of the records ``recs`` (indices into ``heads``), bits at or past
-    each record's bmap_len * 8 cleared, missing words zero."""
-    bl = blen[recs].astype(np.int64)
-    nw = (bl + 7) >> 3  # 1..8 words each
-    out = np.zeros((recs.size, 8), dtype=np.uint64)
-    h = heads[recs]
-    for k in range(8):
-        sel = np.flatnonzero(nw > k)
-        if not sel.size:
-            break
-        valid = np.clip(bl[sel] * 8 - 64 * k, 0, 64).astype(np.uint64)
-        mask = np.where(valid >= np.uint64(64), np.uint64(0xFFFFFFFFFFFFFFFF),
-                        (np.uint64(1) << (valid & np.uint64(63))) - np.uint64(1))
-        out[sel, k] = words[h[sel] + 1 + k] & mask
-    return out
-
-
 def _hybrid_extents(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp],
                     start: U64, unit: U64, blen: U64) -> tuple[U64, U64]:
     """The pages of records ``recs`` as (first frame, count) in record order: a plain
@@ -782,7 +762,7 @@ def _hybrid_extents(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp],
     if bm.size:
         # the records' words laid end to end with a zero word after each record
         stream = np.zeros((bm.size, 9), dtype="<u8")
-        stream[:, :8] = _record_words(words, heads, bm, blen)
+        stream[:, :8] = record_words(words, heads, bm, blen)
         first, run = bulk.bitmap_runs(stream.tobytes(), 64, "le")
         del stream
         r = (first // np.uint64(9 * 64)).astype(np.intp)
@@ -794,54 +774,6 @@ def _hybrid_extents(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp],
         counts_l.append(run * u)
     return (np.concatenate(starts_l).astype(np.uint64),
             np.concatenate(counts_l).astype(np.uint64))
-
-
-def _main_scale(order: U64, phase: U64, blen: U64) -> tuple[int, int]:
-    """The (order, phase) of the bitmap records with the most bitmap bytes (ties: the
-    smallest order, then phase)."""
-    key = np.stack((order, phase))
-    uniq, inv = np.unique(key, axis=1, return_inverse=True)
-    weight = np.bincount(inv.reshape(-1), weights=blen.astype(np.float64))
-    best = int(np.argmax(weight))  # the first of equal weights: np.unique sorted them
-    return int(uniq[0, best]), int(uniq[1, best])
-
-
-def _hybrid_bits(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp],
-                 start: U64, blen: U64, shift: int = 0, phase: int = 0) -> PageSet:
-    """The frames of bitmap records ``recs`` of order ``shift`` whose start_pfn is
-    ``phase`` mod 2^shift (bit i is the 2^shift frames from start_pfn + i * 2^shift), as
-    a set built from the words: each record's 512 bits shifted into the two 512-unit
-    blocks they can touch, blocks shared by records OR-ed together (scaled bit blocks:
-    unit u is the frames from phase + u * 2^shift)."""
-    if not recs.size:
-        return PageSet()
-    w = _record_words(words, heads, recs, blen)
-    s = start[recs] >> np.uint64(shift)  # in units
-    off = (s & np.uint64(511)).astype(np.intp)
-    q, b = off >> 6, (off & 63).astype(np.uint64)
-    win = np.zeros((recs.size, 16), dtype=np.uint64)
-    rix = np.arange(recs.size)
-    back = np.where(b == 0, np.uint64(0), np.uint64(64) - b) & np.uint64(63)
-    for k in range(8):
-        win[rix, q + k] |= w[:, k] << b
-        win[rix, q + k + 1] |= np.where(b == 0, np.uint64(0), w[:, k] >> back)
-    del w
-    blk = np.repeat(s >> np.uint64(9), 2)
-    blk[1::2] += np.uint64(1)
-    keep = np.flatnonzero(win.reshape(-1, 8).any(axis=1))  # a record often fills one block
-    blk, pairs = blk[keep], win.reshape(-1, 8)[keep]
-    del win
-    if blk.size == 0:
-        return PageSet()
-    if blk.size > 1 and not bool(np.all(blk[1:] >= blk[:-1])):
-        o = np.argsort(blk, kind="stable")
-        blk, pairs = blk[o], pairs[o]
-    uniq = np.flatnonzero(np.concatenate(([True], blk[1:] != blk[:-1])))
-    if uniq.size < blk.size:  # records sharing a block
-        pairs = np.bitwise_or.reduceat(pairs, uniq, axis=0)
-    bits: NDArray[np.uint8] = np.ascontiguousarray(pairs, dtype="<u8").view(np.uint8)
-    # no overflow: start_pfn < 2^52 and a record names < 504 * 2^shift frames (< 2^61)
-    return PageSet.from_blocks(blk[uniq], bits.reshape(-1, 64), shift, phase)
 
 
 def _decode_stats(data: bytes, layout: WireLayout, profile: str) -> Decoded:
