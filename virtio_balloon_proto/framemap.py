@@ -38,11 +38,11 @@ _NONE = PageSet.empty()
 def _split(ps: PageSet, span: int) -> tuple[PageSet, PageSet]:
     """``ps`` as (frames below span, frames at or above span)."""
     if not ps or span <= 0:
-        return PageSet.empty(), ps
+        return _NONE, ps
     if int(ps.lasts[-1]) < span:
-        return ps, PageSet.empty()
+        return ps, _NONE
     if int(ps.starts[0]) >= span:
-        return PageSet.empty(), ps
+        return _NONE, ps
     return ps.window(0, span), ps.window(span, (1 << 64) - span)
 
 
