@@ -252,7 +252,7 @@ class Runner:
                 state = _compact(state) if self.save_traces is None else _as_lists(state)
                 if step.kind in ("config_write", "host") and neg.config_size:
                     state["config"] = bytes(self.device.config_read(0, neg.config_size)).hex()
-                out.append(tr.ObserveEvent("state", _shared(_jsonable(state), seen)))
+                out.append(tr.ObserveEvent("state", _shared(_json_state(state), seen)))
             except Unsupported as exc:
                 result.status = Verdict.UNSUPPORTED
                 result.reason = f"step {step.index} ({step.describe()}): {exc}"
@@ -415,6 +415,18 @@ def _is_extents(v: list[Any] | tuple[Any, ...]) -> bool:
     """A list of [int, int] pairs: already JSON (one level of checks, not a call per int)."""
     return all(type(x) is list and len(x) == 2 and type(x[0]) is int and type(x[1]) is int
                for x in v)
+
+
+def _json_state(state: dict[str, Any]) -> dict[str, Any]:
+    """:func:`_jsonable` of an observation the runner just copied (``_compact``/``_as_lists``):
+    its values converted in place, the usual ints, strings and page sets left as they are."""
+    if not all(type(k) is str for k in state):
+        return dict(_jsonable(state))
+    for k, v in state.items():
+        t = type(v)
+        if not (t is int or t is str or t is PageSet or v is None):
+            state[k] = _jsonable(v)
+    return state
 
 
 def _jsonable(v: Any) -> Any:
