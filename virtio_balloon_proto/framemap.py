@@ -331,11 +331,14 @@ class FrameJournal:
 
     def _note(self, low: npt.NDArray[np.intp] | PageSet, high: PageSet, value: int) -> int:
         n = len(low) if isinstance(low, PageSet) else int(low.size)
-        for part in (low, high):
-            if len(part):
-                self._changed.append(part)
-                self._kinds.add(value)
-        return n + len(high)
+        if n:
+            self._changed.append(low)
+            self._kinds.add(value)
+        if high:
+            self._changed.append(high)
+            self._kinds.add(value)
+            n += len(high)
+        return n
 
     def add(self, ps: PageSet) -> int:
         return self._note(*self.now.set_to(ps, 1), 1)
