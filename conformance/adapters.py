@@ -27,8 +27,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
-
 from virtio_balloon_proto.errors import PeerError, UsageError, VBProtoError
 from virtio_balloon_proto.framing import EXIT_UNSUPPORTED, FramedProcess, PeerUnsupported
 from virtio_balloon_proto.pageset import PageSet
@@ -54,9 +52,13 @@ def _protocol_schema() -> dict[str, Any]:
 
 
 @cache
-def _result_validator(name: str) -> Draft202012Validator:
+def _result_validator(name: str) -> Any:
     """A validator for ``$defs/<name>`` of the shipped protocol schema (refs resolve inside)."""
     schema = _protocol_schema()
+    # imported here: only an answer the fast checks below do not certainly accept needs the
+    # schema, and jsonschema costs ~40-60 ms of every conform command's start-up
+    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+
     return Draft202012Validator({"$defs": schema["$defs"], "$ref": f"#/$defs/{name}"})
 
 
