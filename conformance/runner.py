@@ -46,6 +46,7 @@ from .catalog import Catalog, catalog
 from .checks import judge
 from .dut import DeviceUnderTest, Unsupported
 from .known_failures import KnownFailures
+from .offline import check_trace
 from .verdicts import CaseResult, RunResult, Verdict, hexdump
 
 __all__ = ["REPORT_DATA_LIMIT", "Case", "Runner", "Step", "case_from_trace", "check_trace",
@@ -452,30 +453,3 @@ class _suppress:
 
     def __exit__(self, et: Any, ev: Any, tb: Any) -> bool:
         return et is not None and issubclass(et, (VBProtoError, OSError))
-
-
-# --------------------------------------------------------------------------- offline check
-def check_trace(
-    path: str | Path, *, cat: Catalog | None = None, strict: bool = False, subject: str = "both",
-    traffic: bool = True,
-) -> CaseResult:
-    """Judge a recorded trace (no device involved): the same checks as a live run.
-
-    ``subject="device"`` judges only the device (driver breakages become notes), as
-    ``conform run`` does for the suite's own driver traffic.  ``traffic=False``: no traffic
-    log (hex dumps of every buffer) in the result, for callers that do not print it.
-    """
-    case = load_case(path)
-    result = CaseResult(case.id, case.profile, case.path)
-    judged = judge(case.header, case.events, cat=cat or catalog(), strict=strict,
-                   subject=subject)
-    result.results = judged.results
-    result.behaviour = judged.behaviour
-    gaps = case.uncheckable
-    result.notes = judged.notes + [f"{g}; not checkable" for g in gaps]
-    if gaps:
-        # a buffer whose bytes were not captured is named in every output, never passed over
-        result.reason = (f"{len(gaps)} buffer(s) not checkable (bytes not captured): "
-                         + "; ".join(gaps)[:300])
-    result.traffic = [s.to_json() for s in case.steps] if traffic else []
-    return result

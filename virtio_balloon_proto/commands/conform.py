@@ -71,7 +71,7 @@ def conform_check(trace_file: str, as_json: bool, strict: bool) -> None:
     """Validate both sides of a recorded trace against the clauses (offline)."""
     import json as _json
 
-    from virtio_balloon_proto.conformance.runner import check_trace
+    from virtio_balloon_proto.conformance.offline import check_trace
 
     res = check_trace(trace_file, strict=strict, traffic=as_json)  # text shows no traffic
     outcome = res.outcome(strict)
