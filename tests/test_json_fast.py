@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from virtio_balloon_proto import limits
+from virtio_balloon_proto.errors import UsageError
 
 scalars = (st.none() | st.booleans() | st.integers(-(10**30), 10**30)
            | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8))
@@ -60,3 +61,40 @@ def test_a_negative_below_i64_is_an_exact_integer() -> None:
         got = limits.loads_json(text, what="x")
         assert json.dumps(got) == json.dumps(_stdlib(text))
         assert not isinstance(got, float)
+
+
+@settings(max_examples=150, deadline=None)
+@given(kinds=st.lists(st.sampled_from(["[", "{", "[1,", '{"a":1,"b":']), min_size=1,
+                      max_size=12),
+       inner=st.sampled_from(["[]", "{}", "1", '"x:[,"']), limit=st.integers(1, 10))
+def test_depth_limit_holds_whatever_the_nesting(kinds: list[str], inner: str,
+                                                limit: int) -> None:
+    # the fast path's bound (1 + count of ':' ',' '[' in the shape) must never let a document
+    # deeper than the limit through
+    text = inner
+    for k in reversed(kinds):
+        text = (k + ('"k":' if k == "{" else "") + text
+                + ("]" if k.startswith("[") else "}"))
+    depth = limits.json_depth(json.loads(text))
+    if depth <= limit:
+        assert limits.loads_json(text, what="x", max_depth=limit) == json.loads(text)
+    else:
+        try:
+            limits.loads_json(text, what="x", max_depth=limit)
+        except UsageError as exc:
+            assert "MAX_JSON_DEPTH" in str(exc)
+        else:
+            raise AssertionError(f"depth {depth} > {limit} accepted")
+
+
+def test_the_depth_bound_is_tight_for_objects() -> None:
+    # {"k":{"k":{}}}: two ':' and depth 3, the case where the fast bound is exact
+    for n in range(1, 6):
+        text = '{"k":' * n + "{}" + "}" * n
+        assert limits.loads_json(text, what="x", max_depth=n + 1) == json.loads(text)
+        try:
+            limits.loads_json(text, what="x", max_depth=n)
+        except UsageError as exc:
+            assert "MAX_JSON_DEPTH" in str(exc)
+        else:
+            raise AssertionError(f"depth {n + 1} accepted under a limit of {n}")

@@ -178,3 +178,63 @@ def test_summary_and_verdicts_equal_the_slow_paths(bufs: list[tuple[str, list[in
         assert json.dumps(fast, default=str) == json.dumps(slow, default=str)
     finally:
         os.unlink(path)
+
+
+# --- TraceReader's hex check: a character class in the schema, the even length at conversion
+def test_every_hex_value_of_the_schema_is_converted_by_fromhex() -> None:
+    from virtio_balloon_proto.trace.io import HEX_VALUES, trace_schema
+
+    found = set()
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, dict):
+            if node.get("$ref") == "#/$defs/bytes":
+                found.add((path[1], path[3]))  # $defs/<record>/properties/<field>
+            for k, v in node.items():
+                walk(v, (*path, k))
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, path)
+
+    walk(trace_schema()["$defs"], ("$defs",))
+    assert found == set(HEX_VALUES)
+
+
+hexish = st.text(alphabet="0123456789abcdefABx ", max_size=9)
+
+
+@settings(max_examples=150, deadline=None)
+@given(h=hexish, where=st.sampled_from(["out", "out+desc", "used", "config"]))
+def test_reader_refuses_bad_hex_as_the_whole_schema_does(h: str, where: str) -> None:
+    from virtio_balloon_proto.errors import TraceError
+    from virtio_balloon_proto.trace import io as tio
+
+    header = TraceHeader.for_features("spec", 1 << 32, 1 << 32)
+    rec: dict[str, Any]
+    if where.startswith("out"):
+        rec = {"type": "avail", "role": "inflate", "queue": 0, "id": 1, "out": [h], "in": []}
+        if where == "out+desc":  # the descriptor's len is checked by the semantic rules
+            rec["descriptors"] = [{"addr": "0x1000", "len": len(h) // 2, "flags": 0}]
+    elif where == "used":
+        rec = {"type": "used", "role": "inflate", "queue": 0, "id": 1, "len": 0, "data": h}
+    else:
+        rec = {"type": "config_write", "offset": 0, "data": h}
+    fd, path = tempfile.mkstemp(suffix=".jsonl")
+    os.close(fd)
+
+    def read() -> Any:
+        try:
+            with TraceReader(path) as r:
+                return [repr(e) for e in r.events()]
+        except TraceError as exc:
+            return str(exc)
+
+    try:
+        with open(path, "w") as f:
+            f.write(json.dumps(header.to_json()) + "\n" + json.dumps(rec) + "\n")
+        fast = read()
+        with mock.patch.object(tio, "_reading_validator", tio._fast_validator):
+            slow = read()  # the whole schema first, as before
+        assert fast == slow
+    finally:
+        os.unlink(path)

@@ -152,8 +152,10 @@ def loads_json(raw: bytes | str, *, what: str, error: type[VBProtoError] = Usage
     except orjson.JSONDecodeError:
         obj = _NOT_FAST
     if obj is not _NOT_FAST:
-        if data.count(b"[") + data.count(b"{") <= max_depth or json_depth(
-                obj, max_depth) <= max_depth:
+        # every nesting level past the first follows its parent's '[' or a ':' in its parent
+        # object, so depth <= 1 + (':' ',' '[' in the shape): one count of the shorter shape
+        if t.count(b":") < max_depth or data.count(b"[") + data.count(b"{") <= max_depth \
+                or json_depth(obj, max_depth) <= max_depth:
             return obj
         raise error(f"{what} nests deeper than the limit of {max_depth} (MAX_JSON_DEPTH)",
                     where=where)

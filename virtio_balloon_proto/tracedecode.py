@@ -226,10 +226,11 @@ def decode_trace(reader: TraceReader, roles: set[str] | None = None,
         if isinstance(ev, AvailEvent) and ev.id is not None:
             outstanding.add((ev.role.value, ev.id))
         elif isinstance(ev, UsedEvent) and ev.id is not None:
-            if (ev.role.value, ev.id) in outstanding:
-                outstanding.discard((ev.role.value, ev.id))
+            key = (ev.role.value, ev.id)
+            if key in outstanding:
+                outstanding.discard(key)
             elif summary is not None:
-                summary.before_window[ev.role.value] += 1
+                summary.before_window[key[0]] += 1
         if isinstance(ev, HostEvent) and summary is not None and ev.num_pages is not None:
             summary.targets.append(ev.num_pages)
         if summary is not None:
