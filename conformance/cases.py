@@ -126,17 +126,6 @@ def _segments(ev: Any) -> tuple[Segment, ...]:
     return tuple(segments_of(ev))
 
 
-def _recorded_queues(case: Case) -> dict[str, int]:
-    """Role -> queue index as the recorded driver used them (avail events)."""
-    from virtio_balloon_proto import trace as tr
-
-    out: dict[str, int] = {}
-    for ev in case.events:
-        if isinstance(ev, tr.AvailEvent):
-            out.setdefault(str(getattr(ev.role, "value", ev.role)), ev.queue)
-    return out
-
-
 def _device_options(profile: str, features: int) -> dict[str, Any]:
     prof = get_profile(profile)
     names = set(prof.names(features))

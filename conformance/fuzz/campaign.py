@@ -41,7 +41,7 @@ from .shape import covers, op_shape
 from .shape import shape as shape_of
 from .shrink import Budget, shrink
 
-#: feature -> the device option the runner derives from it (runner._device_options)
+#: feature -> the device option the runner derives from it (cases._device_options)
 OPTION_OF = {"DEFLATE_ON_OOM": "deflate-on-oom", "FREE_PAGE_HINT": "free-page-hint",
              "PAGE_POISON": "page-poison", "PAGE_REPORTING": "free-page-reporting",
              "MUST_TELL_HOST": "must-tell-host", "STATS_VQ": "stats-vq"}
