@@ -235,6 +235,27 @@ class FrameMap:
             self._over = self._over - high
         return changed, moved
 
+    def set_frames_to(self, frames: npt.NDArray[np.unsignedinteger[Any]],
+                      value: int) -> npt.NDArray[np.intp] | None:
+        """:meth:`set_to` of a 1-D array of DISTINCT frames, by one fancy index (a PFN buffer
+        without repeats: no page set built); returns the frames that changed.  None, with
+        nothing done, when the byte map cannot take them all: a frame at or above
+        :data:`MAX_SPAN`, or (``value`` 0) at or above the span, where the set part may hold
+        it -- use :meth:`set_to` then.  Repeated frames would be counted twice."""
+        if not frames.size:
+            return np.zeros(0, dtype=np.intp)
+        top = int(frames.max())
+        if top >= (MAX_SPAN if value else self.span):
+            return None
+        if top >= self.span:
+            self._widen(top + 1)  # moves the set part's frames below the new span into it
+        idx = frames.astype(np.intp)
+        hit: npt.NDArray[np.intp] = idx[self._map[idx] != value]
+        if hit.size:
+            self._map[hit] = value
+            self._count += int(hit.size) if value else -int(hit.size)
+        return hit
+
     # --- queries ------------------------------------------------------------------------------
     def mask(self, ps: PageSet) -> PageSet:
         """The frames of ``ps`` that are in the map (``ps & self``), in O(len(ps))."""
@@ -345,6 +366,15 @@ class FrameJournal:
 
     def remove(self, ps: PageSet) -> int:
         return self._note(*self.now.set_to(ps, 0), 0)
+
+    def set_frames(self, frames: npt.NDArray[np.unsignedinteger[Any]], value: int) -> int:
+        """:meth:`add` (``value`` 1) or :meth:`remove` (0) of a 1-D array of distinct frames
+        (a PFN buffer without repeats), through :meth:`FrameMap.set_frames_to`."""
+        hit = self.now.set_frames_to(frames, value)
+        if hit is None:
+            ps = PageSet.from_frames(frames)
+            return self.add(ps) if value else self.remove(ps)
+        return self._note(hit, _NONE, value)
 
     def changes(self) -> tuple[PageSet, PageSet]:
         """(frames added, frames removed) since the previous call (or creation), netted: a
