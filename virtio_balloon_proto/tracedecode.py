@@ -72,7 +72,7 @@ def segments_of(ev: AvailEvent) -> list[Segment]:
     return segs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DecodedEvent:
     """One decoded message of a trace."""
 
