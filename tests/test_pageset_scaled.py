@@ -320,3 +320,27 @@ def test_decoding_scaled_shapes_takes_memory_in_proportion_to_the_input(shape: s
         tracemalloc.stop()
     assert pages.is_dense and count and runs == pages.n_extents
     assert peak <= 16 * size, f"{peak / size:.1f}x"
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_block_counts_across_count_chunks(seed: int) -> None:
+    """run_count/popcount work COUNT_CHUNK blocks at a time: runs that cross a block edge at
+    a chunk edge, gaps between blocks, against the unpacked bits."""
+    rng = np.random.default_rng(seed)
+    n = 2 * bb.COUNT_CHUNK + 7
+    idx = np.cumsum(rng.choice([1, 1, 1, 2], size=n)).astype(np.uint64)
+    rows = rng.choice(np.array([0x00, 0xFF, 0x55, 0x80, 0x01], dtype=np.uint8), size=(n, 64))
+    rows[:, -1] |= 0x80  # bit 511 set: a run reaching the next block
+    rows[:, 0] |= 0x01
+    b = bb.make(idx, rows)
+    assert b is not None
+    bits = np.unpackbits(rows, axis=1, bitorder="little").astype(np.int8)
+    frames = (idx[:, None] * np.uint64(512) + np.arange(512, dtype=np.uint64))[bits == 1]
+    ref = PageSet.from_frames(frames)
+    assert bb.popcount(b) == ref.page_count()
+    assert bb.run_count(b) == ref.n_extents
+    assert bb.merged_run_count(xa_empty(), xa_empty(), b) == ref.n_extents
+
+
+def xa_empty() -> np.ndarray:  # type: ignore[type-arg]
+    return np.zeros(0, dtype=np.uint64)

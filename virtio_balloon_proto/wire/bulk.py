@@ -55,7 +55,8 @@ def build_pfns(pfns: NDArray[np.integer], little: bool, trailing: bytes = b"") -
 
 
 # --- unsigned-long bitmaps (v3) and le64 bitmap words (hybrid) ---------------------------------
-def _to_le_bytes(data: bytes, word_size: int, word_order: str) -> NDArray[np.uint8]:
+def _to_le_bytes(data: bytes | NDArray[np.uint64], word_size: int, word_order: str
+                 ) -> NDArray[np.uint8]:
     """Bitmap bytes rearranged so that bit n of the result is bit n of the bitmap.
 
     A partial last word is padded at its end with zero bytes: for a big-endian word the
@@ -65,7 +66,7 @@ def _to_le_bytes(data: bytes, word_size: int, word_order: str) -> NDArray[np.uin
     buf = np.frombuffer(data, dtype=np.uint8)
     if word_order == "le":
         return buf
-    pad = (-len(data)) % wb
+    pad = (-buf.size) % wb
     if pad:
         buf = np.concatenate([buf, np.zeros(pad, dtype=np.uint8)])
     return buf.reshape(-1, wb)[:, ::-1].reshape(-1)
@@ -131,7 +132,7 @@ def to_le_bits(data: bytes, word_size: int, word_order: str, nbits: int | None =
     return _trimmed(data, word_size, word_order, nbits)
 
 
-def _trimmed(data: bytes, word_size: int, word_order: str, nbits: int | None
+def _trimmed(data: bytes | NDArray[np.uint64], word_size: int, word_order: str, nbits: int | None
              ) -> NDArray[np.uint8]:
     le = _to_le_bytes(data, word_size, word_order)
     if nbits is not None and nbits < le.size * 8:
@@ -149,10 +150,11 @@ def bitmap_popcount(data: bytes, word_size: int, word_order: str,
     return int(np.bitwise_count(le).sum(dtype=np.uint64))
 
 
-def bitmap_runs(data: bytes, word_size: int, word_order: str, nbits: int | None = None
-                ) -> tuple[U64, U64]:
+def bitmap_runs(data: bytes | NDArray[np.uint64], word_size: int, word_order: str,
+                nbits: int | None = None) -> tuple[U64, U64]:
     """The runs of set bits of an unsigned-long bitmap as (first bit, length), ascending;
-    only bits < ``nbits``.
+    only bits < ``nbits``.  ``data``: the bitmap's bytes, or (read in place) a contiguous
+    array of its words in ``word_order``.
 
     Memory is the two result arrays (16 bytes per run) plus a fixed scratch of about
     9 * _RUN_CHUNK bytes: the bitmap is unpacked a chunk at a time, never one entry per bit.
@@ -258,36 +260,44 @@ def parse_hybrid_records(
 
     Returns (indices of the head words, all words native, trailing bytes).  A record with
     ``bmap_len != 0`` is followed by ``ceil(bmap_len / 8)`` bitmap words.  Records are
-    variable-length, so the walk is sequential -- but only over the records *with* a bitmap:
-    between two of them every word is a head, found with one vectorised search.
-    Raises DecodeError if a record's bitmap runs past the bytes present.
+    variable-length, so the heads are a path through the words (each head names the next),
+    found by pointer doubling on whole arrays (no Python step per record); with no bitmap at
+    all every word is a head.  Raises DecodeError if a record's bitmap runs past the bytes
+    present.
     """
     n = len(payload) // 8
     # native order: a view of the bytes (no copy) on a little-endian host for le records
     words = np.frombuffer(payload, dtype=_dt(little, 8), count=n).astype(np.uint64, copy=False)
     trailing = bytes(payload[n * 8 :])
     blen = words >> np.uint64(58) if little else words & np.uint64(63)  # only what is needed
-    nwords = ((blen + np.uint64(7)) >> np.uint64(3)).astype(np.intp)
-    with_bitmap = np.flatnonzero(nwords)
-    heads: list[NDArray[np.intp]] = []
-    i = 0
-    k = 0  # cursor into with_bitmap
-    while i < n:
-        k = int(np.searchsorted(with_bitmap, i, side="left"))
-        if k == len(with_bitmap):
-            heads.append(np.arange(i, n, dtype=np.intp))
-            break
-        j = int(with_bitmap[k])
-        heads.append(np.arange(i, j + 1, dtype=np.intp))
-        nxt = j + 1 + int(nwords[j])
-        if nxt > n:
-            raise DecodeError(
-                f"record's bmap_len {int(blen[j])} needs {int(nwords[j])} bitmap words but only "
-                f"{n - j - 1} follow",
-                field=f"records[{sum(len(h) for h in heads) - 1}].bmap_len",
-                offset=8 * j,
-                clause="hybrid.driver.resp.data-len-matches",
-            )
-        i = nxt
-    idx = np.concatenate(heads) if heads else np.zeros(0, dtype=np.intp)
+    # the record after a head at word i starts at f(i) = i + 1 + ceil(bmap_len / 8): the heads
+    # are the path 0, f(0), f(f(0)), ... -- found by doubling (g = f^(2^k); positions p_t ..
+    # p_(2t-1) = g(p_0 .. p_(t-1))), whole arrays, no Python step per record (a list of one
+    # array per bitmap record was 8 times the input for records of one word)
+    if not bool(blen.any()):  # plain records only: every word is a head
+        return np.arange(n, dtype=np.intp), _readonly(words), trailing  # type: ignore[return-value]
+    g = np.empty(n + 1, dtype=np.intp)
+    g[:n] = np.arange(1, n + 1, dtype=np.intp)
+    g[:n] += ((blen + np.uint64(7)) >> np.uint64(3)).astype(np.intp)
+    del blen
+    np.minimum(g, n, out=g)
+    g[n] = n  # past the end stays there
+    path = np.zeros(1, dtype=np.intp)
+    while path[-1] < n:
+        path = np.concatenate((path, g[path]))
+        g = g[g]
+    del g
+    idx = path[path < n]
+    del path
+    j = int(idx[-1])  # the last record: does its bitmap fit?
+    blen_j = int(words[j] >> np.uint64(58) if little else words[j] & np.uint64(63))
+    nw = (blen_j + 7) >> 3
+    if j + 1 + nw > n:
+        raise DecodeError(
+            f"record's bmap_len {blen_j} needs {nw} bitmap words but only "
+            f"{n - j - 1} follow",
+            field=f"records[{idx.size - 1}].bmap_len",
+            offset=8 * j,
+            clause="hybrid.driver.resp.data-len-matches",
+        )
     return idx, _readonly(words), trailing  # type: ignore[return-value]

@@ -31,12 +31,14 @@ CHUNK = 2048
 
 
 def record_words(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp],
-                 blen: U64) -> U64:
+                 blen: U64, out: U64 | None = None) -> U64:
     """(n, 8) bitmap words of the records ``recs`` (indices into ``heads``), bits at or past
-    each record's bmap_len * 8 cleared, missing words zero."""
+    each record's bmap_len * 8 cleared, missing words zero; written into ``out`` (zeros, of
+    that shape) when given."""
     bl = blen[recs].astype(np.int64)
     nw = (bl + 7) >> 3  # 1..8 words each
-    out = np.zeros((recs.size, 8), dtype=np.uint64)
+    if out is None:
+        out = np.zeros((recs.size, 8), dtype=np.uint64)
     h = heads[recs]
     for k in range(8):
         sel = np.flatnonzero(nw > k)
@@ -122,9 +124,7 @@ def hybrid_bits(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp], sta
             b, x = _lay(w, start[r] >> np.uint64(shift))  # in units
             blks.append(b)
             rows.append(x)
-    blk = np.concatenate(blks)
-    pairs = np.concatenate(rows)
-    del blks, rows
+    blk, pairs = _gather(blks), _gather(rows)
     if blk.size == 0:
         return PageSet()
     if blk.size > 1 and not bool(np.all(blk[1:] >= blk[:-1])):
@@ -136,6 +136,19 @@ def hybrid_bits(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp], sta
     bits: NDArray[np.uint8] = np.ascontiguousarray(pairs, dtype="<u8").view(np.uint8)
     # no overflow: start_pfn < 2^52 and a record names < 504 * 2^order frames (< 2^61)
     return PageSet.from_blocks(blk[uniq], bits.reshape(-1, 64), shift, phase)
+
+
+def _gather(parts: list[U64]) -> U64:
+    """``np.concatenate(parts)``, emptying ``parts`` as it copies: the result and the parts
+    are never both whole (a one-bit record's block row is 4.5 times the record)."""
+    out = np.empty((sum(p.shape[0] for p in parts), *parts[0].shape[1:]), dtype=np.uint64)
+    at = 0
+    for i, part in enumerate(parts):
+        out[at:at + part.shape[0]] = part
+        at += part.shape[0]
+        parts[i] = out[:0]  # its memory goes now, not after the loop (no view of it kept)
+    del part
+    return out
 
 
 def named_frames(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp], order: U64,

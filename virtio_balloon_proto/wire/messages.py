@@ -686,6 +686,7 @@ def _decode_hybrid(data: bytes, layout: WireLayout, role: str) -> Decoded:
                           offset=RESP_HDR_SIZE + 8 * int(heads[k]),
                           clause="hybrid.driver.record.page-shift-range")
     order = shift - np.uint64(12)
+    del shift  # per-record arrays are the decoder's memory when records are small (issue 12)
     unit = np.left_shift(np.uint64(1), order)
     odd = np.flatnonzero(blen % np.uint64(8))
     if odd.size:
@@ -708,8 +709,14 @@ def _decode_hybrid(data: bytes, layout: WireLayout, role: str) -> Decoded:
     # the frames each record can name: 2^order for a plain record, bmap_len * 8 blocks of
     # 2^order for a bitmap record (< 2^61, see below: no overflow)
     ends = start + np.where(plain, unit, nbits * unit)
-    order_ = np.argsort(start, kind="stable")
-    disjoint = bool(np.all(start[order_][1:] >= np.maximum.accumulate(ends[order_])[:-1]))
+    del nbits
+    if start.size < 2 or bool(np.all(start[1:] >= start[:-1])):  # records in order: no sort
+        disjoint = bool(np.all(start[1:] >= np.maximum.accumulate(ends)[:-1]))
+    else:
+        order_ = np.argsort(start, kind="stable")
+        disjoint = bool(np.all(start[order_][1:] >= np.maximum.accumulate(ends[order_])[:-1]))
+        del order_
+    del ends
     pages: PageSet | None = None
     if bm.size:
         # bitmap records go to bit blocks straight from their words (hybridbits.py): one
@@ -740,7 +747,8 @@ def _decode_hybrid(data: bytes, layout: WireLayout, role: str) -> Decoded:
                                  "this message", field="records"))
     else:
         starts, counts = _hybrid_extents(words, heads, np.arange(heads.size), start, unit, blen)
-        ov = _overlaps(starts, counts)
+        # blocks that overlap an earlier one exist exactly when the records are not disjoint
+        ov = 0 if disjoint else _overlaps(starts, counts)
         if ov:
             f.append(Finding("hybrid.driver.pages.no-duplicate",
                              f"{ov} block(s) overlap another block of this message",
@@ -761,9 +769,10 @@ def _hybrid_extents(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp],
     counts_l = [unit[plain]]
     if bm.size:
         # the records' words laid end to end with a zero word after each record
-        stream = np.zeros((bm.size, 9), dtype="<u8")
-        stream[:, :8] = record_words(words, heads, bm, blen)
-        first, run = bulk.bitmap_runs(stream.tobytes(), 64, "le")
+        stream = np.zeros((bm.size, 9), dtype=np.uint64)
+        record_words(words, heads, bm, blen, out=stream[:, :8])
+        # read in place (a native uint64 array is "le" words on a little-endian host)
+        first, run = bulk.bitmap_runs(stream.reshape(-1).astype("<u8", copy=False), 64, "le")
         del stream
         r = (first // np.uint64(9 * 64)).astype(np.intp)
         first -= r.astype(np.uint64) * np.uint64(9 * 64)  # block index in its record
@@ -772,8 +781,11 @@ def _hybrid_extents(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp],
         # (page_shift <= 63) and a bit index is < 8 * 63, so start + (bit + 1) * block < 2^61
         starts_l.append(start[bm][r] + first * u)
         counts_l.append(run * u)
-    return (np.concatenate(starts_l).astype(np.uint64),
-            np.concatenate(counts_l).astype(np.uint64))
+    if len(starts_l) == 1:  # plain records only: no second copy
+        return starts_l[0].astype(np.uint64, copy=False), counts_l[0].astype(np.uint64,
+                                                                             copy=False)
+    return (np.concatenate(starts_l).astype(np.uint64, copy=False),
+            np.concatenate(counts_l).astype(np.uint64, copy=False))
 
 
 def _decode_stats(data: bytes, layout: WireLayout, profile: str) -> Decoded:
