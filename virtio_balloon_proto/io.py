@@ -137,7 +137,9 @@ class Output:
                                        dir=target.parent)
             self._tmp, self._target = Path(tmp), target
             os.fchmod(fd, stat.S_IMODE(mode) if mode is not None else 0o666 & ~_umask())
-            self.file = os.fdopen(fd, "wb")
+            # 64 KiB: a trace is many ~2 KB lines (the default 8 KiB buffer made a write
+            # call every 4 lines: 0.025 s of trace synth's 7 GiB inflate, 0.009 s so)
+            self.file = os.fdopen(fd, "wb", buffering=1 << 16)
         except OSError as exc:
             raise _user_error(exc, p) from None
 

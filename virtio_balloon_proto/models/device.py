@@ -137,6 +137,7 @@ class ReferenceDevice:
         self._ram_cache: tuple[Any, PageSet] | None = None
         self._config_cache: tuple[tuple[int, ...], bytes] | None = None
         self._pfn_dtype: str | None = None
+        self._ram_extents: tuple[tuple[int, int], ...] | None = None  # (first, last) frames
 
     # --- DeviceUnderTest ----------------------------------------------------------------------
     def start(self, setup: Setup) -> Negotiated:
@@ -179,6 +180,7 @@ class ReferenceDevice:
         # or RAM is judged (a faulty or zoo device) does not take
         plain = all(getattr(type(self), hook) is getattr(ReferenceDevice, hook)
                     for hook in ("_decode", "_in_ram", "_ram"))
+        self._ram_extents = None
         self._pfn_dtype = (None if not plain or bulk_encoding(self.profile, self.accepted)
                            != "pfns" else "<u4" if self.layout.little_endian else ">u4")
         return Negotiated(offered, self.accepted, dict(self.queues), self._config_size)
@@ -348,13 +350,15 @@ class ReferenceDevice:
             return None
         frames = np.frombuffer(data, dtype=self._pfn_dtype)
         srt = np.sort(frames)
-        if frames.size > 1 and bool((srt[1:] == srt[:-1]).any()):
+        if frames.size > 1 and not bool(np.greater(srt[1:], srt[:-1]).all()):
             return None  # repeats: the set of the decoding counts each frame once
         if in_ram:
-            ram = self._ram()
+            if self._ram_extents is None:
+                ram = self._ram()
+                self._ram_extents = tuple(zip(ram.starts.tolist(), ram.lasts.tolist(),
+                                              strict=True))
             lo, hi = int(srt[0]), int(srt[-1])
-            k = int(np.searchsorted(ram.lasts, lo))
-            if k == ram.lasts.size or int(ram.starts[k]) > lo or hi > int(ram.lasts[k]):
+            if not any(a <= lo and hi <= b for a, b in self._ram_extents):
                 return None  # some outside RAM (bad pages to record), or across a gap
         return frames
 
