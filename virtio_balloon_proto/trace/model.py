@@ -344,20 +344,21 @@ class AvailEvent:
     @classmethod
     def from_json(cls, o: Mapping[str, Any]) -> AvailEvent:
         d = o.get("descriptors")
+        # list comprehensions: no generator object per field (issue 13: 7,168 avail records)
         return cls(
             role=_ROLES[o["role"]],
             queue=o["queue"],
-            out=tuple(None if h is None else _bytes(h) for h in o["out"]),
+            out=tuple([None if h is None else _bytes(h) for h in o["out"]]),
             in_sizes=tuple(o["in"]),
             id=o.get("id"),
-            descriptors=None if d is None else tuple(TraceDescriptor.from_json(x) for x in d),
+            descriptors=None if d is None else tuple([TraceDescriptor.from_json(x) for x in d]),
             avail_idx=o.get("avail_idx"),
             wrap=o.get("wrap"),
             ref=o.get("ref"),
-            findings=tuple(
+            findings=tuple([
                 Finding(f["rule"], f["message"], f.get("field"), f.get("offset"))
                 for f in o.get("findings", ())
-            ),
+            ]),
             ts=o.get("ts"),
             note=o.get("note"),
         )
