@@ -126,3 +126,21 @@ def test_a_subclass_hook_is_never_skipped() -> None:
     assert _plain(dev, data) is None
     dev.avail("inflate", 0, [Segment(0x1066000, len(data), False, data)])
     assert not dev.state.balloon  # its _in_ram dropped them all
+
+
+def test_a_device_without_journal_observes_the_same() -> None:
+    """``ReferenceDevice(journal=False)`` (trace synth's: it never asks for deltas) keeps no
+    change log -- a 128 GiB inflate would hold 8 bytes a frame -- and answers
+    observe_changes() with its full observe()."""
+    with_log = _device("le", (), True)
+    without = ReferenceDevice(journal=False)
+    prof = get_profile("spec")
+    without.start(Setup("spec", prof.mask(["STATS_VQ", "VERSION_1"]), "le", 64, "le", 4096, {},
+                        256 * MIB, ()))
+    data = np.arange(5000, 5256, dtype="<u4").tobytes()
+    for dev in (with_log, without):
+        dev.avail("inflate", 0, [Segment(0x1066000, len(data), False, data)])
+    assert without.state.pages._changed == []
+    assert without.observe_changes() == without.observe() == with_log.observe()
+    with pytest.raises(RuntimeError, match="no change log"):
+        without.state.pages.changes()

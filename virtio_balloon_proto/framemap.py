@@ -340,10 +340,13 @@ class FrameJournal:
     in the answer (added if it is in the map now, removed if not), an even number is not.
     """
 
-    __slots__ = ("_changed", "_kinds", "now")
+    __slots__ = ("_changed", "_kinds", "_log", "now")
 
-    def __init__(self, span: int = 0) -> None:
+    def __init__(self, span: int = 0, *, log: bool = True) -> None:
         self.now = FrameMap(span)
+        #: False: keep no change log (a holder that never asks for changes: ``trace synth``'s
+        #: device, whose log would grow by 8 bytes a frame for the whole run)
+        self._log = log
         #: the frames each update changed, in update order (arrays of frames below the map's
         #: span, or page sets)
         self._changed: list[npt.NDArray[np.intp] | PageSet] = []
@@ -352,6 +355,8 @@ class FrameJournal:
 
     def _note(self, low: npt.NDArray[np.intp] | PageSet, high: PageSet, value: int) -> int:
         n = len(low) if isinstance(low, PageSet) else int(low.size)
+        if not self._log:
+            return n + len(high)
         if n:
             self._changed.append(low)
             self._kinds.add(value)
@@ -380,6 +385,8 @@ class FrameJournal:
         """(frames added, frames removed) since the previous call (or creation), netted: a
         frame added and removed again in between is in neither.  O(frames changed).  An
         empty answer is one shared empty PageSet (a replay holds one per step)."""
+        if not self._log:
+            raise RuntimeError("this FrameJournal keeps no change log (log=False)")
         parts, kinds = self._changed, self._kinds
         self._changed, self._kinds = [], set()
         if not kinds:

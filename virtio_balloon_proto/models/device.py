@@ -118,7 +118,10 @@ class ReferenceDevice:
 
     name = "reference"
 
-    def __init__(self) -> None:
+    def __init__(self, *, journal: bool = True) -> None:
+        #: False: no change journal (observe_changes answers the full observe()); for a holder
+        #: that never observes deltas and would otherwise keep every change (``trace synth``)
+        self._journal = journal
         self._setup: Setup | None = None
         self.profile = "spec"
         self.layout = WireLayout()
@@ -167,7 +170,7 @@ class ReferenceDevice:
         self._config_size = prof.config_size(offered)
         span = max((-(-(a + n) // 4096) for a, n in setup.memory_regions),
                    default=-(-setup.memory_size // 4096))
-        self.state = DeviceState(pages=FrameJournal(span))
+        self.state = DeviceState(pages=FrameJournal(span, log=self._journal))
         self.hint = HintState.STOP
         self.misc = MiscState.NO_BUFFER
         self._stats_held = None
@@ -287,8 +290,9 @@ class ReferenceDevice:
         instead of ``balloon``; O(frames changed), not O(balloon) (issue 13).  ``add`` and
         ``remove`` are PageSets (an in-process device may answer extents so: no JSON lists
         built per step, and ~16 bytes an extent held instead of ~85).  A subclass that
-        observes differently (``observe`` overridden) gets its full ``observe()``."""
-        if type(self).observe is not ReferenceDevice.observe:
+        observes differently (``observe`` overridden), or a device made with
+        ``journal=False``, gets its full ``observe()``."""
+        if type(self).observe is not ReferenceDevice.observe or not self._journal:
             return self.observe()
         s = self.state
         added, removed = s.pages.changes()

@@ -89,7 +89,9 @@ class Session:
         o = self.opts
         self.prof = get_profile(o.profile)
         self.layout = o.layout
-        self.device = ReferenceDevice()
+        # the session never asks the device for deltas: no change journal (it would hold
+        # every frame ever ballooned, 8 bytes each: 268 MB for a 128 GiB inflate)
+        self.device = ReferenceDevice(journal=False)
         self.rng = np.random.default_rng(o.seed)
         self.driver: DriverModel | None = None
         self.queues: dict[str, int] = {}
