@@ -155,12 +155,11 @@ def _bench(tmp: Path) -> int:
          lambda: hybrid_records(0x5555555555555555, page_shift=15, stride=8192, odd_phase=1,
                                 phases=8),
          ["--profile", "hybrid", "--kind", "hybrid"]),
-        # the most records per byte: the decoder's per-record arrays (one-bit records at
-        # stride 1024 are still over 16x: each is a 72-byte block before the density rule
-        # turns the set into extents)
+        # the most records per byte: the decoder's per-record arrays (one-bit records far
+        # apart were a 72-byte block each before hybridbits.blocks_pay sent them to extents)
         ("hybrid 7 MiB, plain order-0 records, alternating",
          lambda: hybrid_small(), ["--profile", "hybrid", "--kind", "hybrid"]),
-        ("hybrid 7 MiB, one-bit records, stride 1024 (open)",
+        ("hybrid 7 MiB, one-bit records, stride 1024",
          lambda: hybrid_small(stride=1024, blen=1), ["--profile", "hybrid", "--kind", "hybrid"]),
         ("hybrid 7 MiB, one-bit records, orders 0-7, 3 phases",
          lambda: hybrid_small(stride=4096, blen=1, orders=8, phases=3),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from .. import bitblocks as bb
 from ..pageset import PageSet
 
 U64 = NDArray[np.uint64]
@@ -75,6 +76,26 @@ def choose_scale(order: U64, start: U64, blen: U64) -> tuple[int, int, NDArray[n
     return k, p, held
 
 
+def blocks_pay(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp], blen: U64,
+               widen: U64) -> bool:
+    """The density rule of :mod:`..bitblocks`, before any block is built: whether the
+    records ``recs`` (bits widened by ``2^widen`` units each) cost less as blocks (at most
+    ``2^widen + 1`` per record) than as extents (one per run of set bits in a record).
+    One-bit records far apart were a 72-byte block each until the finished set was turned
+    into extents (16.8x the input)."""
+    runs = 0
+    for c0 in range(0, recs.size, CHUNK):
+        w = record_words(words, heads, recs[c0:c0 + CHUNK], blen)
+        carry = np.zeros_like(w)
+        carry[:, 1:] = w[:, :-1] >> np.uint64(63)
+        carry |= w << np.uint64(1)
+        np.bitwise_not(carry, out=carry)
+        carry &= w  # the bits that start a run
+        runs += int(np.bitwise_count(carry).sum(dtype=np.uint64))
+    blocks = int(((np.uint64(1) << widen) + np.uint64(1)).sum(dtype=np.uint64))
+    return bb.BLOCK_COST * blocks < bb.EXTENT_COST * runs
+
+
 def _widen(w: U64, e: int) -> U64:
     """(n, 8) words -> (n, 8 * 2^e) words: every bit repeated 2^e times, in order."""
     if e == 0:
@@ -124,7 +145,7 @@ def hybrid_bits(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp], sta
             b, x = _lay(w, start[r] >> np.uint64(shift))  # in units
             blks.append(b)
             rows.append(x)
-    blk, pairs = _gather(blks), _gather(rows)
+    blk, pairs = gather(blks), gather(rows)
     if blk.size == 0:
         return PageSet()
     if blk.size > 1 and not bool(np.all(blk[1:] >= blk[:-1])):
@@ -138,7 +159,7 @@ def hybrid_bits(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp], sta
     return PageSet.from_blocks(blk[uniq], bits.reshape(-1, 64), shift, phase)
 
 
-def _gather(parts: list[U64]) -> U64:
+def gather(parts: list[U64]) -> U64:
     """``np.concatenate(parts)``, emptying ``parts`` as it copies: the result and the parts
     are never both whole (a one-bit record's block row is 4.5 times the record)."""
     out = np.empty((sum(p.shape[0] for p in parts), *parts[0].shape[1:]), dtype=np.uint64)
@@ -165,5 +186,5 @@ def named_frames(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp], or
     return total
 
 
-__all__ = ["CHUNK", "MAX_WIDEN", "choose_scale", "hybrid_bits", "named_frames",
-           "record_words"]
+__all__ = ["CHUNK", "MAX_WIDEN", "blocks_pay", "choose_scale", "gather", "hybrid_bits",
+           "named_frames", "record_words"]

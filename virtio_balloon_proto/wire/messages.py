@@ -28,7 +28,14 @@ from ..limits import MAX_ENCODE_FLOOR, MAX_ENCODE_RATIO, MAX_INPUT, encode_budge
 from ..pageset import PageSet
 from ..profiles import get_profile
 from . import bulk
-from .hybridbits import choose_scale, hybrid_bits, named_frames, record_words
+from .hybridbits import (
+    blocks_pay,
+    choose_scale,
+    gather,
+    hybrid_bits,
+    named_frames,
+    record_words,
+)
 from .layout import WireLayout
 from .structs import BMAP_HDR_SIZE, CONFIG, REQ_HDR_SIZE, RESP_HDR_SIZE, structs
 
@@ -727,6 +734,8 @@ def _decode_hybrid(data: bytes, layout: WireLayout, role: str) -> Decoded:
         # (issue 12).  Plain records, and bitmap records no scale of the most bytes holds,
         # are extents (a plain record is one, a bitmap one per run)
         k, ph, held = choose_scale(order[bm], start[bm], blen[bm])
+        if not blocks_pay(words, heads, bm[held], blen, order[bm[held]] - np.uint64(k)):
+            held[:] = False  # sparse bits: their runs are cheaper as extents
         dense = bm[held]
         other = np.concatenate((np.flatnonzero(plain), bm[~held]))
         s_o, c_o = _hybrid_extents(words, heads, other, start, unit, blen)
@@ -767,25 +776,25 @@ def _hybrid_extents(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp],
     bm = recs[blen[recs] != 0]
     starts_l = [start[plain]]
     counts_l = [unit[plain]]
-    if bm.size:
+    for c0 in range(0, bm.size, 1 << 15):  # a fixed scratch: 2.3 MB of words at a time
+        b = bm[c0:c0 + (1 << 15)]
         # the records' words laid end to end with a zero word after each record
-        stream = np.zeros((bm.size, 9), dtype=np.uint64)
-        record_words(words, heads, bm, blen, out=stream[:, :8])
+        stream = np.zeros((b.size, 9), dtype=np.uint64)
+        record_words(words, heads, b, blen, out=stream[:, :8])
         # read in place (a native uint64 array is "le" words on a little-endian host)
         first, run = bulk.bitmap_runs(stream.reshape(-1).astype("<u8", copy=False), 64, "le")
         del stream
         r = (first // np.uint64(9 * 64)).astype(np.intp)
         first -= r.astype(np.uint64) * np.uint64(9 * 64)  # block index in its record
-        u = unit[bm][r]
+        u = unit[b][r]
         # no overflow possible, so no check: start_pfn < 2^52, a block is at most 2^51 frames
         # (page_shift <= 63) and a bit index is < 8 * 63, so start + (bit + 1) * block < 2^61
-        starts_l.append(start[bm][r] + first * u)
+        starts_l.append(start[b][r] + first * u)
         counts_l.append(run * u)
     if len(starts_l) == 1:  # plain records only: no second copy
         return starts_l[0].astype(np.uint64, copy=False), counts_l[0].astype(np.uint64,
                                                                              copy=False)
-    return (np.concatenate(starts_l).astype(np.uint64, copy=False),
-            np.concatenate(counts_l).astype(np.uint64, copy=False))
+    return gather(starts_l), gather(counts_l)
 
 
 def _decode_stats(data: bytes, layout: WireLayout, profile: str) -> Decoded:
