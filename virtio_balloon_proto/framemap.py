@@ -312,6 +312,20 @@ class FrameMap:
             out = x if out is None else out | x
         return out if out is not None else PageSet.empty()
 
+    def differs_frames(self, other: FrameMap,
+                       frames: npt.NDArray[np.unsignedinteger[Any]]) -> PageSet:
+        """:meth:`differs` where ``where`` is a 1-D array of frames (a PFN buffer's, as
+        :meth:`add_frames` takes them): one fancy index, no set built for ``where``."""
+        if not frames.size:
+            return PageSet.empty()
+        self._widen(other.span)
+        other._widen(self.span)
+        if int(frames.max()) >= self.span:  # the set parts may hold some: the general path
+            return self.differs(other, PageSet.from_frames(frames))
+        idx = frames.astype(np.intp)
+        d = idx[self._map[idx] != other._map[idx]]
+        return PageSet.from_frames(d.astype(np.uint64)) if d.size else PageSet.empty()
+
     def to_pageset(self) -> PageSet:
         """The whole set as a PageSet: O(span), for checkpoints and messages only."""
         low = PageSet.empty()
