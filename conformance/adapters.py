@@ -57,9 +57,9 @@ def _result_validator(name: str) -> Any:
     schema = _protocol_schema()
     # imported here: only an answer the fast checks below do not certainly accept needs the
     # schema, and jsonschema costs ~40-60 ms of every conform command's start-up
-    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+    from virtio_balloon_proto.schemas import ecma_validator
 
-    return Draft202012Validator({"$defs": schema["$defs"], "$ref": f"#/$defs/{name}"})
+    return ecma_validator({"$defs": schema["$defs"], "$ref": f"#/$defs/{name}"})
 
 
 _U64 = (1 << 64) - 1

@@ -37,12 +37,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
-
 from virtio_balloon_proto import __version__
 from virtio_balloon_proto.errors import UsageError
 from virtio_balloon_proto.limits import loads_json, read_bounded
-from virtio_balloon_proto.schemas import shipped_schema
+from virtio_balloon_proto.schemas import ecma_validator, shipped_schema
 
 from .catalog import Catalog
 from .dut import UNSUPPORTED_BY
@@ -67,7 +65,7 @@ def schema() -> dict[str, Any]:
 
 def validate(doc: Any, where: str = "matrix") -> None:
     """UsageError naming the first schema violation (with its JSON path) of ``doc``."""
-    err = next(iter(Draft202012Validator(schema()).iter_errors(doc)), None)
+    err = next(iter(ecma_validator(schema()).iter_errors(doc)), None)
     if err is not None:
         path = "/".join(str(p) for p in err.absolute_path) or "(document)"
         raise UsageError(f"not a vbproto matrix: {path}: {err.message[:200]}", where=where)

@@ -51,9 +51,10 @@ def trace_schema() -> dict[str, Any]:
 
 @cache
 def _validator() -> Draft202012Validator:
-    from jsonschema import Draft202012Validator
+    from ..schemas import ecma_validator
 
-    return Draft202012Validator(trace_schema())
+    validator: Draft202012Validator = ecma_validator(trace_schema())
+    return validator
 
 
 def _inline(node: Any, root: dict[str, Any]) -> Any:
@@ -82,14 +83,14 @@ def _type_validators() -> dict[str, Draft202012Validator]:
     the T branch says.  Validating against the (ref-inlined) branch is the same check, five
     times faster than evaluating every ``if`` (tests/test_trace_schema.py proves the two agree).
     """
-    from jsonschema import Draft202012Validator
+    from ..schemas import ecma_validator
 
     schema = trace_schema()
     _validator()  # checks the schema itself once
     out: dict[str, Draft202012Validator] = {}
     for branch in schema["allOf"]:
         rtype = branch["if"]["properties"]["type"]["const"]
-        out[rtype] = Draft202012Validator(_inline(branch["then"], schema))
+        out[rtype] = ecma_validator(_inline(branch["then"], schema))
     return out
 
 

@@ -139,6 +139,7 @@ def load_files(directory: str | Path | None = None) -> list[tuple[str, dict[str,
     """Every ``*.json`` vector file of ``directory``, schema-checked, sorted by name."""
     import jsonschema  # type: ignore[import-untyped]
 
+    from ..schemas import ecma_validator
     from .schemas import SCHEMAS
 
     root = Path(directory) if directory is not None else default_dir()
@@ -158,7 +159,7 @@ def load_files(directory: str | Path | None = None) -> list[tuple[str, dict[str,
         if schema is None:
             raise UsageError(f"{p}: unknown or missing 'schema'", field="schema")
         err = jsonschema.exceptions.best_match(
-            jsonschema.Draft202012Validator(schema).iter_errors(doc))
+            ecma_validator(schema).iter_errors(doc))
         if err is not None:
             where = "/".join(map(str, err.absolute_path))
             raise UsageError(f"{p}: does not follow {doc['schema']}: {err.message[:200]} "
