@@ -51,6 +51,7 @@ import numpy as np
 
 from virtio_balloon_proto.errors import PeerError, RingError, UsageError, VBProtoError
 from virtio_balloon_proto.profiles import SPEC, QueueRole
+from virtio_balloon_proto.qemu.balloonlog import BalloonLog
 from virtio_balloon_proto.qemu.builds import find_build
 from virtio_balloon_proto.qemu.device import (
     ARCHES,
@@ -59,6 +60,7 @@ from virtio_balloon_proto.qemu.device import (
     TRANSPORTS,
     WINDOW_SIZE,
     QemuBalloon,
+    to_extents,
 )
 from virtio_balloon_proto.qemu.hinting import HintHost, IdMap
 from virtio_balloon_proto.qemu.process import DEVICE_PROPERTIES, find_qemu
@@ -195,6 +197,7 @@ class QemuDevice:
         self._writable: dict[int, dict[int, list[tuple[int, int]]]] = {}
         #: (first frame, frames) of the report ranges QEMU discarded, judged when it used them
         self._reported: list[tuple[int, int]] = []
+        self._balloon = BalloonLog()
         self._stats_interval = False
 
     # --- lifetime ------------------------------------------------------------------------
@@ -272,6 +275,7 @@ class QemuDevice:
         self._heads = {i: {} for i in roles.values()}
         self._writable = {i: {} for i in roles.values()}
         self._reported = []
+        self._balloon = BalloonLog()
         self._stats_interval = False
         self._ids = IdMap()
         self._hint = HintHost(s, self.timeout)
@@ -597,6 +601,27 @@ class QemuDevice:
         # QEMU keeps no set of ballooned pages (it discards the RAM and forgets), so the balloon
         # is rebuilt from its own trace lines: pages it processed on inflate minus on deflate
         out["balloon"] = [list(e) for e in s.balloon_extents()]
+        out.update(self._observe_rest(s))
+        return out
+
+    def observe_changes(self) -> dict[str, Any]:
+        """:meth:`observe` with the balloon as a change (``balloon_delta`` {``add``,
+        ``remove``} since the previous call; the first: since ``start``, an empty balloon),
+        folded from QEMU's trace lines once per buffer (qemu/balloonlog.py): O(buffers since
+        the previous call), not O(log) (issue 13)."""
+        s = self._s()
+        roles = s.device_queue_slots()
+        add, remove = self._balloon.changes(s.trace(), roles[QueueRole.INFLATE],
+                                            roles[QueueRole.DEFLATE])
+        out: dict[str, Any] = {"balloon_delta": {
+            "add": [list(e) for e in to_extents(add)],
+            "remove": [list(e) for e in to_extents(remove)]}}
+        out.update(self._observe_rest(s))
+        return out
+
+    def _observe_rest(self, s: QemuBalloon) -> dict[str, Any]:
+        """What :meth:`observe` reports besides the balloon."""
+        out: dict[str, Any] = {}
         cfg = s.config_read(0, 8)
         out["num_pages"] = int.from_bytes(cfg[0:4], "little")
         out["actual"] = int.from_bytes(cfg[4:8], "little")
