@@ -281,18 +281,25 @@ def extent_bits(es: U64, el: U64, idx: U64) -> U8:
     return rows
 
 
-def spread(es: U64, el: U64, b: Blocks | None, universe: U64) -> tuple[U64, U64, U8]:
-    """Re-cut a set (extents ``es``/``el`` plus blocks ``b``, ``b.idx`` within ``universe``)
-    so that its blocks are exactly ``universe``: returns the extents left outside those
-    blocks and the rows aligned with ``universe``.  Unscaled blocks only (scaled:
-    :func:`.scaledblocks.spread`)."""
-    assert b is None or b.shift == 0
+def rows_for(b: Blocks | None, universe: U64) -> tuple[U8, npt.NDArray[np.bool_]]:
+    """The bit rows of ``universe``'s blocks holding ``b``'s bits (``b.idx`` within
+    ``universe``; zero rows elsewhere), and which blocks ``b`` did not have."""
     rows = np.zeros((universe.size, BLOCK_BYTES), dtype=np.uint8)
     new = np.ones(universe.size, dtype=bool)
     if b is not None:
         pos = np.searchsorted(universe, b.idx)
         rows[pos] = b.bits
         new[pos] = False
+    return rows, new
+
+
+def spread(es: U64, el: U64, b: Blocks | None, universe: U64) -> tuple[U64, U64, U8]:
+    """Re-cut a set (extents ``es``/``el`` plus blocks ``b``, ``b.idx`` within ``universe``)
+    so that its blocks are exactly ``universe``: returns the extents left outside those
+    blocks and the rows aligned with ``universe``.  Unscaled blocks only (scaled:
+    :func:`.scaledblocks.spread`)."""
+    assert b is None or b.shift == 0
+    rows, new = rows_for(b, universe)
     if es.size and bool(new.any()):
         nidx = universe[new]
         rows[new] = extent_bits(es, el, nidx)

@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from . import bitblocks as bb
 from . import extentarrays as xa
-from .bitblocks import BLOCK_BYTES, BLOCK_SHIFT, Blocks
+from .bitblocks import BLOCK_SHIFT, Blocks
 from .extentarrays import MAX_FRAME, U64
 
 #: the largest scale held as bits: order 51 is a hybrid record's largest block (page_shift
@@ -79,12 +79,7 @@ def spread(es: U64, el: U64, b: Blocks | None, universe: U64, shift: int, phase:
     (that set has no form at this scale)."""
     if shift == 0:
         return bb.spread(es, el, b, universe)
-    rows = np.zeros((universe.size, BLOCK_BYTES), dtype=np.uint8)
-    new = np.ones(universe.size, dtype=bool)
-    if b is not None:
-        pos = np.searchsorted(universe, b.idx)
-        rows[pos] = b.bits
-        new[pos] = False
+    rows, new = bb.rows_for(b, universe)
     if es.size and bool(new.any()):
         nidx = universe[new]
         rs, rl = spans(nidx, shift, phase)
