@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import click
 
+import virtio_balloon_proto._startup  # noqa: F401  (before numpy is imported: its settings)
 from virtio_balloon_proto import __version__
 from virtio_balloon_proto.cliframe import Group, install_signal_handlers
 from virtio_balloon_proto.commands import (
