@@ -171,9 +171,14 @@ def sc_report(s: Session) -> None:
     if s.prof.name != "spec":
         raise UsageError("free page reporting is a spec-profile feature", field="scenario")
     s.negotiate(["STATS_VQ", "PAGE_REPORTING"])
+    _report_blocks(s, 40)
+
+
+def _report_blocks(s: Session, blocks: int) -> None:
+    """Report ``blocks`` free 2 MiB blocks, 4 MiB apart, past the kernel's frames, as Linux's
+    page_reporting_cycle() does: pageblock-order (2 MiB) free blocks, up to 32 per report."""
     assert s.driver is not None
-    # page_reporting_cycle(): pageblock-order (2 MiB) free blocks, up to 32 per report
-    starts = KERNEL_FRAMES + np.arange(0, 40 * 1024, 1024, dtype=np.uint64)
+    starts = KERNEL_FRAMES + np.arange(0, blocks * 1024, 1024, dtype=np.uint64)
     free = PageSet.from_starts_counts(starts, np.full(starts.size, 512, dtype=np.uint64))
     for c in s.driver.report_chains(free):
         s.send("reporting", c)
@@ -186,11 +191,7 @@ def sc_report_no_stats(s: Session) -> None:
     if s.prof.name != "spec":
         raise UsageError("free page reporting is a spec-profile feature", field="scenario")
     s.negotiate(["PAGE_REPORTING"], offer_extra=("STATS_VQ",))
-    assert s.driver is not None
-    starts = KERNEL_FRAMES + np.arange(0, 8 * 1024, 1024, dtype=np.uint64)
-    free = PageSet.from_starts_counts(starts, np.full(starts.size, 512, dtype=np.uint64))
-    for c in s.driver.report_chains(free):
-        s.send("reporting", c)
+    _report_blocks(s, 8)
 
 
 def sc_poison(s: Session) -> None:
