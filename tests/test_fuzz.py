@@ -49,3 +49,31 @@ def test_regression_input(name: str, path: Path) -> None:
 def test_every_target_has_a_regression_dir_or_is_clean() -> None:
     """Regression inputs only name targets that exist."""
     assert {d.name for d in REGRESSIONS.iterdir()} <= set(targets.TARGETS)
+
+
+def test_atheris_comparison_guard_keeps_numpy_off_the_native_hook() -> None:
+    """atheris 3.0.0's native ``_trace_cmp`` leaks a non-bool result (a numpy array); the
+    harness routes comparisons with an array to plain Python and everything else to the hook.
+    """
+    import dis
+    import types
+
+    import numpy as np
+
+    calls: list[tuple[object, object, int]] = []
+
+    def native(a: object, b: object, op: int, counter: int, is_const: bool) -> object:
+        calls.append((a, b, op))
+        return a == b
+
+    fake = types.SimpleNamespace(_trace_cmp=native)
+    fuzz_run._guard_trace_cmp(fake)
+    hook = fake._trace_cmp
+    assert hook is not native
+    eq, ge = dis.cmp_op.index("=="), dis.cmp_op.index(">=")
+    out = hook(np.arange(4), 2, eq, 7, False)
+    assert out.tolist() == [False, False, True, False] and calls == []
+    assert hook(3, np.arange(5), ge, 8, True).tolist() == [True, True, True, True, False]
+    assert calls == []
+    assert hook(5, 5, eq, 9, False) is True and hook("a", "b", eq, 10, True) is False
+    assert calls == [(5, 5, eq), ("a", "b", eq)]
