@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from virtio_balloon_proto.errors import RingError
+from virtio_balloon_proto.virtqueue.chains import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT
 from virtio_balloon_proto.virtqueue.memory import MemoryImage
 from virtio_balloon_proto.virtqueue.packed import (
     VIRTQ_DESC_F_AVAIL,
@@ -18,10 +19,6 @@ from virtio_balloon_proto.virtqueue.packed import (
     PackedQueueDriver,
     avail_flags,
     packed_structs,
-)
-from virtio_balloon_proto.virtqueue.split import (
-    VIRTQ_DESC_F_INDIRECT,
-    VIRTQ_DESC_F_NEXT,
 )
 
 DESC = 0x100000

@@ -10,17 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from virtio_balloon_proto.errors import RingError, UsageError
-from virtio_balloon_proto.virtqueue.memory import MemoryImage
-from virtio_balloon_proto.virtqueue.split import (
+from virtio_balloon_proto.virtqueue.chains import (
     VIRTQ_DESC_F_INDIRECT,
     VIRTQ_DESC_F_NEXT,
     VIRTQ_DESC_F_WRITE,
-    SplitQueueDevice,
-    SplitQueueDriver,
-    compact_layout,
-    legacy_layout,
-    split_structs,
 )
+from virtio_balloon_proto.virtqueue.memory import MemoryImage
+from virtio_balloon_proto.virtqueue.split_device import SplitQueueDevice
+from virtio_balloon_proto.virtqueue.split_driver import SplitQueueDriver
+from virtio_balloon_proto.virtqueue.split_ring import compact_layout, legacy_layout, split_structs
 
 BASE = 0x100000
 BUF = 0x180000

@@ -30,7 +30,7 @@ from .trace import (
     UsedEvent,
 )
 from .trace.lengths import absurd_lengths
-from .virtqueue.split import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_WRITE
+from .virtqueue.chains import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_WRITE
 from .wire import WireLayout
 
 

@@ -157,7 +157,7 @@ def _ring_memory(p: Params, size: int) -> tuple[Any, int, int, int]:
 
 def split_ring(data: bytes) -> None:
     """SplitQueueDevice.available: a split ring laid out at address 0 in the input."""
-    from virtio_balloon_proto.virtqueue.split import SplitQueueDevice
+    from virtio_balloon_proto.virtqueue.split_device import SplitQueueDevice
 
     p = Params(data, 4)
     size, little = p.pick((2, 4, 8, 16)), p.pick((True, False))
@@ -395,7 +395,7 @@ def seeds_pages_text() -> list[bytes]:
 def seeds_split() -> list[bytes]:
     """Ring vectors re-laid at address 0 (their descriptor table, avail and used rings)."""
     from virtio_balloon_proto.virtqueue.memory import MemoryImage
-    from virtio_balloon_proto.virtqueue.split import SplitQueueDriver
+    from virtio_balloon_proto.virtqueue.split_driver import SplitQueueDriver
 
     out = []
     for size in (2, 4, 8, 16):

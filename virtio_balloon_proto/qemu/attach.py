@@ -10,7 +10,7 @@ Everything goes through that QEMU's QMP monitor, read-only towards the guest:
   every read; ring and buffer bytes are read with ``pmemsave`` into a private file (QEMU writes
   it, we read it and delete it), one read per ring or buffer, within a byte budget;
 * ``x-query-virtio-queue-element`` gives QEMU's own view of each chain in flight, checked
-  against the chain our walker (virtqueue/split.py) read from the bytes.
+  against the chain our walker (virtqueue/split_device.py) read from the bytes.
 
 For a consistent window the VM is paused (``stop``) while reading and resumed (``cont``) only
 if it was running before; ``pause=False`` reads a running guest (then the rings may move

@@ -34,7 +34,9 @@ import numpy as np
 
 from ..errors import PeerError, PeerStartError, UsageError
 from ..profiles import SPEC, VERSION_1, QueueRole
-from ..virtqueue.split import SplitQueueDriver, UsedElem, compact_layout, legacy_layout
+from ..virtqueue.chains import UsedElem
+from ..virtqueue.split_driver import SplitQueueDriver
+from ..virtqueue.split_ring import compact_layout, legacy_layout
 from .firmware import write_halt_bios
 from .machines import (
     DIMM_BASE,

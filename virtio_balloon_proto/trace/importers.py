@@ -29,10 +29,11 @@ from ..errors import RingError, TraceError, UsageError, VBProtoError
 from ..findings import Finding
 from ..limits import MAX_JSON, check_int, loads_json, open_regular, read_bounded
 from ..profiles import VERSION_1, QueueRole, get_profile
+from ..virtqueue.chains import Chain, ChainDescriptor
 from ..virtqueue.filemem import MappedMemory
 from ..virtqueue.memory import GuestMemory
 from ..virtqueue.packed import PackedQueueDevice
-from ..virtqueue.split import Chain, ChainDescriptor, SplitQueueDevice
+from ..virtqueue.split_device import SplitQueueDevice
 from .io import TraceWriter
 from .lengths import absurd_lengths
 from .model import (

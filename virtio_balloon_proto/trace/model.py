@@ -17,7 +17,7 @@ from .. import __version__
 from ..errors import TraceError
 from ..findings import Finding
 from ..profiles import QueueRole, get_profile
-from ..virtqueue.split import Chain
+from ..virtqueue.chains import Chain
 
 FORMAT = "vbproto-trace/1"
 #: minor version 1 adds the header's ``memory`` (guest RAM regions) and ``observe`` events

@@ -27,10 +27,10 @@ from ..codecs import spec as spec_codec
 from ..codecs import v3 as v3_codec
 from ..errors import DecodeError, UsageError, VBProtoError
 from ..pageset import PageSet
+from ..virtqueue.chains import Chain as RingChain
 from ..virtqueue.memory import MemoryImage
 from ..virtqueue.packed import PackedQueueDevice
-from ..virtqueue.split import Chain as RingChain
-from ..virtqueue.split import SplitQueueDevice
+from ..virtqueue.split_device import SplitQueueDevice
 from ..wire import WireLayout, decode, encode_segments, message_from_json
 from .format import classify, error_json
 

@@ -12,14 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..virtqueue.chains import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT
 from ..virtqueue.memory import MemoryImage
 from ..virtqueue.packed import VIRTQ_DESC_F_AVAIL, PackedQueueDriver
-from ..virtqueue.split import (
-    VIRTQ_DESC_F_INDIRECT,
-    VIRTQ_DESC_F_NEXT,
-    SplitQueueDriver,
-    compact_layout,
-)
+from ..virtqueue.split_driver import SplitQueueDriver
+from ..virtqueue.split_ring import compact_layout
 from .cases import Group
 from .format import RING_SCHEMA, classify
 from .reference import handle

@@ -31,10 +31,8 @@ from construct import (
 from ..errors import RingError, UsageError
 from ..findings import Finding
 from ..limits import MAX_WALK_DESCRIPTORS
-from .memory import GuestMemory
-from .split import (
+from .chains import (
     DEFAULT_MAX_CHAIN_BYTES,
-    DESC_SIZE,
     MAX_INDIRECT_ENTRIES,
     MAX_TABLE_CACHE,
     VIRTQ_DESC_F_INDIRECT,
@@ -44,8 +42,9 @@ from .split import (
     ChainDescriptor,
     Segment,
     chain_cap,
-    check_queue_size,
 )
+from .memory import GuestMemory
+from .split_ring import DESC_SIZE, check_queue_size
 
 # 2.8.1: the two flags that carry the wrap counters
 VIRTQ_DESC_F_AVAIL = 1 << 7
