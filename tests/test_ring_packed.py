@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from virtio_balloon_proto.errors import RingError
 from virtio_balloon_proto.virtqueue.chains import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT
 from virtio_balloon_proto.virtqueue.memory import MemoryImage
-from virtio_balloon_proto.virtqueue.packed import (
+from virtio_balloon_proto.virtqueue.packed_device import PackedQueueDevice
+from virtio_balloon_proto.virtqueue.packed_driver import PackedQueueDriver
+from virtio_balloon_proto.virtqueue.packed_ring import (
     VIRTQ_DESC_F_AVAIL,
     VIRTQ_DESC_F_USED,
     EventSuppress,
-    PackedQueueDevice,
-    PackedQueueDriver,
     avail_flags,
     packed_structs,
 )

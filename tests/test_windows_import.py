@@ -245,7 +245,8 @@ def test_packed_snapshot_is_a_window_and_a_buffer_outside_memory_a_finding(
     memory -- the import goes on, names what it could not read, and blames no device."""
     from virtio_balloon_proto.trace.importers import import_packed_ring
     from virtio_balloon_proto.virtqueue.memory import MemoryImage
-    from virtio_balloon_proto.virtqueue.packed import PackedQueueDevice, PackedQueueDriver
+    from virtio_balloon_proto.virtqueue.packed_device import PackedQueueDevice
+    from virtio_balloon_proto.virtqueue.packed_driver import PackedQueueDriver
 
     mem = MemoryImage([(BASE, bytearray(0x10000))])
     drv = PackedQueueDriver(mem, 4, DESC)

@@ -172,7 +172,7 @@ def split_ring(data: bytes) -> None:
 def packed_ring(data: bytes) -> None:
     """PackedQueueDevice.available: a packed ring at address 0 in the input."""
     from virtio_balloon_proto.virtqueue.memory import MemoryImage
-    from virtio_balloon_proto.virtqueue.packed import PackedQueueDevice
+    from virtio_balloon_proto.virtqueue.packed_device import PackedQueueDevice
 
     p = Params(data, 4)
     size, little = p.pick((1, 2, 3, 4, 8, 16)), p.pick((True, False))

@@ -32,7 +32,7 @@ from ..profiles import VERSION_1, QueueRole, get_profile
 from ..virtqueue.chains import Chain, ChainDescriptor
 from ..virtqueue.filemem import MappedMemory
 from ..virtqueue.memory import GuestMemory
-from ..virtqueue.packed import PackedQueueDevice
+from ..virtqueue.packed_device import PackedQueueDevice
 from ..virtqueue.split_device import SplitQueueDevice
 from .io import TraceWriter
 from .lengths import absurd_lengths

@@ -29,7 +29,7 @@ from ..errors import DecodeError, UsageError, VBProtoError
 from ..pageset import PageSet
 from ..virtqueue.chains import Chain as RingChain
 from ..virtqueue.memory import MemoryImage
-from ..virtqueue.packed import PackedQueueDevice
+from ..virtqueue.packed_device import PackedQueueDevice
 from ..virtqueue.split_device import SplitQueueDevice
 from ..wire import WireLayout, decode, encode_segments, message_from_json
 from .format import classify, error_json

@@ -14,7 +14,8 @@ from typing import Any
 
 from ..virtqueue.chains import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT
 from ..virtqueue.memory import MemoryImage
-from ..virtqueue.packed import VIRTQ_DESC_F_AVAIL, PackedQueueDriver
+from ..virtqueue.packed_driver import PackedQueueDriver
+from ..virtqueue.packed_ring import VIRTQ_DESC_F_AVAIL
 from ..virtqueue.split_driver import SplitQueueDriver
 from ..virtqueue.split_ring import compact_layout
 from .cases import Group

@@ -29,13 +29,7 @@ from .chains import (
     chain_cap,
 )
 from .memory import GuestMemory
-from .split_ring import (
-    DESC_SIZE,
-    USED_ELEM_SIZE,
-    _read,
-    _SplitRing,
-    read_used_entries,
-)
+from .split_ring import DESC_SIZE, USED_ELEM_SIZE, _read, _SplitRing, read_used_entries
 
 
 class SplitQueueDevice(_SplitRing):

@@ -12,13 +12,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from ..errors import UsageError
-from .chains import (
-    VIRTQ_DESC_F_INDIRECT,
-    VIRTQ_DESC_F_NEXT,
-    VIRTQ_DESC_F_WRITE,
-    Segment,
-    UsedElem,
-)
+from .chains import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, Segment, UsedElem
 from .memory import GuestMemory
 from .split_ring import (
     DESC_SIZE,

@@ -1,32 +1,14 @@
-"""Packed virtqueues (VIRTIO 1.2 section 2.8): structs, a driver-side builder, a device walker.
+"""The device side of a packed virtqueue (VIRTIO 1.2 section 2.8).
 
-A packed ring is one array of ``struct pvirtq_desc`` plus two event-suppression areas.  A
-descriptor is *available* when its AVAIL bit equals the driver's wrap counter and its USED bit
-does not; *used* when both equal the device's wrap counter (2.8.1).  A chain is a run of
-consecutive ring entries linked by NEXT (wrapping at the end of the ring, which flips the wrap
-counter); the buffer id is the one in the chain's last descriptor (2.8.6).
-
-Like the split walker, every refusal is a :class:`RingError` naming the ring position and the
-clause; rule breaks that can be walked are findings on the chain.
+:class:`PackedQueueDevice` walks the chains the driver made available (2.8.1, 2.8.6).  Like the
+split walker, every refusal is a :class:`RingError` naming the ring position and the clause;
+rule breaks that can be walked are findings on the chain.
 """
 
 from __future__ import annotations
 
 import struct
-from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from functools import cache
-
-from construct import (
-    Int16ub,
-    Int16ul,
-    Int32ub,
-    Int32ul,
-    Int64ub,
-    Int64ul,
-    Struct,
-)
+from collections.abc import Iterator, Mapping
 
 from ..errors import RingError, UsageError
 from ..findings import Finding
@@ -35,120 +17,21 @@ from .chains import (
     DEFAULT_MAX_CHAIN_BYTES,
     MAX_INDIRECT_ENTRIES,
     MAX_TABLE_CACHE,
-    VIRTQ_DESC_F_INDIRECT,
-    VIRTQ_DESC_F_NEXT,
     VIRTQ_DESC_F_WRITE,
     Chain,
     ChainDescriptor,
-    Segment,
     chain_cap,
 )
 from .memory import GuestMemory
+from .packed_ring import (
+    EventSuppress,
+    PackedUsed,
+    is_available,
+    is_used,
+    packed_structs,
+    used_flags,
+)
 from .split_ring import DESC_SIZE, check_queue_size
-
-# 2.8.1: the two flags that carry the wrap counters
-VIRTQ_DESC_F_AVAIL = 1 << 7
-VIRTQ_DESC_F_USED = 1 << 15
-# 2.8.10 struct pvirtq_event_suppress flags
-RING_EVENT_FLAGS_ENABLE = 0x0
-RING_EVENT_FLAGS_DISABLE = 0x1
-RING_EVENT_FLAGS_DESC = 0x2
-EVENT_SUPPRESS_SIZE = 4
-
-
-class PackedRingStructs:
-    """``struct pvirtq_desc`` and ``struct pvirtq_event_suppress`` for one byte order.
-
-    Packed rings need VERSION_1 and so are always little-endian on the wire; the big-endian
-    factory exists for symmetry with the split structs and for testing the walker's byte-order
-    plumbing.
-    """
-
-    def __init__(self, little_endian: bool = True) -> None:
-        self.little_endian = little_endian
-        if little_endian:
-            u16, u32, u64 = Int16ul, Int32ul, Int64ul
-        else:
-            u16, u32, u64 = Int16ub, Int32ub, Int64ub
-        self.le16 = u16
-        # struct pvirtq_desc { le64 addr; le32 len; le16 id; le16 flags; };
-        self.pvirtq_desc = Struct(
-            "addr" / u64,
-            "len" / u32,
-            "id" / u16,
-            "flags" / u16,
-        )
-        # struct pvirtq_event_suppress {
-        #     le16 { desc_event_off : 15; desc_event_wrap : 1; } desc;
-        #         /* If desc_event_flags == RING_EVENT_FLAGS_DESC */
-        #     le16 { desc_event_flags : 2, reserved : 14; } flags;
-        # };
-        self.pvirtq_event_suppress = Struct(
-            "desc" / u16,
-            "flags" / u16,
-        )
-
-
-@cache
-def packed_structs(little_endian: bool = True) -> PackedRingStructs:
-    return PackedRingStructs(little_endian)
-
-
-@dataclass(frozen=True, slots=True)
-class EventSuppress:
-    """A decoded ``struct pvirtq_event_suppress``."""
-
-    off: int
-    wrap: int
-    flags: int
-    reserved: int
-
-    @classmethod
-    def parse(cls, raw: bytes, little_endian: bool = True) -> EventSuppress:
-        s = packed_structs(little_endian).pvirtq_event_suppress.parse(raw)
-        desc, flags = int(s.desc), int(s.flags)
-        return cls(desc & 0x7FFF, desc >> 15, flags & 0x3, flags >> 2)
-
-    def build(self, little_endian: bool = True) -> bytes:
-        s = packed_structs(little_endian).pvirtq_event_suppress
-        raw: bytes = s.build(
-            {"desc": self.off | self.wrap << 15, "flags": self.flags | self.reserved << 2}
-        )
-        return raw
-
-
-def is_available(flags: int, wrap_counter: int) -> bool:
-    """2.8.1: AVAIL == driver wrap counter and USED != it."""
-    avail = bool(flags & VIRTQ_DESC_F_AVAIL)
-    used = bool(flags & VIRTQ_DESC_F_USED)
-    return avail == bool(wrap_counter) and used != bool(wrap_counter)
-
-
-def is_used(flags: int, wrap_counter: int) -> bool:
-    """2.8.1: AVAIL == USED == device wrap counter."""
-    avail = bool(flags & VIRTQ_DESC_F_AVAIL)
-    used = bool(flags & VIRTQ_DESC_F_USED)
-    return avail == used == bool(wrap_counter)
-
-
-def avail_flags(wrap_counter: int) -> int:
-    """The AVAIL/USED bits a driver writes to make a descriptor available."""
-    return VIRTQ_DESC_F_AVAIL if wrap_counter else VIRTQ_DESC_F_USED
-
-
-def used_flags(wrap_counter: int) -> int:
-    return VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED if wrap_counter else 0
-
-
-@dataclass(frozen=True, slots=True)
-class PackedUsed:
-    """One used descriptor: ring position, device wrap counter, id, len, flags."""
-
-    position: int
-    wrap_counter: int
-    id: int
-    len: int
-    flags: int
 
 
 def _read(memory: GuestMemory, gpa: int, size: int, where: str, clause: str | None) -> bytes:
@@ -439,98 +322,3 @@ class PackedQueueDevice:
             {"addr": 0, "len": length, "id": ident, "flags": used_flags(wrap_counter)}
         )
         self.memory.write(self.desc_addr + DESC_SIZE * position, raw)
-
-
-class PackedQueueDriver:
-    """Driver-side packed ring builder (tests): ids from a free list, wrap counter, indirect."""
-
-    def __init__(
-        self,
-        memory: GuestMemory,
-        size: int,
-        desc_addr: int,
-        little_endian: bool = True,
-        *,
-        initialize: bool = True,
-    ) -> None:
-        check_queue_size(size, packed=True)
-        self.memory = memory
-        self.size = size
-        self.desc_addr = desc_addr
-        self.little_endian = little_endian
-        self.s = packed_structs(little_endian)
-        self.position = 0
-        self.wrap_counter = 1  # 2.8.1: both wrap counters start at 1
-        self._free_ids: deque[int] = deque(range(size))
-        #: id -> ring entries its chain occupies
-        self.chain_lengths: dict[int, int] = {}
-        if initialize:
-            self.memory.write(desc_addr, bytes(DESC_SIZE * size))
-
-    def write_desc(
-        self,
-        position: int,
-        addr: int,
-        length: int,
-        ident: int,
-        flags: int,
-        *,
-        table: int | None = None,
-    ) -> None:
-        base = self.desc_addr if table is None else table
-        raw = self.s.pvirtq_desc.build({"addr": addr, "len": length, "id": ident, "flags": flags})
-        self.memory.write(base + DESC_SIZE * position, raw)
-
-    def add_chain(self, segments: Sequence[Segment], *, indirect_addr: int | None = None) -> int:
-        """Write ``segments`` as the next available chain and return its buffer id."""
-        if not segments:
-            raise UsageError("a chain needs at least one segment", where="packed queue driver")
-        if not self._free_ids:
-            raise UsageError("no free buffer id", where="packed queue driver")
-        nring = 1 if indirect_addr is not None else len(segments)
-        if nring > self.size:
-            raise UsageError(f"chain of {nring} does not fit a ring of {self.size}")
-        ident = self._free_ids.popleft()
-        if indirect_addr is not None:
-            table = bytearray()
-            for addr, length, writable in segments:
-                table += self.s.pvirtq_desc.build(
-                    {
-                        "addr": addr,
-                        "len": length,
-                        "id": 0,
-                        "flags": VIRTQ_DESC_F_WRITE if writable else 0,
-                    }
-                )
-            self.memory.write(indirect_addr, bytes(table))
-            items: list[tuple[int, int, int]] = [(indirect_addr, len(table), VIRTQ_DESC_F_INDIRECT)]
-        else:
-            items = [
-                (
-                    addr,
-                    length,
-                    (VIRTQ_DESC_F_WRITE if writable else 0)
-                    | (VIRTQ_DESC_F_NEXT if k < len(segments) - 1 else 0),
-                )
-                for k, (addr, length, writable) in enumerate(segments)
-            ]
-        # write the first descriptor last, as 2.8.21 asks (its flags publish the whole chain)
-        placed: list[tuple[int, int, int, int, int]] = []
-        pos, wrap = self.position, self.wrap_counter
-        for addr, length, flags in items:
-            placed.append((pos, addr, length, flags | avail_flags(wrap), ident))
-            pos += 1
-            if pos == self.size:
-                pos, wrap = 0, wrap ^ 1
-        for p, addr, length, flags, i in reversed(placed):
-            self.write_desc(p, addr, length, i, flags)
-        self.position, self.wrap_counter = pos, wrap
-        self.chain_lengths[ident] = nring
-        return ident
-
-    def release(self, ident: int) -> None:
-        """Return a used buffer id to the free list."""
-        if ident not in self.chain_lengths:
-            raise UsageError(f"buffer id {ident} is not outstanding", field="id")
-        del self.chain_lengths[ident]
-        self._free_ids.append(ident)
