@@ -11,8 +11,8 @@ from virtio_balloon_proto.conformance import runner  # noqa: F401  (registers th
 from virtio_balloon_proto.conformance.catalog import Catalog, Clause, catalog, load_catalog
 from virtio_balloon_proto.errors import UsageError
 
-WIRE_RULES = """spec.driver.pfns.len-multiple-of-4 spec.driver.pfns.at-most-256
-spec.driver.pfns.page-group spec.driver.pages.no-duplicate spec.driver.stats.len-multiple-of-10
+WIRE_RULES = """spec.driver.pfns.len-multiple-of-4 suite.driver.pfns.at-most-256
+suite.driver.pfns.page-group suite.driver.pages.no-duplicate spec.driver.stats.len-multiple-of-10
 spec.driver.stats.duplicate-tag suite.driver.pfns.empty spec.driver.hint.len-4
 v3.driver.bmap.reserved-zero v3.driver.bmap.len-matches-buffers
 v3.driver.bmap.len-word-multiple v3.driver.bmap.buffer-at-most-8-pages

@@ -64,7 +64,7 @@ def test_wrong_expectation_is_refused() -> None:
         case("one", "claims invalid", "Normal", b"\x01\x00\x00\x00", "invalid"),
         case("t", "claims valid", "Normal", b"\x01\x00\x00\x00\x00", "valid"),
         case("t", "wrong rule", "Normal", b"\x01\x00\x00\x00\x00", "invalid",
-             "spec.driver.pfns.at-most-256"),
+             "suite.driver.pfns.at-most-256"),
         case("t", "claims an error", "Normal", b"\x01\x00\x00\x00", "invalid", error="pfns"),
     ):
         with pytest.raises(GenerationError):

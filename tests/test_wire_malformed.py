@@ -79,12 +79,12 @@ FINDINGS: list[Case] = [
     Case("spec.driver.pfns.len-multiple-of-4", "pfns", struct.pack("<II", 5, 6) + b"\x07\x00",
          field="pfns[2]", offset=8),
     Case("suite.driver.pfns.empty", "pfns", b"", field="pfns", offset=0),
-    Case("spec.driver.pfns.at-most-256", "pfns", struct.pack("<257I", *range(257)),
+    Case("suite.driver.pfns.at-most-256", "pfns", struct.pack("<257I", *range(257)),
          field="pfns", offset=1024),
-    Case("spec.driver.pages.no-duplicate", "pfns", struct.pack(">III", 9, 3, 9), layout=BE,
+    Case("suite.driver.pages.no-duplicate", "pfns", struct.pack(">III", 9, 3, 9), layout=BE,
          field="pfns"),
     # a 16 KiB guest sends 4 consecutive PFNs per page, the first aligned; 64 KiB: 16
-    Case("spec.driver.pfns.page-group", "pfns", struct.pack("<4I", 1, 2, 3, 4),
+    Case("suite.driver.pfns.page-group", "pfns", struct.pack("<4I", 1, 2, 3, 4),
          layout=WireLayout(page_size=16384), field="pfns"),
     # --- v3 bitmap header + buffers
     Case("v3.driver.bmap.reserved-zero", "bmap", [bmap_hdr(reserved=0xBEEF, e=">"), ONE_BIT],
@@ -300,7 +300,7 @@ def test_hybrid_page_shift_below_12_is_an_error(page_shift: int) -> None:
 )
 def test_pfn_page_groups(page_size: int, pfns: list[int], ok: bool) -> None:
     d = decode("pfns", struct.pack(f"<{len(pfns)}I", *pfns), WireLayout(page_size=page_size))
-    assert ("spec.driver.pfns.page-group" not in [f.rule for f in d.findings]) == ok
+    assert ("suite.driver.pfns.page-group" not in [f.rule for f in d.findings]) == ok
 
 
 # --- config sizes, hint lengths ---------------------------------------------------------------
@@ -333,6 +333,6 @@ def test_encode_out_of_range_names_the_field() -> None:
 def test_duplicate_pfn_finding_counts_every_repeat() -> None:
     d = decode("pfns", struct.pack("<5I", 9, 3, 9, 9, 3), LE)
     (f,) = d.findings
-    assert f.rule == "spec.driver.pages.no-duplicate"
+    assert f.rule == "suite.driver.pages.no-duplicate"
     assert f.message.startswith("3 PFN(s)")
     assert d.extents() == [[3, 1], [9, 1]]

@@ -46,7 +46,7 @@ def finding_result(j: Judgement, finding: Any, chain: Chain, from_driver: bool =
 # codecs/ emit, both ways
 #: the driver-side wire clauses the decoder of each kind checks (prefixes of clause ids)
 KIND_CLAUSES = {
-    "pfns": ("spec.driver.pfns.", "spec.driver.pages.", "suite.driver.pfns."),
+    "pfns": ("spec.driver.pfns.", "suite.driver.pfns.", "suite.driver.pages."),
     "bmap": ("v3.driver.bmap.", "v3.driver.pages."),
     "hybrid": ("hybrid.driver.resp.", "hybrid.driver.record.", "hybrid.driver.pages."),
     "stats": ("spec.driver.stats.len-multiple-of-10", "spec.driver.stats.duplicate-tag"),

@@ -12,10 +12,10 @@ M64 = (1 << 64) - 1
 BMAP_SIZE_4K = 8 * 4096  # BALLOON_BMAP_SIZE on a 4 KiB guest
 
 PFN_LEN = "spec.driver.pfns.len-multiple-of-4"
-PFN_256 = "spec.driver.pfns.at-most-256"
+PFN_256 = "suite.driver.pfns.at-most-256"
 PFN_EMPTY = "suite.driver.pfns.empty"
-PFN_GROUP = "spec.driver.pfns.page-group"
-PFN_DUP = "spec.driver.pages.no-duplicate"
+PFN_GROUP = "suite.driver.pfns.page-group"
+PFN_DUP = "suite.driver.pages.no-duplicate"
 
 
 def _e(endian: str) -> str:

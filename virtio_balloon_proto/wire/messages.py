@@ -466,7 +466,7 @@ def _decode_pfns(data: bytes, layout: WireLayout, role: str) -> Decoded:
         ))
     if pfns.size > PFNS_PER_BUFFER_LINUX:
         f.append(Finding(
-            "spec.driver.pfns.at-most-256",
+            "suite.driver.pfns.at-most-256",
             f"{pfns.size} PFNs in one buffer; Linux sends at most 256 and Firecracker never "
             "returns a longer buffer",
             field="pfns", offset=4 * PFNS_PER_BUFFER_LINUX,
@@ -477,7 +477,7 @@ def _decode_pfns(data: bytes, layout: WireLayout, role: str) -> Decoded:
     ndup = int(np.count_nonzero(srt[1:] == srt[:-1]))
     if ndup:
         f.append(Finding(
-            "spec.driver.pages.no-duplicate",
+            "suite.driver.pages.no-duplicate",
             f"{ndup} PFN(s) appear more than once in this buffer",
             field="pfns",
         ))
@@ -490,7 +490,7 @@ def _decode_pfns(data: bytes, layout: WireLayout, role: str) -> Decoded:
             ok = bool(np.all(g[:, 0] % fpp == 0) and np.all(np.diff(g, axis=1) == 1))
         if not ok:
             f.append(Finding(
-                "spec.driver.pfns.page-group",
+                "suite.driver.pfns.page-group",
                 f"PFNs are not whole aligned groups of {fpp} (one {layout.page_size}-byte page "
                 "each)",
                 field="pfns",
