@@ -110,7 +110,7 @@ def test_a_sequence_is_drawn_the_same_every_time() -> None:
     assert generate(GenOptions(), 7, 43) != a
     # the same in another interpreter (string hashing differs per process)
     code = ("import json; from virtio_balloon_proto.conformance.fuzz import generate, "
-            "GenOptions, to_trace; from virtio_balloon_proto.trace.model import event_to_json;"
+            "GenOptions, to_trace; from virtio_balloon_proto.trace.events import event_to_json;"
             "h, evs = to_trace(generate(GenOptions(), 7, 42));"
             "print(json.dumps([h.to_json(), *map(event_to_json, evs)]))")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

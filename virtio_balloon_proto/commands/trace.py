@@ -25,7 +25,7 @@ from virtio_balloon_proto.commands.common import (
 
 
 def _trace_source(ctx: click.Context, provenance: str | None) -> Any:
-    from virtio_balloon_proto.trace.model import TraceSource
+    from virtio_balloon_proto.trace.header import TraceSource
 
     return TraceSource(command="vbproto " + " ".join(sys.argv[1:]), provenance=provenance)
 

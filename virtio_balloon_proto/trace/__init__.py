@@ -1,5 +1,17 @@
 """Recorded virtqueue traffic: the ``vbproto-trace/1`` format (docs/trace-format.md)."""
 
+from .events import (
+    AvailEvent,
+    ConfigEvent,
+    Event,
+    FeaturesEvent,
+    HostEvent,
+    ObserveEvent,
+    StatusEvent,
+    TraceDescriptor,
+    UsedEvent,
+)
+from .header import CAPTURABLE, FORMAT, FORMAT_1_2, FORMATS, TraceHeader, TraceSource, TraceWindow
 from .io import (
     MAX_LINE,
     TraceProblem,
@@ -10,24 +22,6 @@ from .io import (
     trace_schema,
     validate_trace,
     write_trace,
-)
-from .model import (
-    CAPTURABLE,
-    FORMAT,
-    FORMAT_1_2,
-    FORMATS,
-    AvailEvent,
-    ConfigEvent,
-    Event,
-    FeaturesEvent,
-    HostEvent,
-    ObserveEvent,
-    StatusEvent,
-    TraceDescriptor,
-    TraceHeader,
-    TraceSource,
-    TraceWindow,
-    UsedEvent,
 )
 
 __all__ = [

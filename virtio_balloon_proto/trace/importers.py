@@ -34,19 +34,10 @@ from ..virtqueue.filemem import MappedMemory
 from ..virtqueue.memory import GuestMemory
 from ..virtqueue.packed_device import PackedQueueDevice
 from ..virtqueue.split_device import SplitQueueDevice
+from .events import AvailEvent, ConfigEvent, Event, HostEvent, StatusEvent, UsedEvent
+from .header import TraceHeader, TraceSource, TraceWindow
 from .io import TraceWriter
 from .lengths import absurd_lengths
-from .model import (
-    AvailEvent,
-    ConfigEvent,
-    Event,
-    HostEvent,
-    StatusEvent,
-    TraceHeader,
-    TraceSource,
-    TraceWindow,
-    UsedEvent,
-)
 
 ImportResult = tuple[TraceHeader, Iterator[Event]]
 

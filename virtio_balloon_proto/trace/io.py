@@ -28,14 +28,9 @@ from ..io import open_output
 from ..limits import MAX_LINE as MAX_LINE
 from ..limits import loads_json, number_shape, open_regular
 from ..schemas import shipped_schema
-from .model import (
-    _FROM_JSON,
-    Event,
-    TraceHeader,
-    event_from_json,
-    header_from_json,
-    semantic_problems,
-)
+from .events import _FROM_JSON, Event, event_from_json
+from .header import TraceHeader, header_from_json
+from .semantics import semantic_problems
 
 if TYPE_CHECKING:  # jsonschema (~40 ms to import) only explains a record jsonschema-rs refused
     from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
@@ -108,7 +103,7 @@ def _fast_validator() -> Any:
 
 
 #: the values the schema types ``bytes`` (``^([0-9a-f]{2})*$``): each is converted by
-#: ``bytes.fromhex`` (model.py), which refuses an odd length (tests/test_lazy_decode.py keeps
+#: ``bytes.fromhex`` (header.py), which refuses an odd length (tests/test_lazy_decode.py keeps
 #: this list and the schema in step)
 HEX_VALUES = (("avail", "out"), ("used", "data"), ("config", "data"))
 

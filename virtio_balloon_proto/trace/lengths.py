@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from ..findings import Finding
 from ..profiles import QueueRole
-from .model import AvailEvent, TraceHeader
+from .events import AvailEvent
+from .header import TraceHeader
 
 VIRTIO_F_ACCESS_PLATFORM = 1 << 33
 VIRTQ_DESC_F_WRITE = 2
