@@ -268,7 +268,7 @@ def test_shared_indirect_table_walk_is_capped(tmp_path: Path, kind: str, chains:
 # --------------------------------------------------------------------------- SIGTERM
 SLOW_IMPORT = """
 import sys, time
-from virtio_balloon_proto.trace import io as tio
+from virtio_balloon_proto.trace import writer as tio
 orig = tio.TraceWriter.write
 def slow(self, ev):
     print("writing", flush=True)

@@ -18,7 +18,7 @@ from virtio_balloon_proto.errors import TraceError, UsageError
 from virtio_balloon_proto.io import Output, check_writable
 from virtio_balloon_proto.limits import loads_json
 from virtio_balloon_proto.trace import TraceReader
-from virtio_balloon_proto.trace.io import validate_trace
+from virtio_balloon_proto.trace.reader import validate_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 VBPROTO = [sys.executable, "-m", "virtio_balloon_proto"]

@@ -182,7 +182,7 @@ def test_summary_and_verdicts_equal_the_slow_paths(bufs: list[tuple[str, list[in
 
 # --- TraceReader's hex check: a character class in the schema, the even length at conversion
 def test_every_hex_value_of_the_schema_is_converted_by_fromhex() -> None:
-    from virtio_balloon_proto.trace.io import HEX_VALUES, trace_schema
+    from virtio_balloon_proto.trace.schema import HEX_VALUES, trace_schema
 
     found = set()
 
@@ -207,7 +207,7 @@ hexish = st.text(alphabet="0123456789abcdefABx ", max_size=9)
 @given(h=hexish, where=st.sampled_from(["out", "out+desc", "used", "config"]))
 def test_reader_refuses_bad_hex_as_the_whole_schema_does(h: str, where: str) -> None:
     from virtio_balloon_proto.errors import TraceError
-    from virtio_balloon_proto.trace import io as tio
+    from virtio_balloon_proto.trace import reader, schema
 
     header = TraceHeader.for_features("spec", 1 << 32, 1 << 32)
     rec: dict[str, Any]
@@ -233,7 +233,7 @@ def test_reader_refuses_bad_hex_as_the_whole_schema_does(h: str, where: str) -> 
         with open(path, "w") as f:
             f.write(json.dumps(header.to_json()) + "\n" + json.dumps(rec) + "\n")
         fast = read()
-        with mock.patch.object(tio, "_reading_validator", tio._fast_validator):
+        with mock.patch.object(reader, "_reading_validator", schema._fast_validator):
             slow = read()  # the whole schema first, as before
         assert fast == slow
     finally:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from virtio_balloon_proto.conformance.adapters import validate_result
 from virtio_balloon_proto.errors import PeerError
 from virtio_balloon_proto.schemas import _ecma, ecma_validator, shipped_schema
-from virtio_balloon_proto.trace.io import schema_problems
+from virtio_balloon_proto.trace.schema import schema_problems
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -28,7 +28,7 @@ from virtio_balloon_proto.trace import (
     validate_trace,
     write_trace,
 )
-from virtio_balloon_proto.trace.io import _validator, schema_problems
+from virtio_balloon_proto.trace.schema import _validator, schema_problems
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = TraceHeader.for_features("spec", 0x10130000016, (1 << 32) | 2, index_model="offered")
@@ -189,7 +189,7 @@ def test_over_long_line_is_refused_without_reading_it_whole(tmp_path: Path) -> N
         f.write('{"type":"status","value":2}\n')
     with TraceReader(p, max_line=1024) as r, pytest.raises(TraceError, match=r"line 2.*longer"):
         list(r.events())
-    from virtio_balloon_proto.trace.io import iter_problems
+    from virtio_balloon_proto.trace.reader import iter_problems
 
     probs = list(iter_problems(p, max_line=1024))
     assert [(x.line, "longer" in x.message) for x in probs] == [(2, True)]
@@ -274,7 +274,7 @@ _records = st.recursive(
        ws=st.text(alphabet=" \t", max_size=2), exp=st.booleans())
 def test_a_fraction_outside_ts_is_found_in_any_line(rec: dict[str, object], ws: str,
                                                      exp: bool) -> None:
-    from virtio_balloon_proto.trace.io import _float_path, _parse_line
+    from virtio_balloon_proto.trace.reader import _float_path, _parse_line
 
     text = json.dumps(rec, separators=(f"{ws},{ws}", f"{ws}:{ws}"))
     if exp:  # the same numbers written with an exponent: 1e+16 style where json uses it

@@ -1,4 +1,4 @@
-"""TraceWriter's orjson line (trace/io.py ``_dumps_line``) is the stdlib's line, byte for byte.
+"""TraceWriter's orjson line (trace/writer.py ``_dumps_line``) is the stdlib's line, byte for byte.
 
 Traces are compared byte for byte (the corpus, vectors/, ``trace synth`` outputs), so the
 fast path must never change a byte: every record here, whatever strings (non-ASCII, DEL,
@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from virtio_balloon_proto.trace.io import _dumps_line
+from virtio_balloon_proto.trace.writer import _dumps_line
 
 keys = st.text(max_size=6)
 strings = st.text(st.characters(codec=None, categories=None), max_size=12) | st.sampled_from(

@@ -197,8 +197,8 @@ def trace_reader(data: bytes) -> None:
 
 
 def trace_validate(data: bytes) -> None:
-    """trace.io.validate_trace: every problem of a file, by line."""
-    from virtio_balloon_proto.trace.io import validate_trace
+    """trace.reader.validate_trace: every problem of a file, by line."""
+    from virtio_balloon_proto.trace.reader import validate_trace
 
     validate_trace(_file(data, "v.jsonl"), limit=100)
 

@@ -78,7 +78,7 @@ def trace() -> None:
 @json_option('print {"file", "valid", "problems": [{"line", "message"}]}')
 def trace_validate(trace_file: str, as_json: bool) -> None:
     """Check TRACE against the vbproto-trace/1 schema; print every problem with its line."""
-    from virtio_balloon_proto.trace.io import iter_problems
+    from virtio_balloon_proto.trace.reader import iter_problems
 
     problems = []
     for p in iter_problems(trace_file):

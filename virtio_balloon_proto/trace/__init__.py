@@ -1,5 +1,6 @@
 """Recorded virtqueue traffic: the ``vbproto-trace/1`` format (docs/trace-format.md)."""
 
+from ..limits import MAX_LINE
 from .events import (
     AvailEvent,
     ConfigEvent,
@@ -12,17 +13,9 @@ from .events import (
     UsedEvent,
 )
 from .header import CAPTURABLE, FORMAT, FORMAT_1_2, FORMATS, TraceHeader, TraceSource, TraceWindow
-from .io import (
-    MAX_LINE,
-    TraceProblem,
-    TraceReader,
-    TraceWriter,
-    iter_problems,
-    read_trace,
-    trace_schema,
-    validate_trace,
-    write_trace,
-)
+from .reader import TraceProblem, TraceReader, iter_problems, read_trace, validate_trace
+from .schema import trace_schema
+from .writer import TraceWriter, write_trace
 
 __all__ = [
     "CAPTURABLE",

@@ -5,7 +5,7 @@ One header (:mod:`.header`), then events: avail/used buffers (with their
 what a conformance run observed.  These classes hold decoded values (ints, bytes, roles); the
 JSON shape (hex strings, field names) lives only in ``to_json``/``from_json`` here, so the
 rest of the package never touches raw dicts.  ``from_json`` expects a record that already
-passed the schema (``trace/io.py`` validates first); :func:`event_from_json` converts the
+passed the schema (``trace/reader.py`` validates first); :func:`event_from_json` converts the
 few remaining type errors to TraceError.
 """
 

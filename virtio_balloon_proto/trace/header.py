@@ -7,7 +7,7 @@
 
 Like the events (:mod:`.events`), these classes hold decoded values; the JSON shape lives
 only in ``to_json``/``from_json``, which expect a record that already passed the schema
-(``trace/io.py`` validates first) and convert the few remaining type errors to TraceError.
+(``trace/reader.py`` validates first) and convert the few remaining type errors to TraceError.
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ from ..virtqueue.packed_device import PackedQueueDevice
 from ..virtqueue.split_device import SplitQueueDevice
 from .events import AvailEvent, ConfigEvent, Event, HostEvent, StatusEvent, UsedEvent
 from .header import TraceHeader, TraceSource, TraceWindow
-from .io import TraceWriter
 from .lengths import absurd_lengths
+from .writer import TraceWriter
 
 ImportResult = tuple[TraceHeader, Iterator[Event]]
 

@@ -1,149 +1,27 @@
-"""Reading, writing and validating ``vbproto-trace/1`` files (docs/trace-format.md).
+"""Reading and validating ``vbproto-trace/1`` files (docs/trace-format.md).
 
 * Reading streams: one line at a time, each line bounded (``MAX_LINE``, 64 MiB), every record
-  checked against the shipped JSON Schema (validator compiled once) and the rules the schema
-  cannot express (``model.semantic_problems``).  Memory use is one record, whatever the file
-  size.
-* Writing is atomic: records go to a temporary file in the target's directory, which is
-  flushed, fsync'ed and renamed over the target only when the writer closes without error.
-* Validation reports every problem with its line number instead of stopping at the first.
+  checked against the shipped JSON Schema (:mod:`.schema`, validator compiled once) and the
+  rules the schema cannot express (``semantics.semantic_problems``).  Memory use is one
+  record, whatever the file size.
+* Validation reports every problem with its line number instead of stopping at the first
+  (:func:`iter_problems`, :func:`validate_trace`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
-from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
-
-import orjson
+from typing import IO, Any
 
 from ..errors import TraceError, VBProtoError
-from ..io import open_output
-from ..limits import MAX_LINE as MAX_LINE
-from ..limits import loads_json, number_shape, open_regular
-from ..schemas import shipped_schema
+from ..limits import MAX_LINE, loads_json, number_shape, open_regular
 from .events import _FROM_JSON, Event, event_from_json
 from .header import TraceHeader, header_from_json
+from .schema import _reading_validator, schema_problems
 from .semantics import semantic_problems
-
-if TYPE_CHECKING:  # jsonschema (~40 ms to import) only explains a record jsonschema-rs refused
-    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
-
-SCHEMA_RESOURCE = "trace-v1.schema.json"
-_MSG_MAX = 300
-
-
-def trace_schema() -> dict[str, Any]:
-    """The shipped schema, loaded through importlib.resources (works from a wheel)."""
-    return shipped_schema(SCHEMA_RESOURCE)
-
-
-@cache
-def _validator() -> Draft202012Validator:
-    from ..schemas import ecma_validator
-
-    validator: Draft202012Validator = ecma_validator(trace_schema())
-    return validator
-
-
-def _inline(node: Any, root: dict[str, Any]) -> Any:
-    """``node`` with every local ``$ref`` replaced by its target (the schema has no cycles)."""
-    if isinstance(node, dict):
-        ref = node.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/"):
-            target: Any = root
-            for part in ref[2:].split("/"):
-                target = target[part]
-            rest = {k: _inline(v, root) for k, v in node.items() if k != "$ref"}
-            merged = _inline(target, root)
-            return {"allOf": [merged, rest]} if rest else merged
-        return {k: _inline(v, root) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_inline(v, root) for v in node]
-    return node
-
-
-@cache
-def _type_validators() -> dict[str, Draft202012Validator]:
-    """One validator per record type, compiled once.
-
-    The schema's top level is "type is one of these" plus ``allOf: [if type == T then
-    $ref #/$defs/T]``, so for a record whose ``type`` is T the whole schema says exactly what
-    the T branch says.  Validating against the (ref-inlined) branch is the same check, five
-    times faster than evaluating every ``if`` (tests/test_trace_schema.py proves the two agree).
-    """
-    from ..schemas import ecma_validator
-
-    schema = trace_schema()
-    _validator()  # checks the schema itself once
-    out: dict[str, Draft202012Validator] = {}
-    for branch in schema["allOf"]:
-        rtype = branch["if"]["properties"]["type"]["const"]
-        out[rtype] = ecma_validator(_inline(branch["then"], schema))
-    return out
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= _MSG_MAX else text[: _MSG_MAX - 3] + "..."
-
-
-@cache
-def _fast_validator() -> Any:
-    """The schema compiled by jsonschema-rs (Rust): ~500x faster on a record with thousands
-    of descriptors; only its yes/no is used."""
-    import jsonschema_rs
-
-    return jsonschema_rs.validator_for(trace_schema())
-
-
-#: the values the schema types ``bytes`` (``^([0-9a-f]{2})*$``): each is converted by
-#: ``bytes.fromhex`` (header.py), which refuses an odd length (tests/test_lazy_decode.py keeps
-#: this list and the schema in step)
-HEX_VALUES = (("avail", "out"), ("used", "data"), ("config", "data"))
-
-
-@cache
-def _reading_validator() -> Any:
-    """:func:`_fast_validator` with ``bytes`` as ``^[0-9a-f]*$``, for :class:`TraceReader`:
-    the schema's pattern walks a 256-PFN buffer's 2 KiB of hex at ~1.6 ns a character (3 of
-    an avail record's 4.6 us); the even length it adds is what the reader's conversion
-    (``bytes.fromhex``) refuses, and such a record is then checked against the whole schema."""
-    import copy
-
-    import jsonschema_rs
-
-    schema = copy.deepcopy(trace_schema())
-    if schema["$defs"]["bytes"].get("pattern") != "^([0-9a-f]{2})*$":
-        return _fast_validator()  # not the pattern this relaxes: the whole schema, as written
-    schema["$defs"]["bytes"]["pattern"] = "^[0-9a-f]*$"
-    return jsonschema_rs.validator_for(schema)
-
-
-def schema_problems(record: Any, *, fast: bool = True) -> list[str]:
-    """Schema violations of one record, as short messages with the JSON path."""
-    if fast:
-        try:
-            if _fast_validator().is_valid(record):
-                return []
-        except (ValueError, OverflowError, TypeError):
-            pass
-    rtype = record.get("type") if isinstance(record, dict) else None
-    v = _type_validators().get(rtype) if isinstance(rtype, str) else None
-    if v is None:
-        v = _validator()
-    elif v.is_valid(record):
-        return []
-    out = []
-    for err in sorted(v.iter_errors(record), key=lambda e: list(map(str, e.absolute_path))):
-        path = "/".join(str(p) for p in err.absolute_path)
-        out.append(_short(f"{path or '(record)'}: {err.message}"))
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,96 +274,3 @@ def validate_trace(path: str | os.PathLike[str], *, limit: int | None = None) ->
         if limit is not None and len(out) >= limit:
             break
     return out
-
-
-def _dumps(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True)
-
-
-def _dumps_line(obj: dict[str, Any]) -> bytes:
-    """``_dumps(obj)`` as ASCII bytes with a newline, through orjson where that gives the same
-    bytes (~10x faster; issue 13: ``trace synth`` writes 16.6 MB for the 7 GiB inflate).
-
-    orjson writes compact JSON as the stdlib does except: non-ASCII and DEL (0x7F) unescaped
-    (then the stdlib writes the line), integers beyond 64 bits and lone surrogates refused
-    (same), and floats spelled differently (``1e16``, not ``1e+16``): a record with ``ts``,
-    the only number a trace may hold that is not an integer (the reader refuses any other
-    float, ``_FLOAT_TOKEN``), goes to the stdlib.  tests/test_trace_write_fast.py checks the two
-    agree."""
-    if "ts" not in obj:
-        try:
-            out = orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
-        except (orjson.JSONEncodeError, TypeError):
-            pass
-        else:
-            if out.isascii() and b"\x7f" not in out:
-                return out
-    return (_dumps(obj) + "\n").encode("ascii")
-
-
-class TraceWriter:
-    """Write a trace: ``with TraceWriter(path, header) as w: w.write(event)``.
-
-    The output contract of :mod:`virtio_balloon_proto.io`: ``-`` streams to stdout, a device
-    or FIFO is written in place, a regular file (or a symlink's target) is replaced atomically
-    -- nothing appears there until the block ends without an exception, so readers never see
-    half a trace.  Every record is checked against the schema as it is written
-    (``validate=False`` skips that).
-    """
-
-    def __init__(
-        self, path: str | os.PathLike[str], header: TraceHeader, *, validate: bool = True
-    ) -> None:
-        self.path = Path(path)
-        self.validate = validate
-        self.count = 0
-        self._out = open_output(path)
-        try:
-            self._put(header.to_json())
-        except BaseException:
-            self.abort()
-            raise
-
-    def _put(self, obj: dict[str, Any]) -> None:
-        if self.validate:
-            probs = schema_problems(obj)
-            if probs:
-                raise TraceError(
-                    "refusing to write an invalid record: " + "; ".join(probs),
-                    where=f"{self.path} record {self.count + 1}",
-                )
-        self._out.write(_dumps_line(obj))
-        self.count += 1
-
-    def write(self, event: Event) -> None:
-        self._put(event.to_json())
-
-    def commit(self) -> None:
-        self._out.commit()
-
-    def abort(self) -> None:
-        self._out.abort()
-
-    def __enter__(self) -> TraceWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
-
-
-def write_trace(
-    path: str | os.PathLike[str], header: TraceHeader, events: Iterator[Event] | list[Event]
-) -> int:
-    """Write ``header`` and ``events`` atomically; returns the number of events."""
-    with TraceWriter(path, header) as w:
-        for ev in events:
-            w.write(ev)
-        return w.count - 1
