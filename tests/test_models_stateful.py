@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from virtio_balloon_proto.codecs import Segment
-from virtio_balloon_proto.models.device import HintState, MiscState, ReferenceDevice
+from virtio_balloon_proto.models.device import ReferenceDevice
+from virtio_balloon_proto.models.device_state import HintState, MiscState
 from virtio_balloon_proto.models.driver import DriverModel
 from virtio_balloon_proto.models.interface import Setup
 from virtio_balloon_proto.pageset import PageSet
