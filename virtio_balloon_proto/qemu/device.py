@@ -22,10 +22,8 @@ polls with a deadline.
 from __future__ import annotations
 
 import dataclasses
-import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -37,6 +35,8 @@ from ..profiles import SPEC, VERSION_1, QueueRole
 from ..virtqueue.chains import UsedElem
 from ..virtqueue.split_driver import SplitQueueDriver
 from ..virtqueue.split_ring import compact_layout, legacy_layout
+from .buffers import Posted, RawSegment, pfn_array, stats_buffer
+from .extents import extents_from_trace, to_extents
 from .firmware import write_halt_bios
 from .machines import (
     DIMM_BASE,
@@ -66,29 +66,6 @@ BALLOON_PATH = "/machine/peripheral/balloon0"
 BACKEND_PATH = BALLOON_PATH + "/virtio-backend"
 #: balloon-specific feature bits of the spec profile (0-5); transport bits are added per kind
 BALLOON_BITS = (1 << 6) - 1
-
-#: a raw segment: (guest address, length, device-writable)
-RawSegment = tuple[int, int, bool]
-
-
-def pfn_array(pfns: Sequence[int] | range | np.ndarray[Any, Any]) -> bytes:
-    """PFNs as the ``__virtio32`` little-endian array of an inflate/deflate buffer."""
-    arr = np.asarray(pfns, dtype=np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= 1 << 32):
-        raise UsageError("a PFN does not fit in 32 bits", field="pfns")
-    return arr.astype("<u4").tobytes()
-
-
-def stats_buffer(stats: dict[int, int]) -> bytes:
-    """``struct virtio_balloon_stat`` entries (``le16 tag | le64 val``, packed, 10 bytes)."""
-    return b"".join(struct.pack("<HQ", tag, val) for tag, val in stats.items())
-
-
-@dataclass(frozen=True)
-class Posted:
-    queue: int
-    head: int
-    segments: tuple[RawSegment, ...]
 
 
 class QemuBalloon:
@@ -543,27 +520,6 @@ class QemuBalloon:
         """
         roles = self.device_queue_slots()
         return extents_from_trace(self.trace(), roles[QueueRole.INFLATE], roles[QueueRole.DEFLATE])
-
-
-def extents_from_trace(log: TraceLog, inflate_q: int, deflate_q: int) -> list[tuple[int, int]]:
-    held: set[int] = set()
-    for b in log.buffers:
-        if b.queue == inflate_q:
-            held.update(b.processed)
-        elif b.queue == deflate_q:
-            held.difference_update(b.processed)
-    return to_extents(sorted(held))
-
-
-def to_extents(sorted_pfns: Sequence[int]) -> list[tuple[int, int]]:
-    """Sorted unique PFNs -> merged (first, count) runs, vectorised."""
-    if not len(sorted_pfns):
-        return []
-    a = np.asarray(sorted_pfns, dtype=np.int64)
-    breaks = np.nonzero(np.diff(a) != 1)[0] + 1
-    starts = np.concatenate(([0], breaks))
-    ends = np.concatenate((breaks, [a.size]))
-    return [(int(a[s]), int(e - s)) for s, e in zip(starts, ends, strict=True)]
 
 
 __all__ = [
