@@ -32,7 +32,7 @@ from virtio_balloon_proto.errors import PeerError, PeerStartError, VBProtoError
 from virtio_balloon_proto.pageset import PageSet
 from virtio_balloon_proto.profiles import QueueRole, get_profile
 
-from .adapters import DEFAULT_TIMEOUT, close_device, open_device
+from .adapters import close_device, open_device
 from .cases import (
     REPORT_DATA_LIMIT,
     Case,
@@ -47,6 +47,7 @@ from .checks import judge
 from .dut import DeviceUnderTest, Unsupported
 from .known_failures import KnownFailures
 from .offline import check_trace
+from .stdio_adapter import DEFAULT_TIMEOUT
 from .verdicts import CaseResult, RunResult, Verdict, hexdump
 
 __all__ = ["REPORT_DATA_LIMIT", "Case", "Runner", "Step", "case_from_trace", "check_trace",

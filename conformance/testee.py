@@ -79,7 +79,8 @@ def serve(dev: DeviceUnderTest, stdin: BinaryIO | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .adapters import load_python_device, open_device
+    from .adapters import open_device
+    from .python_adapter import load_python_device
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:

@@ -1,4 +1,4 @@
-"""The python adapter's fast extent check (adapters._extents_ok) never accepts what the
+"""The python adapter's fast extent check (dut_json._extents_ok) never accepts what the
 protocol schema refuses: a value it passes is valid for ``$defs/extents``, and whatever it
 does not pass goes to the schema, so an in-process device's answers get the schema's verdict."""
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from virtio_balloon_proto.conformance import adapters
+from virtio_balloon_proto.conformance import dut_json
 from virtio_balloon_proto.errors import PeerError
 
 U64 = (1 << 64) - 1
@@ -21,16 +21,16 @@ extent_like = st.one_of(st.lists(scalars, min_size=0, max_size=3),
 
 
 def _schema_ok(v: Any, name: str = "extents") -> bool:
-    return next(iter(adapters._result_validator(name).iter_errors(v)), None) is None
+    return next(iter(dut_json._result_validator(name).iter_errors(v)), None) is None
 
 
 @given(st.one_of(st.lists(extent_like, max_size=4), extent_like))
 def test_fast_extents_check_implies_schema(v: Any) -> None:
-    if adapters._extents_ok(v):
+    if dut_json._extents_ok(v):
         assert _schema_ok(v)
     # the public check gives the schema's verdict either way
     try:
-        adapters.validate_result(v, "extents", "observe")
+        dut_json.validate_result(v, "extents", "observe")
         ok = True
     except PeerError:
         ok = False
@@ -41,7 +41,7 @@ def test_fast_extents_check_implies_schema(v: Any) -> None:
                        st.one_of(st.lists(extent_like, max_size=3), scalars), max_size=4))
 def test_observe_result_verdict_is_the_schemas(v: dict[str, Any]) -> None:
     try:
-        adapters.validate_result(v, "observe_result", "observe")
+        dut_json.validate_result(v, "observe_result", "observe")
         ok = True
     except PeerError:
         ok = False
@@ -52,7 +52,7 @@ def test_observe_result_verdict_is_the_schemas(v: dict[str, Any]) -> None:
                                  [[1, U64 + 1]]])
 def test_bad_extents_name_the_path(bad: Any) -> None:
     with pytest.raises(PeerError, match="balloon"):
-        adapters.validate_result({"balloon": bad, "actual": 1}, "observe_result", "observe")
+        dut_json.validate_result({"balloon": bad, "actual": 1}, "observe_result", "observe")
 
 
 used_items = st.one_of(
@@ -67,10 +67,10 @@ used_items = st.one_of(
                  st.dictionaries(st.sampled_from(["used", "other"]),
                                  st.one_of(scalars, st.lists(used_items, max_size=2)))))
 def test_used_result_verdict_is_the_schemas(v: Any) -> None:
-    if adapters._used_ok(v):
+    if dut_json._used_ok(v):
         assert _schema_ok(v, "used_result")
     try:
-        adapters.validate_result(v, "used_result", "avail")
+        dut_json.validate_result(v, "used_result", "avail")
         ok = True
     except PeerError:
         ok = False
@@ -92,7 +92,7 @@ observe_values = st.one_of(st.lists(extent_like, max_size=3), scalars,
                                         "other"]),
                        observe_values, max_size=5))
 def test_fast_observe_check_implies_schema(v: dict[str, Any]) -> None:
-    if adapters._observe_ok(v):
+    if dut_json._observe_ok(v):
         assert _schema_ok(v, "observe_result")
 
 
@@ -100,7 +100,7 @@ def test_fast_observe_check_takes_unused_pages() -> None:
     """The v3/hybrid misc queue's unused pages (33,000 extents in v3/unused-pages-le64) skip the
     schema's per-extent walk (5 s of that 5.8 s case) when they certainly match it."""
     ok = {"balloon": [[1, 2]], "unused": {"0x1000": [[5, 1], [9, 3]]}, "unused_done": {"0x1000": 2}}
-    assert adapters._observe_ok(ok) and _schema_ok(ok, "observe_result")
+    assert dut_json._observe_ok(ok) and _schema_ok(ok, "observe_result")
     for bad in ({"unused": {"0x1000": [[5, -1]]}}, {"unused": {"4096": []}},
                 {"unused_done": {"0x1000": -1}}, {"unused_done": {"0x1000": True}}):
-        assert not adapters._observe_ok(bad)
+        assert not dut_json._observe_ok(bad)

@@ -12,8 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import conform_doubles as d
 
-from virtio_balloon_proto.conformance.adapters import PythonDevice
 from virtio_balloon_proto.conformance.known_failures import KnownFailures
+from virtio_balloon_proto.conformance.python_adapter import PythonDevice
 from virtio_balloon_proto.conformance.report import ReportWriter, to_html
 from virtio_balloon_proto.conformance.runner import Runner, check_trace, load_case
 from virtio_balloon_proto.conformance.verdicts import (

@@ -11,9 +11,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import conform_doubles as d
 
-from virtio_balloon_proto.conformance.adapters import StdioDevice, open_device
+from virtio_balloon_proto.conformance.adapters import open_device
 from virtio_balloon_proto.conformance.dut import Setup, Unsupported
 from virtio_balloon_proto.conformance.runner import Runner, load_case
+from virtio_balloon_proto.conformance.stdio_adapter import StdioDevice
 from virtio_balloon_proto.errors import PeerError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from virtio_balloon_proto.conformance.adapters import validate_result
+from virtio_balloon_proto.conformance.dut_json import validate_result
 from virtio_balloon_proto.errors import PeerError
 from virtio_balloon_proto.schemas import _ecma, ecma_validator, shipped_schema
 from virtio_balloon_proto.trace.schema import schema_problems

@@ -19,8 +19,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from virtio_balloon_proto.conformance.adapters import StdioDevice
 from virtio_balloon_proto.conformance.runner import Runner, discover_cases
+from virtio_balloon_proto.conformance.stdio_adapter import StdioDevice
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "conformance" / "stdio-protocol.schema.json").read_text())

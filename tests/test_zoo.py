@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from virtio_balloon_proto.conformance.adapters import load_python_device
 from virtio_balloon_proto.conformance.catalog import catalog
+from virtio_balloon_proto.conformance.python_adapter import load_python_device
 from virtio_balloon_proto.conformance.runner import Runner, check_trace, discover_cases
 from virtio_balloon_proto.conformance.verdicts import CaseResult
 from virtio_balloon_proto.conformance.zoo import ZOO, ZooEntry
