@@ -56,7 +56,7 @@ def open_device(spec: str, *, timeout: float = DEFAULT_TIMEOUT) -> DeviceUnderTe
             mod = importlib.import_module("virtio_balloon_proto.conformance.qemu_adapter")
         except ImportError as exc:
             raise UsageError(f"the QEMU adapter is not available: {exc}", field="device") from None
-        # OPTIONS (k=v,k=v) are parsed by the adapter itself (qemu_adapter.parse_options)
+        # OPTIONS (k=v,k=v) are parsed by the adapter itself (qemu_options.parse_options)
         return mod.QemuDevice(rest, timeout=timeout)  # type: ignore[no-any-return]
     raise UsageError(
         f"unknown device spec {spec!r} "

@@ -133,7 +133,8 @@ def describe(device: str) -> dict[str, Any]:
     if kind == "reference":
         return {"build": f"vbproto {__version__}", "transport": "in-process", "options": {}}
     if kind == "qemu":
-        from .qemu_adapter import QemuDevice, parse_options
+        from .qemu_adapter import QemuDevice
+        from .qemu_options import parse_options
 
         try:
             dev = QemuDevice(device)

@@ -66,6 +66,7 @@ from virtio_balloon_proto.qemu.hinting import HintHost, IdMap
 from virtio_balloon_proto.qemu.process import DEVICE_PROPERTIES, find_qemu
 
 from .dut import Negotiated, Segment, Setup, Unsupported, Used
+from .qemu_options import _onoff, parse_options
 
 #: guest-stats property names by stats tag (VIRTIO 1.x 5.5.6.3, QEMU balloon_stat_names)
 STAT_NAMES = (
@@ -86,37 +87,6 @@ UNREPORTED = (1 << 64) - 1
 FEATURE_PROPERTY = {2: "deflate-on-oom", 3: "free-page-hint", 5: "free-page-reporting"}
 PATTERN = 0xA5
 MiB = 1 << 20
-
-
-def _onoff(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    v = str(value).strip().lower()
-    if v in ("on", "true", "yes", "1"):
-        return True
-    if v in ("off", "false", "no", "0"):
-        return False
-    raise UsageError(f"qemu option {key}={value!r}: expected on or off", field="device")
-
-
-def parse_options(spec: str) -> dict[str, str]:
-    """``qemu:transport=modern,deflate-on-oom=on`` (prefix optional) -> {key: value}."""
-    body = spec.removeprefix("qemu").removeprefix(":")
-    out: dict[str, str] = {}
-    for item in filter(None, (x.strip() for x in body.split(","))):
-        k, eq, v = item.partition("=")
-        k, v = k.strip(), v.strip()
-        if not eq:
-            raise UsageError(f"qemu option {item!r} is not key=value", field="device")
-        # transport=modern,transport=legacy and build= were taken silently (qa): which one
-        # the run used was a guess, and an empty value is a default nobody asked for
-        if k in out:
-            raise UsageError(f"qemu option {k!r} is given twice ({k}={out[k]}, {k}={v})",
-                             field="device")
-        if not v:
-            raise UsageError(f"qemu option {k}= has no value", field="device")
-        out[k] = v
-    return out
 
 
 class QemuDevice:

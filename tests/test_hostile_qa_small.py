@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from virtio_balloon_proto.conformance.qemu_adapter import parse_options
+from virtio_balloon_proto.conformance.qemu_options import parse_options
 from virtio_balloon_proto.errors import TraceError, UsageError
 from virtio_balloon_proto.io import Output, check_writable
 from virtio_balloon_proto.limits import loads_json

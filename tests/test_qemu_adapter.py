@@ -13,7 +13,8 @@ import pytest
 
 from virtio_balloon_proto.conformance.adapters import open_device
 from virtio_balloon_proto.conformance.dut import DeviceUnderTest, Segment, Setup, Unsupported
-from virtio_balloon_proto.conformance.qemu_adapter import QemuDevice, parse_options
+from virtio_balloon_proto.conformance.qemu_adapter import QemuDevice
+from virtio_balloon_proto.conformance.qemu_options import parse_options
 from virtio_balloon_proto.conformance.runner import Runner, discover_cases
 from virtio_balloon_proto.errors import PeerError, UsageError
 from virtio_balloon_proto.profiles import VERSION_1
