@@ -17,7 +17,7 @@ from virtio_balloon_proto.limits import clean_text
 
 from .known_failures import atomic_write_text
 from .matrix import NOT_RUN, OUTCOMES
-from .report import esc, legend_html, page_start
+from .report_html import esc, legend_html, page_start
 
 _MATRIX_CSS = """
 table.mx{width:100%;table-layout:fixed}

@@ -14,7 +14,8 @@ import conform_doubles as d
 
 from virtio_balloon_proto.conformance.known_failures import KnownFailures
 from virtio_balloon_proto.conformance.python_adapter import PythonDevice
-from virtio_balloon_proto.conformance.report import ReportWriter, to_html
+from virtio_balloon_proto.conformance.report import ReportWriter
+from virtio_balloon_proto.conformance.report_html import to_html
 from virtio_balloon_proto.conformance.runner import Runner, check_trace, load_case
 from virtio_balloon_proto.conformance.verdicts import (
     CaseResult,

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from virtio_balloon_proto.conformance.report import (
+from virtio_balloon_proto.conformance.report import to_json
+from virtio_balloon_proto.conformance.report_html import (
     HTML_HEXDUMP_BYTES,
     HTML_TRAFFIC_CHARS,
     to_html,
-    to_json,
 )
 from virtio_balloon_proto.conformance.runner import Runner, discover_cases
 from virtio_balloon_proto.conformance.verdicts import RunResult

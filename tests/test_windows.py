@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from virtio_balloon_proto.conformance.catalog import catalog
 from virtio_balloon_proto.conformance.checks import judge
-from virtio_balloon_proto.conformance.report import to_junit
+from virtio_balloon_proto.conformance.report_junit import to_junit
 from virtio_balloon_proto.conformance.runner import Runner, check_trace, discover_cases
 from virtio_balloon_proto.conformance.verdicts import CaseResult, RunResult
 from virtio_balloon_proto.profiles import QueueRole
