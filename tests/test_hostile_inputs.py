@@ -30,7 +30,7 @@ from virtio_balloon_proto.limits import (
     read_bounded,
 )
 from virtio_balloon_proto.trace import read_trace
-from virtio_balloon_proto.trace.importers import QueueStatus, load_queue_status
+from virtio_balloon_proto.trace.import_core import QueueStatus, load_queue_status
 
 CLI = [sys.executable, "-m", "virtio_balloon_proto"]
 

@@ -296,7 +296,7 @@ def test_qemu_log_with_an_absurd_in_num_is_a_trace_error(tmp_path: Path) -> None
     """Found by tests/test_fuzz.py (qemu_log target): in_num of 10**20 was an OverflowError
     traceback (and 10**9 would have allocated a billion-entry tuple)."""
     from virtio_balloon_proto.errors import TraceError as TE
-    from virtio_balloon_proto.trace.importers import import_qemu_log as imp
+    from virtio_balloon_proto.trace.import_log import import_qemu_log as imp
 
     log = tmp_path / "qemu.log"
     log.write_text("virtio_set_status vdev 0x55 val 15\n"

@@ -25,12 +25,10 @@ from virtio_balloon_proto.trace import (
     validate_trace,
     write_trace,
 )
-from virtio_balloon_proto.trace.importers import (
-    VirtioStatus,
-    import_qemu_log,
-    import_split_ring,
-    load_memory,
-)
+from virtio_balloon_proto.trace.import_common import load_memory
+from virtio_balloon_proto.trace.import_core import VirtioStatus
+from virtio_balloon_proto.trace.import_log import import_qemu_log
+from virtio_balloon_proto.trace.import_ring import import_split_ring
 
 QEMU = shutil.which("qemu-system-x86_64")
 BASE = 0x10000
@@ -243,7 +241,7 @@ def test_packed_snapshot_is_a_window_and_a_buffer_outside_memory_a_finding(
         tmp_path: Path) -> None:
     """A packed ring (2.8): one chain used, one in flight, one stats-sized buffer outside
     memory -- the import goes on, names what it could not read, and blames no device."""
-    from virtio_balloon_proto.trace.importers import import_packed_ring
+    from virtio_balloon_proto.trace.import_ring import import_packed_ring
     from virtio_balloon_proto.virtqueue.memory import MemoryImage
     from virtio_balloon_proto.virtqueue.packed_device import PackedQueueDevice
     from virtio_balloon_proto.virtqueue.packed_driver import PackedQueueDriver

@@ -211,15 +211,15 @@ def conform_check(data: bytes) -> None:
 
 
 def queue_status(data: bytes) -> None:
-    """importers.load_queue_status: x-query-virtio-queue-status JSON files."""
-    from virtio_balloon_proto.trace.importers import load_queue_status
+    """import_core.load_queue_status: x-query-virtio-queue-status JSON files."""
+    from virtio_balloon_proto.trace.import_core import load_queue_status
 
     load_queue_status([_file(data, "q.json")])
 
 
 def qemu_log(data: bytes) -> None:
-    """importers.import_qemu_log: a QEMU -trace log."""
-    from virtio_balloon_proto.trace.importers import import_qemu_log
+    """import_log.import_qemu_log: a QEMU -trace log."""
+    from virtio_balloon_proto.trace.import_log import import_qemu_log
 
     p = Params(data, 1)
     _header, events = import_qemu_log(_file(p.body, "qemu.log"), profile=p.pick(PROFILES))

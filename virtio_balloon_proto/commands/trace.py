@@ -31,7 +31,7 @@ def _trace_source(ctx: click.Context, provenance: str | None) -> Any:
 
 
 def _hex_int(text: str | None, what: str) -> int | None:
-    from virtio_balloon_proto.trace.importers import parse_int
+    from virtio_balloon_proto.trace.import_common import parse_int
 
     return None if text is None else parse_int(text, what)
 
@@ -151,12 +151,8 @@ def trace_import_split(
     negotiated: str | None,
 ) -> None:
     """Import a split ring from raw guest memory dumps."""
-    from virtio_balloon_proto.trace.importers import (
-        import_split_ring,
-        load_memory,
-        parse_int,
-        write_import,
-    )
+    from virtio_balloon_proto.trace.import_common import load_memory, parse_int, write_import
+    from virtio_balloon_proto.trace.import_ring import import_split_ring
 
     with load_memory(memory) as mem:
         header, events = import_split_ring(
@@ -201,12 +197,8 @@ def trace_import_packed(
     negotiated: str | None,
 ) -> None:
     """Import a packed ring from raw guest memory dumps."""
-    from virtio_balloon_proto.trace.importers import (
-        import_packed_ring,
-        load_memory,
-        parse_int,
-        write_import,
-    )
+    from virtio_balloon_proto.trace.import_common import load_memory, parse_int, write_import
+    from virtio_balloon_proto.trace.import_ring import import_packed_ring
 
     with load_memory(memory) as mem:
         header, events = import_packed_ring(
@@ -254,11 +246,11 @@ def trace_import_qemu_core(
     negotiated: str | None,
 ) -> None:
     """Import the balloon queues of a QEMU dump-guest-memory ELF CORE."""
-    from virtio_balloon_proto.trace.importers import (
+    from virtio_balloon_proto.trace.import_common import write_import
+    from virtio_balloon_proto.trace.import_core import (
         import_qemu_core,
         load_queue_status,
         load_virtio_status,
-        write_import,
     )
 
     header, events, mem = import_qemu_core(
@@ -289,7 +281,8 @@ def trace_import_qemu_log(
     negotiated: str | None,
 ) -> None:
     """Import a QEMU -trace 'virtio_balloon_*' -trace 'virtqueue_*' LOG."""
-    from virtio_balloon_proto.trace.importers import import_qemu_log, write_import
+    from virtio_balloon_proto.trace.import_common import write_import
+    from virtio_balloon_proto.trace.import_log import import_qemu_log
 
     header, events = import_qemu_log(
         log,

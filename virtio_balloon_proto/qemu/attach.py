@@ -47,7 +47,7 @@ from ..trace import (
     TraceWindow,
     TraceWriter,
 )
-from ..trace.importers import split_ring_events
+from ..trace.import_ring import split_ring_events
 from .capture import features_from_qmp, offered_by_transport
 from .channel import LineChannel
 from .qmp import QmpClient
@@ -284,7 +284,7 @@ def _set_recording(qmp: QmpClient, log: Path, on: bool) -> None:
 
 
 def _recorded(snap: Snapshot, log: Path, profile: str, seconds: float) -> list[Event]:
-    from ..trace.importers import import_qemu_log
+    from ..trace.import_log import import_qemu_log
 
     h = snap.header
     # an idle guest logs nothing: an empty recording is a valid (quiet) window, not an error

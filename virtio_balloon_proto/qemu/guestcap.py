@@ -154,7 +154,7 @@ def report_extents(log_path: Path, vq_of_queue: dict[int, int], queue: int
 def _stats_chain(proc: QemuProcess, path: str, queue: int, regions: list[tuple[int, int, str]],
                  endian: str) -> AvailEvent | None:
     """Pause, read the stats chain QEMU holds (avail entry used-idx), resume."""
-    from ..trace.importers import split_ring_events
+    from ..trace.import_ring import split_ring_events
 
     proc.qmp.execute("stop")
     try:
