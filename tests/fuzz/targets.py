@@ -238,7 +238,7 @@ def known_failures(data: bytes) -> None:
 def stdio_answer(data: bytes) -> None:
     """A testee's answer frame, through everything the runner does with it (framing, the
     protocol schema, the typed conversions of each result)."""
-    from virtio_balloon_proto.conformance import adapters as a
+    from virtio_balloon_proto.conformance import dut_json as a
     from virtio_balloon_proto.errors import PeerError
     from virtio_balloon_proto.framing import decode_body
 
