@@ -1,7 +1,7 @@
 """The results matrix as pages: one self-contained ``matrix.html`` and ``docs/matrix.md``.
 
 Both are views of a ``matrix.json`` document (:mod:`.matrix`), nothing more.  The HTML page
-starts with the conformance report's style sheet (:func:`.report.page_start`: the same outcome
+starts with the conformance report's style sheet (:func:`.report_html.page_start`: the same outcome
 colours and the scrolling ``.matrix`` box with sticky heads) and reads at 1400 px: the case x
 device table is laid out to the window's width (``table-layout: fixed``), so it never scrolls
 sideways.

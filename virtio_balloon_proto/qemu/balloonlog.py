@@ -2,7 +2,7 @@
 
 QEMU keeps no set of ballooned pages, so the balloon is rebuilt from its own trace lines:
 the PFNs its inflate handler processed minus those its deflate handler processed, folded in
-the order QEMU popped the buffers (:func:`~.device.extents_from_trace`, which folds the
+the order QEMU popped the buffers (:func:`~.extents.extents_from_trace`, which folds the
 whole log: O(buffers so far) at every observation, quadratic over a replay).
 
 :class:`BalloonLog` folds each buffer once, when it is settled (its queue is known and QEMU
