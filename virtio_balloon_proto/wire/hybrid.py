@@ -12,18 +12,13 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from .. import bitblocks as bb
 from ..errors import DecodeError
 from ..findings import Finding
 from ..pageset import PageSet
 from . import bulk
-from .hybridbits import (
-    blocks_pay,
-    choose_scale,
-    gather,
-    hybrid_bits,
-    named_frames,
-    record_words,
-)
+from .hybridbits import blocks_pay, choose_scale, count_runs, hybrid_bits, named_frames
+from .hybridset import SWEEP_AT, HybridPageSet, hybrid_extents
 from .layout import WireLayout
 from .messages import RESP_HDR_FIELDS, Decoded, HybridMessage, _overlaps, _too_short
 from .structs import RESP_HDR_SIZE, structs
@@ -98,24 +93,29 @@ def decode_hybrid(data: bytes, layout: WireLayout, role: str) -> Decoded:
         # block OR-ed: overlapping ones too); an extent per run of alternating bits was 16
         # bytes per bit: 281x the input when order-0 records overlap, 257x at order >= 1
         # (issue 12).  Plain records, and bitmap records no scale of the most bytes holds,
-        # are extents (a plain record is one, a bitmap one per run)
+        # are extents (a plain record is one, a bitmap one per run) -- unless those runs
+        # cost over SWEEP_AT bytes per input byte (scales no widening by <= 4 units joins:
+        # order 3 at 8 phases was 107x the input, order 20 at 4 phases 159x): then the
+        # records are swept in start order whenever read, never built (hybridset.py)
         k, ph, held = choose_scale(order[bm], start[bm], blen[bm])
         if not blocks_pay(words, heads, bm[held], blen, order[bm[held]] - np.uint64(k)):
             held[:] = False  # sparse bits: their runs are cheaper as extents
-        dense = bm[held]
-        other = np.concatenate((np.flatnonzero(plain), bm[~held]))
-        s_o, c_o = hybrid_extents(words, heads, other, start, unit, blen)
-        pages = PageSet.from_starts_counts(s_o, c_o) | hybrid_bits(words, heads, dense,
-                                                                    start, order, blen, k, ph)
+        if bb.EXTENT_COST * count_runs(words, heads, bm[~held], blen) > SWEEP_AT * len(data):
+            o8, b8 = order.astype(np.uint8), blen.astype(np.uint8)
+            pages = HybridPageSet(words, heads, start, o8, b8,
+                                  lambda: _rebuilt(words, heads, start, o8, b8))
+            named_other = _total(unit[plain])
+            dense = bm
+        else:
+            pages, c_o = _built(words, heads, start, order, blen, unit, plain, bm, k, ph,
+                                held)
+            named_other = _total(c_o)
+            del c_o
+            dense = bm[held]
         starts = counts = None
         if not disjoint:
             # frames named more than once: every record's frames counted, less the set
-            # (a count is below 2^61: summed as two 32-bit halves, no uint64 overflow)
-            named = ((int((c_o >> np.uint64(32)).sum(dtype=np.uint64)) << 32)
-                     + int((c_o & np.uint64(0xFFFFFFFF)).sum(dtype=np.uint64))
-                     + named_frames(words, heads, dense, order, blen))
-            del s_o, c_o
-            dup = named - pages.page_count()
+            dup = named_other + named_frames(words, heads, dense, order, blen) - pages.page_count()
             if dup:
                 f.append(Finding("hybrid.driver.pages.no-duplicate",
                                  f"{dup} frame(s) named more than once by the records of "
@@ -133,34 +133,38 @@ def decode_hybrid(data: bytes, layout: WireLayout, role: str) -> Decoded:
     return Decoded("hybrid", msg, layout, tuple(f), starts, counts, role, pageset=pages)
 
 
-def hybrid_extents(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp],
-                    start: U64, unit: U64, blen: U64) -> tuple[U64, U64]:
-    """The pages of records ``recs`` as (first frame, count) in record order: a plain
-    record is one block; in a bitmap record consecutive set bits are consecutive blocks,
-    one extent per run (runs never cross from one record into the next)."""
-    plain = recs[blen[recs] == 0]
-    bm = recs[blen[recs] != 0]
-    starts_l = [start[plain]]
-    counts_l = [unit[plain]]
-    for c0 in range(0, bm.size, 1 << 15):  # a fixed scratch: 2.3 MB of words at a time
-        b = bm[c0:c0 + (1 << 15)]
-        # the records' words laid end to end with a zero word after each record
-        stream = np.zeros((b.size, 9), dtype=np.uint64)
-        record_words(words, heads, b, blen, out=stream[:, :8])
-        # read in place (a native uint64 array is "le" words on a little-endian host)
-        first, run = bulk.bitmap_runs(stream.reshape(-1).astype("<u8", copy=False), 64, "le")
-        del stream
-        r = (first // np.uint64(9 * 64)).astype(np.intp)
-        first -= r.astype(np.uint64) * np.uint64(9 * 64)  # block index in its record
-        u = unit[b][r]
-        # no overflow possible, so no check: start_pfn < 2^52, a block is at most 2^51 frames
-        # (page_shift <= 63) and a bit index is < 8 * 63, so start + (bit + 1) * block < 2^61
-        starts_l.append(start[b][r] + first * u)
-        counts_l.append(run * u)
-    if len(starts_l) == 1:  # plain records only: no second copy
-        return starts_l[0].astype(np.uint64, copy=False), counts_l[0].astype(np.uint64,
-                                                                             copy=False)
-    return gather(starts_l), gather(counts_l)
+def _built(words: U64, heads: NDArray[np.intp], start: U64, order: U64, blen: U64, unit: U64,
+           plain: NDArray[np.bool_], bm: NDArray[np.intp], k: int, ph: int,
+           held: NDArray[np.bool_]) -> tuple[PageSet, U64]:
+    """The records' pages in PageSet's ordinary form, and the extents' counts: bitmap
+    records ``bm[held]`` as bit blocks of the scale ``k``/``ph`` (see
+    :func:`.hybridbits.choose_scale`), the other records (``plain`` ones too) as extents."""
+    other = np.concatenate((np.flatnonzero(plain), bm[~held]))
+    s_o, c_o = hybrid_extents(words, heads, other, start, unit, blen)
+    del other
+    pages = PageSet.from_starts_counts(s_o, c_o) | hybrid_bits(words, heads, bm[held], start,
+                                                                order, blen, k, ph)
+    return pages, c_o
 
 
-__all__ = ["decode_hybrid", "hybrid_extents"]
+def _rebuilt(words: U64, heads: NDArray[np.intp], start: U64, order: NDArray[np.uint8],
+             blen: NDArray[np.uint8]) -> PageSet:
+    """:func:`_built` from a :class:`.hybridset.HybridPageSet`'s records (its resolve)."""
+    o, b = order.astype(np.uint64), blen.astype(np.uint64)
+    plain = b == 0
+    bm = np.flatnonzero(~plain)
+    k, ph, held = choose_scale(o[bm], start[bm], b[bm])
+    if not blocks_pay(words, heads, bm[held], b, o[bm[held]] - np.uint64(k)):
+        held[:] = False
+    return _built(words, heads, start, o, b, np.left_shift(np.uint64(1), o), plain, bm, k, ph,
+                  held)[0]
+
+
+def _total(counts: U64) -> int:
+    """The sum of frame counts below 2^61 each, as a Python int (summed as two 32-bit
+    halves: no uint64 overflow)."""
+    return ((int((counts >> np.uint64(32)).sum(dtype=np.uint64)) << 32)
+            + int((counts & np.uint64(0xFFFFFFFF)).sum(dtype=np.uint64)))
+
+
+__all__ = ["decode_hybrid"]

@@ -76,6 +76,22 @@ def choose_scale(order: U64, start: U64, blen: U64) -> tuple[int, int, NDArray[n
     return k, p, held
 
 
+def count_runs(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp], blen: U64,
+               chunk: int = CHUNK) -> int:
+    """How many runs of set bits the bitmap records ``recs`` hold (runs never cross from
+    one record into the next): the extents they would cost."""
+    runs = 0
+    for c0 in range(0, recs.size, chunk):
+        w = record_words(words, heads, recs[c0:c0 + chunk], blen)
+        carry = np.zeros_like(w)
+        carry[:, 1:] = w[:, :-1] >> np.uint64(63)
+        carry |= w << np.uint64(1)
+        np.bitwise_not(carry, out=carry)
+        carry &= w  # the bits that start a run
+        runs += int(np.bitwise_count(carry).sum(dtype=np.uint64))
+    return runs
+
+
 def blocks_pay(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp], blen: U64,
                widen: U64) -> bool:
     """The density rule of :mod:`..bitblocks`, before any block is built: whether the
@@ -83,15 +99,7 @@ def blocks_pay(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp], blen
     ``2^widen + 1`` per record) than as extents (one per run of set bits in a record).
     One-bit records far apart were a 72-byte block each until the finished set was turned
     into extents (16.8x the input)."""
-    runs = 0
-    for c0 in range(0, recs.size, CHUNK):
-        w = record_words(words, heads, recs[c0:c0 + CHUNK], blen)
-        carry = np.zeros_like(w)
-        carry[:, 1:] = w[:, :-1] >> np.uint64(63)
-        carry |= w << np.uint64(1)
-        np.bitwise_not(carry, out=carry)
-        carry &= w  # the bits that start a run
-        runs += int(np.bitwise_count(carry).sum(dtype=np.uint64))
+    runs = count_runs(words, heads, recs, blen)
     blocks = int(((np.uint64(1) << widen) + np.uint64(1)).sum(dtype=np.uint64))
     return bb.BLOCK_COST * blocks < bb.EXTENT_COST * runs
 
@@ -186,5 +194,6 @@ def named_frames(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp], or
     return total
 
 
-__all__ = ["CHUNK", "MAX_WIDEN", "blocks_pay", "choose_scale", "gather", "hybrid_bits",
+__all__ = ["CHUNK", "MAX_WIDEN", "blocks_pay", "choose_scale", "count_runs", "gather",
+           "hybrid_bits",
            "named_frames", "record_words"]
