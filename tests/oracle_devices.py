@@ -39,6 +39,17 @@ class RefusesUnknownTags(ReferenceDevice):
         return super()._on_stats(head, segs)
 
 
+class NeverAsksForStats(ReferenceDevice):
+    """A device that never wants statistics: it ignores the host's stats-poll and keeps the
+    held buffer (VIRTIO 1.2 5.5.6.3: "communication is driven by the device"), giving it back
+    only when the driver supersedes it.  Conforming: nothing obliges a device to ask."""
+
+    def host_request(self, kind: str, params: dict[str, Any]) -> list[Used]:
+        if kind == "stats-poll":
+            return []
+        return super().host_request(kind, params)
+
+
 class DiesOnUnknownTags(ReferenceDevice):
     """QEMU 9.2.0-rc1-like: an assertion on an unknown tag takes the device down."""
 

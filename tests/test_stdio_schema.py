@@ -169,7 +169,7 @@ def test_minimal_testee_passes_every_spec_case(tmp_path: Path) -> None:
     # the comparisons really happened (observe and config were compared, not skipped)
     assert {
         "spec.device.inflate.pfn-4k-units", "spec.device.deflate.pfn-4k-units",
-        "spec.device.stats.records-values", "spec.device.stats.request-by-use",
+        "spec.device.stats.records-values", "suite.device.stats.request-by-use",
         "suite.device.hint.cmd-id-readback", "spec.device.hint.ignore-stale-cmd-id",
         "spec.device.reporting.records-ranges", "spec.device.reporting.poison-only",
         "spec.device.config.size", "suite.device.queue-layout",

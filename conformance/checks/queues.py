@@ -35,7 +35,7 @@ from .base import Chain, Judgement, first_frames, pageset_of, register
 ACK_CLAUSE = {
     "inflate": "spec.device.inflate.acks-buffer",
     "deflate": "spec.device.deflate.acks-buffer",
-    "stats": "spec.device.stats.request-by-use",
+    "stats": "suite.device.stats.request-by-use",
     "free_page": "spec.device.hint.acks-buffers",
     "reporting": "spec.device.reporting.acks-buffer",
     "misc": "v3.device.misc.acks-answer",
@@ -122,6 +122,12 @@ def _kept(j: Judgement, ch: Chain) -> PageSet:
     return written - seen
 
 
+REQUEST_BY_USE = ACK_CLAUSE["stats"]
+#: the words of conform run's gap observation for a stats avail it did not replay because the
+#: device still held the head (runner.Runner.record)
+HELD_HEAD = "not replayed: the device still holds this head"
+
+
 @register(*sorted(set(ACK_CLAUSE.values()) | {"spec.device.malformed.acks-buffer",
                                                "spec.device.stats.returns-superseded",
                                                "spec.device.stats.ignores-unknown-tag"}))
@@ -156,45 +162,118 @@ def acks(j: Judgement) -> None:
             if c.used:
                 j.evaluated(ACK_CLAUSE.get(c.role, "spec.device.used.id-is-head"))
         return
+    for _, ev in j.observations("gap"):
+        msg = str(ev.value.get("message", ""))
+        if HELD_HEAD in msg:  # conform run did not post a head the device still held
+            j.notes.append(msg)
     broken_at = error_state(j)
+    requests = j.host_requests("stats-request")
     for c in j.chains:
-        if c.segments is None or held(c) or c.reset_at is not None:
-            continue  # not replayed / held by design until the host asks / dropped by a reset
+        if c.segments is None or c.reset_at is not None:
+            continue  # not replayed / dropped by a reset
         if broken_at is not None and (c.used_at is None or c.used_at > broken_at) and (
                 c.index <= broken_at or not c.used):
             continue  # the device is in an error state (judged by error_state)
+        if c.role == "stats" and not j.malformed(c):
+            _stats_ack(j, c, stats, requests)
+            continue
+        if held(c):
+            continue  # the v3 request buffer: held by design
         clause = ACK_CLAUSE.get(c.role, "spec.device.used.id-is-head")
-        asked = False
         if j.malformed(c):
             clause = "spec.device.malformed.acks-buffer"
-        elif c.role == "stats":
-            # asked for statistics while holding it (request-by-use), or superseded by a
-            # second buffer before any request (returns-superseded)
-            nxt = min((o.index for o in j.chains if o.role == "stats" and o.index > c.index),
-                      default=len(j.events) + 1)
-            asked = any(c.index < r < nxt for r in j.host_requests("stats-request"))
-            clause = ACK_CLAUSE["stats"] if asked else "spec.device.stats.returns-superseded"
         j.evaluated(clause)
-        if not c.used and c.role == "stats" and asked and any(
-                getattr(f, "rule", "") == UNKNOWN_STATS_TAG
-                for f in j.wire_findings(c)):
-            # 5.5.6.3.2 "The device MUST ignore entries with tag values that it does not
-            # recognize": a buffer with unknown tags that never comes back although the host
-            # asked while the device held it was not ignored (a buffer lost because a second
-            # one superseded it is returns-superseded's, whatever its tags)
-            j.evaluated("spec.device.stats.ignores-unknown-tag")
-            j.broken("spec.device.stats.ignores-unknown-tag",
-                     f"stats head {c.head} (event {c.index}) carries tags the spec does not "
-                     "define and was never used", c.index)
         if not c.used:
             j.broken(clause, f"{c.role} head {c.head} (event {c.index}) was never used"
                      + (" -- the buffer is malformed, but the driver still waits for it"
-                        if clause == "spec.device.malformed.acks-buffer" else "")
-                     + (" -- a second buffer superseded it; the driver still waits for it"
-                        if clause == "spec.device.stats.returns-superseded" else "")
-                     + (" although the host requested statistics"
-                        if clause == ACK_CLAUSE["stats"] else ""),
+                        if clause == "spec.device.malformed.acks-buffer" else ""),
                      c.index, expected=f"used id {c.head}", received="not used")
+
+
+def _next_stats(c: Chain, stats: list[Chain], end: int) -> int:
+    return min((o.index for o in stats if o.index > c.index), default=end)
+
+
+def _asked_while_held(c: Chain, stats: list[Chain], requests: list[int], end: int) -> bool:
+    """Did the host ask for statistics while the device held ``c`` (after it was made
+    available, before it was used, and before the driver made the next one available)?"""
+    nxt = _next_stats(c, stats, end)
+    until = min(nxt, c.used_at) if c.used_at is not None else nxt
+    return any(c.index < r < until for r in requests)
+
+
+def _used_when_asked(c: Chain, stats: list[Chain], requests: list[int], end: int) -> bool:
+    """Was ``c`` used after a host request and before a next buffer superseded it (a use on
+    request, not a superseded buffer given back)?"""
+    return (c.used_at is not None and c.used_at < _next_stats(c, stats, end)
+            and any(c.index < r < c.used_at for r in requests))
+
+
+def _stats_ack(j: Judgement, c: Chain, stats: list[Chain], requests: list[int]) -> None:
+    """A stats buffer's fate.  VIRTIO 1.2/1.4 5.5.6.3: "The stats virtqueue is atypical
+    because communication is driven by the device (not the driver)" -- the device uses the
+    held buffer when *it* wants statistics; the host's request (conform run's stats-poll, a
+    trace's host stats-request) is the harness's, outside the spec.  So a buffer held although
+    the host asked breaks no spec sentence: suite.device.stats.request-by-use is a MAY (a
+    note) and the choice stats.request-trigger says ``not when asked``.  A buffer the driver
+    superseded (it broke 5.5.6.3.1) and the device never gave back is
+    spec.device.stats.returns-superseded's (suite SHOULD)."""
+    end = len(j.events) + 1
+    latest = c is stats[-1]
+    asked = _asked_while_held(c, stats, requests, end)
+    if latest and not asked:
+        return  # held by design until the device wants statistics
+    if c.used:
+        j.evaluated(REQUEST_BY_USE if asked else "spec.device.stats.returns-superseded")
+        return
+    if asked:
+        j.evaluated(REQUEST_BY_USE)
+        j.choice("stats.request-trigger", "not when asked")
+        j.broken(REQUEST_BY_USE, f"stats head {c.head} (event {c.index}) was held although the "
+                 "host asked for statistics (allowed: VIRTIO 5.5.6.3, 'communication is driven "
+                 "by the device')", c.index)
+    if not latest:
+        j.evaluated("spec.device.stats.returns-superseded")
+        j.broken("spec.device.stats.returns-superseded",
+                 f"stats head {c.head} (event {c.index}) was never used -- a second buffer "
+                 "superseded it; the driver still waits for it", c.index,
+                 expected=f"used id {c.head}", received="not used")
+    if asked and _has_unknown_tags(j, c):
+        _judge_unknown_tags(j, c, stats, requests, end)
+
+
+def _has_unknown_tags(j: Judgement, c: Chain) -> bool:
+    return any(getattr(f, "rule", "") == UNKNOWN_STATS_TAG for f in j.wire_findings(c))
+
+
+def _judge_unknown_tags(j: Judgement, c: Chain, stats: list[Chain], requests: list[int],
+                        end: int) -> None:
+    """5.5.6.3.2 "Within an output buffer submitted to the statsq, the device MUST ignore
+    entries with tag values that it does not recognize": a buffer with unknown tags must fare
+    as one without them.  Since when the device asks is its own choice, a buffer with unknown
+    tags held although the host asked shows a breach only against a contrast in the same
+    device life: an earlier buffer without unknown tags that the device did use when the host
+    asked.  Without that contrast the device may simply not be asking: a note, no verdict."""
+    life = max((r for r in j.resets if r < c.index), default=0)
+    contrast = next((o for o in reversed(stats) if life < o.index < c.index
+                     and _used_when_asked(o, stats, requests, end)
+                     and not _has_unknown_tags(j, o)), None)
+    if contrast is None:
+        note = (f"stats head {c.head} (event {c.index}) carries tags the spec does not define "
+                "and was held although the host asked; no earlier buffer of this device life "
+                "was used on a request, so whether the tags were ignored is not judged "
+                "(spec.device.stats.ignores-unknown-tag; VIRTIO 5.5.6.3: the device chooses "
+                "when to ask)")
+        if note not in j.notes:
+            j.notes.append(note)
+        return
+    j.evaluated("spec.device.stats.ignores-unknown-tag")
+    j.broken("spec.device.stats.ignores-unknown-tag",
+             f"stats head {c.head} (event {c.index}) carries tags the spec does not define and "
+             "was never used although the host asked, while the buffer without them at event "
+             f"{contrast.index} was used when asked (event {contrast.used_at}): the unknown "
+             "entries were not ignored", c.index, expected=f"used id {c.head}",
+             received="not used")
 
 
 @register("suite.device.transport", "spec.device.stats.ignores-unknown-tag")
