@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from virtio_balloon_proto.models.device_state import CMD_ID_STOP, HintState
+from virtio_balloon_proto.codecs.spec import CMD_ID_STOP
+from virtio_balloon_proto.models.device_state import HintState
 from virtio_balloon_proto.models.interface import Negotiated, Setup, Used
 from virtio_balloon_proto.pageset import PageSet
 

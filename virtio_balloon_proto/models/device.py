@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from ..codecs import DecodedBuffer, Segment, decode_buffer
 from ..codecs.decode import bulk_encoding
+from ..codecs.spec import CMD_ID_DONE, CMD_ID_STOP
 from ..errors import UsageError, VBProtoError
 from ..framemap import FrameJournal, extent_list
 from ..pageset import PageSet
@@ -28,8 +29,6 @@ from ..wire import WireLayout, encode
 from ..wire.messages import BALLOON_FLAG_DONE, BALLOON_GET_UNUSED_PAGES, RequestHeader
 from ..wire.structs import CONFIG
 from .device_state import (
-    CMD_ID_DONE,
-    CMD_ID_STOP,
     HINT_TRANSITIONS,
     MISC_TRANSITIONS,
     REQ_HDR_LEN,

@@ -16,8 +16,6 @@ from ..framemap import FrameJournal
 from ..pageset import PageAccumulator, PageSet
 
 REQ_HDR_LEN = 16  # sizeof(struct balloon_req_hdr)
-CMD_ID_STOP = 0
-CMD_ID_DONE = 1
 HINT_CMD_ID_MIN = 0x80000000  # QEMU's VIRTIO_BALLOON_FREE_PAGE_HINT_CMD_ID_MIN
 
 

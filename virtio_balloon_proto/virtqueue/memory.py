@@ -84,3 +84,15 @@ class MemoryImage:
         except RingError:
             return False
         return True
+
+
+def read_at(memory: GuestMemory, gpa: int, size: int, where: str, clause: str | None) -> bytes:
+    """``memory.read(gpa, size)``: ``size`` bytes at guest-physical ``gpa``.
+
+    Raises RingError naming ``where`` (the ring field or descriptor being read) and ``clause``
+    (or the memory's own clause when ``clause`` is None) when the range is not all in memory.
+    """
+    try:
+        return memory.read(gpa, size)
+    except RingError as exc:
+        raise RingError(exc.message, where=where, clause=clause or exc.clause) from None

@@ -22,7 +22,7 @@ from .chains import (
     ChainDescriptor,
     chain_cap,
 )
-from .memory import GuestMemory
+from .memory import GuestMemory, read_at
 from .packed_ring import (
     EventSuppress,
     PackedUsed,
@@ -32,13 +32,6 @@ from .packed_ring import (
     used_flags,
 )
 from .split_ring import DESC_SIZE, check_queue_size
-
-
-def _read(memory: GuestMemory, gpa: int, size: int, where: str, clause: str | None) -> bytes:
-    try:
-        return memory.read(gpa, size)
-    except RingError as exc:
-        raise RingError(exc.message, where=where, clause=clause or exc.clause) from None
 
 
 def _where(position: int, table: int | None, head: int) -> str:
@@ -87,7 +80,7 @@ class PackedQueueDevice:
             if self._table_bytes + length > MAX_TABLE_CACHE:
                 self._tables.clear()
                 self._table_bytes = 0
-            raw = _read(self.memory, addr, length, where, "spec.driver.ring.addr-in-memory")
+            raw = read_at(self.memory, addr, length, where, "spec.driver.ring.addr-in-memory")
             self._tables[(addr, length)] = raw
             self._table_bytes += length
         return raw
@@ -96,7 +89,7 @@ class PackedQueueDevice:
         base = self.desc_addr if table is None else table
         where = _where(position, table, head)
         d = self.s.pvirtq_desc.parse(
-            _read(self.memory, base + DESC_SIZE * position, DESC_SIZE, where, None)
+            read_at(self.memory, base + DESC_SIZE * position, DESC_SIZE, where, None)
         )
         return ChainDescriptor(
             position, int(d.addr), int(d.len), int(d.flags), 0, table, None, int(d.id)
@@ -105,13 +98,13 @@ class PackedQueueDevice:
     def driver_event(self) -> EventSuppress | None:
         if self.driver_event_addr is None:
             return None
-        raw = _read(self.memory, self.driver_event_addr, 4, "driver event suppression", None)
+        raw = read_at(self.memory, self.driver_event_addr, 4, "driver event suppression", None)
         return EventSuppress.parse(raw, self.little_endian)
 
     def device_event(self) -> EventSuppress | None:
         if self.device_event_addr is None:
             return None
-        raw = _read(self.memory, self.device_event_addr, 4, "device event suppression", None)
+        raw = read_at(self.memory, self.device_event_addr, 4, "device event suppression", None)
         return EventSuppress.parse(raw, self.little_endian)
 
     def available(self, position: int, wrap_counter: int) -> Iterator[Chain]:
@@ -269,7 +262,7 @@ class PackedQueueDevice:
                 where=where,
                 field="len",
             )
-        data = _read(self.memory, d.addr, d.len, where, "spec.driver.ring.addr-in-memory")
+        data = read_at(self.memory, d.addr, d.len, where, "spec.driver.ring.addr-in-memory")
         return (
             ChainDescriptor(d.index, d.addr, d.len, d.flags, d.next, d.table, data, d.id),
             nbytes,

@@ -28,8 +28,8 @@ from .chains import (
     UsedElem,
     chain_cap,
 )
-from .memory import GuestMemory
-from .split_ring import DESC_SIZE, USED_ELEM_SIZE, _read, _SplitRing, read_used_entries
+from .memory import GuestMemory, read_at
+from .split_ring import DESC_SIZE, USED_ELEM_SIZE, _SplitRing, read_used_entries
 
 
 class SplitQueueDevice(_SplitRing):
@@ -68,14 +68,15 @@ class SplitQueueDevice(_SplitRing):
     # --- ring indices -----------------------------------------------------------------------
     def avail_header(self) -> tuple[int, int]:
         """(flags, idx) of the avail ring."""
-        h = self.s.virtq_avail_hdr.parse(_read(self.memory, self.avail_addr, 4, "avail ring", None))
+        raw = read_at(self.memory, self.avail_addr, 4, "avail ring", None)
+        h = self.s.virtq_avail_hdr.parse(raw)
         return int(h.flags), int(h.idx)
 
     def avail_idx(self) -> int:
         return self.avail_header()[1]
 
     def used_header(self) -> tuple[int, int]:
-        h = self.s.virtq_used_hdr.parse(_read(self.memory, self.used_addr, 4, "used ring", None))
+        h = self.s.virtq_used_hdr.parse(read_at(self.memory, self.used_addr, 4, "used ring", None))
         return int(h.flags), int(h.idx)
 
     def used_idx(self) -> int:
@@ -83,7 +84,7 @@ class SplitQueueDevice(_SplitRing):
 
     def avail_entry(self, i: int) -> int:
         slot = i % self.size
-        raw = _read(self.memory, self.avail_addr + 4 + 2 * slot, 2, f"avail.ring[{slot}]", None)
+        raw = read_at(self.memory, self.avail_addr + 4 + 2 * slot, 2, f"avail.ring[{slot}]", None)
         return int(self.s.le16.parse(raw))
 
     # --- walking ----------------------------------------------------------------------------
@@ -114,7 +115,7 @@ class SplitQueueDevice(_SplitRing):
                 return ChainDescriptor(index, a, n, f, nx, table)
         base = self.desc_addr if table is None else table
         where = _where(index, table, head)
-        raw = _read(self.memory, base + DESC_SIZE * index, DESC_SIZE, where, None)
+        raw = read_at(self.memory, base + DESC_SIZE * index, DESC_SIZE, where, None)
         a, n, f, nx = self._desc_fmt.unpack(raw)
         return ChainDescriptor(index, a, n, f, nx, table)
 
@@ -127,7 +128,7 @@ class SplitQueueDevice(_SplitRing):
         if self._table_bytes + length > MAX_TABLE_CACHE:
             self._tables.clear()
             self._table_bytes = 0
-        self._tables[addr] = _read(self.memory, addr, length, where,
+        self._tables[addr] = read_at(self.memory, addr, length, where,
                                    "spec.driver.ring.addr-in-memory")
         self._table_bytes += length
 
@@ -250,7 +251,7 @@ class SplitQueueDevice(_SplitRing):
                             where=where,
                             field="len",
                         )
-                    data = _read(
+                    data = read_at(
                         self.memory, d.addr, d.len, where, "spec.driver.ring.addr-in-memory"
                     )
                     d = ChainDescriptor(d.index, d.addr, d.len, d.flags, d.next, d.table, data)

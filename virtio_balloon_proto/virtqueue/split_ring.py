@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 from ..errors import RingError, UsageError
 from .chains import UsedElem
-from .memory import GuestMemory
+from .memory import GuestMemory, read_at
 
 # struct virtq_avail flags (2.7.6) / struct virtq_used flags (2.7.8)
 VIRTQ_AVAIL_F_NO_INTERRUPT = 1
@@ -190,7 +190,7 @@ def read_used_entries(
 ) -> Iterator[UsedElem]:
     """Yield used elements from free-running index ``last`` up to used.idx (or ``upto``)."""
     s = split_structs(little_endian)
-    hdr = s.virtq_used_hdr.parse(_read(memory, used_addr, 4, "used ring header", None))
+    hdr = s.virtq_used_hdr.parse(read_at(memory, used_addr, 4, "used ring header", None))
     end = hdr.idx if upto is None else upto & 0xFFFF
     n = (end - last) & 0xFFFF
     if n > size:
@@ -203,12 +203,6 @@ def read_used_entries(
     for k in range(n):
         i = (last + k) & 0xFFFF
         addr = used_addr + 4 + USED_ELEM_SIZE * (i % size)
-        e = s.virtq_used_elem.parse(_read(memory, addr, USED_ELEM_SIZE, f"used[{i % size}]", None))
+        raw = read_at(memory, addr, USED_ELEM_SIZE, f"used[{i % size}]", None)
+        e = s.virtq_used_elem.parse(raw)
         yield UsedElem(i, int(e.id), int(e.len))
-
-
-def _read(memory: GuestMemory, gpa: int, size: int, what: str, clause: str | None) -> bytes:
-    try:
-        return memory.read(gpa, size)
-    except RingError as exc:
-        raise RingError(exc.message, where=what, clause=clause or exc.clause) from None
