@@ -88,6 +88,39 @@ def hybrid_small(n: int = 7 << 20, stride: int = 2, blen: int = 0, orders: int =
     return struct.pack("<BBHI", 0, 0, 0, len(body)) + bytes(body)
 
 
+def hybrid_mixed(n: int = 7 << 20, plain: int = 64, phases: int = 8, page_shift: int = 15,
+                 once: bool = False, reverse: bool = False) -> bytes:
+    """``plain`` plain order-0 records (at odd frames, every other one) after each record of
+    8 words of 0x55.. of page_shift ``page_shift`` at one of ``phases`` phases (``once``:
+    after the first only; ``reverse``: records in descending start order): records of two
+    forms, the most per byte, in a message that is swept (hybridset.py)."""
+    nrec = 1
+    while 72 * (nrec + 1) + 8 * plain * (1 if once else nrec + 1) <= n - 8:
+        nrec += 1
+    size = 72 * nrec + 8 * plain * (1 if once else nrec)
+    body = bytearray(size)
+    at = size if reverse else 0
+    frame = 0
+
+    def put(rec: bytes) -> None:
+        nonlocal at
+        if reverse:
+            at -= len(rec)
+            body[at:at + len(rec)] = rec
+        else:
+            body[at:at + len(rec)] = rec
+            at += len(rec)
+
+    for r in range(nrec):
+        put(struct.pack("<Q", frame + r % phases | page_shift << 52 | 63 << 58)
+            + struct.pack("<Q", 0x5555555555555555) * 8)
+        frame += 504 << (page_shift - 12)
+        for _ in range(plain if r == 0 or not once else 0):
+            put(struct.pack("<Q", frame + 1 | 12 << 52))
+            frame += 2
+    return struct.pack("<BBHI", 0, 0, 0, len(body)) + bytes(body)
+
+
 def shared_table_dump(kind: str, chains: int) -> bytes:
     table, data = 0x100000, 0x200000
     mem = bytearray(0x300000)
@@ -169,6 +202,22 @@ def _bench(tmp: Path) -> int:
         ("hybrid 7 MiB, orders 0-51, 7 phases, 0x55..",
          lambda: hybrid_records(0x5555555555555555, page_shift=12, stride=1 << 35,
                                 odd_phase=1, phases=7, orders=52),
+         ["--profile", "hybrid", "--kind", "hybrid"]),
+        ("hybrid 7 MiB, 64 plain records per 0x55.. record at 8 phases",
+         lambda: hybrid_mixed(), ["--profile", "hybrid", "--kind", "hybrid"]),
+        ("hybrid 7 MiB, 256 plain records per 0x55.. record at 8 phases",
+         lambda: hybrid_mixed(plain=256), ["--profile", "hybrid", "--kind", "hybrid"]),
+        ("hybrid 7 MiB, 240 plain records per 0x55.. record at 1 phase",
+         lambda: hybrid_mixed(plain=240, phases=1), ["--profile", "hybrid", "--kind", "hybrid"]),
+        ("hybrid 7 MiB, 8 plain records per 0x55.. record at 1 phase",
+         lambda: hybrid_mixed(plain=8, phases=1), ["--profile", "hybrid", "--kind", "hybrid"]),
+        ("hybrid 7 MiB, 0x55.. records of order 3 and one plain record",
+         lambda: hybrid_mixed(plain=1, phases=1, once=True),
+         ["--profile", "hybrid", "--kind", "hybrid"]),
+        ("hybrid 7 MiB, 64 plain records per 0x55.. record, descending",
+         lambda: hybrid_mixed(reverse=True), ["--profile", "hybrid", "--kind", "hybrid"]),
+        ("hybrid 7 MiB, two-run records, orders 0-7, 3 phases",
+         lambda: hybrid_small(stride=4096, blen=1, orders=8, phases=3, word=0b101),
          ["--profile", "hybrid", "--kind", "hybrid"]),
         ("hybrid 7 MiB, one-word records 0x55.., order 3, 5 phases",
          lambda: hybrid_small(stride=512, blen=8, phases=5, order=3, word=0x5555555555555555),

@@ -842,8 +842,8 @@ def count_duplicates(frames: Any) -> int:
 def union_all(sets: Iterable[PageSet]) -> PageSet:
     """Union of many sets in one merge (cheaper than folding ``|``)."""
     ss = [p for p in sets if p]
-    if not ss:
-        return PageSet()
+    if len(ss) < 2:  # nothing to merge (a swept hybrid set stays swept: wire/hybridset.py)
+        return ss[0] if ss else PageSet()
     dense = [p for p in ss if p.is_dense]
     if dense:  # the dense ones fold (their blocks stay blocks); the rest merge at once
         out = union_all(p for p in ss if not p.is_dense)

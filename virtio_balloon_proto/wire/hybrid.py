@@ -93,14 +93,18 @@ def decode_hybrid(data: bytes, layout: WireLayout, role: str) -> Decoded:
         # block OR-ed: overlapping ones too); an extent per run of alternating bits was 16
         # bytes per bit: 281x the input when order-0 records overlap, 257x at order >= 1
         # (issue 12).  Plain records, and bitmap records no scale of the most bytes holds,
-        # are extents (a plain record is one, a bitmap one per run) -- unless those runs
-        # cost over SWEEP_AT bytes per input byte (scales no widening by <= 4 units joins:
-        # order 3 at 8 phases was 107x the input, order 20 at 4 phases 159x): then the
-        # records are swept in start order whenever read, never built (hybridset.py)
+        # are extents (a plain record is one, a bitmap one per run).  Extents next to blocks
+        # are a union that falls back to extents for the whole set when one cuts a unit (one
+        # plain order-0 record among 0x55 records of order 3: over 100x the input), and
+        # extents alone cost 16 bytes a run (scales no widening by <= 4 units joins: order 3
+        # at 8 phases was 107x, order 20 at 4 phases 159x): so a set that is not blocks
+        # alone nor cheap extents alone (SWEEP_AT) is swept in start order whenever read,
+        # never built (hybridset.py)
         k, ph, held = choose_scale(order[bm], start[bm], blen[bm])
         if not blocks_pay(words, heads, bm[held], blen, order[bm[held]] - np.uint64(k)):
             held[:] = False  # sparse bits: their runs are cheaper as extents
-        if bb.EXTENT_COST * count_runs(words, heads, bm[~held], blen) > SWEEP_AT * len(data):
+        extents = heads.size - bm.size + count_runs(words, heads, bm[~held], blen)
+        if (extents and held.any()) or bb.EXTENT_COST * extents > SWEEP_AT * len(data):
             o8, b8 = order.astype(np.uint8), blen.astype(np.uint8)
             pages = HybridPageSet(words, heads, start, o8, b8,
                                   lambda: _rebuilt(words, heads, start, o8, b8))

@@ -3,13 +3,15 @@
 :func:`hybrid_extents` turns records into their runs (an extent per plain record, one per run
 of set bits in a bitmap record).  Held whole, those runs are 16 bytes each: records of
 several scales whose phases no widening joins (order 3 at 8 phases, order 20 at 4 phases: a
-run per bit of ``0x55`` words) cost 107x to 225x the input that way, and the union of records
-at unrelated phases has no one-scale bit-block form at all (issue 12).
+run per bit of ``0x55`` words) cost 107x to 225x the input that way; the union of records
+at unrelated phases has no one-scale bit-block form at all, and extents next to bit blocks
+turn the whole set into extents when one cuts a unit (one plain order-0 record among ``0x55``
+records of order 3: 344x; issue 12).
 
 :class:`HybridPageSet` keeps the records instead -- their start, order and bmap_len (10 bytes
 a record) next to the message's own words -- and answers the reads a decoded message needs
 (:meth:`~.pageset.PageSet.page_count`, ``n_extents``, ``min``/``max``, the runs for its text
-and JSON, ``head``) by sweeping the records in start order, :data:`SWEEP_CHUNK` at a time:
+and JSON, ``head``) by sweeping the records in start order, :data:`SWEEP_CHUNK` runs at a time:
 each chunk's runs are merged with what the chunks before left open, and every run that ends
 before the next record starts is final.  What stays open is bounded by the records that
 reach past that start (a run of order ``k`` there is at least ``2**k`` frames long and lies
@@ -21,6 +23,7 @@ set once in its ordinary form (``resolve``), exactly as before; the set is the s
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -33,11 +36,13 @@ from .hybridbits import gather, record_words
 
 U64 = NDArray[np.uint64]
 
-#: records merged at a time by the sweep (at most 252 runs each: ~4 MB of scratch at most)
-SWEEP_CHUNK = 256
-#: the decoder sweeps (rather than builds) a message whose records left out of its one
-#: scale of bit blocks would cost more than this many bytes of extents per input byte
-SWEEP_AT = 2
+#: runs merged at a time by the sweep (records at most that many runs together hold; ~4 MB
+#: of scratch)
+SWEEP_CHUNK = 1 << 16
+#: the decoder sweeps (rather than builds) a message whose records are extents only (no
+#: scale of bit blocks pays) when they would cost more than this many bytes per input byte
+#: (and always when extents would meet blocks: see wire/hybrid.py)
+SWEEP_AT = 0.5
 
 
 def hybrid_extents(words: U64, heads: NDArray[np.intp], recs: NDArray[np.intp],
@@ -74,17 +79,16 @@ def sweep_runs(words: U64, heads: NDArray[np.intp], start: U64, order: NDArray[n
                blen: NDArray[np.uint8], chunk: int = SWEEP_CHUNK
                ) -> Iterator[tuple[U64, U64]]:
     """The union of the records' pages as canonical extents (first, last frame; sorted,
-    merged, non-adjacent), in pieces, ascending: ``chunk`` records at a time in start order
-    (record ``i``: head at ``words[heads[i]]``, ``start[i]``, ``2**order[i]`` frames a
-    block, ``blen[i]`` bitmap bytes).  Memory: the start order (8 bytes a record, none when
-    the records are in order) plus a scratch of ``chunk`` records' runs and the open runs
-    (see the module docstring)."""
+    merged, non-adjacent), in pieces, ascending: records in start order, as many at a time
+    as hold at most ``chunk`` runs (record ``i``: head at ``words[heads[i]]``, ``start[i]``,
+    ``2**order[i]`` frames a block, ``blen[i]`` bitmap bytes).  Memory: the start order (8
+    bytes a record, none when the records are in order) plus a scratch of ``chunk`` runs
+    and the open runs (see the module docstring)."""
     n = int(start.size)
     ordered = n < 2 or bool(np.all(start[1:] >= start[:-1]))
     by_start = None if ordered else np.argsort(start, kind="stable")
     held_s, held_l = xa.EMPTY, xa.EMPTY
-    for c0 in range(0, n, chunk):
-        c1 = min(n, c0 + chunk)
+    for c0, c1 in _spans(blen, by_start, chunk):
         recs = np.arange(c0, c1) if by_start is None else by_start[c0:c1]
         s, c = hybrid_extents(words, heads[recs], np.arange(c1 - c0), start[recs],
                               np.left_shift(np.uint64(1), order[recs].astype(np.uint64)),
@@ -105,12 +109,28 @@ def sweep_runs(words: U64, heads: NDArray[np.intp], start: U64, order: NDArray[n
         yield held_s, held_l
 
 
+def _spans(blen: NDArray[np.uint8], by_start: NDArray[np.intp] | None, runs: int
+           ) -> Iterator[tuple[int, int]]:
+    """``(c0, c1)``: consecutive spans of the start order (``by_start``, or the records'
+    own order) whose records hold at most ``runs`` runs together (a plain record one, a
+    bitmap record at most ``4 * bmap_len``), or one record each where one holds more."""
+    n = int(blen.size)
+    for w0 in range(0, n, 1 << 16):
+        w1 = min(n, w0 + (1 << 16))
+        b = blen[w0:w1] if by_start is None else blen[by_start[w0:w1]]
+        cap = np.cumsum(np.maximum(b.astype(np.int64) * 4, 1))
+        cuts = np.searchsorted(cap, np.arange(runs, int(cap[-1]), runs), side="right")
+        edges = np.unique(np.concatenate(([0], cuts, [w1 - w0]))).tolist()
+        for a, z in pairwise(edges):  # unique: every span holds a record
+            yield w0 + a, w0 + z
+
+
 class HybridPageSet(PageSet):
     """A :class:`~.pageset.PageSet` of hybrid records, swept instead of built (see the
     module docstring): the reads that stream (runs, text, JSON, ``head``, counts, ``min``/
-    ``max``, truth, hash) sweep the records; anything else resolves the set once, through
-    ``resolve``, into the ordinary form, and reads that.  Equality compares runs (never
-    resolves)."""
+    ``max``, truth, hash) sweep the records; anything else (``is_dense`` too: a fact about
+    the ordinary form) resolves the set once, through ``resolve``, and reads that.
+    Equality compares runs (never resolves)."""
 
     __slots__ = ("_rec", "_resolve", "_stats")
 
@@ -142,27 +162,26 @@ class HybridPageSet(PageSet):
     def _iter_runs(self) -> Iterator[tuple[U64, U64]]:
         if self._rec is None:
             yield from super()._iter_runs()
-        else:
-            yield from sweep_runs(*self._rec)
+            return
+        frames = runs = 0
+        lo = hi = -1
+        for s, last in sweep_runs(*self._rec):
+            if lo < 0:
+                lo = int(s[0])
+            hi = int(last[-1])
+            runs += int(s.size)
+            # a piece's runs are disjoint frames below 2**62: no uint64 overflow
+            frames += int((last - s).sum(dtype=np.uint64)) + int(s.size)
+            yield s, last
+        self._stats = (frames, runs, lo, hi)  # swept to the end: the counts come free
 
     def _swept(self) -> tuple[int, int, int, int]:
+        """(frames, runs, min, max) of the swept set (-1 for the ends of an empty one)."""
         if self._stats is None:
-            frames = runs = 0
-            lo = hi = -1
-            for s, last in sweep_runs(*self._rec) if self._rec is not None else ():
-                if lo < 0:
-                    lo = int(s[0])
-                hi = int(last[-1])
-                runs += int(s.size)
-                # a piece's runs are disjoint frames below 2**62: no uint64 overflow
-                frames += int((last - s).sum(dtype=np.uint64)) + int(s.size)
-            self._stats = (frames, runs, lo, hi)
+            for _ in self._iter_runs():
+                pass
+        assert self._stats is not None
         return self._stats
-
-    @property
-    def is_dense(self) -> bool:
-        """True while swept (the records are its compact form), else as for a PageSet."""
-        return True if self._rec is not None else super().is_dense
 
     @property
     def n_extents(self) -> int:
