@@ -33,16 +33,24 @@ def _describe(d: Any) -> str:
         head += f" used len {d.used_len}"
     if b is None:
         return head + (f": ERROR {d.error}" if d.error else "")
-    fields = b.decoded.fields() if b.decoded is not None else {}
+    from virtio_balloon_proto.wire.messages import BitmapMessage, HybridMessage, PfnArray
+
+    m = b.decoded.message if b.decoded is not None else None
+    # the one-line form reads the message's own attributes: its full fields() (a dict per
+    # hybrid record, a list of every PFN) cost 30x a 7 MiB buffer for a count
+    fields = (b.decoded.fields() if b.decoded is not None
+              and not isinstance(m, (PfnArray, BitmapMessage, HybridMessage)) else {})
     if b.kind == "pfns":
-        what = f"pfns[{len(fields.get('pfns', []))}]"
+        what = f"pfns[{len(m.pfns) if isinstance(m, PfnArray) else 0}]"
     elif b.kind == "bmap":
-        what = ("bmap " + " ".join(f"{k}={fields[k]}" for k in
-                ("cmd", "page_shift", "flag", "req_id", "start_pfn", "bmap_len") if k in fields)
-                + f" buffers={len(fields.get('bitmap', []))}")
+        what = ("bmap " + " ".join(f"{k}={getattr(m, k)}" for k in
+                ("cmd", "page_shift", "flag", "req_id", "start_pfn", "bmap_len"))
+                + f" buffers={len(m.bitmap)}" if isinstance(m, BitmapMessage)
+                else "bmap  buffers=0")
     elif b.kind == "hybrid":
-        what = (f"hybrid cmd={fields.get('cmd')} flag={fields.get('flag')} id={fields.get('id')} "
-                f"data_len={fields.get('data_len')} records={len(fields.get('records', []))}")
+        what = (f"hybrid cmd={m.cmd} flag={m.flag} id={m.id} data_len={m.data_len} "
+                f"records={len(m.heads)}" if isinstance(m, HybridMessage)
+                else "hybrid cmd=None flag=None id=None data_len=None records=0")
     elif b.kind == "stats":
         what = "stats " + " ".join(f"{e['name'] or e['tag']}={e['val']}"
                                    for e in fields.get("entries", []))
