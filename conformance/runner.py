@@ -46,6 +46,7 @@ from .catalog import Catalog, catalog
 from .checks import judge
 from .checks.queues import HELD_HEAD
 from .dut import DeviceUnderTest, Unsupported
+from .heads import RING_FULL, HeldHeads
 from .known_failures import KnownFailures
 from .offline import check_trace
 from .stdio_adapter import DEFAULT_TIMEOUT
@@ -162,6 +163,9 @@ class Runner:
                                   provenance=f"device {self.device_spec}; case {case.id}"))
         out: list[Any] = []
         self._traffic: list[dict[str, Any]] = []  # this case's (also when start fails)
+        self._reposted: list[str] = []  # the first buffers posted under another head
+        self._n_reposted = 0
+        self._ring_full = 0  # buffers not posted: the device held every head of their ring
         try:
             neg = self.device.start(case.setup)
         except Unsupported as exc:
@@ -200,7 +204,9 @@ class Runner:
         seen: dict[str, Any] = {}  # the last value recorded per key (equal ones are shared)
         steps = case.iter_steps()  # made as the replay walks them, in trace order
         nxt = next(steps, None)
-        outstanding: dict[tuple[str, int], str] = {}
+        # the heads the device holds per role; a buffer whose trace head is held goes under a
+        # free one (heads.py: the harness's driver never alters an exposed buffer, 3.3.1)
+        outstanding = HeldHeads()
         qmap = {str(getattr(r, "value", r)): q for r, q in hdr.queues.items()}
         for i, ev in enumerate(case.events, start=1):
             step = None
@@ -225,16 +231,37 @@ class Runner:
                     f"event {i} (avail stats head {step.head}): {HELD_HEAD} (it did not use "
                     "it when the host asked)")}))
                 continue
+            head = step.head
+            if step.kind == "avail":
+                posted = outstanding.post(step.role, step.head)
+                if posted is None:
+                    self._ring_full += 1
+                    out.append(tr.ObserveEvent("gap", {"message": (
+                        f"event {i} (avail {step.role} head {step.head}): {RING_FULL} "
+                        f"({outstanding.ring_size(step.role)} heads, all made available and "
+                        "not used)")}))
+                    continue
+                if posted != step.head:
+                    head = posted
+                    ev = dataclasses.replace(ev, id=head, descriptors=_moved(
+                        ev.descriptors, step.head, head))
+                    self._n_reposted += 1
+                    if len(self._reposted) < 8:
+                        self._reposted.append(
+                            f"event {i} (avail {step.role}) posted under head {head}: the "
+                            f"device still holds the trace's head {step.head} (VIRTIO 1.2 "
+                            "3.3.1: an exposed buffer is never altered)")
             entry: dict[str, Any] = {}
             if self.traffic:
                 entry = step.to_json()
                 entry["step"] = len(out) + 1  # its event number in the recorded trace
+                if head != step.head:
+                    entry["head"], entry["trace_head"] = head, step.head
                 self._traffic.append(entry)
             try:
                 if step.kind == "avail":
-                    outstanding[(step.role, step.head)] = step.role
                     out.append(ev)
-                    used = self.device.avail(step.role, step.head, list(step.segments))
+                    used = self.device.avail(step.role, head, list(step.segments))
                 elif step.kind == "config_write":
                     out.append(ev)
                     self.device.config_write(step.offset, step.data)
@@ -252,7 +279,7 @@ class Runner:
                     role = next((r for r in roles if (r, u.id) in outstanding),
                                 next((r for r, h in outstanding if h == u.id),
                                      roles[0] if roles else "inflate"))
-                    outstanding.pop((role, u.id), None)
+                    outstanding.release(role, u.id)
                     out.append(tr.UsedEvent(QueueRole(role), qmap.get(role, neg.queues.get(
                         role, 0)), u.length, u.id, bytes(u.written) if u.written else None))
                 if self.traffic:
@@ -319,10 +346,18 @@ class Runner:
         result.results = judged.results
         result.behaviour = judged.behaviour
         result.notes = judged.notes + [f"{g}; not replayed" for g in case.gaps]
+        result.notes += self._reposted  # buffers conform run posted under another head
+        if self._n_reposted > len(self._reposted):
+            result.notes.append(f"... {self._n_reposted - len(self._reposted)} more buffer(s) "
+                                "posted under another head than the trace's")
         if case.gaps:
             # never pass silently over what could not be replayed
             result.reason = (f"{len(case.gaps)} step(s) not replayed: "
                              + "; ".join(case.gaps)[:300])
+        if self._ring_full:
+            result.reason = "; ".join(filter(None, (result.reason, (
+                f"{self._ring_full} buffer(s) not replayed: the device held every head of "
+                "their queue (heads.py)"))))
         result.traffic = self._traffic
 
     # --- many cases ----------------------------------------------------------------------------
@@ -352,6 +387,17 @@ class Runner:
         run.finished = time.time()
         run.unmatched_known = self.known.unmatched()
         return run
+
+
+def _moved(descriptors: Any, old: int, new: int) -> Any:
+    """A recorded chain's descriptors posted under head ``new`` instead of ``old``: the
+    trace's ring positions are not where the replay put it, so the head's own index/id become
+    ``new`` and the chain links (``next``) are left out; addresses, lengths, flags stay."""
+    if descriptors is None:
+        return None
+    return tuple(dataclasses.replace(
+        d, next=None, index=new if d.index == old else None,
+        id=new if d.id == old else d.id) for d in descriptors)
 
 
 def _compact(state: dict[str, Any]) -> dict[str, Any]:

@@ -294,3 +294,85 @@ class BigEndianLegacyOnly(ReferenceDevice):
             raise Unsupported("a legacy device on big-endian pseries is big-endian (VIRTIO 1.2 "
                               f"2.7 legacy: guest-native order), endian={setup.endian} asked")
         return super().start(setup)
+
+
+# --- a device that uses a buffer late (review3: head reuse in conform run's replay) ----------
+class HoldsFirstBuffer(ReferenceDevice):
+    """Holds the first buffer of its device life on ``ROLE`` until the driver makes the next
+    buffer of that queue available (or the host asks anything), then processes and uses both,
+    the held one first -- a worker that waits for a second request before it runs.
+    Conforming: the spec puts no deadline on using a buffer (VIRTIO 1.2 5.5.6 step 4 only says
+    the device acknowledges a request "by using the descriptor"; 2.7.13 lets the driver add
+    more buffers before any is used), and without VIRTIO_F_IN_ORDER used order is free.  Like
+    a ring, it keys what it holds by head: a head made available again while held (the driver
+    altering an exposed buffer, VIRTIO 1.2 3.3.1) overwrites the first buffer, which is then
+    lost -- ``reused`` lists every such avail and stays empty under a conforming driver."""
+
+    ROLE = "inflate"
+
+    def start(self, setup: Setup) -> Negotiated:
+        self.held: dict[int, list[Segment]] = {}
+        self.reused: list[tuple[str, int]] = []
+        self._first = True
+        return super().start(setup)
+
+    def _flush(self) -> list[Used]:
+        out: list[Used] = []
+        held, self.held = self.held, {}
+        for head, segs in held.items():
+            out += super().avail(self.ROLE, head, segs)
+        return out
+
+    def avail(self, role: str, head: int, segments: list[Segment]) -> list[Used]:
+        if role == self.ROLE and head in self.held:
+            self.reused.append((role, head))
+            self.held[head] = list(segments)  # the ring entry was overwritten: the first is lost
+            return []
+        if role == self.ROLE and self._first:
+            self._first = False
+            self.held[head] = list(segments)
+            return []
+        out = self._flush() if role == self.ROLE else []
+        return out + super().avail(role, head, segments)
+
+    def host_request(self, kind: str, params: dict[str, Any]) -> list[Used]:
+        return self._flush() + super().host_request(kind, params)
+
+
+class HoldsFirstDeflate(HoldsFirstBuffer):
+    ROLE = "deflate"
+
+
+class HoldsFirstHint(HoldsFirstBuffer):
+    ROLE = "free_page"
+
+
+class HoldsFirstReport(HoldsFirstBuffer):
+    ROLE = "reporting"
+
+
+class HoldsFirstMisc(HoldsFirstBuffer):
+    ROLE = "misc"
+
+
+class HoldsInflatesUntilAsked(ReferenceDevice):
+    """Processes every inflate buffer at once but uses none until the host asks anything, then
+    uses them all (a device that acknowledges in batches).  Conforming: no deadline."""
+
+    def start(self, setup: Setup) -> Negotiated:
+        self.waiting: list[int] = []
+        return super().start(setup)
+
+    def avail(self, role: str, head: int, segments: list[Segment]) -> list[Used]:
+        out = super().avail(role, head, segments)
+        if role != "inflate":
+            return out
+        if head in self.waiting:
+            raise AssertionError(f"inflate head {head} made available twice")
+        self.waiting += [u.id for u in out]
+        return [u for u in out if u.id not in self.waiting]
+
+    def host_request(self, kind: str, params: dict[str, Any]) -> list[Used]:
+        out = [Used(h, 0) for h in self.waiting]
+        self.waiting = []
+        return out + super().host_request(kind, params)

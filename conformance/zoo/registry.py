@@ -118,8 +118,7 @@ ZOO: tuple[ZooEntry, ...] = (
         "'continue' before add_used, at 81b38b9 (2026-08-21)",
         "not fixed at 81b38b9", "spec.device.inflate.acks-buffer",
         ("spec/inflate-big-buffer-le",),
-        fc.FirecrackerInflateOversizedLeak, fc.FirecrackerInflateOversizedUsed,
-        also=("spec.device.inflate.pfn-4k-units",)),
+        fc.FirecrackerInflateOversizedLeak, fc.FirecrackerInflateOversizedUsed),
     ZooEntry(
         "firecracker-inflate-head-only", "Firecracker",
         "only the first descriptor of an inflate chain is read; chained PFNs are dropped",
