@@ -53,7 +53,7 @@ def _extents_ok(v: Any) -> bool:
     A PageSet (what an in-process device may answer: its extents are u64 by construction)
     is accepted as it is."""
     if type(v) is not list:
-        return type(v) is PageSet
+        return isinstance(v, PageSet)  # also a subclass (wire.hybridset.HybridPageSet)
     for e in v:
         if type(e) is not list or len(e) != 2:
             return False
