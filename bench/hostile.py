@@ -11,6 +11,8 @@ so they mean the same on any machine; the target is <= 16 for every row.  The al
 rows are the worst case for extents (4 runs per input byte, 16 bytes each: 178x and 345x
 before PageSet's bit-block form, 176x and 257x for pages of 2^k frames before its scaled
 form); the unaligned row starts its bitmap off a 512-frame block.
+The trace rows run ``decode`` on a trace whose one inflate buffer is such a message (its
+ratio is per trace byte: the hex is twice the message).
 The ring rows time the import of a split/packed ring dump whose chains all share one
 65,536-entry indirect table (issue 12: 52 s before; target < 2 s wall).
 Every row prints the child's wall and CPU seconds (user + system: on a loaded machine the
@@ -19,6 +21,7 @@ CPU time says more); the load average (1, 5, 15 min) is printed before and after
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -119,6 +122,20 @@ def hybrid_mixed(n: int = 7 << 20, plain: int = 64, phases: int = 8, page_shift:
             put(struct.pack("<Q", frame + 1 | 12 << 52))
             frame += 2
     return struct.pack("<BBHI", 0, 0, 0, len(body)) + bytes(body)
+
+
+def hybrid_trace(msg: bytes) -> str:
+    """A hybrid trace (the corpus's inflate-le header lines) whose one inflate buffer is
+    ``msg``: its resp header and records in two descriptors."""
+    src = Path(__file__).resolve().parent.parent / "conformance/traces/hybrid/inflate-le.jsonl"
+    head = src.read_text().splitlines()[:8]  # header .. the first config_read
+    hdr, body = msg[:8], msg[8:]
+    ev = {"type": "avail", "role": "inflate", "queue": 0, "id": 0, "avail_idx": 0,
+          "descriptors": [{"addr": "0x106a000", "len": 8, "flags": 1, "next": 1, "index": 0},
+                          {"addr": "0x1100000", "len": len(body), "flags": 0, "next": 0,
+                           "index": 1}],
+          "out": [hdr.hex(), body.hex()], "in": []}
+    return "\n".join(head) + "\n" + json.dumps(ev, separators=(",", ":")) + "\n"
 
 
 def shared_table_dump(kind: str, chains: int) -> bytes:
@@ -247,6 +264,21 @@ def _bench(tmp: Path) -> int:
         ratio = (peak - floor) / size
         print(f"{name:58} {size / 2**20:5.1f}Mi {peak / 2**20:5.0f}Mi {ratio:6.1f} "
               f"{took:5.1f}s {LAST_CPU:5.1f}s")
+    # decode (the capture decoder) of a trace holding one such message (hex: twice its bytes)
+    for name, make in [("trace: one hybrid message, order 3, 8 phases (decode)",
+                        lambda: hybrid_records(0x5555555555555555, page_shift=15, stride=8192,
+                                               odd_phase=1, phases=8)),
+                       ("trace: one hybrid message, one-word records (decode)",
+                        lambda: hybrid_small(stride=512, blen=8, phases=5, order=3,
+                                             word=0x5555555555555555))]:
+        if only and not any(o in name for o in only):
+            continue
+        path = tmp / "trace.jsonl"
+        path.write_text(hybrid_trace(make()))
+        size = path.stat().st_size
+        peak, took = child_peak([*CLI, "decode", str(path)])
+        print(f"{name:58} {size / 2**20:5.1f}Mi {peak / 2**20:5.0f}Mi "
+              f"{(peak - floor) / size:6.1f} {took:5.1f}s {LAST_CPU:5.1f}s")
     for kind in ("split", "packed") if not only or "ring" in only else ():
         for chains in (8, 256):
             dump = tmp / f"{kind}.bin"
