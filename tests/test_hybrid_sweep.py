@@ -122,24 +122,32 @@ def test_a_summary_of_one_swept_message_keeps_it_swept() -> None:
     assert union_all([ps, PageSet(), ps2]) == want1 | want2
 
 
-def _hybrid(n: int, shift: int, stride: int, phases: int, phase: int = 1) -> bytes:
+def _hybrid(n: int, shift: int, stride: int, phases: int, phase: int = 1,
+            plain: bool = False) -> bytes:
+    """``n`` bytes of 0x55.. records of page_shift ``shift``, ``stride`` frames apart, record
+    r ``(r % phases) * phase`` frames later (``plain``: then one plain order-0 record at an
+    odd frame)."""
     body = b"".join(struct.pack("<Q", (r * stride + (r % phases) * phase) | shift << 52
                                 | 63 << 58) + struct.pack("<Q", 0x5555555555555555) * 8
                     for r in range(n // 72))
+    if plain:
+        body += struct.pack("<Q", (n // 72) * stride + 1 | 12 << 52)
     return struct.pack("<BBHI", 0, 0, 0, len(body)) + body
 
 
 @pytest.mark.parametrize("shape", ["order 3, 8 phases", "order 20, 4 phases",
-                                   "order 20, 4 phases, overlapping"])
+                                   "order 20, 4 phases, overlapping", "one plain record"])
 def test_sweeping_takes_memory_in_proportion_to_the_input(shape: str) -> None:
-    """Issue 12's bound on 1 MiB of the shapes that were 107x, 159x and 180x as extents
-    (bench/hostile.py measures 7 MiB in a child's peak RSS)."""
+    """Issue 12's bound on 1 MiB of the shapes that were 107x, 159x and 180x as extents, and
+    344x where one plain order-0 record (an extent cutting a unit) turned the order-3 blocks
+    into extents (bench/hostile.py measures 7 MiB in a child's peak RSS)."""
     import tracemalloc
 
     n = 1 << 20
     data = {"order 3, 8 phases": lambda: _hybrid(n, 15, 8192, 8),
             "order 20, 4 phases": lambda: _hybrid(n, 32, 1 << 29, 4),
-            "order 20, 4 phases, overlapping": lambda: _hybrid(n, 32, 3 << 20, 4)}[shape]()
+            "order 20, 4 phases, overlapping": lambda: _hybrid(n, 32, 3 << 20, 4),
+            "one plain record": lambda: _hybrid(n - 8, 15, 8192, 1, plain=True)}[shape]()
     tracemalloc.start()
     try:
         d = decode("hybrid", data, WireLayout(), profile="hybrid")
