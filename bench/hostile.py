@@ -168,7 +168,7 @@ def _bench(tmp: Path) -> int:
     floor, _ = child_peak([sys.executable, "-c", "import virtio_balloon_proto.cli, numpy"])
     print(f"load average before: {_load()}")
     print(f"floor (interpreter + imports): {floor / 2**20:.0f} MiB\n")
-    print(f"{'row':58} {'input':>7} {'peak':>7} {'ratio':>6} {'wall':>6} {'cpu':>6}")
+    print(f"{'row':64} {'input':>7} {'peak':>7} {'ratio':>6} {'wall':>6} {'cpu':>6}")
     rows: list[tuple[str, Callable[[], bytes], list[str]]] = [
         ("v3 bitmap 4 MiB all ones", lambda: v3_bitmap(0xFF),
          ["--profile", "v3", "--kind", "bmap"]),
@@ -262,7 +262,7 @@ def _bench(tmp: Path) -> int:
         del data
         peak, took = child_peak([*CLI, "message", "decode", *opts, f"@{path}"])
         ratio = (peak - floor) / size
-        print(f"{name:58} {size / 2**20:5.1f}Mi {peak / 2**20:5.0f}Mi {ratio:6.1f} "
+        print(f"{name:64} {size / 2**20:5.1f}Mi {peak / 2**20:5.0f}Mi {ratio:6.1f} "
               f"{took:5.1f}s {LAST_CPU:5.1f}s")
     # decode (the capture decoder) of a trace holding one such message (hex: twice its bytes)
     for name, make in [("trace: one hybrid message, order 3, 8 phases (decode)",
@@ -277,7 +277,7 @@ def _bench(tmp: Path) -> int:
         path.write_text(hybrid_trace(make()))
         size = path.stat().st_size
         peak, took = child_peak([*CLI, "decode", str(path)])
-        print(f"{name:58} {size / 2**20:5.1f}Mi {peak / 2**20:5.0f}Mi "
+        print(f"{name:64} {size / 2**20:5.1f}Mi {peak / 2**20:5.0f}Mi "
               f"{(peak - floor) / size:6.1f} {took:5.1f}s {LAST_CPU:5.1f}s")
     for kind in ("split", "packed") if not only or "ring" in only else ():
         for chains in (8, 256):
@@ -291,7 +291,7 @@ def _bench(tmp: Path) -> int:
             _, took = child_peak(args)
             size = os.path.getsize(tmp / "t.jsonl")
             name = f"{kind} ring, {chains} chains share a 64Ki table"
-            print(f"{name:58} {'3.0Mi':>7} {'':>7} {'':>6} {took:5.2f}s {LAST_CPU:5.2f}s  "
+            print(f"{name:64} {'3.0Mi':>7} {'':>7} {'':>6} {took:5.2f}s {LAST_CPU:5.2f}s  "
                   f"(trace {size / 2**20:.1f} MiB, load {os.getloadavg()[0]:.1f})")
     print(f"\nload average after: {_load()}")
     return 0
