@@ -10,6 +10,7 @@ the summary keeps page sets as extents.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from .trace import (
 from .trace.lengths import absurd_lengths
 from .virtqueue.chains import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_WRITE
 from .wire import WireLayout
+from .wire.messages import splice_json
 
 
 def layout_of(header: TraceHeader) -> WireLayout:
@@ -88,14 +90,27 @@ class DecodedEvent:
     findings: tuple[Finding, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
+        return self._json(self.buffer.to_json() if self.buffer is not None else None)
+
+    def iter_json(self, chunk: int = 4096) -> Iterator[str]:
+        """``json.dumps(self.to_json())`` in pieces: a buffer's fields and pages are written
+        ``chunk`` records or runs at a time, so one 7 MiB buffer (~400 MB of JSON) prints in
+        memory that follows the buffer, not its text."""
+        if self.buffer is None:
+            yield json.dumps(self.to_json())
+            return
+        yield from splice_json(self._json(self.buffer.json_template()),
+                               self.buffer.json_holes(chunk))
+
+    def _json(self, buffer_json: dict[str, Any] | None) -> dict[str, Any]:
         out: dict[str, Any] = {"line": self.line, "event": self.direction, "role": self.role,
                                "queue": self.queue}
         if self.head is not None:
             out["head"] = self.head
         if self.used_len is not None:
             out["len"] = self.used_len
-        if self.buffer is not None:
-            out.update({k: v for k, v in self.buffer.to_json().items() if k != "role"})
+        if buffer_json is not None:
+            out.update({k: v for k, v in buffer_json.items() if k != "role"})
         if self.error is not None:
             out["error"] = self.error.split("\n")[0]
         if self.buffer is None and self.findings:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -13,6 +13,7 @@ from ..findings import Finding
 from ..pageset import PageSet, union_all
 from ..profiles import QueueRole, get_profile
 from ..wire import Decoded, WireLayout, decode
+from ..wire.messages import HOLE_FIELDS, HOLE_PAGES, iter_extents_json
 from ..wire.structs import BMAP_HDR_SIZE
 from .buffers import Segment, out_data
 from .spec import ranges_to_pages
@@ -75,13 +76,33 @@ class DecodedBuffer:
         return DecodedBuffer(self.role, self.kind, self.decoded, self._pages, findings)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"role": self.role, "kind": self.kind}
+        out = self.json_template()
         if self.decoded is not None:
             out["fields"] = self.decoded.fields()
-        if self.kind in ("pfns", "bmap", "hybrid", "ranges"):
+        if "pages" in out:
             out["pages"] = self.pages.extents()
+        return out
+
+    def json_template(self) -> dict[str, Any]:
+        """:meth:`to_json` with its two big values left as markers (``HOLE_FIELDS``,
+        ``HOLE_PAGES``) that :meth:`json_holes` writes in pieces (``splice_json``)."""
+        out: dict[str, Any] = {"role": self.role, "kind": self.kind}
+        if self.decoded is not None:
+            out["fields"] = HOLE_FIELDS
+        if self.kind in ("pfns", "bmap", "hybrid", "ranges"):
+            out["pages"] = HOLE_PAGES
         out["findings"] = [f.to_json() for f in self.findings]
         return out
+
+    def json_holes(self, chunk: int = 4096) -> dict[str, Callable[[], Iterator[str]]]:
+        """The writers of :meth:`json_template`'s markers: the fields (hybrid records, bitmap
+        hex) and the page extents ``chunk`` at a time."""
+        d = self.decoded
+        holes: dict[str, Callable[[], Iterator[str]]] = {
+            HOLE_PAGES: lambda: iter_extents_json(self.pages, chunk)}
+        if d is not None:
+            holes[HOLE_FIELDS] = lambda: d.iter_fields_json(chunk)
+        return holes
 
 
 def bulk_encoding(profile: str, features: int | None) -> str:

@@ -95,7 +95,12 @@ def decode_cmd(trace_file: str, as_json: bool, queues: tuple[str, ...], summary:
                     bar.update(reader._f.tell() - bar.pos)
                 if summary:
                     continue
-                click.echo(json.dumps(d.to_json()) if as_json else _describe(d))
+                if as_json:
+                    for piece in d.iter_json():
+                        click.echo(piece, nl=False)
+                    click.echo()
+                else:
+                    click.echo(_describe(d))
     if as_json:
         if summary:
             click.echo(json.dumps({"summary": summ.to_json()}))
