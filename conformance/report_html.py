@@ -223,34 +223,52 @@ def _matrix_html(run: RunResult, cases: Sequence[CaseResult], cat: Catalog | Non
         if not clauses:
             parts.append("<p>No clause was judged in these cases.</p>")
             continue
-        row = ["<div class='matrix'><table><thead><tr><th class='corner'>clause \\ case</th>"]
-        for c in group:
-            row.append(
-                f"<th class='case {c.outcome(run.strict)}' title='{_e(c.case_id)}: "
-                f"{c.outcome(run.strict)}'><a href='#case-{_e(c.case_id)}'>"
-                f"{_e(_short(c.case_id, profile))}</a></th>"
-            )
-        row.append("</tr></thead><tbody>")
-        parts.append("".join(row))
-        for cid in clauses:
-            title = ""
-            if cat is not None and cid in cat:
-                cl = cat.get(cid)
-                title = f"{cl.level} ({cl.side}) {cl.text} [{cl.ref}]"
-            cells = [f"<tr><th class='clause' title='{_e(title)}'>{_e(cid)}</th>"]
-            for c in group:
-                r = next((x for x in c.results if x.clause == cid), None)
-                if r is None:
-                    cells.append("<td></td>")
-                    continue
-                cls, sym = _CELL.get(r.verdict, ("skipped", "-"))
-                if r.known is not None:
-                    cls = "expected-failure"
-                tip = f"{c.case_id}: {r.message or r.verdict.value}"
-                cells.append(f"<td class='{cls}' title='{_e(tip)}'>{sym}</td>")
-            cells.append("</tr>")
-            parts.append("".join(cells))
-        parts.append("</tbody></table></div>")
+        for lo in range(0, len(group), MATRIX_COLUMNS):
+            parts.append(_matrix_table(run, group, lo, clauses, cat, profile))
+    return "".join(parts)
+
+
+#: case columns of one matrix table at most: a profile with more cases gets several tables
+#: (same rows), so that none is wider than a 1400 px window (38 spec cases plus the fuzz and
+#: real ones made 1407 px: tests/test_report_html.py measures it in headless Chromium)
+MATRIX_COLUMNS = 32
+
+
+def _matrix_table(run: RunResult, group: Sequence[CaseResult], lo: int, clauses: list[str],
+                  cat: Catalog | None, profile: str) -> str:
+    """The clauses x cases table of ``group[lo:lo + MATRIX_COLUMNS]``."""
+    parts = []
+    part = group[lo:lo + MATRIX_COLUMNS]
+    if len(group) > MATRIX_COLUMNS:
+        parts.append(f"<p>Cases {lo + 1}-{lo + len(part)} of {len(group)}:</p>")
+    row = ["<div class='matrix'><table><thead><tr><th class='corner'>clause \\ case</th>"]
+    for c in part:
+        row.append(
+            f"<th class='case {c.outcome(run.strict)}' title='{_e(c.case_id)}: "
+            f"{c.outcome(run.strict)}'><a href='#case-{_e(c.case_id)}'>"
+            f"{_e(_short(c.case_id, profile))}</a></th>"
+        )
+    row.append("</tr></thead><tbody>")
+    parts.append("".join(row))
+    for cid in clauses:
+        title = ""
+        if cat is not None and cid in cat:
+            cl = cat.get(cid)
+            title = f"{cl.level} ({cl.side}) {cl.text} [{cl.ref}]"
+        cells = [f"<tr><th class='clause' title='{_e(title)}'>{_e(cid)}</th>"]
+        for c in part:
+            r = next((x for x in c.results if x.clause == cid), None)
+            if r is None:
+                cells.append("<td></td>")
+                continue
+            cls, sym = _CELL.get(r.verdict, ("skipped", "-"))
+            if r.known is not None:
+                cls = "expected-failure"
+            tip = f"{c.case_id}: {r.message or r.verdict.value}"
+            cells.append(f"<td class='{cls}' title='{_e(tip)}'>{sym}</td>")
+        cells.append("</tr>")
+        parts.append("".join(cells))
+    parts.append("</tbody></table></div>")
     return "".join(parts)
 
 
