@@ -16,8 +16,10 @@ each chunk's runs are merged with what the chunks before left open, and every ru
 before the next record starts is final.  What stays open is bounded by the records that
 reach past that start (a run of order ``k`` there is at least ``2**k`` frames long and lies
 within ``504 * 2**k`` frames of it: at most ~505 runs per order), so the sweep's memory is
-a constant, not the union's.  Any other use (set algebra, ``starts``, membership) builds the
-set once in its ordinary form (``resolve``), exactly as before; the set is the same.
+a constant, not the union's.  A sweep that ends with few runs (at most one extent per 16
+bytes of the message) keeps them: the set is then in the extents form.  Any other use (set
+algebra, ``starts``, membership) builds the set once in its ordinary form (``resolve``),
+exactly as before; the set is the same.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .. import bitblocks as bb
 from .. import extentarrays as xa
 from ..pageset import PageSet, _same_runs
 from . import bulk
@@ -165,6 +168,10 @@ class HybridPageSet(PageSet):
             return
         frames = runs = 0
         lo = hi = -1
+        # the runs are kept while they cost at most a byte per byte of the words: a union of
+        # few runs (heavily overlapping records) becomes the extents form, read no more
+        keep: list[tuple[U64, U64]] | None = []
+        cap = self._rec[0].nbytes // bb.EXTENT_COST
         for s, last in sweep_runs(*self._rec):
             if lo < 0:
                 lo = int(s[0])
@@ -172,8 +179,17 @@ class HybridPageSet(PageSet):
             runs += int(s.size)
             # a piece's runs are disjoint frames below 2**62: no uint64 overflow
             frames += int((last - s).sum(dtype=np.uint64)) + int(s.size)
+            if keep is not None and runs <= cap:
+                keep.append((s, last))
+            else:
+                keep = None
             yield s, last
         self._stats = (frames, runs, lo, hi)  # swept to the end: the counts come free
+        if keep is not None and self._rec is not None:
+            self._starts = xa.ro(np.concatenate([k[0] for k in keep]) if keep else xa.EMPTY)
+            self._lasts = xa.ro(np.concatenate([k[1] for k in keep]) if keep else xa.EMPTY)
+            self._blk = self._full = None
+            self._rec = self._resolve = None
 
     def _swept(self) -> tuple[int, int, int, int]:
         """(frames, runs, min, max) of the swept set (-1 for the ends of an empty one)."""
