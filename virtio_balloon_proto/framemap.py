@@ -20,11 +20,13 @@ PageSet part, so a hostile frame number costs a set entry, never a huge allocati
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from .extentarrays import U64
 from .pageset import PageSet, union_all
 
 #: frames held in the byte map at most (256 GiB of 4 KiB frames: 64 MiB of map)
@@ -35,44 +37,171 @@ _SLICE_AT = 64
 _NONE = PageSet.empty()
 
 
-def _split(ps: PageSet, span: int) -> tuple[PageSet, PageSet]:
-    """``ps`` as (frames below span, frames at or above span)."""
+def _split(ps: PageSet, span: int) -> tuple[bool, PageSet]:
+    """(whether ``ps`` has frames below span, its frames at or above span).  Reads only the
+    ends of ``ps`` (a block-form or swept set is not expanded into extents); the part above
+    is ``ps`` itself unless the set straddles the span (a hostile mix: then a window)."""
     if not ps or span <= 0:
-        return _NONE, ps
-    if int(ps.lasts[-1]) < span:
-        return ps, _NONE
-    if int(ps.starts[0]) >= span:
-        return _NONE, ps
-    return ps.window(0, span), ps.window(span, (1 << 64) - span)
+        return False, ps
+    if ps.max() < span:
+        return True, _NONE
+    if ps.min() >= span:
+        return False, ps
+    return True, _Window(ps, span, 1 << 64)
 
 
-#: the last few :func:`_pieces` answers, by PageSet (immutable: the answer cannot go stale);
-#: the oracle and the journal ask twice for the same set within a step
-_PIECES: list[tuple[PageSet, tuple[npt.NDArray[np.intp], list[tuple[int, int]]]]] = []
+class _Window(PageSet):
+    """The frames of ``base`` in ``[first, stop)``, read by clipping ``base``'s runs: the
+    part of a block-form or swept set on one side of a byte map's span, not built (a hostile
+    order-20 record names 2**20 frames per 8 bytes: as extents, the part above the span of a
+    7 MiB buffer is ~470 MB).  The reads that stream (runs, counts, ends, truth, hash) clip
+    ``base``'s runs; anything else (set algebra with a non-empty set, ``starts``, membership)
+    builds ``base.window(...)`` once and reads that, as :class:`~.wire.hybridset.
+    HybridPageSet` does."""
+
+    __slots__ = ("_base", "_first", "_stats", "_stop")
+
+    _base: PageSet | None
+    #: (frames, runs, min, max), once swept
+    _stats: tuple[int, int, int, int] | None
+
+    def __init__(self, base: PageSet, first: int, stop: int) -> None:
+        # the base slots (_starts, _lasts, _blk, _full) stay unset until built
+        self._base, self._first, self._stop = base, first, stop
+        self._stats = None
+
+    def __getattr__(self, name: str) -> Any:
+        """The base form's slots, built on first use (only unset slots come here)."""
+        if name not in ("_starts", "_lasts", "_blk", "_full") or self._base is None:
+            raise AttributeError(name)
+        ps = self._base.window(self._first, self._stop - self._first)
+        self._starts, self._lasts, self._blk = ps._starts, ps._lasts, ps._blk
+        self._full = ps._full
+        self._base = None
+        return getattr(self, name)
+
+    def _iter_runs(self) -> Iterator[tuple[U64, U64]]:
+        if self._base is None:
+            yield from super()._iter_runs()
+            return
+        lo, top = np.uint64(self._first), np.uint64(self._stop - 1)
+        frames = runs = 0
+        first = last_frame = -1
+        for s, last in self._base._iter_runs():
+            if not s.size or last[-1] < lo:
+                continue
+            if s[0] > top:
+                break
+            a = int(np.searchsorted(last, lo))  # the first run ending at or above lo
+            b = int(np.searchsorted(s, top, side="right"))  # runs starting at or below top
+            s, last = s[a:b], last[a:b]
+            if not s.size:
+                continue
+            if s[0] < lo:
+                s = s.copy()
+                s[0] = lo
+            if last[-1] > top:
+                last = last.copy()
+                last[-1] = top
+            if first < 0:
+                first = int(s[0])
+            last_frame = int(last[-1])
+            runs += int(s.size)
+            frames += int((last - s).sum(dtype=np.uint64)) + int(s.size)
+            yield s, last
+        self._stats = (frames, runs, first, last_frame)
+
+    def _swept(self) -> tuple[int, int, int, int]:
+        """(frames, runs, min, max) (-1 for the ends of an empty window)."""
+        if self._stats is None:
+            for _ in self._iter_runs():
+                pass
+        assert self._stats is not None
+        return self._stats
+
+    @property
+    def n_extents(self) -> int:
+        return self._swept()[1] if self._base is not None else super().n_extents
+
+    def page_count(self) -> int:
+        return self._swept()[0] if self._base is not None else super().page_count()
+
+    def __bool__(self) -> bool:
+        return self._swept()[1] > 0 if self._base is not None else super().__bool__()
+
+    def min(self) -> int:
+        if self._base is None or not self:
+            return super().min()
+        return self._swept()[2]
+
+    def max(self) -> int:
+        if self._base is None or not self:
+            return super().max()
+        return self._swept()[3]
+
+
+#: runs handled at a time by the chunked paths (the frames of the short ones as one intp
+#: array: at most 63 frames a run, so a few MiB of scratch at most)
+_CHUNK_RUNS = 1 << 13
+
+
+def _runs_below(ps: PageSet, span: int) -> Iterator[tuple[U64, U64]]:
+    """The runs of ``ps`` clipped to frames below ``span``, ascending, in pieces of at most
+    :data:`_CHUNK_RUNS` runs, read through ``ps._iter_runs()``: a block-form set is unpacked
+    a chunk of blocks at a time and a swept hybrid set is swept, never expanded whole."""
+    sp = np.uint64(span)
+    for s, last in ps._iter_runs():
+        if not s.size:
+            continue
+        if s[0] >= sp:
+            return
+        cut = s.size if last[-1] < sp else int(np.searchsorted(s, sp))
+        for i in range(0, cut, _CHUNK_RUNS):
+            a, b = s[i:min(cut, i + _CHUNK_RUNS)], last[i:min(cut, i + _CHUNK_RUNS)]
+            yield a, (np.minimum(b, sp - np.uint64(1)) if b[-1] >= sp else b)
+        if cut < s.size or last[-1] >= sp:
+            return
+
+
+_Pieces = tuple[npt.NDArray[np.intp], list[tuple[int, int]]]
+
+#: the last few :func:`_pieces_below` answers for a set held whole below the span, by
+#: PageSet (immutable: the answer cannot go stale) and its top frame; the oracle and the
+#: journal ask twice for the same set within a step
+_PIECES: list[tuple[PageSet, int, _Pieces]] = []
 _PIECES_KEPT = 4
 _PIECES_MAX = 1 << 16
 
 
-def _pieces(ps: PageSet) -> tuple[npt.NDArray[np.intp], list[tuple[int, int]]]:
-    """Frames of the short extents (one intp array, ascending, read-only) and the long extents
-    as ``(start, stop)`` slices.  ``ps`` lies below MAX_SPAN (so intp holds every frame)."""
-    for held, answer in _PIECES:
-        if held is ps:
-            return answer
-    answer = _pieces_of(ps)
-    answer[0].flags.writeable = False
-    if answer[0].size <= _PIECES_MAX:  # a step's pages, never a whole balloon's frames
-        _PIECES.append((ps, answer))
+def _pieces_below(ps: PageSet, span: int) -> Iterator[_Pieces]:
+    """The frames of ``ps`` below ``span`` in pieces: per chunk of runs, the frames of the
+    short extents (one intp array, ascending, read-only) and the long extents as
+    ``(start, stop)`` slices.  Memory O(chunk), whatever the set holds (issue 12)."""
+    for held, top, answer in _PIECES:
+        if held is ps and top < span:
+            yield answer
+            return
+    first: _Pieces | None = None
+    n = 0
+    for s, last in _runs_below(ps, span):
+        answer = _pieces_of(s, last)
+        answer[0].flags.writeable = False
+        n += 1
+        if n == 1:
+            first = answer
+        yield answer
+    if n == 1 and first is not None and first[0].size <= _PIECES_MAX and ps.max() < span:
+        # one chunk, the whole set: a step's pages, never a whole balloon's frames
+        _PIECES.append((ps, ps.max(), first))
         if len(_PIECES) > _PIECES_KEPT:
             del _PIECES[0]
-    return answer
 
 
-def _pieces_of(ps: PageSet) -> tuple[npt.NDArray[np.intp], list[tuple[int, int]]]:
-    if ps.lasts is ps.starts:  # every extent one frame (scattered pages): the starts
-        return ps.starts.astype(np.intp), []
-    starts = ps.starts.astype(np.intp)
-    counts = (ps.lasts - ps.starts).astype(np.intp) + 1
+def _pieces_of(st: U64, la: U64) -> _Pieces:
+    if la is st:  # every extent one frame (scattered pages): the starts
+        return st.astype(np.intp), []
+    starts = st.astype(np.intp)
+    counts = (la - st).astype(np.intp) + 1
     big = counts >= _SLICE_AT
     slices: list[tuple[int, int]] = []
     if big.any():
@@ -82,9 +211,23 @@ def _pieces_of(ps: PageSet) -> tuple[npt.NDArray[np.intp], list[tuple[int, int]]
     total = int(counts.sum())
     if total == 0:
         return np.zeros(0, dtype=np.intp), slices
+    if total == counts.size:  # every short extent one frame: the starts
+        return starts, slices
     # frames = start of each extent repeated count times, plus the offset inside it
     offs = np.repeat(starts - (np.cumsum(counts) - counts), counts)
     return offs + np.arange(total, dtype=np.intp), slices
+
+
+def _frames_of(ps: PageSet, span: int, chunks: int) -> list[npt.NDArray[np.intp]]:
+    """Every frame of the first ``chunks`` chunks of :func:`_pieces_below`, as arrays."""
+    out: list[npt.NDArray[np.intp]] = []
+    for k, (idx, slices) in enumerate(_pieces_below(ps, span)):
+        if k == chunks:
+            break
+        if idx.size:
+            out.append(idx)
+        out += [np.arange(s, e, dtype=np.intp) for s, e in slices]
+    return out
 
 
 def extent_list(ps: PageSet) -> list[list[int]]:
@@ -117,13 +260,17 @@ class FrameMap:
 
     # --- updates ------------------------------------------------------------------------------
     def _grow(self, ps: PageSet) -> None:
-        """Widen the byte map to cover ``ps`` (up to MAX_SPAN), doubling."""
-        if self.span >= MAX_SPAN or int(ps.lasts[-1]) < self.span:
+        """Widen the byte map to cover ``ps`` (up to MAX_SPAN), doubling.  Reads the ends of
+        ``ps`` only, unless it straddles MAX_SPAN (then its runs below, in pieces)."""
+        if self.span >= MAX_SPAN or ps.max() < self.span:
             return
-        below = int(np.searchsorted(ps.starts, np.uint64(MAX_SPAN)))  # extents starting below
-        if below == 0:
+        if ps.min() >= MAX_SPAN:
             return  # only frames above the cap: the PageSet part takes them
-        self._widen(min(int(ps.lasts[below - 1]) + 1, MAX_SPAN))
+        top = ps.max()
+        if top >= MAX_SPAN:
+            for _, last in _runs_below(ps, MAX_SPAN):
+                top = int(last[-1])
+        self._widen(min(top + 1, MAX_SPAN))
 
     def _widen(self, top: int) -> None:
         if top <= self.span:
@@ -145,8 +292,7 @@ class FrameMap:
             self._grow(ps)
         low, high = _split(ps, self.span)
         new = 0
-        if low:
-            idx, slices = _pieces(low)
+        for idx, slices in _pieces_below(ps, self.span) if low else ():
             if idx.size:
                 new += int(idx.size - np.count_nonzero(self._map[idx]))
                 self._map[idx] = 1
@@ -181,8 +327,7 @@ class FrameMap:
         """Take the frames of ``ps`` out; returns how many were in."""
         low, high = _split(ps, self.span)
         gone = 0
-        if low:
-            idx, slices = _pieces(low)
+        for idx, slices in _pieces_below(ps, self.span) if low else ():
             if idx.size:
                 gone += int(np.count_nonzero(self._map[idx]))
                 self._map[idx] = 0
@@ -205,27 +350,39 @@ class FrameMap:
             self._grow(ps)
         low, high = _split(ps, self.span)
         parts: list[npt.NDArray[np.intp]] = []
-        total = 0
-        if low:
-            idx, slices = _pieces(low)
-            total = int(idx.size)
+        total = n = 0
+        done = 0  # leading chunks that changed whole: their frames are not kept (yet)
+        for k, (idx, slices) in enumerate(_pieces_below(ps, self.span) if low else ()):
+            size = int(idx.size) + sum(e - s for s, e in slices)
+            total += size
+            hits: list[npt.NDArray[np.intp]] = []
             if idx.size:
                 hit = idx[self._map[idx] != value]
                 if hit.size:
                     self._map[hit] = value
-                    parts.append(hit)
+                    hits.append(hit)
             for s, e in slices:
-                total += e - s
                 seg = self._map[s:e]
                 hit = np.flatnonzero(seg != value)
                 if hit.size:
                     seg[hit] = value
-                    parts.append(hit + s)
-        n = sum(int(p.size) for p in parts)
+                    hits.append(hit + s)
+            got = sum(int(h.size) for h in hits)
+            n += got
+            if done == k and got == size:
+                done += 1  # still all changed: the answer may be the set itself
+                continue
+            if done > 0:  # the first chunk not changed whole: list the chunks before it
+                parts += _frames_of(ps, self.span, done)
+                done = -1
+            parts += hits
         self._count += n if value else -n
-        changed: npt.NDArray[np.intp] | PageSet = (
-            low if n and n == total else parts[0] if len(parts) == 1 else
-            np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp))
+        changed: npt.NDArray[np.intp] | PageSet
+        if n and n == total:
+            changed = ps if not high else _Window(ps, 0, self.span)
+        else:
+            changed = (parts[0] if len(parts) == 1 else np.concatenate(parts) if parts
+                       else np.zeros(0, dtype=np.intp))
         moved = PageSet.empty()
         if high and value:
             moved = high - self._over
@@ -261,8 +418,7 @@ class FrameMap:
         """The frames of ``ps`` that are in the map (``ps & self``), in O(len(ps))."""
         low, high = _split(ps, self.span)
         parts: list[PageSet] = []
-        if low:
-            idx, slices = _pieces(low)
+        for idx, slices in _pieces_below(ps, self.span) if low else ():
             if idx.size:
                 hit = idx[self._map[idx] != 0]
                 if hit.size:
@@ -279,8 +435,7 @@ class FrameMap:
         """``len(ps & self)`` without building the set."""
         low, high = _split(ps, self.span)
         n = 0
-        if low:
-            idx, slices = _pieces(low)
+        for idx, slices in _pieces_below(ps, self.span) if low else ():
             if idx.size:
                 n += int(np.count_nonzero(self._map[idx]))
             for s, e in slices:
@@ -296,8 +451,7 @@ class FrameMap:
         other._widen(self.span)
         low, high = _split(where, self.span)
         hits: list[npt.NDArray[np.intp]] = []
-        if low:
-            idx, slices = _pieces(low)
+        for idx, slices in _pieces_below(where, self.span) if low else ():
             if idx.size:
                 d = idx[self._map[idx] != other._map[idx]]
                 if d.size:
