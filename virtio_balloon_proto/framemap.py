@@ -59,16 +59,18 @@ class _Window(PageSet):
     builds ``base.window(...)`` once and reads that, as :class:`~.wire.hybridset.
     HybridPageSet` does."""
 
-    __slots__ = ("_base", "_first", "_stats", "_stop")
+    __slots__ = ("_base", "_first", "_frames", "_stats", "_stop")
 
     _base: PageSet | None
     #: (frames, runs, min, max), once swept
     _stats: tuple[int, int, int, int] | None
+    #: how many frames the window holds, when the FrameMap counted them (no sweep then)
+    _frames: int | None
 
     def __init__(self, base: PageSet, first: int, stop: int) -> None:
         # the base slots (_starts, _lasts, _blk, _full) stay unset until built
         self._base, self._first, self._stop = base, first, stop
-        self._stats = None
+        self._stats = self._frames = None
 
     def __getattr__(self, name: str) -> Any:
         """The base form's slots, built on first use (only unset slots come here)."""
@@ -124,10 +126,23 @@ class _Window(PageSet):
         return self._swept()[1] if self._base is not None else super().n_extents
 
     def page_count(self) -> int:
-        return self._swept()[0] if self._base is not None else super().page_count()
+        if self._base is None:
+            return super().page_count()
+        return self._frames if self._frames is not None else self._swept()[0]
 
     def __bool__(self) -> bool:
-        return self._swept()[1] > 0 if self._base is not None else super().__bool__()
+        base = self._base
+        if base is None:
+            return super().__bool__()
+        if self._frames is not None:
+            return self._frames > 0
+        if not base:
+            return False
+        if self._stop == 1 << 64:  # one-sided windows: the ends of the base tell
+            return base.max() >= self._first
+        if self._first == 0:
+            return base.min() < self._stop
+        return self._swept()[1] > 0
 
     def min(self) -> int:
         if self._base is None or not self:
@@ -291,16 +306,20 @@ class FrameMap:
         if ps:
             self._grow(ps)
         low, high = _split(ps, self.span)
-        new = 0
+        new = below = 0
         for idx, slices in _pieces_below(ps, self.span) if low else ():
+            below += int(idx.size)
             if idx.size:
                 new += int(idx.size - np.count_nonzero(self._map[idx]))
                 self._map[idx] = 1
             for s, e in slices:
+                below += e - s
                 seg = self._map[s:e]
                 new += (e - s) - int(np.count_nonzero(seg))
                 seg[:] = 1
         self._count += new
+        if isinstance(high, _Window):  # its size, from what the map took: no sweep
+            high._frames = ps.page_count() - below
         if high:
             before = len(self._over)
             self._over = self._over | high
@@ -378,8 +397,14 @@ class FrameMap:
             parts += hits
         self._count += n if value else -n
         changed: npt.NDArray[np.intp] | PageSet
+        if isinstance(high, _Window):
+            high._frames = ps.page_count() - total
         if n and n == total:
-            changed = ps if not high else _Window(ps, 0, self.span)
+            if high:
+                changed = _Window(ps, 0, self.span)
+                changed._frames = total
+            else:
+                changed = ps
         else:
             changed = (parts[0] if len(parts) == 1 else np.concatenate(parts) if parts
                        else np.zeros(0, dtype=np.intp))
