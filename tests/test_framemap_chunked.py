@@ -165,13 +165,14 @@ def _peak(trace: Path, check: bool) -> int:
 
 def test_check_of_a_big_buffer_adds_little_to_decoding(monkeypatch: pytest.MonkeyPatch,
                                                        tmp_path: Path) -> None:
-    """``conform check`` of 1 MiB of 0x55 words (a run every 2 frames: ~4.6 M runs, 74 MB as
-    extents; the byte map of the oracle's balloon is a byte a frame, 9 MiB here) peaks at
-    most 12x the trace above decoding alone (before the chunked reads: ~90x)."""
+    """``conform check`` of 1 MiB of 0x55 words (a run every 2 frames: ~3.7 M runs, 59 MB as
+    extents) peaks no higher than decoding alone plus 4x the trace (measured: +0x, the check's
+    working set -- the balloon's byte map, 15 MB for these 14.9 M frames -- stays below the
+    ~16x orjson reserves to parse the line; before the chunked reads: +78x)."""
     monkeypatch.setattr(framemap, "MAX_SPAN", 1 << 26)
     trace = tmp_path / "x55.jsonl"
     size = _x55_trace(trace, 1 << 20)
     _peak(trace, False)  # imports and first-use caches out of the measure
     alone = _peak(trace, False)
     checked = _peak(trace, True)
-    assert checked - alone <= 12 * size, f"{(checked - alone) / size:.1f}x"
+    assert checked - alone <= 4 * size, f"{(checked - alone) / size:.1f}x"
