@@ -255,7 +255,7 @@ class ReferenceDevice:
         ram = self._ram()
         if pages and ram:
             # the usual buffer lies inside one RAM region: no set operations needed
-            first, last = int(pages.starts[0]), int(pages.lasts[-1])
+            first, last = pages.min(), pages.max()  # the ends only: no extents built
             k = int(np.searchsorted(ram.lasts, first))
             if k < ram.lasts.size and int(ram.starts[k]) <= first and last <= int(ram.lasts[k]):
                 return pages
