@@ -5,13 +5,13 @@ JSON per input byte, and printing it as one object took 4 GB for a 14.7 MB trace
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
+from hybrid_traces import x55_trace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,26 +22,6 @@ from virtio_balloon_proto.wire.messages import iter_extents_json
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = sorted((ROOT / "conformance" / "traces").glob("*/*.jsonl"))
-
-
-def _hybrid_trace(path: Path, n_bytes: int) -> int:
-    """The corpus's hybrid inflate trace with its first buffer replaced by ``n_bytes`` of
-    8-word records 256 frames apart (they overlap), words 0x55..; returns the file's size."""
-    rec = [struct.pack("<Q", r * 256 | 12 << 52 | 63 << 58)
-           + struct.pack("<Q", 0x5555555555555555) * 8 for r in range(n_bytes // 72)]
-    body = b"".join(rec)
-    out = []
-    for line in (ROOT / "conformance/traces/hybrid/inflate-le.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        if r["type"] == "avail":
-            r["descriptors"][1]["len"] = len(body)
-            r["out"] = [struct.pack("<BBHI", 0, 0, 0, len(body)).hex(), body.hex()]
-            out += [json.dumps(r), json.dumps({"type": "used", "role": "inflate", "queue": 0,
-                                               "id": 0, "len": 0})]
-            break
-        out.append(line)
-    path.write_text("\n".join(out) + "\n")
-    return path.stat().st_size
 
 
 def test_every_corpus_message_streams_the_json_it_would_dump() -> None:
@@ -92,7 +72,7 @@ def test_decoding_a_big_buffer_to_json_takes_no_memory_for_the_output(tmp_path: 
     alone peaks at ~16x in tracemalloc: orjson reserves ~12x a line it parses, most of it
     never touched (the CLI's peak RSS is ~8x a 14.7 MB trace: bench/hostile.py)."""
     trace = tmp_path / "big.jsonl"
-    size = _hybrid_trace(trace, 1 << 19)
+    size = x55_trace(trace, 1 << 19, 256)
     _peak(trace, "none")  # imports and first-use caches out of the measure
     alone, _ = _peak(trace, "none")
     streamed, written = _peak(trace, "stream")
@@ -102,7 +82,7 @@ def test_decoding_a_big_buffer_to_json_takes_no_memory_for_the_output(tmp_path: 
 
 def test_decode_json_cli_prints_the_streamed_objects(tmp_path: Path) -> None:
     trace = tmp_path / "t.jsonl"
-    _hybrid_trace(trace, 4096)
+    x55_trace(trace, 4096, 256)
     r = subprocess.run([sys.executable, "-m", "virtio_balloon_proto", "decode", "--json",
                         str(trace)], capture_output=True, text=True, check=True)
     lines = [json.loads(x) for x in r.stdout.splitlines()]

@@ -7,13 +7,13 @@ check``'s oracle of a 1 MiB buffer of 0x55 hybrid words adds a bounded amount to
 
 from __future__ import annotations
 
-import json
 import struct
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hybrid_traces import x55_trace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +23,6 @@ from virtio_balloon_proto.pageset import PageSet
 from virtio_balloon_proto.wire import WireLayout, decode
 from virtio_balloon_proto.wire.hybridset import HybridPageSet
 
-ROOT = Path(__file__).resolve().parents[1]
 CAP = 6000  # MAX_SPAN in these tests: sets straddle it
 
 
@@ -125,25 +124,6 @@ def test_a_straddling_swept_set_is_added_without_being_built() -> None:
     assert fm.to_pageset() == _plain(ps)
 
 
-def _x55_trace(path: Path, n_bytes: int) -> int:
-    """The corpus's hybrid inflate trace with its buffer replaced by ``n_bytes`` of order-0
-    records of 0x55 words 1024 frames apart (a run every 2 frames); returns the file size."""
-    body = b"".join(struct.pack("<Q", r * 1024 | 12 << 52 | 63 << 58)
-                    + struct.pack("<Q", 0x5555555555555555) * 8 for r in range(n_bytes // 72))
-    out = []
-    for line in (ROOT / "conformance/traces/hybrid/inflate-le.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        if r["type"] == "avail":
-            r["descriptors"][1]["len"] = len(body)
-            r["out"] = [struct.pack("<BBHI", 0, 0, 0, len(body)).hex(), body.hex()]
-            out += [json.dumps(r), json.dumps({"type": "used", "role": "inflate", "queue": 0,
-                                               "id": 0, "len": 0})]
-            break
-        out.append(line)
-    path.write_text("\n".join(out) + "\n")
-    return path.stat().st_size
-
-
 def _peak(trace: Path, check: bool) -> int:
     from virtio_balloon_proto.conformance.offline import check_trace
     from virtio_balloon_proto.trace import TraceReader
@@ -171,7 +151,7 @@ def test_check_of_a_big_buffer_adds_little_to_decoding(monkeypatch: pytest.Monke
     ~16x orjson reserves to parse the line; before the chunked reads: +78x)."""
     monkeypatch.setattr(framemap, "MAX_SPAN", 1 << 26)
     trace = tmp_path / "x55.jsonl"
-    size = _x55_trace(trace, 1 << 20)
+    size = x55_trace(trace, 1 << 20, 1024)
     _peak(trace, False)  # imports and first-use caches out of the measure
     alone = _peak(trace, False)
     checked = _peak(trace, True)
